@@ -1,1 +1,147 @@
-fn main() {}
+//! `hoist`: inspect, load and benchmark LLM checkpoints.
+
+mod baselines;
+mod bench;
+mod inspect;
+mod load;
+mod util;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Moves LLM weights from storage into memory as fast as the hardware allows.
+#[derive(Parser, Debug)]
+#[command(name = "hoist", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List a checkpoint's tensors and metadata (reads headers only).
+    Inspect(inspect::Args),
+    /// Load a checkpoint's tensors into memory and report how fast it went.
+    Load(load::Args),
+    /// Compare hoist's backends with baseline loaders on a checkpoint (a synthetic one by default).
+    Bench(bench::Args),
+}
+
+/// `--backend` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// Buffered reads for cached ranges, io_uring O_DIRECT for the rest.
+    Auto,
+    /// io_uring for everything.
+    Uring,
+    /// Buffered pread thread pool.
+    Pread,
+    /// memcpy from a mapping (what most loaders do).
+    Mmap,
+}
+
+impl From<BackendArg> for hoist_io::Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Auto => hoist_io::Backend::Auto,
+            BackendArg::Uring => hoist_io::Backend::Uring,
+            BackendArg::Pread => hoist_io::Backend::Pread,
+            BackendArg::Mmap => hoist_io::Backend::Mmap,
+        }
+    }
+}
+
+/// Engine tuning shared by `load` and `bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Tuning {
+    /// Largest single read, MiB (also the staging granularity).
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    chunk_mib: u64,
+    /// Reader threads for buffered reads (default: one per core, at most 32).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// io_uring reads in flight.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    queue_depth: usize,
+}
+
+impl Tuning {
+    fn plan_config(&self) -> anyhow::Result<hoist_io::PlanConfig> {
+        let chunk_bytes = self.chunk_mib.checked_mul(1 << 20).filter(|&b| (1 << 20..=1 << 30).contains(&b));
+        let chunk_bytes = chunk_bytes.ok_or_else(|| anyhow::anyhow!("--chunk-mib must be between 1 and 1024"))?;
+        Ok(hoist_io::PlanConfig { chunk_bytes, ..Default::default() })
+    }
+
+    fn engine_config(&self, backend: BackendArg) -> anyhow::Result<hoist_io::EngineConfig> {
+        let mut c = hoist_io::EngineConfig { backend: backend.into(), ..Default::default() };
+        if let Some(t) = self.threads {
+            anyhow::ensure!((1..=hoist_io::engine::MAX_THREADS).contains(&t), "--threads must be between 1 and {}", hoist_io::engine::MAX_THREADS);
+            c.threads = t;
+        }
+        anyhow::ensure!(
+            (1..=hoist_io::engine::MAX_QUEUE_DEPTH).contains(&self.queue_depth),
+            "--queue-depth must be between 1 and {}",
+            hoist_io::engine::MAX_QUEUE_DEPTH
+        );
+        c.queue_depth = self.queue_depth;
+        Ok(c)
+    }
+}
+
+/// Where tensors go (`--device`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// Host memory.
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("'{s}' is not a device: use cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+/// A checkpoint path argument.
+pub type CheckpointPath = PathBuf;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HOIST_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Load(a) => load::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost context first, then each cause.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
