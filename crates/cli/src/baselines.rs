@@ -18,7 +18,13 @@ pub fn per_tensor_mmap(table: &TensorTable, selection: &[usize]) -> std::io::Res
         let t = &table.tensors[i];
         let src = maps[t.file]
             .get(t.offset as usize..t.end() as usize)
-            .ok_or_else(|| std::io::Error::other(format!("{}: tensor '{}' is past the end of the file", table.files[t.file].path.display(), t.name)))?;
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{}: tensor '{}' is past the end of the file",
+                    table.files[t.file].path.display(),
+                    t.name
+                ))
+            })?;
         out.push(src.to_vec());
     }
     Ok(out)

@@ -75,9 +75,13 @@ struct Run {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=MAX_REPEAT).contains(&a.repeat), "--repeat must be between 1 and {MAX_REPEAT}");
+    anyhow::ensure!(
+        (1..=MAX_REPEAT).contains(&a.repeat),
+        "--repeat must be between 1 and {MAX_REPEAT}"
+    );
     let (root, synthetic_dir, label) = checkpoint(&a)?;
-    let table = TensorTable::open(&root).with_context(|| format!("cannot benchmark {}", root.display()))?;
+    let table =
+        TensorTable::open(&root).with_context(|| format!("cannot benchmark {}", root.display()))?;
     let selection: Vec<usize> = (0..table.tensors.len()).collect();
     let bytes = table.total_bytes();
     let loaders = [
@@ -97,7 +101,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         println!(
             "mode: {}; {} run(s) per loader, median; {} cores",
-            if a.cold { "cold (files evicted from the page cache before each run)" } else { "warm (page cache primed)" },
+            if a.cold {
+                "cold (files evicted from the page cache before each run)"
+            } else {
+                "warm (page cache primed)"
+            },
             a.repeat,
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
@@ -167,24 +175,48 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!();
-        println!("{:<34} {:>8} {:>10} {:>10} {:>12}  methods", "loader", "GB/s", "vs best", "vs mmap", "RSS growth");
-        println!("{:<34} {:>8} {:>10} {:>10} {:>12}", "", "", "baseline", "baseline", "");
+        println!(
+            "{:<34} {:>8} {:>10} {:>10} {:>12}  methods",
+            "loader", "GB/s", "vs best", "vs mmap", "RSS growth"
+        );
+        println!(
+            "{:<34} {:>8} {:>10} {:>10} {:>12}",
+            "", "", "baseline", "baseline", ""
+        );
         for (l, runs) in &results {
             let g = gbps(bytes, median(runs));
-            let rss = runs.iter().filter_map(|r| r.rss_growth_bytes).max().map_or("-".into(), human_bytes);
+            let rss = runs
+                .iter()
+                .filter_map(|r| r.rss_growth_bytes)
+                .max()
+                .map_or("-".into(), human_bytes);
             let methods = runs.last().map_or(String::new(), |r| r.methods.clone());
-            println!("{:<34} {:>8.2} {:>9.2}x {:>9.2}x {:>12}  {methods}", l.name(), g, g / best_baseline, g / mmap_baseline, rss);
+            println!(
+                "{:<34} {:>8.2} {:>9.2}x {:>9.2}x {:>12}  {methods}",
+                l.name(),
+                g,
+                g / best_baseline,
+                g / mmap_baseline,
+                rss
+            );
         }
-        println!("\nevery run loaded identical bytes (xxh3 {:016x})", reference.unwrap_or(0));
+        println!(
+            "\nevery run loaded identical bytes (xxh3 {:016x})",
+            reference.unwrap_or(0)
+        );
         if eviction_failed {
             println!("warning: eviction from the page cache did not fully take (tmpfs?); cold figures are not cold");
         }
     }
     if let Some(dir) = synthetic_dir {
         if a.clean {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
         } else if !a.json {
-            println!("synthetic checkpoint kept at {} for the next run (--clean removes it)", dir.display());
+            println!(
+                "synthetic checkpoint kept at {} for the next run (--clean removes it)",
+                dir.display()
+            );
         }
     }
     Ok(())
@@ -198,33 +230,58 @@ fn checkpoint(a: &Args) -> anyhow::Result<(PathBuf, Option<PathBuf>, String)> {
     let name = a.synthetic.as_deref().unwrap_or(DEFAULT_SYNTHETIC);
     let preset = hoist_synth::preset(name).with_context(|| {
         let names: Vec<&str> = hoist_synth::presets().iter().map(|p| p.name).collect();
-        format!("no synthetic layout '{name}'; choose one of {}", names.join(", "))
+        format!(
+            "no synthetic layout '{name}'; choose one of {}",
+            names.join(", ")
+        )
     })?;
-    let dir = a.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("hoist-synth-{name}")));
+    let dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("hoist-synth-{name}")));
     let size = preset.spec.total_bytes();
     if !a.json {
-        eprintln!("preparing synthetic checkpoint '{name}' ({}) in {}", human_bytes(size), dir.display());
+        eprintln!(
+            "synthetic checkpoint '{name}' ({}) in {} (made once, then reused)",
+            human_bytes(size),
+            dir.display()
+        );
     }
     let t = Instant::now();
-    let root = hoist_synth::write_checkpoint(&preset.spec, &dir, SYNTH_SEED)
-        .with_context(|| format!("cannot write the synthetic checkpoint into {}", dir.display()))?;
+    let root =
+        hoist_synth::write_checkpoint(&preset.spec, &dir, SYNTH_SEED).with_context(|| {
+            format!(
+                "cannot write the synthetic checkpoint into {}",
+                dir.display()
+            )
+        })?;
     if !a.json && t.elapsed().as_secs_f64() > 1.0 {
         eprintln!("wrote it in {:.1} s", t.elapsed().as_secs_f64());
     }
-    Ok((root, Some(dir), format!("synthetic {name} ({})", preset.description)))
+    Ok((
+        root,
+        Some(dir),
+        format!("synthetic {name} ({})", preset.description),
+    ))
 }
 
 /// Evicts every file; returns true if some bytes stayed cached.
 fn evict_all(table: &TensorTable) -> anyhow::Result<bool> {
     let mut stayed = false;
     for f in &table.files {
-        let e = hoist_io::residency::evict(&f.path).with_context(|| format!("cannot evict {}", f.path.display()))?;
+        let e = hoist_io::residency::evict(&f.path)
+            .with_context(|| format!("cannot evict {}", f.path.display()))?;
         stayed |= e.resident_after_bytes > 0;
     }
     Ok(stayed)
 }
 
-fn run_once(loader: Loader, table: &TensorTable, selection: &[usize], tuning: &Tuning) -> anyhow::Result<Run> {
+fn run_once(
+    loader: Loader,
+    table: &TensorTable,
+    selection: &[usize],
+    tuning: &Tuning,
+) -> anyhow::Result<Run> {
     let rss_before = rss_bytes();
     let peak_ok = reset_peak_rss();
     let t = Instant::now();
@@ -235,7 +292,9 @@ fn run_once(loader: Loader, table: &TensorTable, selection: &[usize], tuning: &T
         Loader::PerTensorMmap => {
             let tensors = baselines::per_tensor_mmap(table, selection)?;
             seconds = t.elapsed().as_secs_f64();
-            tensors.iter().for_each(|b| h.update(&xxh3_64(b).to_le_bytes()));
+            tensors
+                .iter()
+                .for_each(|b| h.update(&xxh3_64(b).to_le_bytes()));
             methods = "mmap, 1 thread".to_string();
         }
         Loader::Sequential => {
@@ -243,7 +302,9 @@ fn run_once(loader: Loader, table: &TensorTable, selection: &[usize], tuning: &T
             seconds = t.elapsed().as_secs_f64();
             for &i in selection {
                 let ti = &table.tensors[i];
-                h.update(&xxh3_64(&files[ti.file][ti.offset as usize..ti.end() as usize]).to_le_bytes());
+                h.update(
+                    &xxh3_64(&files[ti.file][ti.offset as usize..ti.end() as usize]).to_le_bytes(),
+                );
             }
             methods = "read(), 1 thread".to_string();
         }
@@ -254,9 +315,12 @@ fn run_once(loader: Loader, table: &TensorTable, selection: &[usize], tuning: &T
                 Backend::Pread => crate::BackendArg::Pread,
                 Backend::Mmap => crate::BackendArg::Mmap,
             })?;
-            let (tensors, report) = hoist_io::load_host(table, selection, tuning.plan_config()?, &engine, None)?;
+            let (tensors, report) =
+                hoist_io::load_host(table, selection, tuning.plan_config()?, &engine, None)?;
             seconds = t.elapsed().as_secs_f64();
-            tensors.iter().for_each(|t| h.update(&xxh3_64(t.bytes()).to_le_bytes()));
+            tensors
+                .iter()
+                .for_each(|t| h.update(&xxh3_64(t.bytes()).to_le_bytes()));
             methods = report.methods_summary();
         }
     }
@@ -264,6 +328,10 @@ fn run_once(loader: Loader, table: &TensorTable, selection: &[usize], tuning: &T
         (true, Some(b), Some(p)) => Some(p.saturating_sub(b)),
         _ => None,
     };
-    Ok(Run { seconds, checksum: h.digest(), methods, rss_growth_bytes })
+    Ok(Run {
+        seconds,
+        checksum: h.digest(),
+        methods,
+        rss_growth_bytes,
+    })
 }
-

@@ -25,7 +25,8 @@ pub struct Args {
 const MAX_META_CHARS: usize = 120;
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let table = TensorTable::open(&a.path).with_context(|| format!("cannot inspect {}", a.path.display()))?;
+    let table = TensorTable::open(&a.path)
+        .with_context(|| format!("cannot inspect {}", a.path.display()))?;
     let selection = table.select(&a.filter)?;
     if a.json {
         let tensors: Vec<_> = selection.iter().map(|&i| &table.tensors[i]).collect();
@@ -40,21 +41,46 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    let name_w = selection.iter().map(|&i| table.tensors[i].name.len()).max().unwrap_or(4).clamp(4, 80);
-    println!("{:<name_w$}  {:<8} {:<22} {:>12}  {:>4}  {:>14}", "name", "dtype", "shape", "bytes", "file", "offset");
+    let name_w = selection
+        .iter()
+        .map(|&i| table.tensors[i].name.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 80);
+    println!(
+        "{:<name_w$}  {:<8} {:<22} {:>12}  {:>4}  {:>14}",
+        "name", "dtype", "shape", "bytes", "file", "offset"
+    );
     for &i in &selection {
         let t = &table.tensors[i];
         let shape = format!("{:?}", t.shape);
-        println!("{:<name_w$}  {:<8} {:<22} {:>12}  {:>4}  {:>14}", t.name, t.dtype.name(), shape, t.len, t.file, t.offset);
+        println!(
+            "{:<name_w$}  {:<8} {:<22} {:>12}  {:>4}  {:>14}",
+            t.name,
+            t.dtype.name(),
+            shape,
+            t.len,
+            t.file,
+            t.offset
+        );
     }
     println!();
     let s = summary(&table, &selection);
     println!("tensors:    {}", s["tensors"]);
-    println!("bytes:      {} ({})", s["bytes"], human_bytes(s["bytes"].as_u64().unwrap_or(0)));
+    println!(
+        "bytes:      {} ({})",
+        s["bytes"],
+        human_bytes(s["bytes"].as_u64().unwrap_or(0))
+    );
     println!("parameters: {}", s["parameters"]);
     println!("dtypes:     {}", s["dtypes"]);
     for (i, f) in table.files.iter().enumerate() {
-        println!("file {i}:     {} ({}, {:?})", f.path.display(), human_bytes(f.size_bytes), f.format);
+        println!(
+            "file {i}:     {} ({}, {:?})",
+            f.path.display(),
+            human_bytes(f.size_bytes),
+            f.format
+        );
     }
     for sk in &table.skipped {
         println!("skipped:    {} ({})", sk.name, sk.reason);

@@ -42,12 +42,14 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let table = TensorTable::open(&a.path).with_context(|| format!("cannot load {}", a.path.display()))?;
+    let table =
+        TensorTable::open(&a.path).with_context(|| format!("cannot load {}", a.path.display()))?;
     let selection = table.select(&a.filter)?;
     let parse_seconds = t0.elapsed().as_secs_f64();
     if a.cold {
         for f in &table.files {
-            let e = hoist_io::residency::evict(&f.path).with_context(|| format!("cannot evict {}", f.path.display()))?;
+            let e = hoist_io::residency::evict(&f.path)
+                .with_context(|| format!("cannot evict {}", f.path.display()))?;
             if e.resident_after_bytes > 0 {
                 eprintln!("warning: {} still has {} in the page cache after eviction; this load is not fully cold", f.path.display(), human_bytes(e.resident_after_bytes));
             }
@@ -65,20 +67,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let bar = Progress::start(progress.clone(), bytes, "loading", !a.json);
     let t1 = Instant::now();
-    let (tensors, report) = hoist_io::load_host(&table, &selection, plan_config, &engine_config, None)
-        .with_context(|| format!("loading {} failed", a.path.display()))?;
+    let (tensors, report) =
+        hoist_io::load_host(&table, &selection, plan_config, &engine_config, None)
+            .with_context(|| format!("loading {} failed", a.path.display()))?;
     let seconds = t1.elapsed().as_secs_f64();
     drop(bar);
     let peak_rss = peak_rss_bytes();
     let checksums: Vec<(String, String)> = if a.checksum {
-        tensors.iter().map(|t| (t.info.name.clone(), format!("{:016x}", xxh3_64(t.bytes())))).collect()
+        tensors
+            .iter()
+            .map(|t| (t.info.name.clone(), format!("{:016x}", xxh3_64(t.bytes()))))
+            .collect()
     } else {
         Vec::new()
     };
 
     if a.json {
-        let methods: serde_json::Map<String, serde_json::Value> =
-            report.bytes_by_method.iter().map(|(m, b)| (m.to_string(), (*b).into())).collect();
+        let methods: serde_json::Map<String, serde_json::Value> = report
+            .bytes_by_method
+            .iter()
+            .map(|(m, b)| (m.to_string(), (*b).into()))
+            .collect();
         let mut doc = serde_json::json!({
             "path": a.path,
             "device": "cpu",
@@ -95,7 +104,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "cold": a.cold,
         });
         if a.checksum {
-            doc["checksums"] = checksums.iter().map(|(n, c)| (n.clone(), serde_json::Value::from(c.clone()))).collect::<serde_json::Map<_, _>>().into();
+            doc["checksums"] = checksums
+                .iter()
+                .map(|(n, c)| (n.clone(), serde_json::Value::from(c.clone())))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
         }
         println!("{}", serde_json::to_string(&doc)?);
         return Ok(());
@@ -111,12 +124,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         gbps(bytes, seconds),
         parse_seconds * 1e3
     );
-    println!("backend {}: {}", hoist_io::Backend::from(a.backend).name(), report.methods_summary());
+    println!(
+        "backend {}: {}",
+        hoist_io::Backend::from(a.backend).name(),
+        report.methods_summary()
+    );
     for n in &report.notes {
         println!("note: {n}");
     }
     if let Some(p) = peak_rss {
-        println!("peak RSS {} (tensors {})", human_bytes(p), human_bytes(bytes));
+        println!(
+            "peak RSS {} (tensors {})",
+            human_bytes(p),
+            human_bytes(bytes)
+        );
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub enum BackendArg {
     Uring,
     /// Buffered pread thread pool.
     Pread,
-    /// memcpy from a mapping (what most loaders do).
+    /// memcpy out of chunk-sized mappings.
     Mmap,
 }
 
@@ -69,15 +69,29 @@ pub struct Tuning {
 
 impl Tuning {
     fn plan_config(&self) -> anyhow::Result<hoist_io::PlanConfig> {
-        let chunk_bytes = self.chunk_mib.checked_mul(1 << 20).filter(|&b| (1 << 20..=1 << 30).contains(&b));
-        let chunk_bytes = chunk_bytes.ok_or_else(|| anyhow::anyhow!("--chunk-mib must be between 1 and 1024"))?;
-        Ok(hoist_io::PlanConfig { chunk_bytes, ..Default::default() })
+        let chunk_bytes = self
+            .chunk_mib
+            .checked_mul(1 << 20)
+            .filter(|&b| (1 << 20..=1 << 30).contains(&b));
+        let chunk_bytes =
+            chunk_bytes.ok_or_else(|| anyhow::anyhow!("--chunk-mib must be between 1 and 1024"))?;
+        Ok(hoist_io::PlanConfig {
+            chunk_bytes,
+            ..Default::default()
+        })
     }
 
     fn engine_config(&self, backend: BackendArg) -> anyhow::Result<hoist_io::EngineConfig> {
-        let mut c = hoist_io::EngineConfig { backend: backend.into(), ..Default::default() };
+        let mut c = hoist_io::EngineConfig {
+            backend: backend.into(),
+            ..Default::default()
+        };
         if let Some(t) = self.threads {
-            anyhow::ensure!((1..=hoist_io::engine::MAX_THREADS).contains(&t), "--threads must be between 1 and {}", hoist_io::engine::MAX_THREADS);
+            anyhow::ensure!(
+                (1..=hoist_io::engine::MAX_THREADS).contains(&t),
+                "--threads must be between 1 and {}",
+                hoist_io::engine::MAX_THREADS
+            );
             c.threads = t;
         }
         anyhow::ensure!(

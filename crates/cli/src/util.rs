@@ -14,12 +14,20 @@ pub fn human_bytes(bytes: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.2} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
 }
 
 /// GB/s of `bytes` in `seconds`.
 pub fn gbps(bytes: u64, seconds: f64) -> f64 {
-    if seconds > 0.0 { bytes as f64 / seconds / 1e9 } else { 0.0 }
+    if seconds > 0.0 {
+        bytes as f64 / seconds / 1e9
+    } else {
+        0.0
+    }
 }
 
 /// Peak resident set size of this process so far (VmHWM), in bytes.
@@ -35,7 +43,12 @@ pub fn rss_bytes() -> Option<u64> {
 fn proc_status_kib(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Resets the peak-RSS mark to the current RSS (Linux `clear_refs` 5), so a benchmark can read
@@ -52,7 +65,12 @@ pub struct Progress {
 
 impl Progress {
     /// Starts displaying `counter` against `total_bytes` if stderr is a terminal and `enabled`.
-    pub fn start(counter: Arc<AtomicU64>, total_bytes: u64, label: &str, enabled: bool) -> Progress {
+    pub fn start(
+        counter: Arc<AtomicU64>,
+        total_bytes: u64,
+        label: &str,
+        enabled: bool,
+    ) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));
         if !enabled || !std::io::stderr().is_terminal() {
             return Progress { stop, thread: None };
@@ -72,7 +90,10 @@ impl Progress {
             }
             bar.finish_and_clear();
         });
-        Progress { stop, thread: Some(thread) }
+        Progress {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 

@@ -5,11 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn hoist(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hoist")).args(args).output().expect("the hoist binary runs")
+    Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(args)
+        .output()
+        .expect("the hoist binary runs")
 }
 
 fn stdout_json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "hoist failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "hoist failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
 }
 
@@ -23,7 +30,10 @@ fn python() -> Option<&'static str> {
     if ok {
         return Some("python3");
     }
-    assert!(std::env::var_os("HOIST_REQUIRE_PYTHON").is_none(), "HOIST_REQUIRE_PYTHON is set but python3 lacks safetensors/numpy/gguf/xxhash");
+    assert!(
+        std::env::var_os("HOIST_REQUIRE_PYTHON").is_none(),
+        "HOIST_REQUIRE_PYTHON is set but python3 lacks safetensors/numpy/gguf/xxhash"
+    );
     eprintln!("skipping: python3 lacks the reference packages (pip install safetensors numpy gguf xxhash)");
     None
 }
@@ -36,8 +46,17 @@ fn script() -> PathBuf {
 fn load_and_inspect_agree_with_independent_readers() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let made = Command::new(py).arg(script()).arg("make").arg(dir.path()).output().unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let made = Command::new(py)
+        .arg(script())
+        .arg("make")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let cases = [
         ("single.safetensors", "single.safetensors"),
         ("sharded", "sharded"),
@@ -46,20 +65,46 @@ fn load_and_inspect_agree_with_independent_readers() {
     ];
     for (path, reference) in cases {
         let p = dir.path().join(path);
-        let sums = Command::new(py).arg(script()).arg("sums").arg(dir.path().join(reference)).output().unwrap();
-        assert!(sums.status.success(), "{}", String::from_utf8_lossy(&sums.stderr));
+        let sums = Command::new(py)
+            .arg(script())
+            .arg("sums")
+            .arg(dir.path().join(reference))
+            .output()
+            .unwrap();
+        assert!(
+            sums.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sums.stderr)
+        );
         let want: BTreeMap<String, String> = serde_json::from_slice(&sums.stdout).unwrap();
         for backend in ["auto", "uring", "pread", "mmap"] {
-            let doc = stdout_json(&hoist(&["load", p.to_str().unwrap(), "--checksum", "--json", "--backend", backend]));
-            let got: BTreeMap<String, String> = serde_json::from_value(doc["checksums"].clone()).unwrap();
+            let doc = stdout_json(&hoist(&[
+                "load",
+                p.to_str().unwrap(),
+                "--checksum",
+                "--json",
+                "--backend",
+                backend,
+            ]));
+            let got: BTreeMap<String, String> =
+                serde_json::from_value(doc["checksums"].clone()).unwrap();
             assert_eq!(got, want, "{path} with --backend {backend}");
             assert_eq!(doc["tensors"].as_u64(), Some(want.len() as u64));
         }
         let doc = stdout_json(&hoist(&["inspect", p.to_str().unwrap(), "--json"]));
-        let names: Vec<&str> = doc["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = doc["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
         let mut names_sorted = names.clone();
         names_sorted.sort();
-        assert_eq!(names_sorted, want.keys().map(String::as_str).collect::<Vec<_>>(), "{path}");
+        assert_eq!(
+            names_sorted,
+            want.keys().map(String::as_str).collect::<Vec<_>>(),
+            "{path}"
+        );
     }
 }
 
@@ -67,13 +112,27 @@ fn load_and_inspect_agree_with_independent_readers() {
 fn gguf_metadata_and_alignment_are_reported() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let made = Command::new(py).arg(script()).arg("make").arg(dir.path()).output().unwrap();
+    let made = Command::new(py)
+        .arg(script())
+        .arg("make")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(made.status.success());
-    let doc = stdout_json(&hoist(&["inspect", dir.path().join("model.gguf").to_str().unwrap(), "--json"]));
+    let doc = stdout_json(&hoist(&[
+        "inspect",
+        dir.path().join("model.gguf").to_str().unwrap(),
+        "--json",
+    ]));
     assert_eq!(doc["metadata"]["general.name"], "independent test model");
     assert_eq!(doc["metadata"]["tokenizer.ggml.tokens"][3], "wörld");
     assert_eq!(doc["files"][0]["format"]["alignment"], 64);
-    let q8 = doc["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.ffn_up.weight").unwrap();
+    let q8 = doc["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "blk.0.ffn_up.weight")
+        .unwrap();
     assert_eq!(q8["len"], 16 * 96 / 32 * 34);
     let text = hoist(&["inspect", dir.path().join("model.gguf").to_str().unwrap()]);
     assert!(text.status.success());
@@ -84,7 +143,10 @@ fn gguf_metadata_and_alignment_are_reported() {
 fn malformed_files_fail_with_one_clear_line() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../format/tests/corpus");
     let mut checked = 0;
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&corpus).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for p in entries {
         let name = p.file_name().unwrap().to_string_lossy().to_string();
@@ -93,12 +155,22 @@ fn malformed_files_fail_with_one_clear_line() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{cmd} {name} succeeded");
             assert_eq!(out.status.code(), Some(1), "{cmd} {name}: {err}");
-            assert_eq!(err.trim_end().lines().count(), 1, "{cmd} {name}: one line, got: {err}");
+            assert_eq!(
+                err.trim_end().lines().count(),
+                1,
+                "{cmd} {name}: one line, got: {err}"
+            );
             assert!(err.starts_with("error: "), "{cmd} {name}: {err}");
-            assert!(!err.contains("panicked") && !err.contains("backtrace"), "{cmd} {name}: {err}");
+            assert!(
+                !err.contains("panicked") && !err.contains("backtrace"),
+                "{cmd} {name}: {err}"
+            );
             // A directory case names a file inside it or the directory itself.
             let stem = name.split('.').next().unwrap();
-            assert!(err.contains(stem), "{cmd} {name}: message does not name the file: {err}");
+            assert!(
+                err.contains(stem),
+                "{cmd} {name}: message does not name the file: {err}"
+            );
         }
         checked += 1;
     }
@@ -110,14 +182,20 @@ fn bad_arguments_are_clear_errors() {
     let out = hoist(&["load", "/nonexistent/model.safetensors"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("/nonexistent/model.safetensors") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/model.safetensors") && err.contains("No such file"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let spec = hoist_synth::preset("tiny").unwrap().spec;
     let root = hoist_synth::write_checkpoint(&spec, dir.path(), 3).unwrap();
     let out = hoist(&["load", root.to_str().unwrap(), "--filter", "no.such.*"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("no.such.*") && err.contains("matches no tensor"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("no.such.*") && err.contains("matches no tensor"),
+        "{err}"
+    );
 
     let out = hoist(&["load", root.to_str().unwrap(), "--chunk-mib", "0"]);
     assert!(!out.status.success());
@@ -130,7 +208,14 @@ fn filters_load_a_layer() {
     let dir = tempfile::tempdir().unwrap();
     let spec = hoist_synth::preset("tiny").unwrap().spec;
     let root = hoist_synth::write_checkpoint(&spec, dir.path(), 4).unwrap();
-    let doc = stdout_json(&hoist(&["load", root.to_str().unwrap(), "--filter", "model.layers.1.*", "--json", "--checksum"]));
+    let doc = stdout_json(&hoist(&[
+        "load",
+        root.to_str().unwrap(),
+        "--filter",
+        "model.layers.1.*",
+        "--json",
+        "--checksum",
+    ]));
     let sums = doc["checksums"].as_object().unwrap();
     assert_eq!(sums.len(), 9);
     assert!(sums.keys().all(|k| k.starts_with("model.layers.1.")));
@@ -140,14 +225,25 @@ fn filters_load_a_layer() {
 fn bench_runs_every_loader_on_a_synthetic_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     for cold in [false, true] {
-        let mut args = vec!["bench", "--synthetic", "tiny", "--repeat", "1", "--json", "--dir", dir.path().to_str().unwrap()];
+        let mut args = vec![
+            "bench",
+            "--synthetic",
+            "tiny",
+            "--repeat",
+            "1",
+            "--json",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ];
         if cold {
             args.push("--cold");
         }
         let doc = stdout_json(&hoist(&args));
         let rows = doc["results"].as_array().unwrap();
         assert_eq!(rows.len(), 6);
-        assert!(rows.iter().all(|r| r["gbps_median"].as_f64().unwrap() > 0.0));
+        assert!(rows
+            .iter()
+            .all(|r| r["gbps_median"].as_f64().unwrap() > 0.0));
         assert_eq!(doc["cold"], cold);
     }
     let out = hoist(&["bench", "--synthetic", "nope"]);
@@ -165,9 +261,18 @@ fn peak_rss_of_a_2gb_load_stays_within_128mib_of_the_checkpoint() {
     assert!(bytes > 2_000_000_000);
     let root = hoist_synth::write_checkpoint(&spec, dir.path(), 6).unwrap();
     for backend in ["auto", "uring", "pread"] {
-        let doc = stdout_json(&hoist(&["load", root.to_str().unwrap(), "--json", "--backend", backend]));
+        let doc = stdout_json(&hoist(&[
+            "load",
+            root.to_str().unwrap(),
+            "--json",
+            "--backend",
+            backend,
+        ]));
         let peak = doc["peak_rss_bytes"].as_u64().unwrap();
         assert_eq!(doc["bytes"].as_u64(), Some(bytes));
-        assert!(peak <= bytes + (128 << 20), "{backend}: peak RSS {peak} for {bytes} bytes");
+        assert!(
+            peak <= bytes + (128 << 20),
+            "{backend}: peak RSS {peak} for {bytes} bytes"
+        );
     }
 }

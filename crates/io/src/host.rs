@@ -26,7 +26,11 @@ impl HostBuf {
         #[cfg(target_os = "linux")]
         // SAFETY: advising a mapping we own over its exact extent; a refusal is harmless.
         unsafe {
-            libc::madvise(map.as_ptr() as *mut libc::c_void, map.len(), libc::MADV_HUGEPAGE);
+            libc::madvise(
+                map.as_ptr() as *mut libc::c_void,
+                map.len(),
+                libc::MADV_HUGEPAGE,
+            );
         }
         Ok(HostBuf { map })
     }
@@ -34,6 +38,11 @@ impl HostBuf {
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         &self.map
+    }
+
+    /// The start of the buffer, for writers that hold it uniquely (a sink filling it).
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.map.as_mut_ptr()
     }
 
     /// Length in bytes.
@@ -98,12 +107,19 @@ pub struct HostSink<'a> {
 impl<'a> HostSink<'a> {
     /// Allocates one buffer per region of `plan`; `on_tensor`, if given, is called with each
     /// tensor when it completes.
-    pub fn new(table: &TensorTable, plan: &'a Plan, on_tensor: Option<&'a OnTensor<'a>>) -> Result<Self, AllocError> {
+    pub fn new(
+        table: &TensorTable,
+        plan: &'a Plan,
+        on_tensor: Option<&'a OnTensor<'a>>,
+    ) -> Result<Self, AllocError> {
         let mut regions = Vec::with_capacity(plan.regions.len());
         let mut bases = Vec::with_capacity(plan.regions.len());
         for r in &plan.regions {
-            let mut buf = HostBuf::new(r.len() as usize).map_err(|source| AllocError { bytes: r.len(), source })?;
-            let base = NonNull::new(buf.map.as_mut_ptr()).ok_or_else(|| AllocError {
+            let mut buf = HostBuf::new(r.len() as usize).map_err(|source| AllocError {
+                bytes: r.len(),
+                source,
+            })?;
+            let base = NonNull::new(buf.as_mut_ptr()).ok_or_else(|| AllocError {
                 bytes: r.len(),
                 source: std::io::Error::other("null mapping"),
             })?;
@@ -119,18 +135,30 @@ impl<'a> HostSink<'a> {
                 offset: p.offset as usize,
             })
             .collect();
-        tensors.extend(plan.empty.iter().map(|&i| HostTensor { info: table.tensors[i].clone(), buf: None, offset: 0 }));
+        tensors.extend(plan.empty.iter().map(|&i| HostTensor {
+            info: table.tensors[i].clone(),
+            buf: None,
+            offset: 0,
+        }));
         if let Some(f) = on_tensor {
             for t in &tensors[plan.placements.len()..] {
                 f(t);
             }
         }
-        Ok(HostSink { bases, tensors, tracker: CompletionTracker::new(plan), on_tensor })
+        Ok(HostSink {
+            bases,
+            tensors,
+            tracker: CompletionTracker::new(plan),
+            on_tensor,
+        })
     }
 
     /// The loaded tensors in file order; valid once the engine has run the whole plan.
     pub fn into_tensors(self) -> Vec<HostTensor> {
-        debug_assert!(self.tracker.all_done(), "tensors taken before the load completed");
+        debug_assert!(
+            self.tracker.all_done(),
+            "tensors taken before the load completed"
+        );
         self.tensors
     }
 }
@@ -144,11 +172,19 @@ unsafe impl Sync for HostSink<'_> {}
 impl Sink for HostSink<'_> {
     fn acquire(&self, index: usize, chunk: &Chunk) -> Result<Staging, SinkError> {
         let (base, len) = self.bases[chunk.region];
-        assert!(chunk.region_offset + chunk.len <= len as u64, "chunk {index} overruns its region");
+        assert!(
+            chunk.region_offset + chunk.len <= len as u64,
+            "chunk {index} overruns its region"
+        );
         // SAFETY: in bounds of the region's buffer (asserted above); chunks of one region are
         // disjoint, so no two loans alias.
         let ptr = unsafe { base.add(chunk.region_offset as usize) };
-        Ok(Staging { ptr, len: chunk.len as usize, slot: index as u32, fixed: None })
+        Ok(Staging {
+            ptr,
+            len: chunk.len as usize,
+            slot: index as u32,
+            fixed: None,
+        })
     }
 
     fn commit(&self, _index: usize, chunk: &Chunk, _staging: Staging) -> Result<(), SinkError> {

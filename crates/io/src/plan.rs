@@ -34,7 +34,10 @@ pub const CHUNK_BYTES_RANGE: Range<u64> = (64 << 10)..(1 << 30) + 1;
 
 impl Default for PlanConfig {
     fn default() -> Self {
-        PlanConfig { chunk_bytes: DEFAULT_CHUNK_BYTES, align_bytes: DEFAULT_ALIGN_BYTES }
+        PlanConfig {
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            align_bytes: DEFAULT_ALIGN_BYTES,
+        }
     }
 }
 
@@ -149,10 +152,19 @@ fn align_up(x: u64, a: u64) -> u64 {
 impl Plan {
     /// Plans the reads of `selection` (indices into `table.tensors`, any order, duplicates
     /// ignored).
-    pub fn new(table: &TensorTable, selection: &[usize], config: PlanConfig) -> Result<Plan, PlanError> {
-        let PlanConfig { chunk_bytes, align_bytes } = config;
+    pub fn new(
+        table: &TensorTable,
+        selection: &[usize],
+        config: PlanConfig,
+    ) -> Result<Plan, PlanError> {
+        let PlanConfig {
+            chunk_bytes,
+            align_bytes,
+        } = config;
         if !align_bytes.is_power_of_two() || align_bytes < 512 {
-            return Err(PlanError::Config(format!("align_bytes {align_bytes} must be a power of two ≥ 512")));
+            return Err(PlanError::Config(format!(
+                "align_bytes {align_bytes} must be a power of two ≥ 512"
+            )));
         }
         if !CHUNK_BYTES_RANGE.contains(&chunk_bytes) || chunk_bytes % align_bytes != 0 {
             return Err(PlanError::Config(format!(
@@ -168,25 +180,55 @@ impl Plan {
         sel.sort_unstable();
         sel.dedup();
 
-        let files = table.files.iter().map(|f| PlanFile { path: f.path.clone(), size_bytes: f.size_bytes }).collect();
-        let mut plan = Plan { config, files, regions: Vec::new(), placements: Vec::new(), chunks: Vec::new(), empty: Vec::new() };
+        let files = table
+            .files
+            .iter()
+            .map(|f| PlanFile {
+                path: f.path.clone(),
+                size_bytes: f.size_bytes,
+            })
+            .collect();
+        let mut plan = Plan {
+            config,
+            files,
+            regions: Vec::new(),
+            placements: Vec::new(),
+            chunks: Vec::new(),
+            empty: Vec::new(),
+        };
         for &i in &sel {
             let t = &table.tensors[i];
             if t.len == 0 {
                 plan.empty.push(i);
                 continue;
             }
-            let (start, end) = (align_down(t.offset, align_bytes), align_up(t.end(), align_bytes));
-            let extend = plan.regions.last().is_some_and(|r| r.file == t.file && start <= r.end);
+            let (start, end) = (
+                align_down(t.offset, align_bytes),
+                align_up(t.end(), align_bytes),
+            );
+            let extend = plan
+                .regions
+                .last()
+                .is_some_and(|r| r.file == t.file && start <= r.end);
             if !extend {
                 let n = plan.placements.len();
-                plan.regions.push(Region { file: t.file, start, end, placements: n..n });
+                plan.regions.push(Region {
+                    file: t.file,
+                    start,
+                    end,
+                    placements: n..n,
+                });
             }
             let ri = plan.regions.len() - 1;
             let r = &mut plan.regions[ri];
             r.end = r.end.max(end);
             r.placements.end += 1;
-            plan.placements.push(Placement { tensor: i, region: ri, offset: t.offset - r.start, len: t.len });
+            plan.placements.push(Placement {
+                tensor: i,
+                region: ri,
+                offset: t.offset - r.start,
+                len: t.len,
+            });
         }
         plan.split_chunks(table);
         Ok(plan)
@@ -202,11 +244,14 @@ impl Plan {
                 let need = len.min(file_size.saturating_sub(off));
                 // First placement ending after this chunk's start (placements are sorted and
                 // contiguous in the region, so the chunk's placements are a range).
-                while p < r.placements.end && table.tensors[self.placements[p].tensor].end() <= off {
+                while p < r.placements.end && table.tensors[self.placements[p].tensor].end() <= off
+                {
                     p += 1;
                 }
                 let mut q = p;
-                while q < r.placements.end && table.tensors[self.placements[q].tensor].offset < off + len {
+                while q < r.placements.end
+                    && table.tensors[self.placements[q].tensor].offset < off + len
+                {
                     q += 1;
                 }
                 self.chunks.push(Chunk {
@@ -291,11 +336,17 @@ mod tests {
             assert!(c.file_offset >= r.start && c.file_offset + c.len <= r.end);
             assert_eq!(c.region_offset, c.file_offset - r.start);
             assert!(c.need <= c.len && c.need > 0);
-            assert_eq!(c.need, c.len.min(plan.files[c.file].size_bytes - c.file_offset));
+            assert_eq!(
+                c.need,
+                c.len.min(plan.files[c.file].size_bytes - c.file_offset)
+            );
         }
         for w in plan.chunks.windows(2) {
             if w[0].file == w[1].file {
-                assert!(w[0].file_offset + w[0].len <= w[1].file_offset, "chunks overlap");
+                assert!(
+                    w[0].file_offset + w[0].len <= w[1].file_offset,
+                    "chunks overlap"
+                );
             }
         }
         // Every selected byte is read exactly once, into the right place.
@@ -304,9 +355,17 @@ mod tests {
                 assert!(plan.empty.contains(&t.index_of(&tensor.name).unwrap()));
                 continue;
             }
-            let p = plan.placements.iter().find(|p| t.tensors[p.tensor].name == tensor.name).unwrap();
+            let p = plan
+                .placements
+                .iter()
+                .find(|p| t.tensors[p.tensor].name == tensor.name)
+                .unwrap();
             let r = &plan.regions[p.region];
-            assert_eq!(r.start + p.offset, tensor.offset, "placed where the bytes land");
+            assert_eq!(
+                r.start + p.offset,
+                tensor.offset,
+                "placed where the bytes land"
+            );
             let covering: u64 = plan
                 .chunks
                 .iter()
@@ -320,19 +379,33 @@ mod tests {
             assert_eq!(covering, tensor.len, "{} read exactly once", tensor.name);
             // The chunks that carry it list it.
             for (ci, c) in plan.chunks.iter().enumerate() {
-                let overlaps = c.file == tensor.file && c.file_offset < tensor.end() && tensor.offset < c.file_offset + c.len;
+                let overlaps = c.file == tensor.file
+                    && c.file_offset < tensor.end()
+                    && tensor.offset < c.file_offset + c.len;
                 let pi = plan.placements.iter().position(|q| q == p).unwrap();
-                assert_eq!(overlaps, c.placements.contains(&pi), "chunk {ci} lists {}", tensor.name);
+                assert_eq!(
+                    overlaps,
+                    c.placements.contains(&pi),
+                    "chunk {ci} lists {}",
+                    tensor.name
+                );
             }
         }
         // Nothing unselected is read beyond alignment slack.
         for c in &plan.chunks {
             let mut x = c.file_offset;
             while x < c.file_offset + c.need {
-                let near = selected
-                    .iter()
-                    .any(|s| s.file == c.file && s.len > 0 && x >= s.offset / a * a && x < s.end().div_ceil(a) * a);
-                assert!(near, "byte {x} of file {} read but not within alignment of a selected tensor", c.file);
+                let near = selected.iter().any(|s| {
+                    s.file == c.file
+                        && s.len > 0
+                        && x >= s.offset / a * a
+                        && x < s.end().div_ceil(a) * a
+                });
+                assert!(
+                    near,
+                    "byte {x} of file {} read but not within alignment of a selected tensor",
+                    c.file
+                );
                 x += 512;
             }
         }
@@ -374,9 +447,25 @@ mod tests {
     #[test]
     fn bad_configs_are_refused() {
         let t = table(&[vec![(0, 10)]]);
-        for (chunk_bytes, align_bytes) in [(4096, 4096), (1 << 20, 3000), ((1 << 20) + 512, 4096), (2 << 30, 4096)] {
-            assert!(Plan::new(&t, &[0], PlanConfig { chunk_bytes, align_bytes }).is_err());
+        for (chunk_bytes, align_bytes) in [
+            (4096, 4096),
+            (1 << 20, 3000),
+            ((1 << 20) + 512, 4096),
+            (2 << 30, 4096),
+        ] {
+            assert!(Plan::new(
+                &t,
+                &[0],
+                PlanConfig {
+                    chunk_bytes,
+                    align_bytes
+                }
+            )
+            .is_err());
         }
-        assert!(matches!(Plan::new(&t, &[5], PlanConfig::default()), Err(PlanError::BadIndex { index: 5, .. })));
+        assert!(matches!(
+            Plan::new(&t, &[5], PlanConfig::default()),
+            Err(PlanError::BadIndex { index: 5, .. })
+        ));
     }
 }

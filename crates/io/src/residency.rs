@@ -17,8 +17,16 @@ impl FileResidency {
         let len = file.metadata()?.len();
         // SAFETY: the mapping is only passed to mincore, never dereferenced, so a file changing
         // under it cannot cause a fault here.
-        let map = if len == 0 { None } else { Some(unsafe { memmap2::MmapOptions::new().map(file)? }) };
-        Ok(FileResidency { map, page_bytes: page_bytes(), scratch: Vec::new() })
+        let map = if len == 0 {
+            None
+        } else {
+            Some(unsafe { memmap2::MmapOptions::new().map(file)? })
+        };
+        Ok(FileResidency {
+            map,
+            page_bytes: page_bytes(),
+            scratch: Vec::new(),
+        })
     }
 
     /// Bytes of `[offset, offset + len)` whose pages are in the page cache.
@@ -49,7 +57,9 @@ impl FileResidency {
 
     /// Whether every page of `[offset, offset + len)` is in the page cache.
     pub fn is_resident(&mut self, offset: u64, len: u64) -> std::io::Result<bool> {
-        let Some(map) = &self.map else { return Ok(false) };
+        let Some(map) = &self.map else {
+            return Ok(false);
+        };
         let end = (offset + len).min(map.len() as u64);
         let first = offset / self.page_bytes * self.page_bytes;
         Ok(self.resident_bytes(offset, len)? >= end.saturating_sub(first))
@@ -60,7 +70,11 @@ impl FileResidency {
 pub fn page_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as u64 } else { 4096 }
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
 }
 
 /// What [`evict`] found.
@@ -84,12 +98,23 @@ pub fn evict(path: &Path) -> std::io::Result<Eviction> {
     // Dirty pages are not dropped by DONTNEED; write them back first.
     file.sync_all()?;
     // SAFETY: fadvise on an open descriptor; offset 0 with length 0 means the whole file.
-    let rc = unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let rc = unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
     let resident_after_bytes = res.resident_bytes(0, size_bytes)?;
-    Ok(Eviction { size_bytes, resident_before_bytes, resident_after_bytes })
+    Ok(Eviction {
+        size_bytes,
+        resident_before_bytes,
+        resident_after_bytes,
+    })
 }
 
 #[cfg(test)]

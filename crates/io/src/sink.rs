@@ -70,7 +70,9 @@ impl CompletionTracker {
                 counts[p] += 1;
             }
         }
-        CompletionTracker { pending: counts.into_iter().map(AtomicU32::new).collect() }
+        CompletionTracker {
+            pending: counts.into_iter().map(AtomicU32::new).collect(),
+        }
     }
 
     /// Records that `chunk` is complete at its destination; calls `ready` with each placement
@@ -78,7 +80,10 @@ impl CompletionTracker {
     pub fn chunk_done(&self, chunk: &Chunk, mut ready: impl FnMut(usize)) {
         for p in chunk.placements.clone() {
             let before = self.pending[p].fetch_sub(1, Ordering::AcqRel);
-            assert!(before > 0, "placement {p} completed more often than it has chunks");
+            assert!(
+                before > 0,
+                "placement {p} completed more often than it has chunks"
+            );
             if before == 1 {
                 ready(p);
             }

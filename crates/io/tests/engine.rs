@@ -10,10 +10,18 @@ use hoist_synth::{fill_random, write_safetensors, TensorSpec};
 
 /// Checks that every loaded tensor equals the file's bytes at the table's offsets.
 fn assert_matches_file(table: &TensorTable, loaded: &[hoist_io::HostTensor]) {
-    let files: Vec<Vec<u8>> = table.files.iter().map(|f| std::fs::read(&f.path).unwrap()).collect();
+    let files: Vec<Vec<u8>> = table
+        .files
+        .iter()
+        .map(|f| std::fs::read(&f.path).unwrap())
+        .collect();
     for t in loaded {
         let want = &files[t.info.file][t.info.offset as usize..t.info.end() as usize];
-        assert!(t.bytes() == want, "tensor {} differs from the file", t.info.name);
+        assert!(
+            t.bytes() == want,
+            "tensor {} differs from the file",
+            t.info.name
+        );
     }
 }
 
@@ -21,7 +29,13 @@ fn configs() -> Vec<EngineConfig> {
     let mut out = Vec::new();
     for backend in Backend::ALL {
         for (threads, queue_depth) in [(1, 1), (3, 8)] {
-            out.push(EngineConfig { backend, threads, queue_depth, uring_threads: 1, progress: None });
+            out.push(EngineConfig {
+                backend,
+                threads,
+                queue_depth,
+                uring_threads: 1,
+                progress: None,
+            });
         }
     }
     out
@@ -33,10 +47,17 @@ fn odd_checkpoint(dir: &Path) -> std::path::PathBuf {
     let specs: Vec<TensorSpec> = sizes
         .iter()
         .enumerate()
-        .map(|(i, &n)| TensorSpec { name: format!("t{i:02}"), dtype: DType::U8, shape: vec![n] })
+        .map(|(i, &n)| TensorSpec {
+            name: format!("t{i:02}"),
+            dtype: DType::U8,
+            shape: vec![n],
+        })
         .collect();
     let path = dir.join("odd.safetensors");
-    write_safetensors(&path, &specs, &[], |i, off, buf| fill_random(buf, 99, i as u64, off)).unwrap();
+    write_safetensors(&path, &specs, &[], |i, off, buf| {
+        fill_random(buf, 99, i as u64, off)
+    })
+    .unwrap();
     path
 }
 
@@ -47,11 +68,18 @@ fn every_backend_loads_odd_layouts_byte_exact() {
     let all: Vec<usize> = (0..table.tensors.len()).collect();
     for chunk_bytes in [64 << 10, 16 << 20] {
         for cfg in configs() {
-            let plan = PlanConfig { chunk_bytes, ..PlanConfig::default() };
+            let plan = PlanConfig {
+                chunk_bytes,
+                ..PlanConfig::default()
+            };
             let (loaded, report) = load_host(&table, &all, plan, &cfg, None).unwrap();
             assert_eq!(loaded.len(), table.tensors.len());
             assert_matches_file(&table, &loaded);
-            assert!(report.read_bytes >= table.total_bytes(), "{:?}", cfg.backend);
+            assert!(
+                report.read_bytes >= table.total_bytes(),
+                "{:?}",
+                cfg.backend
+            );
         }
     }
 }
@@ -60,14 +88,26 @@ fn every_backend_loads_odd_layouts_byte_exact() {
 fn selections_load_only_what_was_asked() {
     let dir = tempfile::tempdir().unwrap();
     let table = TensorTable::open(odd_checkpoint(dir.path())).unwrap();
-    let sel = table.select(&["t0[13]".to_string(), "t09".to_string()]).unwrap();
+    let sel = table
+        .select(&["t0[13]".to_string(), "t09".to_string()])
+        .unwrap();
     assert_eq!(sel.len(), 3);
-    let (loaded, report) = load_host(&table, &sel, PlanConfig::default(), &EngineConfig::default(), None).unwrap();
+    let (loaded, report) = load_host(
+        &table,
+        &sel,
+        PlanConfig::default(),
+        &EngineConfig::default(),
+        None,
+    )
+    .unwrap();
     let names: Vec<&str> = loaded.iter().map(|t| t.info.name.as_str()).collect();
     assert_eq!(names, ["t01", "t03", "t09"]);
     assert_matches_file(&table, &loaded);
     let selected: u64 = sel.iter().map(|&i| table.tensors[i].len).sum();
-    assert!(report.read_bytes <= selected + 3 * 2 * 4096, "only alignment slack beyond the selection");
+    assert!(
+        report.read_bytes <= selected + 3 * 2 * 4096,
+        "only alignment slack beyond the selection"
+    );
 }
 
 #[test]
@@ -80,9 +120,19 @@ fn tensors_stream_to_the_consumer_exactly_once() {
     let all: Vec<usize> = (0..table.tensors.len()).collect();
     for backend in Backend::ALL {
         let seen = Mutex::new(Vec::new());
-        let on = |t: &hoist_io::HostTensor| seen.lock().unwrap().push((t.info.name.clone(), t.bytes().to_vec()));
-        let cfg = EngineConfig { backend, ..EngineConfig::default() };
-        let plan = PlanConfig { chunk_bytes: 64 << 10, ..PlanConfig::default() };
+        let on = |t: &hoist_io::HostTensor| {
+            seen.lock()
+                .unwrap()
+                .push((t.info.name.clone(), t.bytes().to_vec()))
+        };
+        let cfg = EngineConfig {
+            backend,
+            ..EngineConfig::default()
+        };
+        let plan = PlanConfig {
+            chunk_bytes: 64 << 10,
+            ..PlanConfig::default()
+        };
         let (loaded, _) = load_host(&table, &all, plan, &cfg, Some(&on)).unwrap();
         let seen = seen.into_inner().unwrap();
         assert_eq!(seen.len(), table.tensors.len());
@@ -90,7 +140,10 @@ fn tensors_stream_to_the_consumer_exactly_once() {
         assert_eq!(unique.len(), seen.len());
         for (name, bytes) in &seen {
             let t = loaded.iter().find(|t| &t.info.name == name).unwrap();
-            assert!(t.bytes() == &bytes[..], "streamed bytes of {name} are final");
+            assert!(
+                t.bytes() == &bytes[..],
+                "streamed bytes of {name} are final"
+            );
         }
     }
 }
@@ -101,14 +154,25 @@ fn a_file_truncated_after_parsing_is_a_clear_error() {
     let path = odd_checkpoint(dir.path());
     let table = TensorTable::open(&path).unwrap();
     let len = std::fs::metadata(&path).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 100_000).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 100_000)
+        .unwrap();
     let all: Vec<usize> = (0..table.tensors.len()).collect();
     for backend in [Backend::Auto, Backend::Uring, Backend::Pread, Backend::Mmap] {
-        let cfg = EngineConfig { backend, ..EngineConfig::default() };
+        let cfg = EngineConfig {
+            backend,
+            ..EngineConfig::default()
+        };
         let err = load_host(&table, &all, PlanConfig::default(), &cfg, None).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("odd.safetensors"), "{backend:?}: {msg}");
-        assert!(matches!(err, LoadError::Io(IoError::Truncated { .. })), "{backend:?}: {msg}");
+        assert!(
+            matches!(err, LoadError::Io(IoError::Truncated { .. })),
+            "{backend:?}: {msg}"
+        );
     }
 }
 
@@ -117,8 +181,14 @@ fn progress_counts_every_byte() {
     let dir = tempfile::tempdir().unwrap();
     let table = TensorTable::open(odd_checkpoint(dir.path())).unwrap();
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let cfg = EngineConfig { progress: Some(progress.clone()), ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        progress: Some(progress.clone()),
+        ..EngineConfig::default()
+    };
     let all: Vec<usize> = (0..table.tensors.len()).collect();
     let (_, report) = load_host(&table, &all, PlanConfig::default(), &cfg, None).unwrap();
-    assert_eq!(progress.load(std::sync::atomic::Ordering::Relaxed), report.read_bytes);
+    assert_eq!(
+        progress.load(std::sync::atomic::Ordering::Relaxed),
+        report.read_bytes
+    );
 }

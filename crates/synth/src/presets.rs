@@ -18,7 +18,9 @@ impl TensorSpec {
     /// Byte length of the tensor's data.
     pub fn byte_len(&self) -> u64 {
         let elems: u64 = self.shape.iter().product();
-        self.dtype.byte_len(elems).expect("synthetic shapes are whole bytes")
+        self.dtype
+            .byte_len(elems)
+            .expect("synthetic shapes are whole bytes")
     }
 }
 
@@ -54,8 +56,16 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Tensors in module order (embedding, layers, final norm, head).
     pub fn tensors(&self) -> Vec<TensorSpec> {
-        let t = |name: String, shape: Vec<u64>| TensorSpec { name, dtype: self.dtype, shape };
-        let (h, q, kv) = (self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let t = |name: String, shape: Vec<u64>| TensorSpec {
+            name,
+            dtype: self.dtype,
+            shape,
+        };
+        let (h, q, kv) = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+        );
         let mut out = vec![t("model.embed_tokens.weight".into(), vec![self.vocab, h])];
         for l in 0..self.layers {
             let p = format!("model.layers.{l}");
@@ -69,8 +79,14 @@ impl ModelSpec {
                 out.push(t(format!("{p}.self_attn.v_proj.bias"), vec![kv]));
             }
             if self.qk_norm {
-                out.push(t(format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim]));
-                out.push(t(format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim]));
+                out.push(t(
+                    format!("{p}.self_attn.q_norm.weight"),
+                    vec![self.head_dim],
+                ));
+                out.push(t(
+                    format!("{p}.self_attn.k_norm.weight"),
+                    vec![self.head_dim],
+                ));
             }
             out.push(t(format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
             out.push(t(format!("{p}.post_attention_layernorm.weight"), vec![h]));
@@ -80,7 +96,10 @@ impl ModelSpec {
                 out.push(t(format!("{p}.mlp.up_proj.weight"), vec![i, h]));
                 out.push(t(format!("{p}.mlp.down_proj.weight"), vec![h, i]));
             } else {
-                out.push(t(format!("{p}.block_sparse_moe.gate.weight"), vec![self.experts, h]));
+                out.push(t(
+                    format!("{p}.block_sparse_moe.gate.weight"),
+                    vec![self.experts, h],
+                ));
                 for e in 0..self.experts {
                     let x = format!("{p}.block_sparse_moe.experts.{e}");
                     out.push(t(format!("{x}.w1.weight"), vec![i, h]));
@@ -133,7 +152,10 @@ pub fn presets() -> Vec<Preset> {
         Preset {
             name: "tiny",
             description: "Llama-shaped, 2 layers, ~2 MB, 2 shards (tests)",
-            spec: ModelSpec { max_shard_bytes: Some(1_000_000), ..llama(1000, 128, 2, 344, 4, 2) },
+            spec: ModelSpec {
+                max_shard_bytes: Some(1_000_000),
+                ..llama(1000, 128, 2, 344, 4, 2)
+            },
         },
         Preset {
             name: "small",
@@ -143,7 +165,11 @@ pub fn presets() -> Vec<Preset> {
         Preset {
             name: "qwen3-0.6b",
             description: "Qwen3-0.6B layout: 311 tensors, ~1.5 GB, one file",
-            spec: ModelSpec { qk_norm: true, head_dim: 128, ..llama(151_936, 1024, 28, 3072, 16, 8) },
+            spec: ModelSpec {
+                qk_norm: true,
+                head_dim: 128,
+                ..llama(151_936, 1024, 28, 3072, 16, 8)
+            },
         },
         Preset {
             name: "mixtral-mini",
@@ -157,7 +183,10 @@ pub fn presets() -> Vec<Preset> {
         Preset {
             name: "llama-7b",
             description: "Llama-2-7B layout: 291 tensors, 13.5 GB, 2 shards",
-            spec: ModelSpec { max_shard_bytes: Some(10 * GB), ..llama(32000, 4096, 32, 11008, 32, 32) },
+            spec: ModelSpec {
+                max_shard_bytes: Some(10 * GB),
+                ..llama(32000, 4096, 32, 11008, 32, 32)
+            },
         },
     ]
 }

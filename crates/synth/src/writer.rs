@@ -28,7 +28,10 @@ pub enum SynthError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
-    move |source| SynthError::Io { path: path.to_path_buf(), source }
+    move |source| SynthError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes one safetensors file holding `tensors` in the given order, their bytes produced by
@@ -41,7 +44,10 @@ pub fn write_safetensors(
 ) -> Result<(), SynthError> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        let m = metadata.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
+        let m = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
         header.insert("__metadata__".into(), serde_json::Value::Object(m));
     }
     let mut offset = 0u64;
@@ -60,8 +66,10 @@ pub fn write_safetensors(
     }
     let tmp = path.with_extension("partial");
     let result = (|| {
-        let mut w = BufWriter::with_capacity(WRITE_CHUNK_BYTES, File::create(&tmp).map_err(io_err(&tmp))?);
-        w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io_err(&tmp))?;
+        let mut w =
+            BufWriter::with_capacity(WRITE_CHUNK_BYTES, File::create(&tmp).map_err(io_err(&tmp))?);
+        w.write_all(&(json.len() as u64).to_le_bytes())
+            .map_err(io_err(&tmp))?;
         w.write_all(&json).map_err(io_err(&tmp))?;
         let mut buf = vec![0u8; WRITE_CHUNK_BYTES];
         for (i, t) in tensors.iter().enumerate() {
@@ -93,7 +101,11 @@ pub fn write_checkpoint(spec: &ModelSpec, dir: &Path, seed: u64) -> Result<PathB
     let marker = format!("{{\"layout\":\"{spec:?}\",\"seed\":{seed}}}");
     let tensors = spec.tensors();
     let shards = split_shards(&tensors, spec.max_shard_bytes);
-    let root = if shards.len() == 1 { dir.join("model.safetensors") } else { dir.to_path_buf() };
+    let root = if shards.len() == 1 {
+        dir.join("model.safetensors")
+    } else {
+        dir.to_path_buf()
+    };
     if std::fs::read_to_string(&marker_path).is_ok_and(|m| m == marker) {
         return Ok(root);
     }
@@ -116,9 +128,12 @@ pub fn write_checkpoint(spec: &ModelSpec, dir: &Path, seed: u64) -> Result<PathB
             .iter()
             .map(|t| tensors.iter().position(|x| x.name == t.name).unwrap_or(0) as u64)
             .collect();
-        write_safetensors(&dir.join(&name), &part, &[("format", "pt")], |i, off, buf| {
-            fill_random(buf, seed, stream_of[i], off)
-        })?;
+        write_safetensors(
+            &dir.join(&name),
+            &part,
+            &[("format", "pt")],
+            |i, off, buf| fill_random(buf, seed, stream_of[i], off),
+        )?;
     }
     if n > 1 {
         let index = serde_json::json!({
@@ -126,7 +141,8 @@ pub fn write_checkpoint(spec: &ModelSpec, dir: &Path, seed: u64) -> Result<PathB
             "weight_map": weight_map,
         });
         let p = dir.join(hoist_format::INDEX_FILE_NAME);
-        std::fs::write(&p, serde_json::to_vec_pretty(&index).unwrap_or_default()).map_err(io_err(&p))?;
+        std::fs::write(&p, serde_json::to_vec_pretty(&index).unwrap_or_default())
+            .map_err(io_err(&p))?;
     }
     std::fs::write(&marker_path, marker).map_err(io_err(&marker_path))?;
     Ok(root)
@@ -135,7 +151,9 @@ pub fn write_checkpoint(spec: &ModelSpec, dir: &Path, seed: u64) -> Result<PathB
 /// Splits tensors (in module order) into shards of at most `max_bytes`, as `save_pretrained`
 /// does: a tensor that would overflow the current shard starts the next one.
 fn split_shards(tensors: &[TensorSpec], max_bytes: Option<u64>) -> Vec<std::ops::Range<usize>> {
-    let Some(max) = max_bytes else { return vec![0..tensors.len()] };
+    let Some(max) = max_bytes else {
+        return vec![0..tensors.len()];
+    };
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
     for (i, t) in tensors.iter().enumerate() {
@@ -162,16 +180,23 @@ mod tests {
         assert_eq!(root, dir);
         let table = hoist_format::TensorTable::open(&root);
         // The sharded index parser may not exist yet in every build; a single shard always parses.
-        let shard = hoist_format::TensorTable::open(dir.join("model-00001-of-00002.safetensors")).unwrap();
+        let shard =
+            hoist_format::TensorTable::open(dir.join("model-00001-of-00002.safetensors")).unwrap();
         assert!(shard.tensors.len() > 3);
         if let Ok(t) = table {
             assert_eq!(t.tensors.len(), spec.tensors().len());
             assert_eq!(t.total_bytes(), spec.total_bytes());
         }
         // A second call reuses the finished checkpoint.
-        let before = std::fs::metadata(dir.join(MARKER_FILE_NAME)).unwrap().modified().unwrap();
+        let before = std::fs::metadata(dir.join(MARKER_FILE_NAME))
+            .unwrap()
+            .modified()
+            .unwrap();
         write_checkpoint(&spec, &dir, 1).unwrap();
-        let after = std::fs::metadata(dir.join(MARKER_FILE_NAME)).unwrap().modified().unwrap();
+        let after = std::fs::metadata(dir.join(MARKER_FILE_NAME))
+            .unwrap()
+            .modified()
+            .unwrap();
         assert_eq!(before, after);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,11 +1,10 @@
 //! The plan's files, opened once per load: a buffered descriptor always, an O_DIRECT one where
 //! the filesystem takes it (probed with one aligned read, since some filesystems accept the
-//! flag at open and refuse the reads), and a read-only mapping on demand for the mmap method.
+//! flag at open and refuse the reads).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::OnceLock;
 
 use super::IoError;
 use crate::plan::Plan;
@@ -14,18 +13,24 @@ use crate::plan::Plan;
 pub struct OpenFiles {
     buffered: Vec<File>,
     direct: Vec<Option<File>>,
-    maps: Vec<OnceLock<Result<memmap2::Mmap, String>>>,
 }
 
 impl OpenFiles {
     /// Opens every file of `plan`; with `want_direct`, also an O_DIRECT descriptor where
     /// possible (a refusal adds one line to `notes`).
-    pub fn open(plan: &Plan, want_direct: bool, notes: &mut Vec<String>) -> Result<OpenFiles, IoError> {
+    pub fn open(
+        plan: &Plan,
+        want_direct: bool,
+        notes: &mut Vec<String>,
+    ) -> Result<OpenFiles, IoError> {
         let mut buffered = Vec::with_capacity(plan.files.len());
         let mut direct = Vec::with_capacity(plan.files.len());
         let mut refused = Vec::new();
         for f in &plan.files {
-            let b = File::open(&f.path).map_err(|source| IoError::Open { path: f.path.clone(), source })?;
+            let b = File::open(&f.path).map_err(|source| IoError::Open {
+                path: f.path.clone(),
+                source,
+            })?;
             buffered.push(b);
             if !want_direct {
                 direct.push(None);
@@ -40,10 +45,12 @@ impl OpenFiles {
             }
         }
         if !refused.is_empty() {
-            notes.push(format!("O_DIRECT refused, reading through the page cache: {}", refused.join(", ")));
+            notes.push(format!(
+                "O_DIRECT refused, reading through the page cache: {}",
+                refused.join(", ")
+            ));
         }
-        let maps = plan.files.iter().map(|_| OnceLock::new()).collect();
-        Ok(OpenFiles { buffered, direct, maps })
+        Ok(OpenFiles { buffered, direct })
     }
 
     /// The buffered descriptor of file `i`.
@@ -56,21 +63,16 @@ impl OpenFiles {
         self.direct[i].as_ref()
     }
 
-    /// A read-only mapping of file `i`, made on first use.
-    pub fn map(&self, i: usize) -> Result<&memmap2::Mmap, String> {
-        // SAFETY: the mapping is read only for copying out; a concurrent truncation by another
-        // process would raise SIGBUS, the documented hazard every mmap loader accepts.
-        let m = self.maps[i].get_or_init(|| unsafe { memmap2::Mmap::map(&self.buffered[i]) }.map_err(|e| e.to_string()));
-        m.as_ref().map_err(|e| e.clone())
-    }
-
     pub(crate) fn count(&self) -> usize {
         self.buffered.len()
     }
 }
 
 fn open_direct(path: &std::path::Path, align_bytes: u64) -> std::io::Result<File> {
-    let f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
     // One aligned read proves the filesystem serves O_DIRECT reads, not only opens.
     let layout = std::alloc::Layout::from_size_align(align_bytes as usize, align_bytes as usize)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -80,7 +82,14 @@ fn open_direct(path: &std::path::Path, align_bytes: u64) -> std::io::Result<File
         return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
     }
     // SAFETY: buf holds align_bytes writable bytes, aligned as O_DIRECT requires.
-    let rc = unsafe { libc::pread(f.as_raw_fd(), buf as *mut libc::c_void, align_bytes as usize, 0) };
+    let rc = unsafe {
+        libc::pread(
+            f.as_raw_fd(),
+            buf as *mut libc::c_void,
+            align_bytes as usize,
+            0,
+        )
+    };
     let err = std::io::Error::last_os_error();
     // SAFETY: allocated above with the same layout.
     unsafe { std::alloc::dealloc(buf, layout) };

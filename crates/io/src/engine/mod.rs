@@ -3,10 +3,12 @@
 //! Each chunk is routed to one method:
 //! - **io_uring + O_DIRECT** on dedicated threads, tens of reads in flight, fixed files (and
 //!   fixed buffers where the sink offers long-lived ones): for ranges not in the page cache;
-//! - **buffered `pread`** on a pool of threads: for ranges already in the page cache, where a
-//!   copy out of the cache beats any device read;
-//! - **`pread` + O_DIRECT** on the same pool: where io_uring is refused (seccomp, old kernel);
-//! - **mmap + memcpy**: the baseline most loaders use, only when asked for.
+//! - **mmap + memcpy** of one chunk-sized window at a time (populated in one call, unmapped at
+//!   once, so RSS stays bounded) on a pool of threads: for ranges already in the page cache,
+//!   where a copy out of the cache beats any device read; measured faster than buffered `pread`
+//!   into fresh memory (docs/BENCHMARKS.md);
+//! - **buffered `pread`** on the same pool: when asked for, or where O_DIRECT is refused;
+//! - **`pread` + O_DIRECT** on the same pool: where io_uring is refused (seccomp, old kernel).
 //!
 //! `auto` asks `mincore` which chunks are resident, and falls back (once, reported) when io_uring
 //! or O_DIRECT is refused. The report says how many bytes each method moved.
@@ -32,13 +34,14 @@ pub use files::OpenFiles;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// Per chunk: buffered reads for cached ranges, io_uring O_DIRECT for the rest, with fallbacks.
+    /// Per chunk: copies out of the page cache for cached ranges, io_uring O_DIRECT for the rest,
+    /// with fallbacks.
     Auto,
     /// io_uring for everything (O_DIRECT where the filesystem allows it).
     Uring,
     /// Buffered `pread` from a thread pool for everything.
     Pread,
-    /// memcpy out of a read-only mapping (the baseline most loaders use).
+    /// memcpy out of chunk-sized read-only mappings from a thread pool for everything.
     Mmap,
 }
 
@@ -68,13 +71,18 @@ pub enum Method {
     PreadBuffered,
     /// `pread` with O_DIRECT.
     PreadDirect,
-    /// memcpy from a mapping.
+    /// memcpy from a chunk-sized mapping.
     Mmap,
 }
 
 impl Method {
-    const ALL: [Method; 5] =
-        [Method::UringDirect, Method::UringBuffered, Method::PreadBuffered, Method::PreadDirect, Method::Mmap];
+    const ALL: [Method; 5] = [
+        Method::UringDirect,
+        Method::UringBuffered,
+        Method::PreadBuffered,
+        Method::PreadDirect,
+        Method::Mmap,
+    ];
 
     /// Short name for reports.
     pub fn name(self) -> &'static str {
@@ -120,7 +128,13 @@ pub const MAX_QUEUE_DEPTH: usize = 1024;
 impl Default for EngineConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        EngineConfig { backend: Backend::Auto, threads: cores.clamp(2, 32), queue_depth: 32, uring_threads: 1, progress: None }
+        EngineConfig {
+            backend: Backend::Auto,
+            threads: cores.clamp(2, 32),
+            queue_depth: 32,
+            uring_threads: 1,
+            progress: None,
+        }
     }
 }
 
@@ -146,7 +160,11 @@ impl LoadReport {
             .iter()
             .map(|(m, b)| format!("{m} {:.0}%", *b as f64 * 100.0 / total as f64))
             .collect();
-        if parts.is_empty() { "none".into() } else { parts.join(", ") }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
     }
 }
 
@@ -225,7 +243,8 @@ impl Run<'_> {
     }
 
     fn done(&self, method: Method, bytes: u64) {
-        self.bytes[Method::ALL.iter().position(|&m| m == method).unwrap_or(0)].fetch_add(bytes, Ordering::Relaxed);
+        self.bytes[Method::ALL.iter().position(|&m| m == method).unwrap_or(0)]
+            .fetch_add(bytes, Ordering::Relaxed);
         if let Some(p) = self.progress {
             p.fetch_add(bytes, Ordering::Relaxed);
         }
@@ -233,7 +252,11 @@ impl Run<'_> {
 
     fn sink_error(&self, chunk: usize, source: SinkError) -> IoError {
         let c = &self.plan.chunks[chunk];
-        IoError::Sink { path: self.plan.files[c.file].path.clone(), offset: c.file_offset, source }
+        IoError::Sink {
+            path: self.plan.files[c.file].path.clone(),
+            offset: c.file_offset,
+            source,
+        }
     }
 }
 
@@ -245,11 +268,16 @@ pub(crate) struct Queue {
 
 impl Queue {
     fn new(items: Vec<(usize, Method)>) -> Queue {
-        Queue { items, next: AtomicUsize::new(0) }
+        Queue {
+            items,
+            next: AtomicUsize::new(0),
+        }
     }
 
     fn pop(&self) -> Option<(usize, Method)> {
-        self.items.get(self.next.fetch_add(1, Ordering::Relaxed)).copied()
+        self.items
+            .get(self.next.fetch_add(1, Ordering::Relaxed))
+            .copied()
     }
 }
 
@@ -269,9 +297,13 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
         for _ in 0..config.uring_threads.clamp(1, 16) {
             match uring::Ring::new(queue_depth, &files, sink) {
                 Ok(r) => rings.push(r),
-                Err(e) if config.backend == Backend::Uring => return Err(IoError::UringUnavailable(e)),
+                Err(e) if config.backend == Backend::Uring => {
+                    return Err(IoError::UringUnavailable(e))
+                }
                 Err(e) => {
-                    notes.push(format!("io_uring unavailable ({e}); reading with a pread thread pool instead"));
+                    notes.push(format!(
+                        "io_uring unavailable ({e}); reading with a pread thread pool instead"
+                    ));
                     rings.clear();
                     for (_, m) in routes.iter_mut() {
                         *m = match *m {
@@ -285,7 +317,8 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
             }
         }
     }
-    let (ring_work, pool_work): (Vec<_>, Vec<_>) = routes.into_iter().partition(|(_, m)| m.uses_uring());
+    let (ring_work, pool_work): (Vec<_>, Vec<_>) =
+        routes.into_iter().partition(|(_, m)| m.uses_uring());
     let run = Run {
         plan,
         sink,
@@ -297,7 +330,11 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
     };
     let ring_queue = Queue::new(ring_work);
     let pool_queue = Queue::new(pool_work);
-    let pool_threads = if pool_queue.items.is_empty() { 0 } else { threads.min(pool_queue.items.len()) };
+    let pool_threads = if pool_queue.items.is_empty() {
+        0
+    } else {
+        threads.min(pool_queue.items.len())
+    };
     std::thread::scope(|s| {
         for ring in rings.drain(..) {
             let (run, q) = (&run, &ring_queue);
@@ -323,24 +360,43 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
         .collect();
     let read_bytes = bytes_by_method.iter().map(|m| m.1).sum();
     debug_assert_eq!(read_bytes, plan.read_bytes());
-    Ok(LoadReport { read_bytes, bytes_by_method, notes, seconds: start.elapsed().as_secs_f64() })
+    Ok(LoadReport {
+        read_bytes,
+        bytes_by_method,
+        notes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// Chooses each chunk's method before the run; `auto` consults page-cache residency.
-fn route(plan: &Plan, files: &OpenFiles, backend: Backend, notes: &mut Vec<String>) -> Vec<(usize, Method)> {
+fn route(
+    plan: &Plan,
+    files: &OpenFiles,
+    backend: Backend,
+    notes: &mut Vec<String>,
+) -> Vec<(usize, Method)> {
     let mut residency: Vec<Option<FileResidency>> = Vec::with_capacity(plan.files.len());
     if backend == Backend::Auto {
         for (i, f) in plan.files.iter().enumerate() {
             match FileResidency::new(files.buffered(i)) {
                 Ok(r) => residency.push(Some(r)),
                 Err(e) => {
-                    notes.push(format!("{}: cannot query page-cache residency ({e}); reading it direct", f.path.display()));
+                    notes.push(format!(
+                        "{}: cannot query page-cache residency ({e}); reading it direct",
+                        f.path.display()
+                    ));
                     residency.push(None);
                 }
             }
         }
     }
-    let uring_method = |file: usize| if files.direct(file).is_some() { Method::UringDirect } else { Method::UringBuffered };
+    let uring_method = |file: usize| {
+        if files.direct(file).is_some() {
+            Method::UringDirect
+        } else {
+            Method::UringBuffered
+        }
+    };
     plan.chunks
         .iter()
         .enumerate()
@@ -350,10 +406,18 @@ fn route(plan: &Plan, files: &OpenFiles, backend: Backend, notes: &mut Vec<Strin
                 Backend::Pread => Method::PreadBuffered,
                 Backend::Uring => uring_method(c.file),
                 Backend::Auto => {
-                    let cached = residency[c.file].as_mut().is_some_and(|r| r.is_resident(c.file_offset, c.need).unwrap_or(false));
-                    // Without O_DIRECT a cold read goes through the cache anyway, and a buffered
-                    // pread pool is the simpler road there.
-                    if cached || files.direct(c.file).is_none() { Method::PreadBuffered } else { Method::UringDirect }
+                    let cached = residency[c.file]
+                        .as_mut()
+                        .is_some_and(|r| r.is_resident(c.file_offset, c.need).unwrap_or(false));
+                    if cached {
+                        Method::Mmap
+                    } else if files.direct(c.file).is_none() {
+                        // Without O_DIRECT a cold read goes through the cache anyway; a buffered
+                        // pread pool is the simpler road there.
+                        Method::PreadBuffered
+                    } else {
+                        Method::UringDirect
+                    }
                 }
             };
             (i, m)

@@ -29,23 +29,39 @@ struct Inflight {
 }
 
 impl Ring {
-    pub(super) fn new(queue_depth: usize, files: &OpenFiles, sink: &dyn Sink) -> std::io::Result<Ring> {
+    pub(super) fn new(
+        queue_depth: usize,
+        files: &OpenFiles,
+        sink: &dyn Sink,
+    ) -> std::io::Result<Ring> {
         let ring = IoUring::new(queue_depth.next_power_of_two() as u32)?;
         let n = files.count();
-        let mut fds: Vec<i32> = (0..n).map(|i| files.direct(i).unwrap_or(files.buffered(i)).as_raw_fd()).collect();
+        let mut fds: Vec<i32> = (0..n)
+            .map(|i| files.direct(i).unwrap_or(files.buffered(i)).as_raw_fd())
+            .collect();
         fds.extend((0..n).map(|i| files.buffered(i).as_raw_fd()));
         ring.submitter().register_files(&fds)?;
         let bufs = sink.registered_buffers();
         let mut fixed_buffers = false;
         if !bufs.is_empty() {
-            let iovecs: Vec<libc::iovec> =
-                bufs.iter().map(|(p, l)| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: *l }).collect();
+            let iovecs: Vec<libc::iovec> = bufs
+                .iter()
+                .map(|(p, l)| libc::iovec {
+                    iov_base: p.as_ptr() as *mut libc::c_void,
+                    iov_len: *l,
+                })
+                .collect();
             // SAFETY: the sink promises these buffers outlive the load (registered_buffers'
             // contract); the ring is dropped when this load ends. A refusal (memlock limits) just
             // means plain reads.
             fixed_buffers = unsafe { ring.submitter().register_buffers(&iovecs) }.is_ok();
         }
-        Ok(Ring { ring, queue_depth, file_count: n as u32, fixed_buffers })
+        Ok(Ring {
+            ring,
+            queue_depth,
+            file_count: n as u32,
+            fixed_buffers,
+        })
     }
 
     /// Takes chunks from `queue` until it is empty or the run fails; returns only once the
@@ -60,7 +76,9 @@ impl Ring {
         loop {
             let stop = first_error.is_some() || run.aborted();
             while !stop && !free.is_empty() {
-                let Some((index, method)) = waiting.take().or_else(|| queue.pop()) else { break };
+                let Some((index, method)) = waiting.take().or_else(|| queue.pop()) else {
+                    break;
+                };
                 let chunk = &run.plan.chunks[index];
                 let idle = free.len() == qd;
                 let got = if idle {
@@ -84,7 +102,12 @@ impl Ring {
                     break;
                 }
                 let slot = free.pop().unwrap_or_default();
-                let inf = Inflight { index, method, staging, done: 0 };
+                let inf = Inflight {
+                    index,
+                    method,
+                    staging,
+                    done: 0,
+                };
                 if let Err(e) = self.submit(run, slot, &inf) {
                     first_error = Some(e);
                     free.push(slot);
@@ -101,26 +124,44 @@ impl Ring {
                 }
                 // Nothing can be reaped safely without the ring; the buffers stay loaned until
                 // the ring is dropped, which cancels and waits for in-flight reads.
-                run.fail(IoError::Read { path: run.plan.files[0].path.clone(), offset: 0, len: 0, source: e });
+                run.fail(IoError::Read {
+                    path: run.plan.files[0].path.clone(),
+                    offset: 0,
+                    len: 0,
+                    source: e,
+                });
                 return Ok(());
             }
             completions.clear();
             completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             for &(ud, res) in &completions {
                 let slot = ud as usize;
-                let Some(mut inf) = slots[slot].take() else { continue };
+                let Some(mut inf) = slots[slot].take() else {
+                    continue;
+                };
                 let chunk = &run.plan.chunks[inf.index];
                 let align = run.plan.config.align_bytes;
-                let from = if inf.method == Method::UringDirect { inf.done / align * align } else { inf.done };
+                let from = if inf.method == Method::UringDirect {
+                    inf.done / align * align
+                } else {
+                    inf.done
+                };
                 let outcome = if res < 0 {
                     let err = std::io::Error::from_raw_os_error(-res);
                     match -res {
                         libc::EINTR | libc::EAGAIN => Ok(()),
-                        _ => Err(ReadFail::Os { offset: chunk.file_offset + from, len: chunk.len - from, err }),
+                        _ => Err(ReadFail::Os {
+                            offset: chunk.file_offset + from,
+                            len: chunk.len - from,
+                            err,
+                        }),
                     }
                 } else if from + res as u64 <= inf.done {
                     // No progress: the end of the file (see pread::read_full).
-                    Err(ReadFail::Eof { eof: chunk.file_offset + from + res as u64, need: chunk.file_offset + chunk.need })
+                    Err(ReadFail::Eof {
+                        eof: chunk.file_offset + from + res as u64,
+                        need: chunk.file_offset + chunk.need,
+                    })
                 } else {
                     inf.done = from + res as u64;
                     Ok(())
@@ -164,15 +205,27 @@ impl Ring {
         let chunk = &run.plan.chunks[inf.index];
         let align = run.plan.config.align_bytes;
         let direct = inf.method == Method::UringDirect;
-        let from = if direct { inf.done / align * align } else { inf.done };
-        let file = if direct { chunk.file as u32 } else { self.file_count + chunk.file as u32 };
+        let from = if direct {
+            inf.done / align * align
+        } else {
+            inf.done
+        };
+        let file = if direct {
+            chunk.file as u32
+        } else {
+            self.file_count + chunk.file as u32
+        };
         // SAFETY: `from < chunk.len ≤ staging.len`, so the pointer stays inside the loan.
         let ptr = unsafe { inf.staging.ptr.as_ptr().add(from as usize) };
         let len = (chunk.len - from) as u32;
         let offset = chunk.file_offset + from;
         let entry = match (self.fixed_buffers, inf.staging.fixed) {
-            (true, Some(buf)) => opcode::ReadFixed::new(types::Fixed(file), ptr, len, buf).offset(offset).build(),
-            _ => opcode::Read::new(types::Fixed(file), ptr, len).offset(offset).build(),
+            (true, Some(buf)) => opcode::ReadFixed::new(types::Fixed(file), ptr, len, buf)
+                .offset(offset)
+                .build(),
+            _ => opcode::Read::new(types::Fixed(file), ptr, len)
+                .offset(offset)
+                .build(),
         }
         .user_data(slot as u64);
         // SAFETY: the buffer stays loaned to this ring (in `slots`) until its completion is
