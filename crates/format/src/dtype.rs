@@ -224,7 +224,10 @@ impl GgmlType {
 
     /// Looks a type up by ggml's name (`"Q8_0"`).
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        GGML_TYPES.iter().find(|e| e.1 == name).map(|e| GgmlType(e.0))
+        GGML_TYPES
+            .iter()
+            .find(|e| e.1 == name)
+            .map(|e| GgmlType(e.0))
     }
 }
 
@@ -234,7 +237,9 @@ mod tests {
 
     #[test]
     fn safetensors_names_round_trip() {
-        for s in ["BOOL", "U8", "BF16", "F8_E4M3", "F6_E2M3", "F4", "C64", "F64"] {
+        for s in [
+            "BOOL", "U8", "BF16", "F8_E4M3", "F6_E2M3", "F4", "C64", "F64",
+        ] {
             let d = DType::from_safetensors(s).unwrap();
             assert_eq!(d.name(), s);
         }
@@ -250,7 +255,10 @@ mod tests {
         assert_eq!(DType::F64.byte_len(u64::MAX), None);
         assert_eq!(DType::Ggml(GgmlType::Q4_0).byte_len(64), Some(36));
         assert_eq!(DType::Ggml(GgmlType::Q4_0).byte_len(33), None);
-        assert_eq!(DType::Ggml(GgmlType::from_name("Q6_K").unwrap()).byte_len(512), Some(420));
+        assert_eq!(
+            DType::Ggml(GgmlType::from_name("Q6_K").unwrap()).byte_len(512),
+            Some(420)
+        );
         assert_eq!(DType::Ggml(GgmlType(9999)).byte_len(32), None);
         assert_eq!(DType::Ggml(GgmlType::BF16).bits(), Some(16));
     }

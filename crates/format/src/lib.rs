@@ -6,11 +6,17 @@
 //!
 //! Every malformed input is a typed [`FormatError`] whose message names the file and, where
 //! known, the tensor, and says what to do.
+//!
+//! [`fuzzing`] runs the same parsers on bytes in memory, for fuzzers and property tests.
+
+#![warn(missing_docs)]
 
 mod dtype;
 mod error;
+pub mod fuzzing;
 mod gguf;
 mod index;
+mod json;
 mod open;
 mod safetensors;
 mod table;

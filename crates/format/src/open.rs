@@ -11,7 +11,10 @@ use crate::{FormatError, TensorTable};
 pub const INDEX_FILE_NAME: &str = "model.safetensors.index.json";
 
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> FormatError {
-    FormatError::Io { path: path.to_path_buf(), source }
+    FormatError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub(crate) fn open(path: &Path) -> Result<TensorTable, FormatError> {
@@ -28,8 +31,20 @@ pub(crate) fn open(path: &Path) -> Result<TensorTable, FormatError> {
     if got == 4 && &magic == b"GGUF" {
         return crate::gguf::parse_gguf(path);
     }
+    if path.extension().is_some_and(|e| e == "gguf") {
+        return Err(FormatError::InvalidHeader {
+            path: path.to_path_buf(),
+            reason: format!("bad magic {:02x?}, expected \"GGUF\"", &magic[..got]),
+        });
+    }
     let (file, tensors, metadata) = crate::safetensors::parse_safetensors(path, 0)?;
-    TensorTable::from_parts(path.to_path_buf(), vec![file], tensors, metadata, Vec::new())
+    TensorTable::from_parts(
+        path.to_path_buf(),
+        vec![file],
+        tensors,
+        metadata,
+        Vec::new(),
+    )
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {

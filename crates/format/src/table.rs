@@ -128,12 +128,21 @@ impl TensorTable {
         metadata: BTreeMap<String, MetaValue>,
         skipped: Vec<SkippedTensor>,
     ) -> Result<TensorTable, FormatError> {
-        tensors.sort_by(|a, b| (a.file, a.offset, a.len).cmp(&(b.file, b.offset, b.len)));
+        tensors.sort_by_key(|a| (a.file, a.offset, a.len));
         let mut by_name = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
-            assert!(t.file < files.len(), "tensor '{}' names file {} of {}", t.name, t.file, files.len());
+            assert!(
+                t.file < files.len(),
+                "tensor '{}' names file {} of {}",
+                t.name,
+                t.file,
+                files.len()
+            );
             if by_name.insert(t.name.clone(), i).is_some() {
-                return Err(FormatError::Duplicate { path: files[t.file].path.clone(), tensor: t.name.clone() });
+                return Err(FormatError::Duplicate {
+                    path: files[t.file].path.clone(),
+                    tensor: t.name.clone(),
+                });
             }
         }
         for pair in tensors.windows(2) {
@@ -147,7 +156,14 @@ impl TensorTable {
                 });
             }
         }
-        Ok(TensorTable { root, files, tensors, metadata, skipped, by_name })
+        Ok(TensorTable {
+            root,
+            files,
+            tensors,
+            metadata,
+            skipped,
+            by_name,
+        })
     }
 
     /// The tensor called `name`.
