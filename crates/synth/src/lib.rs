@@ -5,6 +5,7 @@
 //! `save_pretrained` checkpoint, filled with pseudo-random bytes (every bit pattern, never
 //! zeros, so an unwritten or misplaced byte shows).
 
+pub mod gguf;
 mod presets;
 mod rng;
 mod writer;

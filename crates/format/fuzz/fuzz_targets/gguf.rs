@@ -1,0 +1,7 @@
+//! Any bytes as a GGUF file: a typed error or a table, never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = hoist_format::fuzzing::gguf(std::path::Path::new("fuzz.gguf"), data);
+});
