@@ -46,6 +46,13 @@ pub trait Sink: Sync {
     /// Chunk `index`'s bytes (`chunk.need` of them) are in `staging`.
     fn commit(&self, index: usize, chunk: &Chunk, staging: Staging) -> Result<(), SinkError>;
 
+    /// Takes back a buffer whose read failed or was abandoned (the load is failing); its
+    /// contents are garbage. A bounded sink must make the buffer available again, or threads
+    /// blocked in [`Sink::acquire`] would wait forever.
+    fn release(&self, index: usize, staging: Staging) {
+        let _ = (index, staging);
+    }
+
     /// The buffers to register with io_uring once per ring (`(ptr, len)`), if the sink's buffers
     /// are long-lived. A registered buffer is pinned by the kernel, so only bounded rings should
     /// offer theirs.

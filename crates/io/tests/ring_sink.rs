@@ -91,14 +91,18 @@ impl Sink for RingSink {
         Ok(())
     }
 
+    fn release(&self, _index: usize, staging: Staging) {
+        self.in_use.fetch_sub(1, Ordering::SeqCst);
+        self.free.lock().unwrap().push(staging.slot as usize);
+        self.freed.notify_one();
+    }
+
     fn registered_buffers(&self) -> Vec<(NonNull<u8>, usize)> {
         self.slots.iter().map(|&p| (p, self.slot_bytes)).collect()
     }
 }
 
-#[test]
-fn a_bounded_ring_delivers_every_byte() {
-    let dir = tempfile::tempdir().unwrap();
+fn ring_checkpoint(dir: &std::path::Path) -> std::path::PathBuf {
     let sizes = [1u64, 700_000, 3, 1 << 20, 123_457, 5, 2_000_000, 64];
     let specs: Vec<TensorSpec> = sizes
         .iter()
@@ -109,11 +113,18 @@ fn a_bounded_ring_delivers_every_byte() {
             shape: vec![n],
         })
         .collect();
-    let path = dir.path().join("ring.safetensors");
+    let path = dir.join("ring.safetensors");
     write_safetensors(&path, &specs, &[], |i, off, buf| {
         fill_random(buf, 11, i as u64, off)
     })
     .unwrap();
+    path
+}
+
+#[test]
+fn a_bounded_ring_delivers_every_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ring_checkpoint(dir.path());
     let table = TensorTable::open(&path).unwrap();
     let file = std::fs::read(&path).unwrap();
     let all: Vec<usize> = (0..table.tensors.len()).collect();
@@ -154,5 +165,54 @@ fn a_bounded_ring_delivers_every_byte() {
                 t.name
             );
         }
+    }
+}
+
+/// A read failing while other threads wait for ring buffers must end the load with the error,
+/// every buffer returned, not hang.
+#[test]
+fn a_failing_read_under_a_full_ring_errors_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ring_checkpoint(dir.path());
+    let table = TensorTable::open(&path).unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let all: Vec<usize> = (0..table.tensors.len()).collect();
+        let plan = Plan::new(
+            &table,
+            &all,
+            PlanConfig {
+                chunk_bytes: 128 << 10,
+                ..PlanConfig::default()
+            },
+        )
+        .unwrap();
+        for backend in Backend::ALL {
+            let sink = RingSink::new(&plan, 2);
+            let cfg = EngineConfig {
+                backend,
+                threads: 4,
+                queue_depth: 8,
+                uring_threads: 2,
+                progress: None,
+            };
+            let err = execute(&plan, &sink, &cfg).unwrap_err();
+            tx.send((backend, err.to_string(), sink.in_use.load(Ordering::SeqCst)))
+                .unwrap();
+        }
+    });
+    for _ in Backend::ALL {
+        let (backend, msg, in_use) = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the load hung");
+        assert!(msg.contains("ring.safetensors"), "{backend:?}: {msg}");
+        assert_eq!(in_use, 0, "{backend:?}: every buffer came back");
     }
 }

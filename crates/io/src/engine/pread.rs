@@ -20,46 +20,50 @@ pub(super) fn drain(run: &Run<'_>, queue: &Queue) {
 
 fn one(run: &Run<'_>, index: usize, method: Method) -> Result<(), IoError> {
     let chunk = &run.plan.chunks[index];
-    let path = &run.plan.files[chunk.file].path;
     let staging = run
         .sink
         .acquire(index, chunk)
         .map_err(|e| run.sink_error(index, e))?;
-    check_staging(run, &staging, index, method)?;
-    match method {
-        Method::Mmap => copy_from_window(
-            run.files.buffered(chunk.file),
-            &staging,
-            chunk.file_offset,
-            chunk.need,
-        )
-        .map_err(|e| e.at(path))?,
-        _ => {
-            let direct = method == Method::PreadDirect;
-            let file = match direct {
-                true => run
-                    .files
-                    .direct(chunk.file)
-                    .unwrap_or(run.files.buffered(chunk.file)),
-                false => run.files.buffered(chunk.file),
-            };
-            read_full(
-                file.as_raw_fd(),
-                &staging,
-                chunk.file_offset,
-                chunk.len,
-                chunk.need,
-                direct,
-                run.plan.config.align_bytes,
-            )
-            .map_err(|e| e.at(path))?;
-        }
+    if let Err(e) = read_into(run, index, method, &staging) {
+        run.sink.release(index, staging);
+        return Err(e);
     }
     run.sink
         .commit(index, chunk, staging)
         .map_err(|e| run.sink_error(index, e))?;
     run.done(method, chunk.need);
     Ok(())
+}
+
+fn read_into(
+    run: &Run<'_>,
+    index: usize,
+    method: Method,
+    staging: &Staging,
+) -> Result<(), IoError> {
+    let chunk = &run.plan.chunks[index];
+    let path = &run.plan.files[chunk.file].path;
+    check_staging(run, staging, index, method)?;
+    let file = match method {
+        Method::PreadDirect => run
+            .files
+            .direct(chunk.file)
+            .unwrap_or(run.files.buffered(chunk.file)),
+        _ => run.files.buffered(chunk.file),
+    };
+    let result = match method {
+        Method::Mmap => copy_from_window(file, staging, chunk.file_offset, chunk.need),
+        _ => read_full(
+            file.as_raw_fd(),
+            staging,
+            chunk.file_offset,
+            chunk.len,
+            chunk.need,
+            method == Method::PreadDirect,
+            run.plan.config.align_bytes,
+        ),
+    };
+    result.map_err(|e| e.at(path))
 }
 
 /// Copies `[offset, offset + need)` of `file` out of a mapping of just that window, made with

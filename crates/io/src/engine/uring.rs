@@ -98,6 +98,7 @@ impl Ring {
                     }
                 };
                 if let Err(e) = check_staging(run, &staging, index, method) {
+                    run.sink.release(index, staging);
                     first_error = Some(e);
                     break;
                 }
@@ -109,6 +110,7 @@ impl Ring {
                     done: 0,
                 };
                 if let Err(e) = self.submit(run, slot, &inf) {
+                    run.sink.release(index, inf.staging);
                     first_error = Some(e);
                     free.push(slot);
                     break;
@@ -119,21 +121,27 @@ impl Ring {
                 break;
             }
             if let Err(e) = self.ring.submit_and_wait(1) {
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+                // EINTR, and EBUSY/EAGAIN while the completion queue is full, clear by reaping.
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) {
+                    // The ring is unusable. The kernel keeps the pages of in-flight reads pinned
+                    // until they finish, so handing the buffers back is memory-safe; the load
+                    // fails, so their contents do not matter.
+                    for inf in slots.iter_mut().filter_map(Option::take) {
+                        run.sink.release(inf.index, inf.staging);
+                    }
+                    let path = run.plan.files[0].path.clone();
+                    return Err(IoError::Read {
+                        path,
+                        offset: 0,
+                        len: 0,
+                        source: e,
+                    });
                 }
-                // Nothing can be reaped safely without the ring; the buffers stay loaned until
-                // the ring is dropped, which cancels and waits for in-flight reads.
-                run.fail(IoError::Read {
-                    path: run.plan.files[0].path.clone(),
-                    offset: 0,
-                    len: 0,
-                    source: e,
-                });
-                return Ok(());
             }
-            completions.clear();
-            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            self.reap(&mut completions);
             for &(ud, res) in &completions {
                 let slot = ud as usize;
                 let Some(mut inf) = slots[slot].take() else {
@@ -168,6 +176,7 @@ impl Ring {
                 };
                 if let Err(f) = outcome {
                     first_error.get_or_insert(f.at(&run.plan.files[chunk.file].path));
+                    run.sink.release(inf.index, inf.staging);
                     free.push(slot);
                     continue;
                 }
@@ -177,10 +186,12 @@ impl Ring {
                             Ok(()) => slots[slot] = Some(inf),
                             Err(e) => {
                                 first_error = Some(e);
+                                run.sink.release(inf.index, inf.staging);
                                 free.push(slot);
                             }
                         }
                     } else {
+                        run.sink.release(inf.index, inf.staging);
                         free.push(slot);
                     }
                     continue;
@@ -198,6 +209,12 @@ impl Ring {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Moves every available completion into `out` (cleared first).
+    fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        out.clear();
+        out.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
     }
 
     /// Queues the read of the rest of `inf`'s chunk into its staging buffer.
