@@ -12,3 +12,19 @@ export HOIST_REQUIRE_PYTHON=1
 
 echo "== cargo test (workspace, release profile)"
 cargo test --workspace --release --locked
+
+echo "== Python package: pip install ./python in a fresh venv, then pytest python/tests"
+# The package builds with maturin (fetched by pip) against the workspace crates; its own
+# Cargo workspace keeps the extension out of `cargo test --workspace`.
+PY_TMP=$(mktemp -d)
+trap 'rm -rf "$PY_TMP"' EXIT
+python3 -m venv "$PY_TMP/venv"
+export CARGO_TARGET_DIR="${HOIST_PY_TARGET_DIR:-$PWD/target/python-ext}"
+"$PY_TMP/venv/bin/python" -m pip install --quiet --disable-pip-version-check ./python numpy safetensors pytest
+unset CARGO_TARGET_DIR
+py_rc=0
+"$PY_TMP/venv/bin/python" -m pytest -q python/tests || py_rc=$?
+if [ "$py_rc" -eq 5 ]; then
+  echo "pytest collected no tests"; py_rc=0
+fi
+exit "$py_rc"
