@@ -11,7 +11,7 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::baselines;
 use crate::util::{gbps, human_bytes, peak_rss_bytes, reset_peak_rss, rss_bytes};
-use crate::Tuning;
+use crate::{Device, Tuning};
 
 /// Arguments of `hoist bench`.
 #[derive(clap::Args, Debug)]
@@ -36,6 +36,10 @@ pub struct Args {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
+    /// Where the tensors go: cpu, or cuda:N (hoist's GPU paths; the baselines still load to
+    /// host memory, as a reference; bench/gpu compares with the peers on the GPU).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -52,6 +56,7 @@ enum Loader {
     PerTensorMmap,
     Sequential,
     Hoist(Backend),
+    Gpu(usize, hoist_cuda::GpuPath, Backend),
 }
 
 impl Loader {
@@ -60,6 +65,7 @@ impl Loader {
             Loader::PerTensorMmap => "baseline: per-tensor mmap+memcpy".into(),
             Loader::Sequential => "baseline: sequential read".into(),
             Loader::Hoist(b) => format!("hoist {}", b.name()),
+            Loader::Gpu(n, p, b) => format!("hoist cuda:{n} {} {}", p.name(), b.name()),
         }
     }
     fn is_baseline(self) -> bool {
@@ -84,14 +90,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         TensorTable::open(&root).with_context(|| format!("cannot benchmark {}", root.display()))?;
     let selection: Vec<usize> = (0..table.tensors.len()).collect();
     let bytes = table.total_bytes();
-    let loaders = [
-        Loader::PerTensorMmap,
-        Loader::Sequential,
-        Loader::Hoist(Backend::Mmap),
-        Loader::Hoist(Backend::Pread),
-        Loader::Hoist(Backend::Uring),
-        Loader::Hoist(Backend::Auto),
-    ];
+    let mut loaders = vec![Loader::PerTensorMmap, Loader::Sequential];
+    match a.device {
+        Device::Cpu => loaders.extend(
+            [Backend::Mmap, Backend::Pread, Backend::Uring, Backend::Auto].map(Loader::Hoist),
+        ),
+        Device::Cuda(n) => {
+            hoist_cuda::probe(n).with_context(|| format!("cuda:{n} is not usable"))?;
+            use hoist_cuda::GpuPath;
+            loaders.extend(
+                [Backend::Mmap, Backend::Pread, Backend::Uring]
+                    .map(|b| Loader::Gpu(n, GpuPath::Ring, b)),
+            );
+            loaders.extend([
+                Loader::Gpu(n, GpuPath::Cufile, Backend::Auto),
+                Loader::Gpu(n, GpuPath::Auto, Backend::Auto),
+            ]);
+        }
+    }
     if !a.json {
         println!(
             "checkpoint: {label}: {} tensors, {} in {} file(s)",
@@ -100,7 +116,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             table.files.len()
         );
         println!(
-            "mode: {}; {} run(s) per loader, median; {} cores",
+            "device: {}; mode: {}; {} run(s) per loader, median; {} cores",
+            match a.device {
+                Device::Cpu => "host memory".to_string(),
+                Device::Cuda(n) => format!("cuda:{n} (baselines to host memory)"),
+            },
             if a.cold {
                 "cold (files evicted from the page cache before each run)"
             } else {
@@ -120,7 +140,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut runs = Vec::with_capacity(a.repeat);
         for _ in 0..a.repeat {
             if a.cold {
-                eviction_failed |= evict_all(&table)?;
+                eviction_failed |= crate::load::evict(&table, false)?;
             }
             let r = run_once(loader, &table, &selection, &a.tuning)?;
             match reference {
@@ -265,17 +285,6 @@ fn checkpoint(a: &Args) -> anyhow::Result<(PathBuf, Option<PathBuf>, String)> {
     ))
 }
 
-/// Evicts every file; returns true if some bytes stayed cached.
-fn evict_all(table: &TensorTable) -> anyhow::Result<bool> {
-    let mut stayed = false;
-    for f in &table.files {
-        let e = hoist_io::residency::evict(&f.path)
-            .with_context(|| format!("cannot evict {}", f.path.display()))?;
-        stayed |= e.resident_after_bytes > 0;
-    }
-    Ok(stayed)
-}
-
 fn run_once(
     loader: Loader,
     table: &TensorTable,
@@ -285,53 +294,93 @@ fn run_once(
     let rss_before = rss_bytes();
     let peak_ok = reset_peak_rss();
     let t = Instant::now();
-    let mut h = Xxh3::new();
-    let methods;
-    let seconds;
-    match loader {
+    let hash_of = |name: &str, bytes: &[u8]| (name.to_string(), xxh3_64(bytes));
+    let (seconds, named, methods): (f64, Vec<(String, u64)>, String) = match loader {
         Loader::PerTensorMmap => {
             let tensors = baselines::per_tensor_mmap(table, selection)?;
-            seconds = t.elapsed().as_secs_f64();
-            tensors
+            let seconds = t.elapsed().as_secs_f64();
+            let named = selection
                 .iter()
-                .for_each(|b| h.update(&xxh3_64(b).to_le_bytes()));
-            methods = "mmap, 1 thread".to_string();
+                .zip(&tensors)
+                .map(|(&i, b)| hash_of(&table.tensors[i].name, b))
+                .collect();
+            (seconds, named, "mmap, 1 thread".into())
         }
         Loader::Sequential => {
             let files = baselines::sequential_read(table)?;
-            seconds = t.elapsed().as_secs_f64();
-            for &i in selection {
-                let ti = &table.tensors[i];
-                h.update(
-                    &xxh3_64(&files[ti.file][ti.offset as usize..ti.end() as usize]).to_le_bytes(),
-                );
-            }
-            methods = "read(), 1 thread".to_string();
+            let seconds = t.elapsed().as_secs_f64();
+            let named = selection
+                .iter()
+                .map(|&i| {
+                    let ti = &table.tensors[i];
+                    hash_of(
+                        &ti.name,
+                        &files[ti.file][ti.offset as usize..ti.end() as usize],
+                    )
+                })
+                .collect();
+            (seconds, named, "read(), 1 thread".into())
         }
         Loader::Hoist(backend) => {
-            let engine = tuning.engine_config(match backend {
-                Backend::Auto => crate::BackendArg::Auto,
-                Backend::Uring => crate::BackendArg::Uring,
-                Backend::Pread => crate::BackendArg::Pread,
-                Backend::Mmap => crate::BackendArg::Mmap,
-            })?;
-            let (tensors, report) =
-                hoist_io::load_host(table, selection, tuning.plan_config()?, &engine, None)?;
-            seconds = t.elapsed().as_secs_f64();
-            tensors
+            let engine = tuning.engine_config(backend_arg(backend), &Device::Cpu)?;
+            let (tensors, report) = hoist_io::load_host(
+                table,
+                selection,
+                tuning.plan_config(&Device::Cpu)?,
+                &engine,
+                None,
+            )?;
+            let seconds = t.elapsed().as_secs_f64();
+            let named = tensors
                 .iter()
-                .for_each(|t| h.update(&xxh3_64(t.bytes()).to_le_bytes()));
-            methods = report.methods_summary();
+                .map(|t| hash_of(&t.info.name, t.bytes()))
+                .collect();
+            (seconds, named, report.methods_summary())
         }
-    }
+        Loader::Gpu(n, path, backend) => {
+            let device = Device::Cuda(n);
+            let engine = tuning.engine_config(backend_arg(backend), &device)?;
+            let gpu = hoist_cuda::GpuConfig {
+                path,
+                ..tuning.gpu_config(n)?
+            };
+            crate::gpu::bench_once(
+                table,
+                selection,
+                tuning.plan_config(&device)?,
+                &engine,
+                &gpu,
+            )?
+        }
+    };
     let rss_growth_bytes = match (peak_ok, rss_before, peak_rss_bytes()) {
         (true, Some(b), Some(p)) => Some(p.saturating_sub(b)),
         _ => None,
     };
     Ok(Run {
         seconds,
-        checksum: h.digest(),
+        checksum: digest(named),
         methods,
         rss_growth_bytes,
     })
+}
+
+fn backend_arg(b: Backend) -> crate::BackendArg {
+    match b {
+        Backend::Auto => crate::BackendArg::Auto,
+        Backend::Uring => crate::BackendArg::Uring,
+        Backend::Pread => crate::BackendArg::Pread,
+        Backend::Mmap => crate::BackendArg::Mmap,
+    }
+}
+
+/// One digest of every tensor's bytes, independent of the order loaders hand tensors back in.
+fn digest(mut named: Vec<(String, u64)>) -> u64 {
+    named.sort_unstable();
+    let mut h = Xxh3::new();
+    for (name, sum) in &named {
+        h.update(name.as_bytes());
+        h.update(&sum.to_le_bytes());
+    }
+    h.digest()
 }

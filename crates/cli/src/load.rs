@@ -1,5 +1,5 @@
-//! `hoist load`: load a checkpoint into memory and report the rate, the methods that ran and
-//! the memory it took.
+//! `hoist load`: load a checkpoint into host or GPU memory and report the rate, the methods
+//! that ran and the memory it took.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use hoist_format::TensorTable;
+use hoist_io::LoadReport;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::util::{gbps, human_bytes, peak_rss_bytes, Progress};
@@ -30,7 +31,7 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Print each tensor's xxh3-64 of the loaded bytes.
+    /// Print each tensor's xxh3-64 of the loaded bytes (GPU tensors are copied back to hash).
     #[arg(long)]
     checksum: bool,
     /// Evict the checkpoint's files from the page cache first (a cold load).
@@ -40,6 +41,24 @@ pub struct Args {
     tuning: Tuning,
 }
 
+/// What one load did, whatever the device.
+pub struct Outcome {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Bytes of the loaded tensors.
+    pub bytes: u64,
+    /// Tensors loaded.
+    pub tensors: usize,
+    /// Seconds from planning to the last byte in place.
+    pub seconds: f64,
+    /// The engine's report.
+    pub io: LoadReport,
+    /// `(name, xxh3 hex)` when asked for.
+    pub checksums: Vec<(String, String)>,
+    /// Device-specific fields for JSON, and their text lines.
+    pub extra: Vec<(&'static str, serde_json::Value, String)>,
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let table =
@@ -47,96 +66,142 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let selection = table.select(&a.filter)?;
     let parse_seconds = t0.elapsed().as_secs_f64();
     if a.cold {
-        for f in &table.files {
-            let e = hoist_io::residency::evict(&f.path)
-                .with_context(|| format!("cannot evict {}", f.path.display()))?;
-            if e.resident_after_bytes > 0 {
-                eprintln!("warning: {} still has {} in the page cache after eviction; this load is not fully cold", f.path.display(), human_bytes(e.resident_after_bytes));
-            }
-        }
+        evict(&table, true)?;
     }
-    let plan_config = a.tuning.plan_config()?;
+    let plan_config = a.tuning.plan_config(&a.device)?;
     let progress = Arc::new(AtomicU64::new(0));
-    let mut engine_config = a.tuning.engine_config(a.backend)?;
+    let mut engine_config = a.tuning.engine_config(a.backend, &a.device)?;
     engine_config.progress = Some(progress.clone());
     let bytes: u64 = selection.iter().map(|&i| table.tensors[i].len).sum();
 
-    match a.device {
-        Device::Cpu => {}
-        Device::Cuda(n) => anyhow::bail!("cuda:{n}: GPU loading is not available in this build"),
-    }
     let bar = Progress::start(progress.clone(), bytes, "loading", !a.json);
-    let t1 = Instant::now();
-    let (tensors, report) =
-        hoist_io::load_host(&table, &selection, plan_config, &engine_config, None)
-            .with_context(|| format!("loading {} failed", a.path.display()))?;
-    let seconds = t1.elapsed().as_secs_f64();
-    drop(bar);
-    let peak_rss = peak_rss_bytes();
-    let checksums: Vec<(String, String)> = if a.checksum {
-        tensors
-            .iter()
-            .map(|t| (t.info.name.clone(), format!("{:016x}", xxh3_64(t.bytes()))))
-            .collect()
-    } else {
-        Vec::new()
+    let outcome = match a.device {
+        Device::Cpu => {
+            let t1 = Instant::now();
+            let (tensors, io) =
+                hoist_io::load_host(&table, &selection, plan_config, &engine_config, None)
+                    .with_context(|| format!("loading {} failed", a.path.display()))?;
+            let seconds = t1.elapsed().as_secs_f64();
+            drop(bar);
+            let checksums = match a.checksum {
+                true => tensors
+                    .iter()
+                    .map(|t| (t.info.name.clone(), format!("{:016x}", xxh3_64(t.bytes()))))
+                    .collect(),
+                false => Vec::new(),
+            };
+            Outcome {
+                device: "cpu".into(),
+                bytes,
+                tensors: tensors.len(),
+                seconds,
+                io,
+                checksums,
+                extra: Vec::new(),
+            }
+        }
+        Device::Cuda(n) => {
+            let gpu_config = a.tuning.gpu_config(n)?;
+            let o = crate::gpu::load(
+                &table,
+                &selection,
+                plan_config,
+                &engine_config,
+                &gpu_config,
+                a.checksum,
+            )
+            .with_context(|| format!("loading {} onto cuda:{n} failed", a.path.display()));
+            drop(bar);
+            o?
+        }
     };
+    print(&a, &outcome, parse_seconds)
+}
 
+/// Evicts every file of `table` from the page cache; says so when some stayed (returns whether).
+pub fn evict(table: &TensorTable, warn: bool) -> anyhow::Result<bool> {
+    let mut stayed = false;
+    for f in &table.files {
+        let e = hoist_io::residency::evict(&f.path)
+            .with_context(|| format!("cannot evict {}", f.path.display()))?;
+        if e.resident_after_bytes > 0 {
+            stayed = true;
+            if warn {
+                eprintln!(
+                    "warning: {} still has {} in the page cache after eviction; this load is not fully cold",
+                    f.path.display(),
+                    human_bytes(e.resident_after_bytes)
+                );
+            }
+        }
+    }
+    Ok(stayed)
+}
+
+fn print(a: &Args, o: &Outcome, parse_seconds: f64) -> anyhow::Result<()> {
+    let peak_rss = peak_rss_bytes();
+    let backend = hoist_io::Backend::from(a.backend).name();
     if a.json {
-        let methods: serde_json::Map<String, serde_json::Value> = report
-            .bytes_by_method
-            .iter()
-            .map(|(m, b)| (m.to_string(), (*b).into()))
-            .collect();
+        let methods: serde_json::Map<String, serde_json::Value> =
+            o.io.bytes_by_method
+                .iter()
+                .map(|(m, b)| (m.to_string(), (*b).into()))
+                .collect();
         let mut doc = serde_json::json!({
             "path": a.path,
-            "device": "cpu",
-            "bytes": bytes,
-            "read_bytes": report.read_bytes,
-            "tensors": tensors.len(),
-            "seconds": seconds,
+            "device": o.device,
+            "bytes": o.bytes,
+            "read_bytes": o.io.read_bytes,
+            "tensors": o.tensors,
+            "seconds": o.seconds,
             "parse_seconds": parse_seconds,
-            "gbps": gbps(bytes, seconds),
-            "backend": hoist_io::Backend::from(a.backend).name(),
+            "gbps": gbps(o.bytes, o.seconds),
+            "backend": backend,
             "methods": methods,
-            "notes": report.notes,
+            "notes": o.io.notes,
             "peak_rss_bytes": peak_rss,
             "cold": a.cold,
         });
+        for (k, v, _) in &o.extra {
+            doc[*k] = v.clone();
+        }
         if a.checksum {
-            doc["checksums"] = checksums
+            let sums: serde_json::Map<String, serde_json::Value> = o
+                .checksums
                 .iter()
-                .map(|(n, c)| (n.clone(), serde_json::Value::from(c.clone())))
-                .collect::<serde_json::Map<_, _>>()
-                .into();
+                .map(|(n, c)| (n.clone(), c.clone().into()))
+                .collect();
+            doc["checksums"] = sums.into();
         }
         println!("{}", serde_json::to_string(&doc)?);
         return Ok(());
     }
-    for (n, c) in &checksums {
+    for (n, c) in &o.checksums {
         println!("{c}  {n}");
     }
     println!(
-        "loaded {} tensors, {} in {:.3} s: {:.2} GB/s (header parse {:.1} ms)",
-        tensors.len(),
-        human_bytes(bytes),
-        seconds,
-        gbps(bytes, seconds),
+        "loaded {} tensors, {} to {} in {:.3} s: {:.2} GB/s (header parse {:.1} ms)",
+        o.tensors,
+        human_bytes(o.bytes),
+        o.device,
+        o.seconds,
+        gbps(o.bytes, o.seconds),
         parse_seconds * 1e3
     );
-    println!(
-        "backend {}: {}",
-        hoist_io::Backend::from(a.backend).name(),
-        report.methods_summary()
-    );
-    for n in &report.notes {
+    println!("backend {backend}: {}", o.io.methods_summary());
+    for (_, _, line) in &o.extra {
+        if !line.is_empty() {
+            println!("{line}");
+        }
+    }
+    for n in &o.io.notes {
         println!("note: {n}");
     }
     if let Some(p) = peak_rss {
         println!(
-            "peak RSS {} (tensors {})",
+            "peak host RSS {} (tensors {})",
             human_bytes(p),
-            human_bytes(bytes)
+            human_bytes(o.bytes)
         );
     }
     Ok(())

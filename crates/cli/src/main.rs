@@ -2,6 +2,7 @@
 
 mod baselines;
 mod bench;
+mod gpu;
 mod inspect;
 mod load;
 mod util;
@@ -56,21 +57,40 @@ impl From<BackendArg> for hoist_io::Backend {
 /// Engine tuning shared by `load` and `bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Tuning {
-    /// Largest single read, MiB (also the staging granularity).
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
-    chunk_mib: u64,
+    /// Largest single read, MiB (also the staging slot size on GPU loads) [default: 16 to host
+    /// memory, 8 to a GPU].
+    #[arg(long, value_name = "MIB")]
+    chunk_mib: Option<u64>,
     /// Reader threads for buffered reads (default: one per core, at most 32).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// io_uring reads in flight.
     #[arg(long, default_value_t = 32, value_name = "N")]
     queue_depth: usize,
+    /// GPU loads: how bytes reach the device (auto, ring, cufile, mapped).
+    #[arg(long, default_value = "auto", value_name = "PATH", value_parser = parse_gpu_path)]
+    gpu_path: hoist_cuda::GpuPath,
+    /// GPU loads: pinned host memory of the staging ring, MiB.
+    #[arg(long, default_value_t = (hoist_cuda::DEFAULT_RING_BYTES >> 20) as u64, value_name = "MIB")]
+    ring_mib: u64,
 }
 
+fn parse_gpu_path(s: &str) -> Result<hoist_cuda::GpuPath, String> {
+    hoist_cuda::GpuPath::from_name(s)
+        .ok_or_else(|| format!("'{s}' is not a GPU path: use auto, ring, cufile or mapped"))
+}
+
+/// Most pinned ring memory accepted (MiB): pinned memory is taken from the host for good.
+pub const MAX_RING_MIB: u64 = 64 << 10;
+
 impl Tuning {
-    fn plan_config(&self) -> anyhow::Result<hoist_io::PlanConfig> {
-        let chunk_bytes = self
-            .chunk_mib
+    fn plan_config(&self, device: &Device) -> anyhow::Result<hoist_io::PlanConfig> {
+        let default_bytes = match device {
+            Device::Cpu => hoist_io::plan::DEFAULT_CHUNK_BYTES,
+            Device::Cuda(_) => hoist_cuda::DEFAULT_GPU_CHUNK_BYTES,
+        };
+        let chunk_mib = self.chunk_mib.unwrap_or(default_bytes >> 20);
+        let chunk_bytes = chunk_mib
             .checked_mul(1 << 20)
             .filter(|&b| (1 << 20..=1 << 30).contains(&b));
         let chunk_bytes =
@@ -81,11 +101,16 @@ impl Tuning {
         })
     }
 
-    fn engine_config(&self, backend: BackendArg) -> anyhow::Result<hoist_io::EngineConfig> {
-        let mut c = hoist_io::EngineConfig {
-            backend: backend.into(),
-            ..Default::default()
+    fn engine_config(
+        &self,
+        backend: BackendArg,
+        device: &Device,
+    ) -> anyhow::Result<hoist_io::EngineConfig> {
+        let mut c = match device {
+            Device::Cpu => hoist_io::EngineConfig::default(),
+            Device::Cuda(_) => hoist_cuda::recommended_engine_config(),
         };
+        c.backend = backend.into();
         if let Some(t) = self.threads {
             anyhow::ensure!(
                 (1..=hoist_io::engine::MAX_THREADS).contains(&t),
@@ -101,6 +126,19 @@ impl Tuning {
         );
         c.queue_depth = self.queue_depth;
         Ok(c)
+    }
+
+    fn gpu_config(&self, ordinal: usize) -> anyhow::Result<hoist_cuda::GpuConfig> {
+        anyhow::ensure!(
+            (1..=MAX_RING_MIB).contains(&self.ring_mib),
+            "--ring-mib must be between 1 and {MAX_RING_MIB}"
+        );
+        Ok(hoist_cuda::GpuConfig {
+            ordinal,
+            path: self.gpu_path,
+            ring_bytes: (self.ring_mib as usize) << 20,
+            ..Default::default()
+        })
     }
 }
 

@@ -276,3 +276,44 @@ fn peak_rss_of_a_2gb_load_stays_within_128mib_of_the_checkpoint() {
         );
     }
 }
+
+/// Without a CUDA driver, GPU devices are one clear error line, not a panic.
+#[test]
+fn cuda_without_a_driver_is_a_clear_error() {
+    let has_driver = [
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+        "/usr/lib64/libcuda.so.1",
+        "/usr/local/nvidia/lib64/libcuda.so.1",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists());
+    if has_driver {
+        eprintln!("skipping: this machine has a CUDA driver; the GPU path is tested by bench/gpu");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = hoist_synth::preset("tiny").unwrap().spec;
+    let root = hoist_synth::write_checkpoint(&spec, dir.path(), 8).unwrap();
+    for args in [
+        vec!["load", root.to_str().unwrap(), "--device", "cuda:0"],
+        vec![
+            "bench",
+            "--synthetic",
+            "tiny",
+            "--device",
+            "cuda:0",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+    ] {
+        let out = hoist(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains("cuda:0") && last.contains("driver"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
