@@ -66,6 +66,34 @@ impl FileResidency {
     }
 }
 
+impl FileResidency {
+    /// Whether `[offset, offset + len)` looks cached, judged by `probes` pages spread evenly
+    /// over it (first and last included). Asking about every page of a 13.5 GB checkpoint took
+    /// ~150 ms on a 16-core host, a third of a warm load; a few pages per chunk answer the
+    /// question that matters (read it buffered or direct?) in microseconds. A wrong guess costs
+    /// speed, never correctness.
+    pub fn probably_resident(
+        &mut self,
+        offset: u64,
+        len: u64,
+        probes: u64,
+    ) -> std::io::Result<bool> {
+        let pages = len.div_ceil(self.page_bytes).max(1);
+        let probes = probes.clamp(1, pages);
+        for k in 0..probes {
+            let page = if probes == 1 {
+                0
+            } else {
+                k * (pages - 1) / (probes - 1)
+            };
+            if !self.is_resident(offset + page * self.page_bytes, 1)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
 /// The system's page size.
 pub fn page_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -133,10 +161,13 @@ mod tests {
         assert_eq!(e.size_bytes, 1 << 20);
         // tmpfs cannot drop pages of a file that lives only in memory.
         if e.resident_after_bytes == 0 {
+            let mut r = FileResidency::new(&File::open(&p).unwrap()).unwrap();
+            assert!(!r.probably_resident(0, 1 << 20, 4).unwrap());
             let mut buf = Vec::new();
             File::open(&p).unwrap().read_to_end(&mut buf).unwrap();
-            let mut r = FileResidency::new(&File::open(&p).unwrap()).unwrap();
             assert!(r.is_resident(0, 1 << 20).unwrap());
+            assert!(r.probably_resident(0, 1 << 20, 4).unwrap());
+            assert!(r.probably_resident(4096, 1, 4).unwrap());
         }
     }
 }

@@ -368,6 +368,9 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
     })
 }
 
+/// Pages sampled per chunk to judge whether it is in the page cache.
+const RESIDENCY_PROBES: u64 = 4;
+
 /// Chooses each chunk's method before the run; `auto` consults page-cache residency.
 fn route(
     plan: &Plan,
@@ -406,9 +409,10 @@ fn route(
                 Backend::Pread => Method::PreadBuffered,
                 Backend::Uring => uring_method(c.file),
                 Backend::Auto => {
-                    let cached = residency[c.file]
-                        .as_mut()
-                        .is_some_and(|r| r.is_resident(c.file_offset, c.need).unwrap_or(false));
+                    let cached = residency[c.file].as_mut().is_some_and(|r| {
+                        r.probably_resident(c.file_offset, c.need, RESIDENCY_PROBES)
+                            .unwrap_or(false)
+                    });
                     if cached {
                         Method::Mmap
                     } else if files.direct(c.file).is_none() {

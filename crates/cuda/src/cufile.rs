@@ -1,0 +1,183 @@
+//! The cuFile (GPUDirect Storage) path: reads straight into the final device buffers.
+//!
+//! With the `nvidia-fs` kernel module, cuFile DMAs from the storage device into GPU memory and
+//! host memory is never touched. Without it cuFile runs in *compatibility mode*: it reads into
+//! its own pinned bounce buffers and copies them up, which is what the ring does anyway but with
+//! fewer reads in flight and no use of the page cache. So `auto` takes this path only where it
+//! is really direct; `--gpu-path cufile` forces it (and reports `cufile-compat` where it is not).
+
+use std::ffi::c_void;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::cufile::{result as cf, sys as cfsys};
+use hoist_io::plan::Plan;
+use serde::Serialize;
+
+use crate::driver::Gpu;
+use crate::tensors::{DestLayout, Destinations};
+use crate::CudaError;
+
+/// What this machine offers of cuFile.
+#[derive(Clone, Debug, Serialize)]
+pub struct CufileStatus {
+    /// `libcufile.so` can be loaded.
+    pub library: bool,
+    /// The `nvidia-fs` kernel module is loaded, so reads can be really direct.
+    pub nvidia_fs: bool,
+    /// One line for reports.
+    pub summary: String,
+}
+
+/// Looks for libcufile and nvidia-fs without initializing anything.
+pub fn cufile_status() -> CufileStatus {
+    // SAFETY: only tries to dlopen the candidate names; never panics.
+    let library = crate::driver::driver_library().is_ok() && unsafe { cfsys::is_culib_present() };
+    let nvidia_fs = Path::new("/proc/driver/nvidia-fs/version").exists() || Path::new("/sys/module/nvidia_fs").exists();
+    let summary = match (library, nvidia_fs) {
+        (false, _) => "libcufile.so not found on the library path (the CUDA toolkit has it under targets/x86_64-linux/lib; add that to LD_LIBRARY_PATH)".to_string(),
+        (true, false) => "libcufile found; nvidia-fs not loaded, so cuFile runs only in compatibility mode (not direct)".to_string(),
+        (true, true) => "libcufile found and nvidia-fs loaded: GPUDirect Storage reads are direct".to_string(),
+    };
+    CufileStatus { library, nvidia_fs, summary }
+}
+
+fn cf_err(what: impl Into<String>) -> impl FnOnce(cf::CufileError) -> CudaError {
+    let what = what.into();
+    move |e| CudaError::Cufile { what, reason: format!("{e:?}") }
+}
+
+/// An open cuFile driver; closed on drop.
+struct Driver;
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = cf::driver_close();
+    }
+}
+
+/// A file registered with cuFile; deregistered on drop (before its descriptor closes).
+struct Handle {
+    raw: cfsys::CUfileHandle_t,
+    _file: File,
+}
+
+// SAFETY: cuFile handles may be used from several threads at once (cuFileRead is thread safe).
+unsafe impl Send for Handle {}
+// SAFETY: as above.
+unsafe impl Sync for Handle {}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: raw was registered once and is deregistered once, before _file closes.
+        let _ = unsafe { cf::handle_deregister(self.raw) };
+    }
+}
+
+/// Reads every chunk of `plan` into `dest` with cuFile on `threads` threads; calls `finish`
+/// with each chunk index once its bytes are on the device. Returns bytes read.
+pub(crate) fn load(
+    gpu: &Arc<Gpu>,
+    plan: &Plan,
+    dest: &Destinations,
+    threads: usize,
+    finish: &(dyn Fn(usize) + Sync),
+) -> Result<u64, CudaError> {
+    if dest.layout() != DestLayout::Regions {
+        return Err(CudaError::Config("the cuFile path reads whole chunks into region buffers; use --dest regions".into()));
+    }
+    let status = cufile_status();
+    if !status.library {
+        return Err(CudaError::Cufile { what: "is unavailable".into(), reason: status.summary });
+    }
+    gpu.make_current()?;
+    cf::driver_open().map_err(cf_err("driver open"))?;
+    let _driver = Driver;
+    let mut handles = Vec::with_capacity(plan.files.len());
+    for f in &plan.files {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&f.path)
+            .map_err(|source| CudaError::File { path: f.path.clone(), source })?;
+        let descr = cfsys::CUfileDescr_t {
+            type_: cfsys::CUfileFileHandleType::CU_FILE_HANDLE_TYPE_OPAQUE_FD,
+            handle: cfsys::CUfileDescr_t__bindgen_ty_1 { fd: file.as_raw_fd() },
+            fs_ops: std::ptr::null(),
+        };
+        let raw = cf::handle_register(&descr).map_err(|e| CudaError::Cufile {
+            what: format!("register {}", f.path.display()),
+            reason: format!(
+                "{e:?}; cuFile refused the file (its reason is in cufile.log in the working directory; where it cannot read the volume's udev attributes, as on virtio disks, it refuses every file, compatibility mode included); use --gpu-path ring"
+            ),
+        })?;
+        handles.push(Handle { raw, _file: file });
+    }
+    let next = AtomicUsize::new(0);
+    let abort = AtomicBool::new(false);
+    let first_err = Mutex::new(None);
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, 256).min(plan.chunks.len().max(1)) {
+            s.spawn(|| {
+                let run = || -> Result<(), CudaError> {
+                    gpu.make_current()?;
+                    while !abort.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(c) = plan.chunks.get(i) else { return Ok(()) };
+                        let base = dest.region_ptr(c.region);
+                        let mut done = 0u64;
+                        while done < c.need {
+                            // SAFETY: the destination [region_offset + done, region_offset + len)
+                            // lies inside the region's allocation (chunks are inside regions);
+                            // the handle is registered for this load.
+                            let n = unsafe {
+                                cfsys::cuFileRead(
+                                    handles[c.file].raw,
+                                    base as *mut c_void,
+                                    (c.len - done) as usize,
+                                    (c.file_offset + done) as cfsys::off_t,
+                                    (c.region_offset + done) as cfsys::off_t,
+                                )
+                            };
+                            let path = &plan.files[c.file].path;
+                            if n < 0 {
+                                let reason = if n == -1 {
+                                    std::io::Error::last_os_error().to_string()
+                                } else {
+                                    format!("cuFile error {}", -n)
+                                };
+                                return Err(CudaError::CufileRead { path: path.clone(), offset: c.file_offset + done, len: c.len - done, reason });
+                            }
+                            if n == 0 {
+                                return Err(CudaError::CufileRead {
+                                    path: path.clone(),
+                                    offset: c.file_offset + done,
+                                    len: c.len - done,
+                                    reason: format!("file ended; the header places data up to {}", c.file_offset + c.need),
+                                });
+                            }
+                            done += n as u64;
+                        }
+                        bytes.fetch_add(c.need, Ordering::Relaxed);
+                        finish(i);
+                    }
+                    Ok(())
+                };
+                if let Err(e) = run() {
+                    abort.store(true, Ordering::Relaxed);
+                    first_err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                }
+            });
+        }
+    });
+    if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    drop(handles);
+    Ok(bytes.into_inner())
+}
