@@ -70,6 +70,11 @@ pub struct Tuning {
     /// GPU loads: how bytes reach the device (auto, ring, cufile, mapped).
     #[arg(long, default_value = "auto", value_name = "PATH", value_parser = parse_gpu_path)]
     gpu_path: hoist_cuda::GpuPath,
+    /// GPU loads: device memory layout (packed: few allocations, every tensor 256-byte
+    /// aligned; regions: tensors at their file offsets, one copy per chunk, needed by cuFile;
+    /// per-tensor: one allocation each).
+    #[arg(long, default_value = "packed", value_name = "LAYOUT", value_parser = parse_gpu_layout)]
+    gpu_layout: hoist_cuda::DestLayout,
     /// GPU loads: pinned host memory of the staging ring, MiB.
     #[arg(long, default_value_t = (hoist_cuda::DEFAULT_RING_BYTES >> 20) as u64, value_name = "MIB")]
     ring_mib: u64,
@@ -78,6 +83,18 @@ pub struct Tuning {
 fn parse_gpu_path(s: &str) -> Result<hoist_cuda::GpuPath, String> {
     hoist_cuda::GpuPath::from_name(s)
         .ok_or_else(|| format!("'{s}' is not a GPU path: use auto, ring, cufile or mapped"))
+}
+
+fn parse_gpu_layout(s: &str) -> Result<hoist_cuda::DestLayout, String> {
+    use hoist_cuda::DestLayout;
+    [
+        DestLayout::Packed,
+        DestLayout::Regions,
+        DestLayout::PerTensor,
+    ]
+    .into_iter()
+    .find(|l| l.name() == s)
+    .ok_or_else(|| format!("'{s}' is not a GPU layout: use packed, regions or per-tensor"))
 }
 
 /// Most pinned ring memory accepted (MiB): pinned memory is taken from the host for good.
@@ -136,6 +153,7 @@ impl Tuning {
         Ok(hoist_cuda::GpuConfig {
             ordinal,
             path: self.gpu_path,
+            dest: self.gpu_layout,
             ring_bytes: (self.ring_mib as usize) << 20,
             ..Default::default()
         })

@@ -4,14 +4,21 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir = std::path::PathBuf::from(args.first().cloned().unwrap_or_else(|| "/tmp/hoist-gpu-fixtures".into()));
+    let dir = std::path::PathBuf::from(
+        args.first()
+            .cloned()
+            .unwrap_or_else(|| "/tmp/hoist-gpu-fixtures".into()),
+    );
     let ordinal = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     match hoist_cuda::probe(ordinal) {
         Err(e) => {
             println!("skipped: {e}");
             return;
         }
-        Ok(info) => eprintln!("{} (driver {}), cuFile: {}", info.name, info.driver_version, info.cufile.summary),
+        Ok(info) => eprintln!(
+            "{} (driver {}), cuFile: {}",
+            info.name, info.driver_version, info.cufile.summary
+        ),
     }
     let results = match hoist_cuda::selftest::run(&dir, ordinal) {
         Ok(r) => r,
@@ -21,12 +28,21 @@ fn main() {
         }
     };
     for r in &results {
-        let status = if r.skipped { "skip" } else if r.ok { "ok  " } else { "FAIL" };
+        let status = if r.skipped {
+            "skip"
+        } else if r.ok {
+            "ok  "
+        } else {
+            "FAIL"
+        };
         println!("{status} {:<18} {:<38} {}", r.fixture, r.case, r.detail);
     }
     let failed = results.iter().filter(|r| !r.ok).count();
     let skipped = results.iter().filter(|r| r.skipped).count();
-    println!("{}", serde_json::json!({ "cases": results.len(), "failed": failed, "skipped": skipped }));
+    println!(
+        "{}",
+        serde_json::json!({ "cases": results.len(), "failed": failed, "skipped": skipped })
+    );
     if failed > 0 {
         std::process::exit(1);
     }

@@ -11,7 +11,9 @@ fn main() {
     let dir = std::path::Path::new(dir);
     if preset == "fixtures" {
         match hoist_cuda::fixtures::write_fixtures(dir) {
-            Ok(f) => f.iter().for_each(|f| println!("{} {}", f.name, f.path.display())),
+            Ok(f) => f
+                .iter()
+                .for_each(|f| println!("{} {}", f.name, f.path.display())),
             Err(e) => {
                 eprintln!("make_checkpoint: {e}");
                 std::process::exit(1);
@@ -22,13 +24,20 @@ fn main() {
     let seed = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
     let Some(p) = hoist_synth::preset(preset) else {
         let names: Vec<_> = hoist_synth::presets().iter().map(|p| p.name).collect();
-        eprintln!("make_checkpoint: unknown preset {preset}; presets: {}", names.join(", "));
+        eprintln!(
+            "make_checkpoint: unknown preset {preset}; presets: {}",
+            names.join(", ")
+        );
         std::process::exit(2);
     };
     let t = std::time::Instant::now();
     match hoist_synth::write_checkpoint(&p.spec, dir, seed) {
         Ok(root) => {
-            eprintln!("{preset}: {} bytes in {:.1} s", p.spec.total_bytes(), t.elapsed().as_secs_f64());
+            eprintln!(
+                "{preset}: {} bytes in {:.1} s",
+                p.spec.total_bytes(),
+                t.elapsed().as_secs_f64()
+            );
             println!("{}", root.display());
         }
         Err(e) => {

@@ -37,18 +37,26 @@ pub struct CufileStatus {
 pub fn cufile_status() -> CufileStatus {
     // SAFETY: only tries to dlopen the candidate names; never panics.
     let library = crate::driver::driver_library().is_ok() && unsafe { cfsys::is_culib_present() };
-    let nvidia_fs = Path::new("/proc/driver/nvidia-fs/version").exists() || Path::new("/sys/module/nvidia_fs").exists();
+    let nvidia_fs = Path::new("/proc/driver/nvidia-fs/version").exists()
+        || Path::new("/sys/module/nvidia_fs").exists();
     let summary = match (library, nvidia_fs) {
         (false, _) => "libcufile.so not found on the library path (the CUDA toolkit has it under targets/x86_64-linux/lib; add that to LD_LIBRARY_PATH)".to_string(),
         (true, false) => "libcufile found; nvidia-fs not loaded, so cuFile runs only in compatibility mode (not direct)".to_string(),
         (true, true) => "libcufile found and nvidia-fs loaded: GPUDirect Storage reads are direct".to_string(),
     };
-    CufileStatus { library, nvidia_fs, summary }
+    CufileStatus {
+        library,
+        nvidia_fs,
+        summary,
+    }
 }
 
 fn cf_err(what: impl Into<String>) -> impl FnOnce(cf::CufileError) -> CudaError {
     let what = what.into();
-    move |e| CudaError::Cufile { what, reason: format!("{e:?}") }
+    move |e| CudaError::Cufile {
+        what,
+        reason: format!("{e:?}"),
+    }
 }
 
 /// An open cuFile driver; closed on drop.
@@ -88,11 +96,16 @@ pub(crate) fn load(
     finish: &(dyn Fn(usize) + Sync),
 ) -> Result<u64, CudaError> {
     if dest.layout() != DestLayout::Regions {
-        return Err(CudaError::Config("the cuFile path reads whole chunks into region buffers; use --dest regions".into()));
+        return Err(CudaError::Config(
+            "the cuFile path reads whole chunks into region buffers; use --dest regions".into(),
+        ));
     }
     let status = cufile_status();
     if !status.library {
-        return Err(CudaError::Cufile { what: "is unavailable".into(), reason: status.summary });
+        return Err(CudaError::Cufile {
+            what: "is unavailable".into(),
+            reason: status.summary,
+        });
     }
     gpu.make_current()?;
     cf::driver_open().map_err(cf_err("driver open"))?;
@@ -103,10 +116,15 @@ pub(crate) fn load(
             .read(true)
             .custom_flags(libc::O_DIRECT)
             .open(&f.path)
-            .map_err(|source| CudaError::File { path: f.path.clone(), source })?;
+            .map_err(|source| CudaError::File {
+                path: f.path.clone(),
+                source,
+            })?;
         let descr = cfsys::CUfileDescr_t {
             type_: cfsys::CUfileFileHandleType::CU_FILE_HANDLE_TYPE_OPAQUE_FD,
-            handle: cfsys::CUfileDescr_t__bindgen_ty_1 { fd: file.as_raw_fd() },
+            handle: cfsys::CUfileDescr_t__bindgen_ty_1 {
+                fd: file.as_raw_fd(),
+            },
             fs_ops: std::ptr::null(),
         };
         let raw = cf::handle_register(&descr).map_err(|e| CudaError::Cufile {
@@ -128,7 +146,9 @@ pub(crate) fn load(
                     gpu.make_current()?;
                     while !abort.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(c) = plan.chunks.get(i) else { return Ok(()) };
+                        let Some(c) = plan.chunks.get(i) else {
+                            return Ok(());
+                        };
                         let base = dest.region_ptr(c.region);
                         let mut done = 0u64;
                         while done < c.need {
@@ -151,14 +171,22 @@ pub(crate) fn load(
                                 } else {
                                     format!("cuFile error {}", -n)
                                 };
-                                return Err(CudaError::CufileRead { path: path.clone(), offset: c.file_offset + done, len: c.len - done, reason });
+                                return Err(CudaError::CufileRead {
+                                    path: path.clone(),
+                                    offset: c.file_offset + done,
+                                    len: c.len - done,
+                                    reason,
+                                });
                             }
                             if n == 0 {
                                 return Err(CudaError::CufileRead {
                                     path: path.clone(),
                                     offset: c.file_offset + done,
                                     len: c.len - done,
-                                    reason: format!("file ended; the header places data up to {}", c.file_offset + c.need),
+                                    reason: format!(
+                                        "file ended; the header places data up to {}",
+                                        c.file_offset + c.need
+                                    ),
                                 });
                             }
                             done += n as u64;
@@ -170,7 +198,10 @@ pub(crate) fn load(
                 };
                 if let Err(e) = run() {
                     abort.store(true, Ordering::Relaxed);
-                    first_err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    first_err
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
                 }
             });
         }

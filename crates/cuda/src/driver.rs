@@ -34,7 +34,11 @@ pub fn driver_library() -> Result<(), CudaError> {
                     let why = unsafe { libc::dlerror() };
                     if first_error.is_none() && !why.is_null() {
                         // SAFETY: non-null dlerror results are NUL-terminated strings.
-                        first_error = Some(unsafe { std::ffi::CStr::from_ptr(why) }.to_string_lossy().into_owned());
+                        first_error = Some(
+                            unsafe { std::ffi::CStr::from_ptr(why) }
+                                .to_string_lossy()
+                                .into_owned(),
+                        );
                     }
                     continue;
                 }
@@ -69,9 +73,10 @@ fn init() -> Result<(), CudaError> {
     let r = *INIT.get_or_init(|| unsafe { sys::cuInit(0) });
     match r {
         sys::CUresult::CUDA_SUCCESS => Ok(()),
-        sys::CUresult::CUDA_ERROR_NO_DEVICE => {
-            Err(CudaError::NoDevice { ordinal: 0, reason: "the driver sees no CUDA device".into() })
-        }
+        sys::CUresult::CUDA_ERROR_NO_DEVICE => Err(CudaError::NoDevice {
+            ordinal: 0,
+            reason: "the driver sees no CUDA device".into(),
+        }),
         code => Err(CudaError::driver("cuInit", 0, code)),
     }
 }
@@ -102,25 +107,43 @@ impl Gpu {
         init()?;
         let mut count = 0i32;
         // SAFETY: out-pointer to a local.
-        check("cuDeviceGetCount", ordinal, unsafe { sys::cuDeviceGetCount(&mut count) })?;
+        check("cuDeviceGetCount", ordinal, unsafe {
+            sys::cuDeviceGetCount(&mut count)
+        })?;
         if ordinal >= count.max(0) as usize {
             return Err(CudaError::NoDevice {
                 ordinal,
-                reason: format!("this machine has {count} CUDA device(s) (cuda:0..cuda:{})", count.max(1) - 1),
+                reason: format!(
+                    "this machine has {count} CUDA device(s) (cuda:0..cuda:{})",
+                    count.max(1) - 1
+                ),
             });
         }
         let mut device: sys::CUdevice = 0;
         // SAFETY: out-pointer to a local; ordinal checked against the count.
-        check("cuDeviceGet", ordinal, unsafe { sys::cuDeviceGet(&mut device, ordinal as i32) })?;
+        check("cuDeviceGet", ordinal, unsafe {
+            sys::cuDeviceGet(&mut device, ordinal as i32)
+        })?;
         let mut name_buf = [0 as std::ffi::c_char; 256];
         // SAFETY: the buffer holds 256 chars and the driver writes a NUL-terminated name within.
-        check("cuDeviceGetName", ordinal, unsafe { sys::cuDeviceGetName(name_buf.as_mut_ptr(), 256, device) })?;
+        check("cuDeviceGetName", ordinal, unsafe {
+            sys::cuDeviceGetName(name_buf.as_mut_ptr(), 256, device)
+        })?;
         // SAFETY: NUL-terminated by the driver (and the buffer was zeroed).
-        let name = unsafe { std::ffi::CStr::from_ptr(name_buf.as_ptr()) }.to_string_lossy().into_owned();
+        let name = unsafe { std::ffi::CStr::from_ptr(name_buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
         let mut ctx: sys::CUcontext = std::ptr::null_mut();
         // SAFETY: out-pointer to a local; released in Drop.
-        check("cuDevicePrimaryCtxRetain", ordinal, unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, device) })?;
-        let gpu = Arc::new(Gpu { ordinal, device, ctx, name });
+        check("cuDevicePrimaryCtxRetain", ordinal, unsafe {
+            sys::cuDevicePrimaryCtxRetain(&mut ctx, device)
+        })?;
+        let gpu = Arc::new(Gpu {
+            ordinal,
+            device,
+            ctx,
+            name,
+        });
         gpu.make_current()?;
         Ok(gpu)
     }
@@ -142,7 +165,9 @@ impl Gpu {
             return Ok(());
         }
         // SAFETY: ctx is a retained primary context, valid until Drop.
-        check("cuCtxSetCurrent", self.ordinal, unsafe { sys::cuCtxSetCurrent(self.ctx) })?;
+        check("cuCtxSetCurrent", self.ordinal, unsafe {
+            sys::cuCtxSetCurrent(self.ctx)
+        })?;
         CURRENT.with(|c| c.set(key));
         Ok(())
     }
@@ -152,7 +177,9 @@ impl Gpu {
         self.make_current()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: out-pointers to locals; a context is current.
-        check("cuMemGetInfo", self.ordinal, unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) })?;
+        check("cuMemGetInfo", self.ordinal, unsafe {
+            sys::cuMemGetInfo_v2(&mut free, &mut total)
+        })?;
         Ok((free as u64, total as u64))
     }
 
@@ -160,7 +187,9 @@ impl Gpu {
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.make_current()?;
         // SAFETY: a context is current.
-        check("cuCtxSynchronize", self.ordinal, unsafe { sys::cuCtxSynchronize() })
+        check("cuCtxSynchronize", self.ordinal, unsafe {
+            sys::cuCtxSynchronize()
+        })
     }
 }
 
@@ -182,7 +211,9 @@ pub fn driver_version() -> Result<i32, CudaError> {
     init()?;
     let mut v = 0i32;
     // SAFETY: out-pointer to a local.
-    check("cuDriverGetVersion", 0, unsafe { sys::cuDriverGetVersion(&mut v) })?;
+    check("cuDriverGetVersion", 0, unsafe {
+        sys::cuDriverGetVersion(&mut v)
+    })?;
     Ok(v)
 }
 
@@ -191,7 +222,9 @@ pub fn device_count() -> Result<usize, CudaError> {
     init()?;
     let mut count = 0i32;
     // SAFETY: out-pointer to a local.
-    check("cuDeviceGetCount", 0, unsafe { sys::cuDeviceGetCount(&mut count) })?;
+    check("cuDeviceGetCount", 0, unsafe {
+        sys::cuDeviceGetCount(&mut count)
+    })?;
     Ok(count.max(0) as usize)
 }
 
@@ -221,7 +254,11 @@ impl DeviceBuf {
             });
         }
         check("cuMemAlloc", gpu.ordinal, r)?;
-        Ok(DeviceBuf { gpu: gpu.clone(), ptr, len })
+        Ok(DeviceBuf {
+            gpu: gpu.clone(),
+            ptr,
+            len,
+        })
     }
 
     /// Device address of the first byte.
@@ -233,7 +270,6 @@ impl DeviceBuf {
     pub fn len(&self) -> usize {
         self.len
     }
-
 }
 
 impl Drop for DeviceBuf {
@@ -285,7 +321,12 @@ impl PinnedBuf {
     /// Allocates and pins `len` bytes (a multiple of the page size) by `how`.
     pub fn new(gpu: &Arc<Gpu>, len: usize, how: PinnedAlloc) -> Result<PinnedBuf, CudaError> {
         gpu.make_current()?;
-        let err = |reason: String| CudaError::Pinned { ordinal: gpu.ordinal, bytes: len, how: how.name(), reason };
+        let err = |reason: String| CudaError::Pinned {
+            ordinal: gpu.ordinal,
+            bytes: len,
+            how: how.name(),
+            reason,
+        };
         let ptr = match how {
             PinnedAlloc::HostAlloc => {
                 let mut p: *mut c_void = std::ptr::null_mut();
@@ -325,7 +366,12 @@ impl PinnedBuf {
             }
         };
         let ptr = NonNull::new(ptr as *mut u8).ok_or_else(|| err("null pointer".into()))?;
-        let buf = PinnedBuf { gpu: gpu.clone(), ptr, len, how };
+        let buf = PinnedBuf {
+            gpu: gpu.clone(),
+            ptr,
+            len,
+            how,
+        };
         if ptr.as_ptr() as usize % 4096 != 0 {
             return Err(err(format!("{:p} is not 4 KiB aligned", ptr)));
         }
@@ -341,7 +387,6 @@ impl PinnedBuf {
     pub fn len(&self) -> usize {
         self.len
     }
-
 }
 
 impl Drop for PinnedBuf {
@@ -383,14 +428,19 @@ impl Stream {
         check("cuStreamCreate", gpu.ordinal, unsafe {
             sys::cuStreamCreate(&mut raw, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32)
         })?;
-        Ok(Stream { gpu: gpu.clone(), raw })
+        Ok(Stream {
+            gpu: gpu.clone(),
+            raw,
+        })
     }
 
     /// Waits for everything queued on the stream.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.gpu.make_current()?;
         // SAFETY: raw is a live stream of this context.
-        check("cuStreamSynchronize", self.gpu.ordinal, unsafe { sys::cuStreamSynchronize(self.raw) })
+        check("cuStreamSynchronize", self.gpu.ordinal, unsafe {
+            sys::cuStreamSynchronize(self.raw)
+        })
     }
 }
 
@@ -420,17 +470,25 @@ impl Event {
     pub fn new(gpu: &Arc<Gpu>) -> Result<Event, CudaError> {
         gpu.make_current()?;
         let mut raw: sys::CUevent = std::ptr::null_mut();
-        let flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32 | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        let flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
+            | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
         // SAFETY: out-pointer to a local.
-        check("cuEventCreate", gpu.ordinal, unsafe { sys::cuEventCreate(&mut raw, flags) })?;
-        Ok(Event { gpu: gpu.clone(), raw })
+        check("cuEventCreate", gpu.ordinal, unsafe {
+            sys::cuEventCreate(&mut raw, flags)
+        })?;
+        Ok(Event {
+            gpu: gpu.clone(),
+            raw,
+        })
     }
 
     /// Records the event at the current end of `stream`.
     pub fn record(&self, stream: &Stream) -> Result<(), CudaError> {
         self.gpu.make_current()?;
         // SAFETY: both handles are live in this context.
-        check("cuEventRecord", self.gpu.ordinal, unsafe { sys::cuEventRecord(self.raw, stream.raw) })
+        check("cuEventRecord", self.gpu.ordinal, unsafe {
+            sys::cuEventRecord(self.raw, stream.raw)
+        })
     }
 
     /// Whether the work before the last record has completed (without waiting).
@@ -448,7 +506,9 @@ impl Event {
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.gpu.make_current()?;
         // SAFETY: raw is a live event.
-        check("cuEventSynchronize", self.gpu.ordinal, unsafe { sys::cuEventSynchronize(self.raw) })
+        check("cuEventSynchronize", self.gpu.ordinal, unsafe {
+            sys::cuEventSynchronize(self.raw)
+        })
     }
 }
 
@@ -465,10 +525,18 @@ impl Drop for Event {
 /// # Safety
 /// `src..src+len` must be pinned host memory that stays untouched until the copy completes, and
 /// `dst..dst+len` must lie inside a live device allocation.
-pub(crate) unsafe fn copy_htod_async(gpu: &Gpu, dst: u64, src: *const u8, len: usize, stream: &Stream) -> Result<(), CudaError> {
+pub(crate) unsafe fn copy_htod_async(
+    gpu: &Gpu,
+    dst: u64,
+    src: *const u8,
+    len: usize,
+    stream: &Stream,
+) -> Result<(), CudaError> {
     gpu.make_current()?;
     // SAFETY: the caller's contract.
-    check("cuMemcpyHtoDAsync", gpu.ordinal, unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, len, stream.raw) })
+    check("cuMemcpyHtoDAsync", gpu.ordinal, unsafe {
+        sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, len, stream.raw)
+    })
 }
 
 /// Copies `dst.len()` bytes from device address `src` into host memory (synchronously).
@@ -481,7 +549,9 @@ pub(crate) unsafe fn copy_dtoh(gpu: &Gpu, dst: &mut [u8], src: u64) -> Result<()
     }
     gpu.make_current()?;
     // SAFETY: dst is a writable host slice of that length; the caller's contract covers src.
-    check("cuMemcpyDtoH", gpu.ordinal, unsafe { sys::cuMemcpyDtoH_v2(dst.as_mut_ptr() as *mut c_void, src, dst.len()) })
+    check("cuMemcpyDtoH", gpu.ordinal, unsafe {
+        sys::cuMemcpyDtoH_v2(dst.as_mut_ptr() as *mut c_void, src, dst.len())
+    })
 }
 
 /// Fills `len` bytes at device address `dst` with `value` (used to poison destinations in tests).
@@ -491,5 +561,7 @@ pub(crate) unsafe fn copy_dtoh(gpu: &Gpu, dst: &mut [u8], src: u64) -> Result<()
 pub(crate) unsafe fn memset(gpu: &Gpu, dst: u64, value: u8, len: usize) -> Result<(), CudaError> {
     gpu.make_current()?;
     // SAFETY: the caller's contract.
-    check("cuMemsetD8", gpu.ordinal, unsafe { sys::cuMemsetD8_v2(dst, value, len) })
+    check("cuMemsetD8", gpu.ordinal, unsafe {
+        sys::cuMemsetD8_v2(dst, value, len)
+    })
 }

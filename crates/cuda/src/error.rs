@@ -114,6 +114,11 @@ impl CudaError {
             CUDA_ERROR_NOT_SUPPORTED => "; not supported on this device or driver",
             _ => "",
         };
-        CudaError::Driver { call, ordinal, code, hint: hint.into() }
+        CudaError::Driver {
+            call,
+            ordinal,
+            code,
+            hint: hint.into(),
+        }
     }
 }

@@ -21,14 +21,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
 }
 
 fn u8s(name: &str, len: u64) -> TensorSpec {
-    TensorSpec { name: name.into(), dtype: DType::U8, shape: vec![len] }
+    TensorSpec {
+        name: name.into(),
+        dtype: DType::U8,
+        shape: vec![len],
+    }
 }
 
 /// Writes every fixture under `dir`; returns them.
 pub fn write_fixtures(dir: &Path) -> Result<Vec<Fixture>, String> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut out = Vec::new();
-    let fill = |seed: u64| move |i: usize, off: u64, buf: &mut [u8]| fill_random(buf, seed, i as u64, off);
+    let fill =
+        |seed: u64| move |i: usize, off: u64, buf: &mut [u8]| fill_random(buf, seed, i as u64, off);
 
     // One file, odd sizes, every tensor at an offset that is not 4 KiB aligned.
     let odd = dir.join("odd.safetensors");
@@ -40,8 +45,16 @@ pub fn write_fixtures(dir: &Path) -> Result<Vec<Fixture>, String> {
         u8s("e.page", 4096),
         u8s("f.page_plus_one", 4097),
         u8s("g.one_again", 1),
-        TensorSpec { name: "h.bf16".into(), dtype: DType::BF16, shape: vec![3, 5] },
-        TensorSpec { name: "i.f32".into(), dtype: DType::F32, shape: vec![7] },
+        TensorSpec {
+            name: "h.bf16".into(),
+            dtype: DType::BF16,
+            shape: vec![3, 5],
+        },
+        TensorSpec {
+            name: "i.f32".into(),
+            dtype: DType::F32,
+            shape: vec![7],
+        },
         u8s("j.64k_plus_one", 65537),
         u8s("k.big_odd", (8 << 20) + 5),
         u8s("l.one_more", 1),
@@ -49,16 +62,38 @@ pub fn write_fixtures(dir: &Path) -> Result<Vec<Fixture>, String> {
         u8s("n.two", 2),
     ];
     write_safetensors(&odd, &specs, &[("format", "pt")], fill(11)).map_err(|e| e.to_string())?;
-    out.push(Fixture { name: "odd-safetensors".into(), path: odd });
+    out.push(Fixture {
+        name: "odd-safetensors".into(),
+        path: odd,
+    });
 
     // Two shards of very different sizes, hub-style, with an index.
     let sharded = dir.join("sharded");
     std::fs::create_dir_all(&sharded).map_err(io(&sharded))?;
     let shard_a = vec![u8s("s.a.one", 1), u8s("s.a.small", 777)];
-    let shard_b = vec![u8s("s.b.big", (3 << 20) + 1), u8s("s.b.one", 1), u8s("s.b.mid", 300_001)];
-    let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
-    write_safetensors(&sharded.join(names[0]), &shard_a, &[("format", "pt")], fill(12)).map_err(|e| e.to_string())?;
-    write_safetensors(&sharded.join(names[1]), &shard_b, &[("format", "pt")], fill(13)).map_err(|e| e.to_string())?;
+    let shard_b = vec![
+        u8s("s.b.big", (3 << 20) + 1),
+        u8s("s.b.one", 1),
+        u8s("s.b.mid", 300_001),
+    ];
+    let names = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    write_safetensors(
+        &sharded.join(names[0]),
+        &shard_a,
+        &[("format", "pt")],
+        fill(12),
+    )
+    .map_err(|e| e.to_string())?;
+    write_safetensors(
+        &sharded.join(names[1]),
+        &shard_b,
+        &[("format", "pt")],
+        fill(13),
+    )
+    .map_err(|e| e.to_string())?;
     let mut map = serde_json::Map::new();
     for t in &shard_a {
         map.insert(t.name.clone(), names[0].into());
@@ -69,19 +104,28 @@ pub fn write_fixtures(dir: &Path) -> Result<Vec<Fixture>, String> {
     let index = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": map });
     let ip = sharded.join(hoist_format::INDEX_FILE_NAME);
     std::fs::write(&ip, index.to_string()).map_err(io(&ip))?;
-    out.push(Fixture { name: "sharded-uneven".into(), path: sharded });
+    out.push(Fixture {
+        name: "sharded-uneven".into(),
+        path: sharded,
+    });
 
     // The synthetic tiny Llama (two shards).
     let tiny = dir.join("tiny");
     let spec = hoist_synth::preset("tiny").ok_or("no tiny preset")?.spec;
     let root = hoist_synth::write_checkpoint(&spec, &tiny, 14).map_err(|e| e.to_string())?;
-    out.push(Fixture { name: "tiny-llama".into(), path: root });
+    out.push(Fixture {
+        name: "tiny-llama".into(),
+        path: root,
+    });
 
     // GGUF with non-default alignments.
     for alignment in [16u64, 64, 4096] {
         let p = dir.join(format!("align{alignment}.gguf"));
         write_gguf(&p, alignment, 20 + alignment)?;
-        out.push(Fixture { name: format!("gguf-align{alignment}"), path: p });
+        out.push(Fixture {
+            name: format!("gguf-align{alignment}"),
+            path: p,
+        });
     }
     Ok(out)
 }

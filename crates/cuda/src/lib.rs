@@ -35,7 +35,7 @@ use serde::Serialize;
 pub use cufile::{cufile_status, CufileStatus};
 pub use driver::{driver_library, PinnedAlloc};
 pub use error::CudaError;
-pub use tensors::{DestLayout, GpuTensor, GpuTensors, Verification};
+pub use tensors::{DestLayout, GpuTensor, GpuTensors, Verification, PACKED_ALIGN_BYTES};
 
 use driver::Gpu;
 use ring::RingSink;
@@ -69,7 +69,14 @@ impl GpuPath {
 
     /// Parses a command-line name.
     pub fn from_name(s: &str) -> Option<GpuPath> {
-        [GpuPath::Auto, GpuPath::Ring, GpuPath::Cufile, GpuPath::Mapped].into_iter().find(|p| p.name() == s)
+        [
+            GpuPath::Auto,
+            GpuPath::Ring,
+            GpuPath::Cufile,
+            GpuPath::Mapped,
+        ]
+        .into_iter()
+        .find(|p| p.name() == s)
     }
 }
 
@@ -87,7 +94,13 @@ pub const DEFAULT_GPU_CHUNK_BYTES: u64 = 8 << 20;
 /// data (one ring left the disk ~10% short of its parallel O_DIRECT rate).
 pub fn recommended_engine_config() -> EngineConfig {
     let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-    EngineConfig { backend: Backend::Auto, threads: cores.clamp(2, 16), queue_depth: 32, uring_threads: 2, progress: None }
+    EngineConfig {
+        backend: Backend::Auto,
+        threads: cores.clamp(2, 16),
+        queue_depth: 32,
+        uring_threads: 2,
+        progress: None,
+    }
 }
 
 /// Knobs of a GPU load.
@@ -120,7 +133,7 @@ impl Default for GpuConfig {
             streams: DEFAULT_STREAMS,
             pinned: PinnedAlloc::MmapRegister,
             fixed_buffers: true,
-            dest: DestLayout::Regions,
+            dest: DestLayout::Packed,
             poison: None,
         }
     }
@@ -249,8 +262,12 @@ fn cached_fraction(plan: &Plan) -> f64 {
     let per_chunk = (RESIDENCY_PROBES / plan.chunks.len().max(1)).max(1) as u64;
     let (mut probed, mut cached) = (0u64, 0u64);
     for (i, f) in plan.files.iter().enumerate() {
-        let Ok(file) = std::fs::File::open(&f.path) else { continue };
-        let Ok(mut r) = FileResidency::new(&file) else { continue };
+        let Ok(file) = std::fs::File::open(&f.path) else {
+            continue;
+        };
+        let Ok(mut r) = FileResidency::new(&file) else {
+            continue;
+        };
         for c in plan.chunks.iter().filter(|c| c.file == i) {
             let pages = c.need.div_ceil(page);
             for j in 0..per_chunk.min(pages) {
@@ -264,7 +281,12 @@ fn cached_fraction(plan: &Plan) -> f64 {
 }
 
 fn single_method_report(method: &'static str, bytes: u64, since: Instant) -> LoadReport {
-    LoadReport { read_bytes: bytes, bytes_by_method: vec![(method, bytes)], notes: Vec::new(), seconds: since.elapsed().as_secs_f64() }
+    LoadReport {
+        read_bytes: bytes,
+        bytes_by_method: vec![(method, bytes)],
+        notes: Vec::new(),
+        seconds: since.elapsed().as_secs_f64(),
+    }
 }
 
 /// Pages [`cached_fraction`] asks about per load.
@@ -301,7 +323,14 @@ pub fn load_to_gpu(
     if let Some(byte) = gpu_config.poison {
         for p in 0..plan.placements.len() {
             // SAFETY: each placement's bytes lie inside its allocation.
-            unsafe { driver::memset(&g, dest.placement_ptr(&plan, p), byte, plan.placements[p].len as usize)? };
+            unsafe {
+                driver::memset(
+                    &g,
+                    dest.placement_ptr(&plan, p),
+                    byte,
+                    plan.placements[p].len as usize,
+                )?
+            };
         }
         g.synchronize()?;
     }
@@ -309,13 +338,27 @@ pub fn load_to_gpu(
         .placements
         .iter()
         .enumerate()
-        .map(|(p, pl)| GpuTensor {
-            info: table.tensors[pl.tensor].clone(),
-            device_ptr: dest.placement_ptr(&plan, p),
-            ordinal: g.ordinal(),
+        .map(|(p, pl)| {
+            let device_ptr = dest.placement_ptr(&plan, p);
+            if gpu_config.dest == DestLayout::Packed {
+                assert_eq!(
+                    device_ptr % PACKED_ALIGN_BYTES,
+                    0,
+                    "packed tensor {p} is misaligned"
+                );
+            }
+            GpuTensor {
+                info: table.tensors[pl.tensor].clone(),
+                device_ptr,
+                ordinal: g.ordinal(),
+            }
         })
         .collect();
-    tensors.extend(plan.empty.iter().map(|&i| GpuTensor { info: table.tensors[i].clone(), device_ptr: 0, ordinal: g.ordinal() }));
+    tensors.extend(plan.empty.iter().map(|&i| GpuTensor {
+        info: table.tensors[i].clone(),
+        device_ptr: 0,
+        ordinal: g.ordinal(),
+    }));
     if let Some(f) = on_tensor {
         tensors[plan.placements.len()..].iter().for_each(f);
     }
@@ -329,15 +372,29 @@ pub fn load_to_gpu(
     let (chosen, path_reason) = match gpu_config.path {
         GpuPath::Ring => (GpuPath::Ring, "ring asked for".to_string()),
         GpuPath::Mapped => (GpuPath::Mapped, "page-cache mapping asked for".to_string()),
-        GpuPath::Cufile => (GpuPath::Cufile, format!("cuFile asked for; {}", cufile.summary)),
-        GpuPath::Auto if !(cufile.library && cufile.nvidia_fs) => (GpuPath::Ring, format!("ring: {}", cufile.summary)),
-        GpuPath::Auto if gpu_config.dest != DestLayout::Regions => (GpuPath::Ring, "ring: cuFile needs the regions layout".into()),
+        GpuPath::Cufile => (
+            GpuPath::Cufile,
+            format!("cuFile asked for; {}", cufile.summary),
+        ),
+        GpuPath::Auto if !(cufile.library && cufile.nvidia_fs) => {
+            (GpuPath::Ring, format!("ring: {}", cufile.summary))
+        }
+        GpuPath::Auto if gpu_config.dest != DestLayout::Regions => (
+            GpuPath::Ring,
+            "ring: cuFile needs the regions layout".into(),
+        ),
         GpuPath::Auto => {
             let cached = cached_fraction(&plan);
             if cached > 0.5 {
                 (GpuPath::Ring, format!("ring: {:.0}% of the bytes are in the page cache, buffered reads beat GPUDirect there", cached * 100.0))
             } else {
-                (GpuPath::Cufile, format!("cuFile: nvidia-fs loaded and {:.0}% of the bytes cached", cached * 100.0))
+                (
+                    GpuPath::Cufile,
+                    format!(
+                        "cuFile: nvidia-fs loaded and {:.0}% of the bytes cached",
+                        cached * 100.0
+                    ),
+                )
             }
         }
     };
@@ -349,16 +406,28 @@ pub fn load_to_gpu(
     let mut result = None;
     if chosen == GpuPath::Mapped {
         if !mapped::supported(&g) {
-            return Err(CudaError::Config(format!("{} cannot DMA from read-only host registrations; use --gpu-path ring", g.name())));
+            return Err(CudaError::Config(format!(
+                "{} cannot DMA from read-only host registrations; use --gpu-path ring",
+                g.name()
+            )));
         }
         let t = Instant::now();
         let bytes = mapped::load(&g, &plan, &dest, engine.threads, &finish)?;
-        result = Some((single_method_report("page-cache-mapped", bytes, t), "mapped", 0, 0));
+        result = Some((
+            single_method_report("page-cache-mapped", bytes, t),
+            "mapped",
+            0,
+            0,
+        ));
     } else if chosen == GpuPath::Cufile {
         let t = Instant::now();
         match cufile::load(&g, &plan, &dest, engine.threads, &finish) {
             Ok(bytes) => {
-                let method = if cufile.nvidia_fs { "cufile-direct" } else { "cufile-compat" };
+                let method = if cufile.nvidia_fs {
+                    "cufile-direct"
+                } else {
+                    "cufile-compat"
+                };
                 result = Some((single_method_report(method, bytes, t), method, 0, 0));
             }
             // `auto` chose cuFile and cuFile refused before reading anything: take the ring.
@@ -423,8 +492,16 @@ pub fn load_to_gpu(
         ring_bytes,
         ring_slots,
         slot_bytes: plan.config.chunk_bytes,
-        streams: if chosen == GpuPath::Ring { gpu_config.streams } else { 0 },
-        pinned: if chosen == GpuPath::Ring { gpu_config.pinned.name() } else { "none" },
+        streams: if chosen == GpuPath::Ring {
+            gpu_config.streams
+        } else {
+            0
+        },
+        pinned: if chosen == GpuPath::Ring {
+            gpu_config.pinned.name()
+        } else {
+            "none"
+        },
     };
     Ok((GpuTensors::new(g, dest, tensors), report))
 }

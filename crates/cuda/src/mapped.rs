@@ -73,18 +73,42 @@ pub(crate) fn load(
     let page = hoist_io::residency::page_bytes() as usize;
     let mut maps = Vec::with_capacity(plan.files.len());
     for f in &plan.files {
-        let file = File::open(&f.path).map_err(|source| CudaError::File { path: f.path.clone(), source })?;
-        let len = file.metadata().map_err(|source| CudaError::File { path: f.path.clone(), source })?.len() as usize;
+        let file = File::open(&f.path).map_err(|source| CudaError::File {
+            path: f.path.clone(),
+            source,
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|source| CudaError::File {
+                path: f.path.clone(),
+                source,
+            })?
+            .len() as usize;
         if len == 0 {
-            maps.push(Map { ptr: std::ptr::null_mut(), len: 0 });
+            maps.push(Map {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            });
             continue;
         }
         // SAFETY: a fresh read-only shared mapping of a file we opened; only the DMA engine
         // reads it (a concurrent truncation would fault the copy: the hazard every mmap loader
         // accepts).
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
         if ptr == libc::MAP_FAILED {
-            return Err(CudaError::File { path: f.path.clone(), source: std::io::Error::last_os_error() });
+            return Err(CudaError::File {
+                path: f.path.clone(),
+                source: std::io::Error::last_os_error(),
+            });
         }
         maps.push(Map { ptr, len });
     }
@@ -98,7 +122,9 @@ pub(crate) fn load(
                 let run = || -> Result<(), CudaError> {
                     gpu.make_current()?;
                     let stream = Stream::new(gpu)?;
-                    let events = (0..=DEPTH).map(|_| Event::new(gpu)).collect::<Result<Vec<_>, _>>()?;
+                    let events = (0..=DEPTH)
+                        .map(|_| Event::new(gpu))
+                        .collect::<Result<Vec<_>, _>>()?;
                     let mut free: Vec<usize> = (0..=DEPTH).collect();
                     // (event index, pinned address, pinned length, chunk)
                     let mut pending: VecDeque<(usize, *mut c_void, usize)> = VecDeque::new();
@@ -107,10 +133,14 @@ pub(crate) fn load(
                                   chunks: &mut VecDeque<usize>,
                                   free: &mut Vec<usize>|
                      -> Result<(), CudaError> {
-                        if let (Some((e, p, _)), Some(c)) = (pending.pop_front(), chunks.pop_front()) {
+                        if let (Some((e, p, _)), Some(c)) =
+                            (pending.pop_front(), chunks.pop_front())
+                        {
                             events[e].synchronize()?;
                             // SAFETY: p was registered below and its copies have completed.
-                            check("cuMemHostUnregister", gpu.ordinal(), unsafe { sys::cuMemHostUnregister(p) })?;
+                            check("cuMemHostUnregister", gpu.ordinal(), unsafe {
+                                sys::cuMemHostUnregister(p)
+                            })?;
                             free.push(e);
                             bytes.fetch_add(plan.chunks[c].need, Ordering::Relaxed);
                             finish(c);
@@ -127,7 +157,11 @@ pub(crate) fn load(
                             if off + c.need as usize > map.len {
                                 return Err(CudaError::FileChanged {
                                     path: plan.files[c.file].path.clone(),
-                                    reason: format!("it is {} bytes now but data should reach {}", map.len, off + c.need as usize),
+                                    reason: format!(
+                                        "it is {} bytes now but data should reach {}",
+                                        map.len,
+                                        off + c.need as usize
+                                    ),
                                 });
                             }
                             // SAFETY: off < map.len, inside the mapping.
@@ -135,12 +169,20 @@ pub(crate) fn load(
                             // SAFETY: [src, src + reg) lies inside the mapping's pages (the
                             // mapping covers whole pages); chunks are page aligned and disjoint,
                             // so no two registrations overlap.
-                            let r = unsafe { sys::cuMemHostRegister_v2(src as *mut c_void, reg, sys::CU_MEMHOSTREGISTER_READ_ONLY) };
+                            let r = unsafe {
+                                sys::cuMemHostRegister_v2(
+                                    src as *mut c_void,
+                                    reg,
+                                    sys::CU_MEMHOSTREGISTER_READ_ONLY,
+                                )
+                            };
                             check("cuMemHostRegister(READ_ONLY, page cache)", gpu.ordinal(), r)?;
                             for (dst, src_off, len) in dest.copies(plan, c) {
                                 // SAFETY: the source is pinned until the event below completes;
                                 // the destination lies inside its allocation.
-                                unsafe { copy_htod_async(gpu, dst, src.add(src_off), len, &stream)? };
+                                unsafe {
+                                    copy_htod_async(gpu, dst, src.add(src_off), len, &stream)?
+                                };
                             }
                             let e = free.pop().unwrap_or(0);
                             events[e].record(&stream)?;
@@ -167,7 +209,10 @@ pub(crate) fn load(
                 };
                 if let Err(e) = run() {
                     abort.store(true, Ordering::Relaxed);
-                    first_err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    first_err
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
                 }
             });
         }

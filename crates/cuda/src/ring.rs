@@ -75,8 +75,12 @@ impl<'a> RingSink<'a> {
             )));
         }
         let ring = PinnedBuf::new(gpu, slots * slot_bytes, pinned)?;
-        let events = (0..slots).map(|_| Event::new(gpu)).collect::<Result<Vec<_>, _>>()?;
-        let streams = (0..streams.clamp(1, 64)).map(|_| Stream::new(gpu)).collect::<Result<Vec<_>, _>>()?;
+        let events = (0..slots)
+            .map(|_| Event::new(gpu))
+            .collect::<Result<Vec<_>, _>>()?;
+        let streams = (0..streams.clamp(1, 64))
+            .map(|_| Stream::new(gpu))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(RingSink {
             gpu,
             plan,
@@ -87,7 +91,10 @@ impl<'a> RingSink<'a> {
             events,
             streams,
             next_stream: AtomicUsize::new(0),
-            state: Mutex::new(RingState { free: (0..slots).rev().collect(), copying: VecDeque::with_capacity(slots) }),
+            state: Mutex::new(RingState {
+                free: (0..slots).rev().collect(),
+                copying: VecDeque::with_capacity(slots),
+            }),
             cv: Condvar::new(),
             tracker: CompletionTracker::new(plan),
             on_placement,
@@ -119,13 +126,18 @@ impl<'a> RingSink<'a> {
             ptr: self.slot_ptr(slot),
             len: self.slot_bytes,
             slot: slot as u32,
-            fixed: if self.offer_fixed { Some(slot as u16) } else { None },
+            fixed: if self.offer_fixed {
+                Some(slot as u16)
+            } else {
+                None
+            },
         }
     }
 
     /// The chunk's copies are complete on the device: report the tensors this completes.
     fn finish(&self, chunk: usize) {
-        self.tracker.chunk_done(&self.plan.chunks[chunk], |p| (self.on_placement)(p));
+        self.tracker
+            .chunk_done(&self.plan.chunks[chunk], |p| (self.on_placement)(p));
     }
 
     /// Waits for every queued copy and reports the tensors they complete; call once the engine
@@ -183,7 +195,10 @@ impl Sink for RingSink<'_> {
                 return Ok(self.staging(slot));
             }
             // Every slot is being read into: wait for a commit.
-            let (guard, _) = self.cv.wait_timeout(st, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner());
+            let (guard, _) = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner());
             st = guard;
             if start.elapsed() > STALL {
                 return Err(format!(
@@ -202,7 +217,9 @@ impl Sink for RingSink<'_> {
         if let Some(slot) = st.free.pop() {
             return Ok(Some(self.staging(slot)));
         }
-        let Some(&(slot, chunk)) = st.copying.front() else { return Ok(None) };
+        let Some(&(slot, chunk)) = st.copying.front() else {
+            return Ok(None);
+        };
         if !self.events[slot].query()? {
             return Ok(None);
         }
@@ -215,13 +232,22 @@ impl Sink for RingSink<'_> {
     fn commit(&self, index: usize, chunk: &Chunk, staging: Staging) -> Result<(), SinkError> {
         let slot = staging.slot as usize;
         debug_assert_eq!(staging.ptr, self.slot_ptr(slot));
-        let stream = &self.streams[self.next_stream.fetch_add(1, Ordering::Relaxed) % self.streams.len()];
+        let stream =
+            &self.streams[self.next_stream.fetch_add(1, Ordering::Relaxed) % self.streams.len()];
         let queued = (|| {
             for (dst, src_offset, len) in self.dest.copies(self.plan, chunk) {
                 // SAFETY: the slot is pinned ring memory that nobody touches until its event
                 // (recorded below, after this copy) completes; `copies` keeps every source range
                 // inside the chunk's `need` bytes and every destination inside its allocation.
-                unsafe { copy_htod_async(self.gpu, dst, staging.ptr.as_ptr().add(src_offset), len, stream)? };
+                unsafe {
+                    copy_htod_async(
+                        self.gpu,
+                        dst,
+                        staging.ptr.as_ptr().add(src_offset),
+                        len,
+                        stream,
+                    )?
+                };
             }
             self.events[slot].record(stream)
         })();
@@ -246,6 +272,8 @@ impl Sink for RingSink<'_> {
         if !self.offer_fixed {
             return Vec::new();
         }
-        (0..self.slots).map(|s| (self.slot_ptr(s), self.slot_bytes)).collect()
+        (0..self.slots)
+            .map(|s| (self.slot_ptr(s), self.slot_bytes))
+            .collect()
     }
 }

@@ -57,20 +57,97 @@ fn cases(cufile: bool) -> Vec<Case> {
         every_other: false,
     };
     let mut v = vec![
-        Case { name: "ring-register-pread-wrap", backend: Backend::Pread, ..base },
-        Case { name: "ring-hostalloc-uring-fixed", backend: Backend::Uring, pinned: PinnedAlloc::HostAlloc, ring_bytes: 1 << 20, ..base },
-        Case { name: "ring-hostalloc-uring-plain", backend: Backend::Uring, pinned: PinnedAlloc::HostAlloc, fixed_buffers: false, ..base },
-        Case { name: "ring-register-uring-fixed", backend: Backend::Uring, ring_bytes: 1 << 20, ..base },
-        Case { name: "ring-register-auto-per-tensor", dest: DestLayout::PerTensor, chunk_bytes: 8 << 20, ring_bytes: 64 << 20, ..base },
-        Case { name: "ring-register-pread-per-tensor-wrap", backend: Backend::Pread, dest: DestLayout::PerTensor, ..base },
-        Case { name: "ring-register-mmap-1stream", backend: Backend::Mmap, chunk_bytes: 1 << 20, ring_bytes: 4 << 20, streams: 1, ..base },
-        Case { name: "ring-register-auto-every-other", every_other: true, ..base },
+        Case {
+            name: "ring-register-pread-wrap",
+            backend: Backend::Pread,
+            ..base
+        },
+        Case {
+            name: "ring-hostalloc-uring-fixed",
+            backend: Backend::Uring,
+            pinned: PinnedAlloc::HostAlloc,
+            ring_bytes: 1 << 20,
+            ..base
+        },
+        Case {
+            name: "ring-hostalloc-uring-plain",
+            backend: Backend::Uring,
+            pinned: PinnedAlloc::HostAlloc,
+            fixed_buffers: false,
+            ..base
+        },
+        Case {
+            name: "ring-register-uring-fixed",
+            backend: Backend::Uring,
+            ring_bytes: 1 << 20,
+            ..base
+        },
+        Case {
+            name: "ring-register-auto-per-tensor",
+            dest: DestLayout::PerTensor,
+            chunk_bytes: 8 << 20,
+            ring_bytes: 64 << 20,
+            ..base
+        },
+        Case {
+            name: "ring-register-auto-packed",
+            dest: DestLayout::Packed,
+            chunk_bytes: 8 << 20,
+            ring_bytes: 64 << 20,
+            ..base
+        },
+        Case {
+            name: "ring-register-uring-packed-small-chunks",
+            backend: Backend::Uring,
+            dest: DestLayout::Packed,
+            ..base
+        },
+        Case {
+            name: "ring-register-pread-per-tensor-wrap",
+            backend: Backend::Pread,
+            dest: DestLayout::PerTensor,
+            ..base
+        },
+        Case {
+            name: "ring-register-mmap-1stream",
+            backend: Backend::Mmap,
+            chunk_bytes: 1 << 20,
+            ring_bytes: 4 << 20,
+            streams: 1,
+            ..base
+        },
+        Case {
+            name: "ring-register-auto-every-other",
+            every_other: true,
+            ..base
+        },
     ];
-    v.push(Case { name: "mapped", path: GpuPath::Mapped, ..base });
-    v.push(Case { name: "mapped-per-tensor-every-other", path: GpuPath::Mapped, dest: DestLayout::PerTensor, every_other: true, chunk_bytes: 8 << 20, ..base });
+    v.push(Case {
+        name: "mapped",
+        path: GpuPath::Mapped,
+        ..base
+    });
+    v.push(Case {
+        name: "mapped-per-tensor-every-other",
+        path: GpuPath::Mapped,
+        dest: DestLayout::PerTensor,
+        every_other: true,
+        chunk_bytes: 8 << 20,
+        ..base
+    });
     if cufile {
-        v.push(Case { name: "cufile", path: GpuPath::Cufile, chunk_bytes: 1 << 20, ..base });
-        v.push(Case { name: "cufile-every-other", path: GpuPath::Cufile, every_other: true, ..base });
+        v.push(Case {
+            name: "cufile",
+            path: GpuPath::Cufile,
+            chunk_bytes: 1 << 20,
+            ..base
+        });
+        v.push(Case {
+            name: "cufile-every-other",
+            path: GpuPath::Cufile,
+            every_other: true,
+            ..base
+        });
     }
     v
 }
@@ -84,10 +161,19 @@ pub fn run(dir: &Path, ordinal: usize) -> Result<Vec<CaseResult>, String> {
     for f in &fixtures {
         let table = TensorTable::open(&f.path).map_err(|e| format!("{}: {e}", f.name))?;
         for c in cases(cufile) {
-            let selection: Vec<usize> =
-                (0..table.tensors.len()).filter(|i| !c.every_other || i % 2 == 0).collect();
-            let plan = PlanConfig { chunk_bytes: c.chunk_bytes, ..PlanConfig::default() };
-            let engine = EngineConfig { backend: c.backend, threads: 4, queue_depth: 8, ..EngineConfig::default() };
+            let selection: Vec<usize> = (0..table.tensors.len())
+                .filter(|i| !c.every_other || i % 2 == 0)
+                .collect();
+            let plan = PlanConfig {
+                chunk_bytes: c.chunk_bytes,
+                ..PlanConfig::default()
+            };
+            let engine = EngineConfig {
+                backend: c.backend,
+                threads: 4,
+                queue_depth: 8,
+                ..EngineConfig::default()
+            };
             let gpu = GpuConfig {
                 ordinal,
                 path: c.path,
@@ -98,21 +184,28 @@ pub fn run(dir: &Path, ordinal: usize) -> Result<Vec<CaseResult>, String> {
                 dest: c.dest,
                 poison: Some(0xA5),
             };
-            let seen: Vec<AtomicUsize> = table.tensors.iter().map(|_| AtomicUsize::new(0)).collect();
+            let seen: Vec<AtomicUsize> =
+                table.tensors.iter().map(|_| AtomicUsize::new(0)).collect();
             let names = Mutex::new(Vec::new());
             let on_tensor = |t: &GpuTensor| match table.index_of(&t.info.name) {
                 Some(i) => {
                     seen[i].fetch_add(1, Ordering::Relaxed);
                 }
-                None => names.lock().unwrap_or_else(|p| p.into_inner()).push(t.info.name.clone()),
+                None => names
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(t.info.name.clone()),
             };
-            let result = load_to_gpu(&table, &selection, plan, &engine, &gpu, Some(&on_tensor)).and_then(|(tensors, report)| {
-                let v = tensors.verify_against_files(&table, 4)?;
-                Ok((tensors.tensors().len(), report, v))
-            });
+            let result = load_to_gpu(&table, &selection, plan, &engine, &gpu, Some(&on_tensor))
+                .and_then(|(tensors, report)| {
+                    let v = tensors.verify_against_files(&table, 4)?;
+                    Ok((tensors.tensors().len(), report, v))
+                });
             let (ok, skipped, detail) = match result {
                 // cuFile refusing this machine's filesystem is unavailability, not a wrong byte.
-                Err(e @ crate::CudaError::Cufile { .. }) if c.path == GpuPath::Cufile => (true, true, format!("skipped: {e}")),
+                Err(e @ crate::CudaError::Cufile { .. }) if c.path == GpuPath::Cufile => {
+                    (true, true, format!("skipped: {e}"))
+                }
                 Err(e) => (false, false, format!("error: {e}")),
                 Ok((count, report, v)) => {
                     let mut problems = v.mismatches.clone();
@@ -120,20 +213,42 @@ pub fn run(dir: &Path, ordinal: usize) -> Result<Vec<CaseResult>, String> {
                         let want = usize::from(selection.contains(&i));
                         let got = s.load(Ordering::Relaxed);
                         if got != want {
-                            problems.push(format!("{} reported {got} times, expected {want}", table.tensors[i].name));
+                            problems.push(format!(
+                                "{} reported {got} times, expected {want}",
+                                table.tensors[i].name
+                            ));
                         }
                     }
                     if count != selection.len() {
-                        problems.push(format!("{count} tensors returned, {} selected", selection.len()));
+                        problems.push(format!(
+                            "{count} tensors returned, {} selected",
+                            selection.len()
+                        ));
                     }
                     if problems.is_empty() {
-                        (true, false, format!("{} tensors, {} bytes exact; path {}, {}", v.tensors, v.bytes, report.path, report.io.methods_summary()))
+                        (
+                            true,
+                            false,
+                            format!(
+                                "{} tensors, {} bytes exact; path {}, {}",
+                                v.tensors,
+                                v.bytes,
+                                report.path,
+                                report.io.methods_summary()
+                            ),
+                        )
                     } else {
                         (false, false, problems.join("; "))
                     }
                 }
             };
-            out.push(CaseResult { fixture: f.name.clone(), case: c.name.into(), ok, skipped, detail });
+            out.push(CaseResult {
+                fixture: f.name.clone(),
+                case: c.name.into(),
+                ok,
+                skipped,
+                detail,
+            });
         }
     }
     Ok(out)

@@ -23,7 +23,16 @@ pub enum DestLayout {
     /// One allocation per tensor (each freeable on its own); a chunk becomes one copy per
     /// tensor it carries.
     PerTensor,
+    /// One allocation per plan region with each tensor at a [`PACKED_ALIGN_BYTES`]-aligned
+    /// offset: few allocations like `Regions`, the alignment of `PerTensor`. A chunk becomes one
+    /// copy per tensor it carries. The default: file offsets are often only 8-byte aligned, and
+    /// GPU kernels (cuBLAS GEMMs, vectorized loads) pick other, slower or differently rounding
+    /// code paths for such tensors than for the 256-byte-aligned ones other loaders produce.
+    Packed,
 }
+
+/// Alignment of each tensor in the [`DestLayout::Packed`] layout (what cudaMalloc guarantees).
+pub const PACKED_ALIGN_BYTES: u64 = 256;
 
 impl DestLayout {
     /// Name on the command line.
@@ -31,6 +40,7 @@ impl DestLayout {
         match self {
             DestLayout::Regions => "regions",
             DestLayout::PerTensor => "per-tensor",
+            DestLayout::Packed => "packed",
         }
     }
 }
@@ -41,6 +51,20 @@ pub(crate) struct Destinations {
     layout: DestLayout,
     /// One per region or one per placement, by layout.
     bufs: Vec<DeviceBuf>,
+    /// Packed layout: each placement's offset inside its region's buffer.
+    packed_offsets: Vec<u64>,
+}
+
+/// Packed offsets of every placement inside its region, and each region's packed size.
+fn packed(plan: &Plan) -> (Vec<u64>, Vec<u64>) {
+    let mut offsets = Vec::with_capacity(plan.placements.len());
+    let mut sizes = vec![0u64; plan.regions.len()];
+    for pl in &plan.placements {
+        let at = sizes[pl.region].next_multiple_of(PACKED_ALIGN_BYTES);
+        offsets.push(at);
+        sizes[pl.region] = at + pl.len;
+    }
+    (offsets, sizes)
 }
 
 impl Destinations {
@@ -50,17 +74,39 @@ impl Destinations {
             DestLayout::Regions => plan.buffer_bytes(),
             // cuMemAlloc rounds each allocation up to at least 512 bytes (2 MiB pages in
             // practice); count the alignment so the free-memory check is honest.
-            DestLayout::PerTensor => plan.placements.iter().map(|p| p.len.next_multiple_of(512)).sum(),
+            DestLayout::PerTensor => plan
+                .placements
+                .iter()
+                .map(|p| p.len.next_multiple_of(512))
+                .sum(),
+            DestLayout::Packed => packed(plan).1.iter().sum(),
         }
     }
 
-    pub(crate) fn alloc(gpu: &Arc<Gpu>, plan: &Plan, layout: DestLayout) -> Result<Destinations, CudaError> {
+    pub(crate) fn alloc(
+        gpu: &Arc<Gpu>,
+        plan: &Plan,
+        layout: DestLayout,
+    ) -> Result<Destinations, CudaError> {
+        let mut packed_offsets = Vec::new();
         let sizes: Vec<u64> = match layout {
             DestLayout::Regions => plan.regions.iter().map(|r| r.len()).collect(),
             DestLayout::PerTensor => plan.placements.iter().map(|p| p.len).collect(),
+            DestLayout::Packed => {
+                let (offsets, sizes) = packed(plan);
+                packed_offsets = offsets;
+                sizes
+            }
         };
-        let bufs = sizes.iter().map(|&n| DeviceBuf::new(gpu, n as usize)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Destinations { layout, bufs })
+        let bufs = sizes
+            .iter()
+            .map(|&n| DeviceBuf::new(gpu, n as usize))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Destinations {
+            layout,
+            bufs,
+            packed_offsets,
+        })
     }
 
     pub(crate) fn layout(&self) -> DestLayout {
@@ -83,6 +129,7 @@ impl Destinations {
         match self.layout {
             DestLayout::Regions => self.bufs[pl.region].ptr() + pl.offset,
             DestLayout::PerTensor => self.bufs[p].ptr(),
+            DestLayout::Packed => self.bufs[pl.region].ptr() + self.packed_offsets[p],
         }
     }
 
@@ -90,8 +137,12 @@ impl Destinations {
     /// buffer, bytes)`, each inside the chunk's `need` bytes and inside one allocation.
     pub(crate) fn copies(&self, plan: &Plan, chunk: &Chunk) -> Vec<(u64, usize, usize)> {
         match self.layout {
-            DestLayout::Regions => vec![(self.bufs[chunk.region].ptr() + chunk.region_offset, 0, chunk.need as usize)],
-            DestLayout::PerTensor => {
+            DestLayout::Regions => vec![(
+                self.bufs[chunk.region].ptr() + chunk.region_offset,
+                0,
+                chunk.need as usize,
+            )],
+            DestLayout::PerTensor | DestLayout::Packed => {
                 let region_start = plan.regions[chunk.region].start;
                 let (lo_chunk, hi_chunk) = (chunk.file_offset, chunk.file_offset + chunk.need);
                 chunk
@@ -99,9 +150,16 @@ impl Destinations {
                     .clone()
                     .filter_map(|p| {
                         let pl = &plan.placements[p];
-                        let (t_lo, t_hi) = (region_start + pl.offset, region_start + pl.offset + pl.len);
+                        let (t_lo, t_hi) =
+                            (region_start + pl.offset, region_start + pl.offset + pl.len);
                         let (lo, hi) = (t_lo.max(lo_chunk), t_hi.min(hi_chunk));
-                        (lo < hi).then(|| (self.bufs[p].ptr() + (lo - t_lo), (lo - lo_chunk) as usize, (hi - lo) as usize))
+                        (lo < hi).then(|| {
+                            (
+                                self.placement_ptr(plan, p) + (lo - t_lo),
+                                (lo - lo_chunk) as usize,
+                                (hi - lo) as usize,
+                            )
+                        })
                     })
                     .collect()
             }
@@ -208,11 +266,20 @@ impl GpuTensors {
 
     /// Compares every tensor's device bytes with its bytes in the checkpoint files of `table`
     /// (the table the tensors were loaded from), on `threads` threads.
-    pub fn verify_against_files(&self, table: &TensorTable, threads: usize) -> Result<Verification, CudaError> {
+    pub fn verify_against_files(
+        &self,
+        table: &TensorTable,
+        threads: usize,
+    ) -> Result<Verification, CudaError> {
         let files: Vec<File> = table
             .files
             .iter()
-            .map(|f| File::open(&f.path).map_err(|source| CudaError::File { path: f.path.clone(), source }))
+            .map(|f| {
+                File::open(&f.path).map_err(|source| CudaError::File {
+                    path: f.path.clone(),
+                    source,
+                })
+            })
             .collect::<Result<_, _>>()?;
         let mismatches = Mutex::new(Vec::new());
         let bytes = std::sync::atomic::AtomicU64::new(0);
@@ -224,18 +291,23 @@ impl GpuTensors {
                 let n = (t.len - done).min(VERIFY_PIECE_BYTES as u64) as usize;
                 // SAFETY: [done, done + n) lies inside the tensor's allocation.
                 unsafe { copy_dtoh(&self.gpu, &mut buf[..n], self.tensors[i].device_ptr + done)? };
-                files[t.file].read_exact_at(&mut want[..n], t.offset + done).map_err(|source| CudaError::File {
-                    path: table.files[t.file].path.clone(),
-                    source,
-                })?;
+                files[t.file]
+                    .read_exact_at(&mut want[..n], t.offset + done)
+                    .map_err(|source| CudaError::File {
+                        path: table.files[t.file].path.clone(),
+                        source,
+                    })?;
                 if let Some(at) = buf[..n].iter().zip(&want[..n]).position(|(a, b)| a != b) {
-                    mismatches.lock().unwrap_or_else(|p| p.into_inner()).push(format!(
-                        "{}: device byte {} is {:#04x}, file has {:#04x}",
-                        t.name,
-                        done + at as u64,
-                        buf[at],
-                        want[at]
-                    ));
+                    mismatches
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!(
+                            "{}: device byte {} is {:#04x}, file has {:#04x}",
+                            t.name,
+                            done + at as u64,
+                            buf[at],
+                            want[at]
+                        ));
                     break;
                 }
                 done += n as u64;
@@ -245,7 +317,11 @@ impl GpuTensors {
         })?;
         let mut mismatches = mismatches.into_inner().unwrap_or_else(|p| p.into_inner());
         mismatches.sort();
-        Ok(Verification { tensors: self.tensors.len(), bytes: bytes.into_inner(), mismatches })
+        Ok(Verification {
+            tensors: self.tensors.len(),
+            bytes: bytes.into_inner(),
+            mismatches,
+        })
     }
 
     /// Runs `f(tensor index, scratch buffer)` over every tensor on `threads` threads.
@@ -266,7 +342,10 @@ impl GpuTensors {
                             return;
                         }
                         if let Err(e) = f(i, &mut buf) {
-                            first_err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            first_err
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
                             return;
                         }
                     }
@@ -277,5 +356,33 @@ impl GpuTensors {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hoist_io::PlanConfig;
+
+    #[test]
+    fn packed_offsets_are_aligned_disjoint_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = hoist_synth::preset("tiny").unwrap().spec;
+        let root = hoist_synth::write_checkpoint(&spec, dir.path(), 2).unwrap();
+        let table = hoist_format::TensorTable::open(&root).unwrap();
+        let all: Vec<usize> = (0..table.tensors.len()).collect();
+        let plan = Plan::new(&table, &all, PlanConfig { chunk_bytes: 64 << 10, ..PlanConfig::default() }).unwrap();
+        let (offsets, sizes) = packed(&plan);
+        assert_eq!(offsets.len(), plan.placements.len());
+        let mut end_in_region = vec![0u64; plan.regions.len()];
+        for (p, pl) in plan.placements.iter().enumerate() {
+            assert_eq!(offsets[p] % PACKED_ALIGN_BYTES, 0);
+            assert!(offsets[p] >= end_in_region[pl.region], "placement {p} overlaps the one before");
+            end_in_region[pl.region] = offsets[p] + pl.len;
+            assert!(end_in_region[pl.region] <= sizes[pl.region]);
+        }
+        assert_eq!(end_in_region, sizes);
+        let slack: u64 = sizes.iter().sum::<u64>() - plan.tensor_bytes();
+        assert!(slack < PACKED_ALIGN_BYTES * plan.placements.len() as u64);
     }
 }

@@ -23,8 +23,18 @@ fn no_gpu_is_an_error_not_a_panic() {
     let root = hoist_synth::write_checkpoint(&spec, table_dir.path(), 1).unwrap();
     let table = hoist_format::TensorTable::open(&root).unwrap();
     let all: Vec<usize> = (0..table.tensors.len()).collect();
-    let gpu = hoist_cuda::GpuConfig { ordinal: 4096, ..Default::default() };
-    let r = hoist_cuda::load_to_gpu(&table, &all, Default::default(), &Default::default(), &gpu, None);
+    let gpu = hoist_cuda::GpuConfig {
+        ordinal: 4096,
+        ..Default::default()
+    };
+    let r = hoist_cuda::load_to_gpu(
+        &table,
+        &all,
+        Default::default(),
+        &Default::default(),
+        &gpu,
+        None,
+    );
     assert!(r.is_err());
 }
 
@@ -32,7 +42,8 @@ fn no_gpu_is_an_error_not_a_panic() {
 fn fixtures_parse() {
     let dir = tempfile::tempdir().unwrap();
     for f in hoist_cuda::fixtures::write_fixtures(dir.path()).unwrap() {
-        let t = hoist_format::TensorTable::open(&f.path).unwrap_or_else(|e| panic!("{}: {e}", f.name));
+        let t =
+            hoist_format::TensorTable::open(&f.path).unwrap_or_else(|e| panic!("{}: {e}", f.name));
         assert!(t.tensors.len() >= 3, "{}", f.name);
     }
 }
