@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--hoist-args", default="")
     ap.add_argument("--cufile", action="store_true", help="also run hoist --path cufile")
+    ap.add_argument("--python", action="store_true",
+                    help="also run hoist.load_file from the Python package (python/tests/gpu/bench_hoist.py)")
     ap.add_argument("--timeout", type=int, default=240)
     ap.add_argument("--deadline", type=int, default=480, help="seconds after which remaining runs are skipped")
     ap.add_argument("--cold-reps", action="append", default=[], help="NAME=N: cold passes for that checkpoint "
@@ -103,8 +105,12 @@ def main():
             "hoist": [gpu_load, path, "--verify"] + hoist_extra,
             "hoist (pread, no O_DIRECT)": [gpu_load, path, "--verify", "--backend", "pread"] + hoist_extra,
         }
+        if a.python:
+            bench_hoist = os.path.join(HERE, "..", "..", "python", "tests", "gpu", "bench_hoist.py")
+            hoists["hoist (python)"] = [sys.executable, bench_hoist, path]
         if a.cufile:
-            hoists["hoist (cuFile compat)"] = [gpu_load, path, "--verify", "--path", "cufile"] + hoist_extra
+            # cuFile reads whole chunks at their file offsets: only the regions layout takes that.
+            hoists["hoist (cuFile compat)"] = [gpu_load, path, "--verify", "--path", "cufile", "--dest", "regions"] + hoist_extra
         for mode in ["cold", "warm"]:
             runs = list(hoists.items()) + [(p, [sys.executable, os.path.join(HERE, "peer.py"), p, path]) for p in peers]
             if mode == "warm" and "instanttensor" in peers:

@@ -1,0 +1,218 @@
+//! Element conversions to f32: bf16, f16, and ggml's Q8_0 and Q4_0 blocks.
+//!
+//! ggml block layouts (little-endian, 32 elements per block):
+//! - Q8_0, 34 bytes: `d: f16`, then 32 × `i8`; element `j` is `q[j] · d`.
+//! - Q4_0, 18 bytes: `d: f16`, then 16 bytes of nibbles; the low nibble of byte `j` is element
+//!   `j`, the high nibble element `j + 16`; each is `(q − 8) · d`.
+//!
+//! The quantizers mirror ggml's reference ones (`quantize_row_q8_0_ref`, `…_q4_0_ref`); they
+//! are here so tests can make quantized weights, and for the GPU kernels' checks.
+
+use half::{bf16, f16};
+use hoist_format::{DType, GgmlType, TensorInfo};
+
+use crate::weights::WeightError;
+
+/// Elements in a Q8_0 or Q4_0 block.
+pub const QK: usize = 32;
+/// Bytes in a Q8_0 block.
+pub const Q8_0_BLOCK_BYTES: usize = 34;
+/// Bytes in a Q4_0 block.
+pub const Q4_0_BLOCK_BYTES: usize = 18;
+
+fn halves(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+}
+
+/// Little-endian f16 values to f32.
+pub fn f16_to_f32(bytes: &[u8]) -> Vec<f32> {
+    halves(bytes).map(|h| f16::from_bits(h).to_f32()).collect()
+}
+
+/// Little-endian bf16 values to f32.
+pub fn bf16_to_f32(bytes: &[u8]) -> Vec<f32> {
+    halves(bytes).map(|h| bf16::from_bits(h).to_f32()).collect()
+}
+
+/// Little-endian f32 values.
+pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Q8_0 blocks to f32 (a trailing partial block is ignored; callers check lengths).
+pub fn dequantize_q8_0(bytes: &[u8]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(bytes.len() / Q8_0_BLOCK_BYTES * QK);
+    for block in bytes.chunks_exact(Q8_0_BLOCK_BYTES) {
+        let d = f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32();
+        out.extend(block[2..].iter().map(|&q| f32::from(q as i8) * d));
+    }
+    out
+}
+
+/// Q4_0 blocks to f32 (a trailing partial block is ignored; callers check lengths).
+pub fn dequantize_q4_0(bytes: &[u8]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(bytes.len() / Q4_0_BLOCK_BYTES * QK);
+    for block in bytes.chunks_exact(Q4_0_BLOCK_BYTES) {
+        let d = f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32();
+        let qs = &block[2..];
+        out.extend(qs.iter().map(|&b| (f32::from(b & 0x0f) - 8.0) * d));
+        out.extend(qs.iter().map(|&b| (f32::from(b >> 4) - 8.0) * d));
+    }
+    out
+}
+
+/// ggml's reference Q8_0 quantizer: `d = max|x| / 127`, `q = round(x / d)`. `x.len()` must be
+/// a multiple of 32 (a trailing partial block is dropped).
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / QK * Q8_0_BLOCK_BYTES);
+    for block in x.chunks_exact(QK) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+        out.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
+    }
+    out
+}
+
+/// ggml's reference Q4_0 quantizer: `d = m / −8` where `m` is the element of largest
+/// magnitude, `q = min(15, trunc(x / d + 8.5))`. `x.len()` must be a multiple of 32.
+pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / QK * Q4_0_BLOCK_BYTES);
+    for block in x.chunks_exact(QK) {
+        let max = block
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+        let q = |v: f32| ((v * id + 8.5) as u8).min(15);
+        for j in 0..QK / 2 {
+            out.push(q(block[j]) | (q(block[j + QK / 2]) << 4));
+        }
+    }
+    out
+}
+
+/// A loaded tensor's bytes as f32, whatever its (supported) element type.
+pub fn tensor_to_f32(info: &TensorInfo, bytes: &[u8]) -> Result<Vec<f32>, WeightError> {
+    let elements = info.elements();
+    let bad = || WeightError::Bytes {
+        name: info.name.clone(),
+        len: bytes.len(),
+        elements,
+        dtype: info.dtype,
+    };
+    if info.dtype.byte_len(elements) != Some(bytes.len() as u64) {
+        return Err(bad());
+    }
+    let out = match info.dtype {
+        DType::F32 | DType::Ggml(GgmlType::F32) => f32_from_le(bytes),
+        DType::F16 | DType::Ggml(GgmlType::F16) => f16_to_f32(bytes),
+        DType::BF16 | DType::Ggml(GgmlType::BF16) => bf16_to_f32(bytes),
+        DType::Ggml(GgmlType::Q8_0) => dequantize_q8_0(bytes),
+        DType::Ggml(GgmlType::Q4_0) => dequantize_q4_0(bytes),
+        dtype => {
+            return Err(WeightError::Convert {
+                name: info.name.clone(),
+                dtype,
+            })
+        }
+    };
+    if out.len() as u64 != elements {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn known_blocks() {
+        // Q8_0: d = 0.5 (f16 0x3800), q = 0, 1, -1, 2, …
+        let mut b = vec![0x00, 0x38];
+        b.extend((0..32).map(|j: i32| (if j % 2 == 0 { j / 2 } else { -(j / 2 + 1) }) as i8 as u8));
+        let v = dequantize_q8_0(&b);
+        assert_eq!(&v[..4], &[0.0, -0.5, 0.5, -1.0]);
+        assert_eq!(v[31], -8.0);
+
+        // Q4_0: d = 2 (f16 0x4000); byte j = low nibble j, high nibble 15 - j.
+        let mut b = vec![0x00, 0x40];
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let v = dequantize_q4_0(&b);
+        assert_eq!(v[0], -16.0, "low nibble 0 of byte 0 is element 0");
+        assert_eq!(v[15], 14.0, "low nibble 15 of byte 15 is element 15");
+        assert_eq!(v[16], 14.0, "high nibble of byte 0 is element 16");
+        assert_eq!(v[31], -16.0);
+    }
+
+    #[test]
+    fn half_conversions() {
+        assert_eq!(bf16_to_f32(&[0x80, 0x3f, 0x00, 0xc0]), vec![1.0, -2.0]);
+        assert_eq!(f16_to_f32(&[0x00, 0x3c, 0x00, 0xb8]), vec![1.0, -0.5]);
+    }
+
+    #[test]
+    fn length_mismatch_is_an_error() {
+        let info = TensorInfo {
+            name: "w".into(),
+            dtype: DType::Ggml(GgmlType::Q8_0),
+            shape: vec![2, 32],
+            file: 0,
+            offset: 0,
+            len: 68,
+        };
+        assert!(tensor_to_f32(&info, &[0u8; 68]).is_ok());
+        let e = tensor_to_f32(&info, &[0u8; 67]).unwrap_err().to_string();
+        assert!(e.contains("'w'") && e.contains("67 bytes"), "{e}");
+    }
+
+    fn blocks() -> impl Strategy<Value = Vec<f32>> {
+        (1usize..4, 0.01f32..100.0).prop_flat_map(|(n, scale)| {
+            prop::collection::vec(-1f32..1.0, n * QK)
+                .prop_map(move |v| v.into_iter().map(|x| x * scale).collect())
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn q8_0_round_trip_error_is_half_a_step(x in blocks()) {
+            let q = quantize_q8_0(&x);
+            prop_assert_eq!(q.len(), x.len() / QK * Q8_0_BLOCK_BYTES);
+            let y = dequantize_q8_0(&q);
+            for (b, (xb, yb)) in x.chunks(QK).zip(y.chunks(QK)).enumerate() {
+                let d = f16_to_f32(&q[b * Q8_0_BLOCK_BYTES..][..2])[0];
+                for (a, r) in xb.iter().zip(yb) {
+                    // Half a step, plus the f16 rounding of d over up to 127 steps.
+                    prop_assert!((a - r).abs() <= 0.5 * d + 127.0 * d / 1024.0 + 1e-6,
+                        "x={a} deq={r} d={d}");
+                }
+            }
+        }
+
+        #[test]
+        fn q4_0_round_trip_error_is_one_step(x in blocks()) {
+            let q = quantize_q4_0(&x);
+            prop_assert_eq!(q.len(), x.len() / QK * Q4_0_BLOCK_BYTES);
+            let y = dequantize_q4_0(&q);
+            for (b, (xb, yb)) in x.chunks(QK).zip(y.chunks(QK)).enumerate() {
+                let d = f16_to_f32(&q[b * Q4_0_BLOCK_BYTES..][..2])[0].abs();
+                let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                // The largest element is exact up to d's rounding; one on the other side at the
+                // same magnitude clips from 8 steps to 7: one step; the rest half a step.
+                for (a, r) in xb.iter().zip(yb) {
+                    prop_assert!((a - r).abs() <= d + 8.0 * d / 1024.0 + 1e-6,
+                        "x={a} deq={r} d={d} amax={amax}");
+                }
+            }
+        }
+    }
+}

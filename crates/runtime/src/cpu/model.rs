@@ -1,0 +1,273 @@
+//! The reference forward pass of the Llama family (Llama 2/3/3.1, Mistral, Qwen2, Qwen3) in
+//! f32, over weights loaded with hoist and converted once.
+//!
+//! One decoder block covers the family; the differences are flags of [`ModelConfig`]:
+//! `attention_bias` (Qwen2), `qk_norm` (Qwen3), `rope_scaling` / `rope_freqs.weight`
+//! (Llama 3.1), `sliding_window` (Mistral v0.1), `rope_style` (llama-arch GGUF files), and
+//! `tie_word_embeddings`. This is a test reference, not the product path: simple, not fast.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use hoist_format::TensorTable;
+use hoist_io::{EngineConfig, HostTensor, PlanConfig};
+
+use super::attention::{attention, KvCache};
+use super::convert::tensor_to_f32;
+use super::ops::{add_bias, embedding, matmul_t, rms_norm, swiglu};
+use super::rope::{inv_freqs, Rope};
+use crate::config::ModelConfig;
+use crate::weights::{LayerTensor, WeightError, WeightId, WeightMap, WeightSource};
+use crate::RuntimeError;
+
+/// A forward pass was asked for something the model or its cache cannot do.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// A token id is not in the vocabulary.
+    #[error("token id {token} is outside the vocabulary (size {vocab})")]
+    Token {
+        /// The id.
+        token: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// The KV cache cannot hold the new positions.
+    #[error("context full: {needed} positions needed, the KV cache holds {capacity}; ask for a longer context or fewer tokens")]
+    ContextFull {
+        /// Positions the call needs in all.
+        needed: usize,
+        /// Positions the cache holds.
+        capacity: usize,
+    },
+}
+
+/// One decoder block's weights in f32.
+#[derive(Clone, Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    o: Vec<f32>,
+    qkv_bias: Option<[Vec<f32>; 3]>,
+    qk_norm: Option<[Vec<f32>; 2]>,
+    ffn_norm: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    down: Vec<f32>,
+}
+
+/// A Llama-family model with f32 weights on the CPU.
+#[derive(Clone, Debug)]
+pub struct CpuModel {
+    /// The model's configuration.
+    pub config: ModelConfig,
+    embed: Vec<f32>,
+    output: Option<Vec<f32>>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    inv_freqs: Vec<f32>,
+}
+
+/// The `config.json` that goes with a Hugging Face checkpoint path (a directory, or a file in
+/// one).
+pub fn hf_config_path(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.parent().unwrap_or(Path::new(".")).join("config.json")
+    }
+}
+
+impl CpuModel {
+    /// Opens a checkpoint (a GGUF file, or a Hugging Face directory with `config.json`), loads
+    /// its weights with hoist and converts them to f32.
+    pub fn load(path: &Path) -> Result<CpuModel, RuntimeError> {
+        let table = TensorTable::open(path)?;
+        let config = match WeightSource::of(&table) {
+            WeightSource::Gguf => ModelConfig::from_gguf(&table)?,
+            WeightSource::HuggingFace => ModelConfig::from_hf_file(&hf_config_path(path))?,
+        };
+        CpuModel::from_table(&table, config)
+    }
+
+    /// Loads the tensors `config` implies from `table` and converts them to f32.
+    pub fn from_table(table: &TensorTable, config: ModelConfig) -> Result<CpuModel, RuntimeError> {
+        let map = WeightMap::resolve(table, &config)?;
+        let (tensors, _) = hoist_io::load_host(
+            table,
+            &map.selection(),
+            PlanConfig::default(),
+            &EngineConfig::default(),
+            None,
+        )?;
+        Ok(CpuModel::from_host_tensors(config, &map, &tensors)?)
+    }
+
+    /// Builds the model from loaded tensors (those of `map`, in any order).
+    pub fn from_host_tensors(
+        config: ModelConfig,
+        map: &WeightMap,
+        tensors: &[HostTensor],
+    ) -> Result<CpuModel, WeightError> {
+        let by_name: HashMap<&str, &HostTensor> =
+            tensors.iter().map(|t| (t.info.name.as_str(), t)).collect();
+        let get = |id: WeightId| -> Result<Vec<f32>, WeightError> {
+            let name = map.source.name(id);
+            let t = by_name
+                .get(name.as_str())
+                .ok_or_else(|| WeightError::Missing {
+                    path: PathBuf::new(),
+                    name: name.clone(),
+                    what: "not among the loaded tensors".into(),
+                })?;
+            tensor_to_f32(&t.info, t.bytes())
+        };
+        let layer = |n: usize| -> Result<Layer, WeightError> {
+            let t = |lt: LayerTensor| get(WeightId::Layer(n, lt));
+            use LayerTensor::*;
+            Ok(Layer {
+                attn_norm: t(AttnNorm)?,
+                q: t(Q)?,
+                k: t(K)?,
+                v: t(V)?,
+                o: t(O)?,
+                qkv_bias: if config.attention_bias {
+                    Some([t(QBias)?, t(KBias)?, t(VBias)?])
+                } else {
+                    None
+                },
+                qk_norm: if config.qk_norm {
+                    Some([t(QNorm)?, t(KNorm)?])
+                } else {
+                    None
+                },
+                ffn_norm: t(FfnNorm)?,
+                gate: t(Gate)?,
+                up: t(Up)?,
+                down: t(Down)?,
+            })
+        };
+        let mut freqs = inv_freqs(config.head_dim, config.rope_theta, config.rope_scaling);
+        if map.index(WeightId::RopeFreqs).is_some() {
+            for (f, d) in freqs.iter_mut().zip(get(WeightId::RopeFreqs)?) {
+                *f /= d;
+            }
+        }
+        Ok(CpuModel {
+            embed: get(WeightId::Embedding)?,
+            output: if config.tie_word_embeddings {
+                None
+            } else {
+                Some(get(WeightId::Output)?)
+            },
+            output_norm: get(WeightId::OutputNorm)?,
+            layers: (0..config.num_layers)
+                .map(layer)
+                .collect::<Result<_, _>>()?,
+            inv_freqs: freqs,
+            config,
+        })
+    }
+
+    /// An empty KV cache for `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        let c = &self.config;
+        KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, capacity)
+    }
+
+    /// Runs `tokens` (the positions after those already in `cache`) through the model,
+    /// appends their keys and values to `cache`, and returns their logits, `[n, vocab]`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ForwardError> {
+        let c = &self.config;
+        let (hidden, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
+        let (q_dim, kv_dim) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let start = cache.len();
+        let n = tokens.len();
+        if start + n > cache.capacity() {
+            return Err(ForwardError::ContextFull {
+                needed: start + n,
+                capacity: cache.capacity(),
+            });
+        }
+        let mut x = embedding(&self.embed, hidden, tokens).ok_or_else(|| {
+            let token = tokens
+                .iter()
+                .copied()
+                .find(|&t| t as usize >= c.vocab_size)
+                .unwrap_or(u32::MAX);
+            ForwardError::Token {
+                token,
+                vocab: c.vocab_size,
+            }
+        })?;
+        let rope = Rope::from_inv_freqs(c.rope_style, &self.inv_freqs, start + n);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut h = x.clone();
+            rms_norm(&mut h, &layer.attn_norm, eps);
+            let mut q = matmul_t(&h, &layer.q, hidden, q_dim);
+            let mut k = matmul_t(&h, &layer.k, hidden, kv_dim);
+            let mut v = matmul_t(&h, &layer.v, hidden, kv_dim);
+            if let Some([qb, kb, vb]) = &layer.qkv_bias {
+                add_bias(&mut q, qb);
+                add_bias(&mut k, kb);
+                add_bias(&mut v, vb);
+            }
+            if let Some([qn, kn]) = &layer.qk_norm {
+                rms_norm(&mut q, qn, eps);
+                rms_norm(&mut k, kn, eps);
+            }
+            for t in 0..n {
+                rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], start + t);
+                rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], start + t);
+            }
+            cache.append(l, &k, &v);
+            let (keys, values) = cache.layer(l);
+            let att = attention(
+                &q,
+                keys,
+                values,
+                start,
+                c.num_heads,
+                c.num_kv_heads,
+                hd,
+                c.sliding_window,
+            );
+            let o = matmul_t(&att, &layer.o, q_dim, hidden);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            let mut h = x.clone();
+            rms_norm(&mut h, &layer.ffn_norm, eps);
+            let mut g = matmul_t(&h, &layer.gate, hidden, c.intermediate_size);
+            let u = matmul_t(&h, &layer.up, hidden, c.intermediate_size);
+            swiglu(&mut g, &u);
+            let d = matmul_t(&g, &layer.down, c.intermediate_size, hidden);
+            x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+        }
+        cache.commit(n);
+        rms_norm(&mut x, &self.output_norm, eps);
+        let out = self.output.as_ref().unwrap_or(&self.embed);
+        Ok(matmul_t(&x, out, hidden, c.vocab_size))
+    }
+
+    /// Greedy decoding: the prompt's logits, then `max_new` tokens each the arg-max of the
+    /// previous logits (ties to the lowest id, as `torch.argmax`). Returns the prompt's logits
+    /// and the new tokens.
+    pub fn greedy(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+    ) -> Result<(Vec<f32>, Vec<u32>), ForwardError> {
+        let mut cache = self.new_cache(prompt.len() + max_new);
+        let logits = self.forward(prompt, &mut cache)?;
+        let vocab = self.config.vocab_size;
+        let mut last = logits[logits.len().saturating_sub(vocab)..].to_vec();
+        let mut out = Vec::with_capacity(max_new);
+        for _ in 0..max_new {
+            let next = crate::sampler::argmax(&last);
+            out.push(next);
+            last = self.forward(&[next], &mut cache)?;
+        }
+        Ok((logits, out))
+    }
+}

@@ -1,0 +1,160 @@
+//! The generation loop over the CPU reference model and the fixture tokenizer: greedy output
+//! equals the transformers reference, stop tokens and stop strings end it, seeds repeat.
+
+use std::path::{Path, PathBuf};
+
+use hoist_runtime::cpu::CpuModel;
+use hoist_runtime::generate::{generate, CpuSession, GenerateOptions, Generation, LogitsModel};
+use hoist_runtime::sampler::{SamplingParams, StopReason};
+use hoist_runtime::tokenizer::Tokenizer;
+use hoist_runtime::RuntimeError;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn reference_ids(key: &str) -> Vec<u32> {
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("llama/reference.json")).unwrap(),
+    )
+    .unwrap();
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn run(model: &CpuModel, tok: &Tokenizer, opts: &GenerateOptions) -> (Generation, String) {
+    let prompt = reference_ids("prompt");
+    let mut session = CpuSession::new(model, prompt.len() + opts.max_tokens);
+    let mut streamed = String::new();
+    let g = generate(&mut session, tok, &prompt, opts, &mut |t| {
+        streamed.push_str(t)
+    })
+    .unwrap();
+    (g, streamed)
+}
+
+#[test]
+fn greedy_generation_streams_the_reference_tokens() {
+    let model = CpuModel::load(&fixtures().join("llama")).unwrap();
+    let tok = Tokenizer::from_hf_dir(&fixtures().join("tokenizer")).unwrap();
+    let greedy = reference_ids("greedy");
+    let opts = GenerateOptions {
+        max_tokens: 16,
+        ..Default::default()
+    };
+    let (g, streamed) = run(&model, &tok, &opts);
+    assert_eq!(g.tokens, greedy);
+    assert_eq!(g.stop, StopReason::MaxTokens);
+    assert_eq!(streamed, g.text);
+    assert_eq!(g.text, tok.decode(&greedy, true).unwrap());
+    assert!(g.decode_tokens_per_s() > 0.0);
+
+    // An end token stops generation at once.
+    let opts = GenerateOptions {
+        max_tokens: 16,
+        stop_tokens: vec![greedy[3]],
+        ..Default::default()
+    };
+    let (g, _) = run(&model, &tok, &opts);
+    assert_eq!(
+        (g.tokens.len(), g.stop.clone()),
+        (4, StopReason::Eos(greedy[3]))
+    );
+    assert_eq!(g.text, tok.decode(&greedy[..3], true).unwrap());
+}
+
+/// Emits a fixed script of tokens (one-hot logits), to drive the loop with known text.
+struct Scripted {
+    script: Vec<u32>,
+    at: usize,
+    vocab: usize,
+}
+
+impl LogitsModel for Scripted {
+    fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+        if self.at > 0 {
+            assert_eq!(
+                tokens,
+                &[self.script[self.at - 1]],
+                "fed back the sampled token"
+            );
+        }
+        let mut l = vec![0.0; self.vocab];
+        l[self.script[self.at] as usize] = 1.0;
+        self.at += 1;
+        Ok(l)
+    }
+}
+
+#[test]
+fn stop_strings_across_tokens_and_partial_characters() {
+    let tok = Tokenizer::from_hf_dir(&fixtures().join("tokenizer")).unwrap();
+    let text = "Hello, world! café 🙂 end";
+    let script = tok.encode(text, false).unwrap();
+    let run = |stops: &[&str], max_tokens: usize| {
+        let mut m = Scripted {
+            script: script.clone(),
+            at: 0,
+            vocab: tok.vocab_size(),
+        };
+        let opts = GenerateOptions {
+            max_tokens,
+            stop_strings: stops.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let mut streamed = String::new();
+        let g = generate(&mut m, &tok, &[0], &opts, &mut |t| streamed.push_str(t)).unwrap();
+        assert_eq!(streamed, g.text);
+        g
+    };
+    let g = run(&[], script.len());
+    assert_eq!((g.text.as_str(), g.stop), (text, StopReason::MaxTokens));
+    // "o, w" spans the tokens of "Hello" / "," / " world".
+    let g = run(&["o, w"], script.len());
+    assert_eq!(
+        (g.text.as_str(), g.stop),
+        ("Hell", StopReason::StopString("o, w".into()))
+    );
+    // A stop string inside a character split over several byte tokens.
+    let g = run(&["🙂"], script.len());
+    assert_eq!(g.text, "Hello, world! café ");
+    // A limit that cuts the emoji's bytes: the partial character is shown as U+FFFD.
+    let cut = (1..script.len())
+        .find(|&n| {
+            tok.decode(&script[..n], true)
+                .unwrap()
+                .ends_with('\u{fffd}')
+        })
+        .unwrap();
+    let g = run(&[], cut);
+    assert_eq!(g.text, tok.decode(&script[..cut], true).unwrap());
+    assert_eq!(g.tokens.len(), cut);
+}
+
+#[test]
+fn seeded_sampling_repeats() {
+    let model = CpuModel::load(&fixtures().join("qwen2")).unwrap();
+    let tok = Tokenizer::from_hf_dir(&fixtures().join("tokenizer")).unwrap();
+    let opts = |seed| GenerateOptions {
+        max_tokens: 12,
+        sampling: SamplingParams {
+            temperature: 1.5,
+            top_k: 50,
+            top_p: 0.95,
+            min_p: 0.01,
+            repetition_penalty: 1.1,
+            seed,
+        },
+        ..Default::default()
+    };
+    let a = run(&model, &tok, &opts(5)).0.tokens;
+    let b = run(&model, &tok, &opts(5)).0.tokens;
+    let c = run(&model, &tok, &opts(6)).0.tokens;
+    assert_eq!(a, b, "same seed, same tokens");
+    assert_ne!(a, c, "another seed, other tokens");
+    assert_eq!(a.len(), 12);
+}

@@ -1,0 +1,186 @@
+//! The CPU reference forward pass against logits made by Hugging Face `transformers`
+//! (fixtures from `tests/fixtures/make_reference.py`): tiny random Llama (GQA, Llama 3.1
+//! rotary scaling), Mistral (sliding window), Qwen2 (q/k/v biases, tied) and Qwen3 (q/k norms,
+//! head_dim ≠ hidden/heads, tied) checkpoints loaded through hoist; and the same Llama and Qwen3
+//! as Q8_0 / Q4_0 GGUF files written the way llama.cpp writes them.
+
+use std::path::{Path, PathBuf};
+
+use hoist_runtime::cpu::CpuModel;
+use hoist_runtime::ModelConfig;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+struct Reference {
+    prompt: Vec<u32>,
+    greedy: Vec<u32>,
+    /// Rows from position `from` on, `[rows, vocab]`.
+    logits: Vec<f32>,
+    from: usize,
+    vocab: usize,
+}
+
+fn reference(dir: &Path) -> Reference {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let ids = |k: &str| -> Vec<u32> {
+        meta[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let shape = ids("logits_shape");
+    let bytes = std::fs::read(dir.join("logits.f32")).unwrap();
+    let logits: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(logits.len(), (shape[0] * shape[1]) as usize);
+    Reference {
+        prompt: ids("prompt"),
+        greedy: ids("greedy"),
+        logits,
+        from: meta["logits_from"].as_u64().unwrap() as usize,
+        vocab: shape[1] as usize,
+    }
+}
+
+/// Max |a − b| over max |b|: relative to the logits' scale (element-wise relative error is
+/// meaningless for logits near zero).
+fn rel_error(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale
+}
+
+/// Runs prefill over the prompt then greedy decode with the KV cache, comparing every logits
+/// row the reference has and the greedy tokens; returns the largest relative error.
+fn check(model: &CpuModel, r: &Reference, tolerance: f32, label: &str) -> f32 {
+    let v = r.vocab;
+    assert_eq!(model.config.vocab_size, v);
+    let mut cache = model.new_cache(r.prompt.len() + r.greedy.len());
+    let prefill = model.forward(&r.prompt, &mut cache).unwrap();
+    let mut rows = prefill[r.from * v..].to_vec();
+    let mut greedy = vec![hoist_runtime::sampler::argmax(
+        &prefill[prefill.len() - v..],
+    )];
+    for _ in 1..r.greedy.len() {
+        let step = model
+            .forward(&[*greedy.last().unwrap()], &mut cache)
+            .unwrap();
+        greedy.push(hoist_runtime::sampler::argmax(&step));
+        rows.extend(step);
+    }
+    let err = rel_error(&rows, &r.logits);
+    eprintln!(
+        "{label}: max relative logits error {err:.2e} over {} rows",
+        rows.len() / v
+    );
+    assert!(
+        err <= tolerance,
+        "{label}: logits differ by {err:e} > {tolerance:e}"
+    );
+    assert_eq!(greedy, r.greedy, "{label}: greedy tokens differ");
+    err
+}
+
+fn hf(name: &str) -> f32 {
+    let dir = fixtures().join(name);
+    let model = CpuModel::load(&dir).unwrap();
+    check(&model, &reference(&dir), 1e-4, name)
+}
+
+#[test]
+fn llama_gqa_llama3_rope_untied() {
+    hf("llama");
+}
+
+#[test]
+fn mistral_sliding_window() {
+    hf("mistral");
+}
+
+#[test]
+fn qwen2_qkv_bias_tied() {
+    hf("qwen2");
+}
+
+#[test]
+fn qwen3_qk_norm_tied() {
+    hf("qwen3");
+}
+
+/// The fixtures are sensitive to what they test: without the sliding window, or without the
+/// Llama 3.1 scaling, the logits no longer match.
+#[test]
+fn fixtures_exercise_window_and_scaling() {
+    for (name, tweak) in [
+        (
+            "mistral",
+            (|c: &mut ModelConfig| c.sliding_window = None) as fn(&mut ModelConfig),
+        ),
+        ("llama", |c: &mut ModelConfig| c.rope_scaling = None),
+    ] {
+        let dir = fixtures().join(name);
+        let mut config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+        tweak(&mut config);
+        let table = hoist_format::TensorTable::open(&dir).unwrap();
+        let model = CpuModel::from_table(&table, config).unwrap();
+        let r = reference(&dir);
+        let mut cache = model.new_cache(r.prompt.len());
+        let logits = model.forward(&r.prompt, &mut cache).unwrap();
+        let rows = r.prompt.len() - r.from;
+        let err = rel_error(&logits[r.from * r.vocab..], &r.logits[..rows * r.vocab]);
+        assert!(err > 1e-3, "{name}: the tweak did not matter ({err:e})");
+    }
+}
+
+/// Quantized GGUF files: the reference is the HF model with the dequantized weights, so the
+/// only differences left are the layouts (llama-arch q/k permutation, `rope_freqs.weight`).
+#[test]
+fn gguf_llama_q8_0_permuted_qk_and_rope_freqs() {
+    let path = fixtures().join("gguf/llama-q8_0.gguf");
+    let model = CpuModel::load(&path).unwrap();
+    assert_eq!(
+        model.config.rope_style,
+        hoist_runtime::RopeStyle::Interleaved
+    );
+    check(
+        &model,
+        &reference(&fixtures().join("gguf/llama-q8_0.ref")),
+        1e-4,
+        "llama-q8_0.gguf",
+    );
+}
+
+#[test]
+fn gguf_qwen3_q4_0_tied() {
+    let path = fixtures().join("gguf/qwen3-q4_0.gguf");
+    let model = CpuModel::load(&path).unwrap();
+    assert!(model.config.tie_word_embeddings && model.config.qk_norm);
+    check(
+        &model,
+        &reference(&fixtures().join("gguf/qwen3-q4_0.ref")),
+        1e-4,
+        "qwen3-q4_0.gguf",
+    );
+}
+
+/// GGUF and safetensors of one model agree within quantization error (Q8_0 here).
+#[test]
+fn gguf_q8_0_is_close_to_the_f32_model() {
+    let q = CpuModel::load(&fixtures().join("gguf/llama-q8_0.gguf")).unwrap();
+    let r = reference(&fixtures().join("llama"));
+    let mut cache = q.new_cache(r.prompt.len());
+    let logits = q.forward(&r.prompt, &mut cache).unwrap();
+    let rows = r.prompt.len() - r.from;
+    let err = rel_error(&logits[r.from * r.vocab..], &r.logits[..rows * r.vocab]);
+    eprintln!("llama-q8_0.gguf vs f32 model: {err:.2e}");
+    assert!(err < 5e-2, "Q8_0 drifted {err:e} from the f32 model");
+}
