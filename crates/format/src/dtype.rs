@@ -140,6 +140,12 @@ impl DType {
     }
 }
 
+/// Number of elements of a tensor with dimensions `dims` (1 for a scalar), or `None` when the
+/// product overflows 64 bits: a lying header must not wrap into a small, plausible size.
+pub fn element_count(dims: &[u64]) -> Option<u64> {
+    dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+}
+
 impl std::fmt::Display for DType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

@@ -191,14 +191,11 @@ fn size_tensor(
         reason,
     };
     let shape: Vec<u64> = dims.iter().rev().copied().collect();
-    let elems = dims
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| {
-            bad(format!(
-                "shape {shape:?} has more elements than fit in 64 bits"
-            ))
-        })?;
+    let elems = crate::dtype::element_count(&dims).ok_or_else(|| {
+        bad(format!(
+            "shape {shape:?} has more elements than fit in 64 bits"
+        ))
+    })?;
     let ggml = GgmlType(ty);
     let Some((block_elems, _)) = ggml.block() else {
         let reason = format!(

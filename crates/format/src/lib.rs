@@ -21,7 +21,7 @@ mod open;
 mod safetensors;
 mod table;
 
-pub use dtype::{DType, GgmlType};
+pub use dtype::{element_count, DType, GgmlType};
 pub use error::FormatError;
 pub use open::{open_files, INDEX_FILE_NAME};
 pub use table::{FileFormat, MetaValue, SkippedTensor, SourceFile, TensorInfo, TensorTable};

@@ -174,14 +174,11 @@ fn parse_entry(
             "data_offsets end {end} is past the data section ({data_bytes} bytes); the file is truncated"
         )));
     }
-    let elems = shape
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| {
-            bad(format!(
-                "shape {shape:?} has more elements than fit in 64 bits"
-            ))
-        })?;
+    let elems = crate::dtype::element_count(&shape).ok_or_else(|| {
+        bad(format!(
+            "shape {shape:?} has more elements than fit in 64 bits"
+        ))
+    })?;
     let want = dtype.byte_len(elems).ok_or_else(|| {
         bad(format!(
             "{elems} elements of {dtype} are not a whole number of bytes below 2^64"
