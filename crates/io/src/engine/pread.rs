@@ -66,7 +66,12 @@ fn read_into(
     result.map_err(|e| e.at(path))
 }
 
-/// Copies `[offset, offset + need)` of `file` out of a mapping of just that window, made with
+/// Bytes mapped at a time by [`copy_from_window`]: each thread's mapped file pages count in the
+/// process's RSS while mapped, so this bounds that transient to threads × 4 MiB.
+const MMAP_WINDOW_BYTES: u64 = 4 << 20;
+
+/// Copies `[offset, offset + need)` of `file` out of mappings of at most
+/// [`MMAP_WINDOW_BYTES`] each, made with
 /// MAP_POPULATE so resident pages are wired in one call instead of one fault each, and unmapped
 /// at once: a whole-file mapping would count every copied page in the process's RSS, and page
 /// faults on it would serialize the threads on the mapping's lock.
@@ -92,26 +97,38 @@ fn copy_from_window(
         });
     }
     let page = crate::residency::page_bytes();
-    let start = offset / page * page;
-    let skip = (offset - start) as usize;
-    // SAFETY: a read-only private window inside the file's current size (checked above); a
-    // concurrent truncation by another process would raise SIGBUS, the hazard every mmap
-    // loader accepts.
-    let map = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(start)
-            .len(skip + need as usize)
-            .populate()
-            .map(file)
+    let mut done = 0u64;
+    while done < need {
+        let at = offset + done;
+        let n = (need - done).min(MMAP_WINDOW_BYTES);
+        let start = at / page * page;
+        let skip = (at - start) as usize;
+        // SAFETY: a read-only private window inside the file's current size (checked above); a
+        // concurrent truncation by another process would raise SIGBUS, the hazard every mmap
+        // loader accepts.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(skip + n as usize)
+                .populate()
+                .map(file)
+        }
+        .map_err(|err| ReadFail::Os {
+            offset: at,
+            len: n,
+            err,
+        })?;
+        // SAFETY: the staging loan holds at least `need` bytes for this thread alone, so
+        // `[done, done + n)` is inside it; the source is a separate mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                map.as_ptr().add(skip),
+                s.ptr.as_ptr().add(done as usize),
+                n as usize,
+            )
+        };
+        done += n;
     }
-    .map_err(|err| ReadFail::Os {
-        offset,
-        len: need,
-        err,
-    })?;
-    // SAFETY: the staging loan holds at least `need` bytes for this thread alone; the source is
-    // a separate mapping.
-    unsafe { std::ptr::copy_nonoverlapping(map.as_ptr().add(skip), s.ptr.as_ptr(), need as usize) };
     Ok(())
 }
 
