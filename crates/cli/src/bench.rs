@@ -73,6 +73,10 @@ impl Loader {
     }
 }
 
+/// One timed load: seconds, `(tensor name, xxh3 of its bytes)` for each tensor, and the
+/// methods that ran.
+pub type Timed = (f64, Vec<(String, u64)>, String);
+
 struct Run {
     seconds: f64,
     checksum: u64,
@@ -309,7 +313,7 @@ fn run_once(
     let peak_ok = reset_peak_rss();
     let t = Instant::now();
     let hash_of = |name: &str, bytes: &[u8]| (name.to_string(), xxh3_64(bytes));
-    let (seconds, named, methods): (f64, Vec<(String, u64)>, String) = match loader {
+    let (seconds, named, methods): Timed = match loader {
         Loader::PerTensorMmap => {
             let tensors = baselines::per_tensor_mmap(table, selection)?;
             let seconds = t.elapsed().as_secs_f64();

@@ -94,7 +94,7 @@ pub fn bench_once(
     plan: PlanConfig,
     engine: &EngineConfig,
     gpu: &hoist_cuda::GpuConfig,
-) -> anyhow::Result<(f64, Vec<(String, u64)>, String)> {
+) -> anyhow::Result<crate::bench::Timed> {
     let t = Instant::now();
     let (tensors, report) = hoist_cuda::load_to_gpu(table, selection, plan, engine, gpu, None)?;
     let seconds = t.elapsed().as_secs_f64();

@@ -371,13 +371,24 @@ mod tests {
         let root = hoist_synth::write_checkpoint(&spec, dir.path(), 2).unwrap();
         let table = hoist_format::TensorTable::open(&root).unwrap();
         let all: Vec<usize> = (0..table.tensors.len()).collect();
-        let plan = Plan::new(&table, &all, PlanConfig { chunk_bytes: 64 << 10, ..PlanConfig::default() }).unwrap();
+        let plan = Plan::new(
+            &table,
+            &all,
+            PlanConfig {
+                chunk_bytes: 64 << 10,
+                ..PlanConfig::default()
+            },
+        )
+        .unwrap();
         let (offsets, sizes) = packed(&plan);
         assert_eq!(offsets.len(), plan.placements.len());
         let mut end_in_region = vec![0u64; plan.regions.len()];
         for (p, pl) in plan.placements.iter().enumerate() {
             assert_eq!(offsets[p] % PACKED_ALIGN_BYTES, 0);
-            assert!(offsets[p] >= end_in_region[pl.region], "placement {p} overlaps the one before");
+            assert!(
+                offsets[p] >= end_in_region[pl.region],
+                "placement {p} overlaps the one before"
+            );
             end_in_region[pl.region] = offsets[p] + pl.len;
             assert!(end_in_region[pl.region] <= sizes[pl.region]);
         }

@@ -43,7 +43,21 @@ fn configs() -> Vec<EngineConfig> {
 
 /// Odd sizes: 1-byte tensors, sizes that straddle pages and chunks, an empty tensor.
 fn odd_checkpoint(dir: &Path) -> std::path::PathBuf {
-    let sizes = [1u64, 3, 4095, 4097, 65_536, 1, 300_001, 0, 17, 1 << 20, 5, (9 << 20) + 123, 7];
+    let sizes = [
+        1u64,
+        3,
+        4095,
+        4097,
+        65_536,
+        1,
+        300_001,
+        0,
+        17,
+        1 << 20,
+        5,
+        (9 << 20) + 123,
+        7,
+    ];
     let specs: Vec<TensorSpec> = sizes
         .iter()
         .enumerate()
