@@ -4,9 +4,10 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 
-use hoist_format::{DType, TensorTable};
+mod common;
+
+use hoist_format::TensorTable;
 use hoist_io::{load_host, Backend, EngineConfig, IoError, LoadError, PlanConfig};
-use hoist_synth::{fill_random, write_safetensors, TensorSpec};
 
 /// Checks that every loaded tensor equals the file's bytes at the table's offsets.
 fn assert_matches_file(table: &TensorTable, loaded: &[hoist_io::HostTensor]) {
@@ -41,7 +42,8 @@ fn configs() -> Vec<EngineConfig> {
     out
 }
 
-/// Odd sizes: 1-byte tensors, sizes that straddle pages and chunks, an empty tensor.
+/// Odd sizes: 1-byte tensors, sizes that straddle pages, chunks and mmap windows, an empty
+/// tensor.
 fn odd_checkpoint(dir: &Path) -> std::path::PathBuf {
     let sizes = [
         1u64,
@@ -58,21 +60,7 @@ fn odd_checkpoint(dir: &Path) -> std::path::PathBuf {
         (9 << 20) + 123,
         7,
     ];
-    let specs: Vec<TensorSpec> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| TensorSpec {
-            name: format!("t{i:02}"),
-            dtype: DType::U8,
-            shape: vec![n],
-        })
-        .collect();
-    let path = dir.join("odd.safetensors");
-    write_safetensors(&path, &specs, &[], |i, off, buf| {
-        fill_random(buf, 99, i as u64, off)
-    })
-    .unwrap();
-    path
+    common::u8_checkpoint(dir, "odd.safetensors", &sizes, 99)
 }
 
 #[test]

@@ -6,10 +6,11 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use hoist_format::{DType, TensorTable};
+mod common;
+
+use hoist_format::TensorTable;
 use hoist_io::plan::Chunk;
 use hoist_io::{execute, Backend, EngineConfig, Plan, PlanConfig, Sink, SinkError, Staging};
-use hoist_synth::{fill_random, write_safetensors, TensorSpec};
 
 struct RingSink {
     slots: Vec<NonNull<u8>>,
@@ -104,21 +105,7 @@ impl Sink for RingSink {
 
 fn ring_checkpoint(dir: &std::path::Path) -> std::path::PathBuf {
     let sizes = [1u64, 700_000, 3, 1 << 20, 123_457, 5, 2_000_000, 64];
-    let specs: Vec<TensorSpec> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| TensorSpec {
-            name: format!("t{i}"),
-            dtype: DType::U8,
-            shape: vec![n],
-        })
-        .collect();
-    let path = dir.join("ring.safetensors");
-    write_safetensors(&path, &specs, &[], |i, off, buf| {
-        fill_random(buf, 11, i as u64, off)
-    })
-    .unwrap();
-    path
+    common::u8_checkpoint(dir, "ring.safetensors", &sizes, 11)
 }
 
 #[test]
