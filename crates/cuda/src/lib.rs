@@ -441,18 +441,6 @@ pub fn load_to_gpu(
     let (io, path, ring_bytes, ring_slots) = match result {
         Some(r) => r,
         None => {
-            // The engine's `auto` copies cached chunks out of a file mapping; into a pinned
-            // ring, buffered pread measured faster on the GPU machine (40 vs 27 GB/s,
-            // Llama-2-7B shape), so a load that is entirely in the page cache is read that way.
-            let mut engine = engine.clone();
-            let mut note = None;
-            if engine.backend == Backend::Auto {
-                let cached = cached_fraction(&plan);
-                if cached >= 0.99 {
-                    engine.backend = Backend::Pread;
-                    note = Some(format!("{:.0}% of the bytes in the page cache: buffered pread into the pinned ring", cached * 100.0));
-                }
-            }
             let sink = RingSink::new(
                 &g,
                 &plan,
@@ -464,10 +452,9 @@ pub fn load_to_gpu(
                 &on_placement,
             )?;
             setup_seconds = start.elapsed().as_secs_f64();
-            let result = hoist_io::execute(&plan, &sink, &engine);
+            let result = hoist_io::execute(&plan, &sink, engine);
             let drained = sink.drain();
-            let mut io = result?;
-            io.notes.extend(note);
+            let io = result?;
             drained?;
             debug_assert!(sink.all_done());
             (io, "ring", sink.ring_bytes(), sink.slots())

@@ -268,6 +268,12 @@ impl Sink for RingSink<'_> {
         self.cv.notify_one();
     }
 
+    fn reuses_buffers(&self) -> bool {
+        // The ring's slots are pinned and refilled all load long: cached chunks are read into
+        // them with buffered pread (40 vs 27 GB/s for mmap copies on the GPU machine).
+        true
+    }
+
     fn registered_buffers(&self) -> Vec<(NonNull<u8>, usize)> {
         if !self.offer_fixed {
             return Vec::new();

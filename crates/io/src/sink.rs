@@ -53,6 +53,14 @@ pub trait Sink: Sync {
         let _ = (index, staging);
     }
 
+    /// Whether the sink hands out the same few buffers again and again (a staging ring) rather
+    /// than fresh destination memory. `auto` copies cached chunks out of mmap windows into fresh
+    /// memory, but reads them with buffered `pread` into reused, already-faulted buffers: each
+    /// measured faster in its case (docs/BENCHMARKS.md).
+    fn reuses_buffers(&self) -> bool {
+        false
+    }
+
     /// The buffers to register with io_uring once per ring (`(ptr, len)`), if the sink's buffers
     /// are long-lived. A registered buffer is pinned by the kernel, so only bounded rings should
     /// offer theirs.

@@ -194,3 +194,22 @@ fn progress_counts_every_byte() {
         report.read_bytes
     );
 }
+
+/// Cached chunks go to fresh host memory as copies out of mmap windows.
+#[test]
+fn auto_copies_cached_chunks_to_host_memory_from_mmap_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = odd_checkpoint(dir.path());
+    let table = TensorTable::open(&path).unwrap();
+    std::fs::read(&path).unwrap(); // in the page cache
+    let all: Vec<usize> = (0..table.tensors.len()).collect();
+    let (_, report) = load_host(
+        &table,
+        &all,
+        PlanConfig::default(),
+        &EngineConfig::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(report.bytes_by_method, vec![("mmap", report.read_bytes)]);
+}

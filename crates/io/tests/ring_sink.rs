@@ -98,6 +98,10 @@ impl Sink for RingSink {
         self.freed.notify_one();
     }
 
+    fn reuses_buffers(&self) -> bool {
+        true
+    }
+
     fn registered_buffers(&self) -> Vec<(NonNull<u8>, usize)> {
         self.slots.iter().map(|&p| (p, self.slot_bytes)).collect()
     }
@@ -202,4 +206,30 @@ fn a_failing_read_under_a_full_ring_errors_without_hanging() {
         assert!(msg.contains("ring.safetensors"), "{backend:?}: {msg}");
         assert_eq!(in_use, 0, "{backend:?}: every buffer came back");
     }
+}
+
+/// Cached chunks go to a reusing ring by buffered pread (the host sink gets mmap copies: see
+/// engine.rs).
+#[test]
+fn auto_reads_cached_chunks_into_a_ring_with_pread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ring_checkpoint(dir.path());
+    let table = TensorTable::open(&path).unwrap();
+    let all: Vec<usize> = (0..table.tensors.len()).collect();
+    let plan = Plan::new(
+        &table,
+        &all,
+        PlanConfig {
+            chunk_bytes: 128 << 10,
+            ..PlanConfig::default()
+        },
+    )
+    .unwrap();
+    std::fs::read(&path).unwrap(); // in the page cache
+    let sink = RingSink::new(&plan, 3);
+    let report = execute(&plan, &sink, &EngineConfig::default()).unwrap();
+    assert_eq!(
+        report.bytes_by_method,
+        vec![("pread-buffered", plan.read_bytes())]
+    );
 }

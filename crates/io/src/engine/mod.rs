@@ -3,11 +3,12 @@
 //! Each chunk is routed to one method:
 //! - **io_uring + O_DIRECT** on dedicated threads, tens of reads in flight, fixed files (and
 //!   fixed buffers where the sink offers long-lived ones): for ranges not in the page cache;
-//! - **mmap + memcpy** of one chunk-sized window at a time (populated in one call, unmapped at
-//!   once, so RSS stays bounded) on a pool of threads: for ranges already in the page cache,
-//!   where a copy out of the cache beats any device read; measured faster than buffered `pread`
-//!   into fresh memory (docs/BENCHMARKS.md);
-//! - **buffered `pread`** on the same pool: when asked for, or where O_DIRECT is refused;
+//! - **mmap + memcpy** through 4 MiB windows (populated in one call, unmapped at once, so RSS
+//!   stays bounded) on a pool of threads: for ranges already in the page cache when the sink's
+//!   destinations are fresh memory, where it measured faster than buffered `pread`;
+//! - **buffered `pread`** on the same pool: for cached ranges when the sink reuses its buffers
+//!   (a pinned staging ring, where it measured faster than mmap), when asked for, or where
+//!   O_DIRECT is refused;
 //! - **`pread` + O_DIRECT** on the same pool: where io_uring is refused (seccomp, old kernel).
 //!
 //! `auto` asks `mincore` which chunks are resident, and falls back (once, reported) when io_uring
@@ -290,7 +291,14 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
     let want_direct = matches!(config.backend, Backend::Auto | Backend::Uring);
     let files = OpenFiles::open(plan, want_direct, &mut notes)?;
 
-    let mut routes = route(plan, &files, config.backend, &mut notes);
+    // Cached chunks: copies out of mmap windows into fresh memory, buffered reads into reused
+    // staging buffers (see `Sink::reuses_buffers`).
+    let cached_method = if sink.reuses_buffers() {
+        Method::PreadBuffered
+    } else {
+        Method::Mmap
+    };
+    let mut routes = route(plan, &files, config.backend, &mut notes, cached_method);
     // Bring up the rings before any thread starts, so a refusal reroutes instead of failing.
     let mut rings = Vec::new();
     if routes.iter().any(|(_, m)| m.uses_uring()) {
@@ -377,6 +385,7 @@ fn route(
     files: &OpenFiles,
     backend: Backend,
     notes: &mut Vec<String>,
+    cached_method: Method,
 ) -> Vec<(usize, Method)> {
     let mut residency: Vec<Option<FileResidency>> = Vec::with_capacity(plan.files.len());
     if backend == Backend::Auto {
@@ -414,7 +423,7 @@ fn route(
                             .unwrap_or(false)
                     });
                     if cached {
-                        Method::Mmap
+                        cached_method
                     } else if files.direct(c.file).is_none() {
                         // Without O_DIRECT a cold read goes through the cache anyway; a buffered
                         // pread pool is the simpler road there.
