@@ -115,7 +115,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             o?
         }
     };
-    print(&a, &outcome, parse_seconds)
+    print(&a, &outcome, parse_seconds, &table.skipped)
 }
 
 /// Evicts every file of `table` from the page cache; says so when some stayed (returns whether).
@@ -138,7 +138,12 @@ pub fn evict(table: &TensorTable, warn: bool) -> anyhow::Result<bool> {
     Ok(stayed)
 }
 
-fn print(a: &Args, o: &Outcome, parse_seconds: f64) -> anyhow::Result<()> {
+fn print(
+    a: &Args,
+    o: &Outcome,
+    parse_seconds: f64,
+    skipped: &[hoist_format::SkippedTensor],
+) -> anyhow::Result<()> {
     let peak_rss = peak_rss_bytes();
     let backend = hoist_io::Backend::from(a.backend).name();
     if a.json {
@@ -161,6 +166,7 @@ fn print(a: &Args, o: &Outcome, parse_seconds: f64) -> anyhow::Result<()> {
             "notes": o.io.notes,
             "peak_rss_bytes": peak_rss,
             "cold": a.cold,
+            "skipped": skipped,
         });
         for (k, v, _) in &o.extra {
             doc[*k] = v.clone();
@@ -193,6 +199,9 @@ fn print(a: &Args, o: &Outcome, parse_seconds: f64) -> anyhow::Result<()> {
         if !line.is_empty() {
             println!("{line}");
         }
+    }
+    for sk in skipped {
+        println!("skipped: tensor '{}' ({})", sk.name, sk.reason);
     }
     for n in &o.io.notes {
         println!("note: {n}");

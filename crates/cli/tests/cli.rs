@@ -42,9 +42,8 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent.py")
 }
 
-#[test]
-fn load_and_inspect_agree_with_independent_readers() {
-    let Some(py) = python() else { return };
+/// Checkpoints written by the reference libraries (tests/independent.py make), fresh random data.
+fn independent_checkpoints(py: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let made = Command::new(py)
         .arg(script())
@@ -57,6 +56,13 @@ fn load_and_inspect_agree_with_independent_readers() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
+    dir
+}
+
+#[test]
+fn load_and_inspect_agree_with_independent_readers() {
+    let Some(py) = python() else { return };
+    let dir = independent_checkpoints(py);
     let cases = [
         ("single.safetensors", "single.safetensors"),
         ("sharded", "sharded"),
@@ -111,14 +117,7 @@ fn load_and_inspect_agree_with_independent_readers() {
 #[test]
 fn gguf_metadata_and_alignment_are_reported() {
     let Some(py) = python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let made = Command::new(py)
-        .arg(script())
-        .arg("make")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(made.status.success());
+    let dir = independent_checkpoints(py);
     let doc = stdout_json(&hoist(&[
         "inspect",
         dir.path().join("model.gguf").to_str().unwrap(),
@@ -316,4 +315,42 @@ fn cuda_without_a_driver_is_a_clear_error() {
         );
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// A GGUF tensor of a ggml type hoist does not know is an error only for that tensor: the rest
+/// load, the report names it, and asking for it by name is a clear error.
+#[test]
+fn unknown_ggml_types_are_skipped_and_reported() {
+    use hoist_synth::gguf::{write_gguf, GgufTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.gguf");
+    let known = vec![7u8; 4 * 8];
+    let unknown = vec![9u8; 64];
+    let tensors = [
+        GgufTensor {
+            name: "known",
+            shape: &[8],
+            ggml_type: 0,
+            data: &known,
+        },
+        GgufTensor {
+            name: "future",
+            shape: &[64],
+            ggml_type: 9999,
+            data: &unknown,
+        },
+    ];
+    write_gguf(&path, &[], &tensors, 32).unwrap();
+    let p = path.to_str().unwrap();
+    let doc = stdout_json(&hoist(&["load", p, "--json", "--checksum"]));
+    assert_eq!(doc["tensors"], 1);
+    assert_eq!(doc["skipped"][0]["name"], "future");
+    let text = hoist(&["load", p]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("skipped: tensor 'future'"));
+    let out = hoist(&["load", p, "--filter", "future"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("future") && err.contains("odd.gguf"),
+        "{err}"
+    );
 }
