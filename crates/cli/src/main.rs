@@ -5,6 +5,7 @@ mod bench;
 mod gpu;
 mod inspect;
 mod load;
+mod run;
 mod util;
 
 use std::path::PathBuf;
@@ -28,6 +29,9 @@ enum Command {
     Load(load::Args),
     /// Compare hoist's backends with baseline loaders on a checkpoint (a synthetic one by default).
     Bench(bench::Args),
+    /// Generate text with a Llama-family model: one prompt, an interactive chat, or a speed
+    /// benchmark (`--benchmark`).
+    Run(run::Args),
 }
 
 /// `--backend` values.
@@ -188,6 +192,8 @@ impl std::str::FromStr for Device {
 pub type CheckpointPath = PathBuf;
 
 fn main() -> ExitCode {
+    // First: `hoist run` reports time to first token from process start.
+    let start = std::time::Instant::now();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("HOIST_LOG"))
@@ -197,6 +203,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Load(a) => load::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Run(a) => run::run(a, start),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

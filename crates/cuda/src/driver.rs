@@ -153,6 +153,11 @@ impl Gpu {
         self.ordinal
     }
 
+    /// The driver's device handle, for attribute queries this crate does not wrap.
+    pub fn device(&self) -> sys::CUdevice {
+        self.device
+    }
+
     /// Device name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn name(&self) -> &str {
         &self.name
@@ -432,6 +437,12 @@ impl Stream {
             gpu: gpu.clone(),
             raw,
         })
+    }
+
+    /// The driver's handle, for calls this crate does not wrap (kernel launches, cuBLAS). Valid
+    /// while the stream lives.
+    pub fn raw(&self) -> sys::CUstream {
+        self.raw
     }
 
     /// Waits for everything queued on the stream.

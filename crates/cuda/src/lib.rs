@@ -33,11 +33,10 @@ use hoist_io::{Backend, EngineConfig, LoadReport};
 use serde::Serialize;
 
 pub use cufile::{cufile_status, CufileStatus};
-pub use driver::{driver_library, PinnedAlloc};
+pub use driver::{driver_library, DeviceBuf, Gpu, PinnedAlloc, Stream};
 pub use error::CudaError;
 pub use tensors::{DestLayout, GpuTensor, GpuTensors, Verification, PACKED_ALIGN_BYTES};
 
-use driver::Gpu;
 use ring::RingSink;
 use tensors::Destinations;
 
@@ -199,6 +198,14 @@ pub fn probe(ordinal: usize) -> Result<GpuInfo, CudaError> {
         free_bytes,
         cufile: cufile_status(),
     })
+}
+
+/// Opens device `ordinal` (its primary context, kept for the life of the process and shared
+/// with every other user of the device): for callers that run their own work on the device,
+/// such as the inference runtime. Never panics without a driver.
+pub fn open_device(ordinal: usize) -> Result<Arc<Gpu>, CudaError> {
+    driver::driver_library()?;
+    Ok(gpu(ordinal)?.0)
 }
 
 /// What a GPU load did.

@@ -3,6 +3,7 @@
 use crate::chat::ChatError;
 use crate::config::ConfigError;
 use crate::cpu::ForwardError;
+use crate::gpu::GpuError;
 use crate::sampler::SamplerError;
 use crate::tokenizer::TokenizerError;
 use crate::weights::WeightError;
@@ -34,4 +35,7 @@ pub enum RuntimeError {
     /// A chat template failed.
     #[error(transparent)]
     Chat(#[from] ChatError),
+    /// The GPU runtime failed.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
 }

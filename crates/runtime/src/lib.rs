@@ -13,6 +13,7 @@
 //! - [`tokenizer`]: `tokenizer.json`, or a tokenizer rebuilt from GGUF metadata.
 //! - [`chat`]: chat templates rendered with minijinja.
 //! - [`sampler`]: greedy and stochastic sampling, repetition penalty, stop strings.
+//! - [`gpu`]: the GPU runtime (NVRTC kernels, cuBLAS, KV cache) for models resident on a GPU.
 //! - [`generate`]: the prefill + decode loop over any [`generate::LogitsModel`], streaming text.
 
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@ pub mod cpu;
 mod device;
 mod error;
 pub mod generate;
+pub mod gpu;
 pub mod sampler;
 pub mod tokenizer;
 pub mod weights;

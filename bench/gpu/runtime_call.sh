@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The recorded run of the GPU runtime's model checks, on the GPU machine (see bench/gpu/runtime/README.md):
+#  logits: make_models.py (fresh random small models: HF f32/bf16, GGUF Q8_0/Q4_0)
+#          -> check_logits.py (hoist's gpu_logits vs transformers; "N passed, N failed")
+#  speed:  bench_speed.py (Llama-2-7B shape: hoist run --benchmark, bf16 and Q4_0, vs transformers
+#          generate; time to first token)
+# Usage: bash bench/gpu/runtime_call.sh [all|logits|speed]   (default all; all may take ~9 min:
+#        as two device calls, run `logits` then `speed`)
+# Carries: .carry/bin/{gpu_logits,hoist}, .whl/gguf-*.whl. Results: $OUT/*.log, $OUT/logits.json,
+# $OUT/speed.json. Exit status: 0 when every step ran and passed, else 1 (steps keep going).
+# Overrides (for dry runs elsewhere): PYTHON, GPU_LOGITS, HOIST, RT_WORK, RT_SPEED_ARGS (e.g.
+# "--small"), RT_KEEP=1 keeps the 18 GB speed checkpoints for `bench_speed.py --skip-torch`.
+cd "$(dirname "$0")/../.." || exit 2
+PART=${1:-all}
+case "$PART" in all|logits|speed) ;; *) echo "usage: $0 [all|logits|speed]"; exit 2 ;; esac
+export PYTHONUNBUFFERED=1
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export HOIST_KERNEL_CACHE=${HOIST_KERNEL_CACHE:-/var/tmp/hoist-kernels}
+export OUT=${OUT:-/tmp/hoist-out}
+W=${RT_WORK:-/var/tmp/hoist-rt}          # models and checkpoints (~18 GB for speed)
+PY=${PYTHON:-python3}
+GPU_LOGITS=${GPU_LOGITS:-.carry/bin/gpu_logits}
+HOIST=${HOIST:-.carry/bin/hoist}
+mkdir -p "$OUT" "$W" "$HOIST_KERNEL_CACHE"
+T0=$(date +%s)
+
+echo "== setup ($PART) in $PWD, OUT=$OUT, work $W"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
+for b in "$GPU_LOGITS" "$HOIST"; do
+  [ -x "$b" ] || echo "WARNING: $b is missing (its steps will fail)"
+done
+# gguf: the carried wheel (pure Python; needs numpy and pyyaml, which transformers brings).
+if ls .whl/gguf-*.whl >/dev/null 2>&1; then
+  rm -rf /tmp/rt-py && "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/rt-py .whl/gguf-*.whl \
+    || echo "WARNING: pip install of .whl/gguf-*.whl failed"
+  export PYTHONPATH=/tmp/rt-py${PYTHONPATH:+:$PYTHONPATH}
+else
+  echo "WARNING: no .whl/gguf-*.whl carried; relying on an installed gguf"
+fi
+"$PY" - <<'PY' 2>&1 | tee "$OUT/python.txt"
+import importlib, sys
+print("python", sys.version.split()[0])
+for m in ("torch", "transformers", "numpy", "yaml", "safetensors", "gguf"):
+    try:
+        mod = importlib.import_module(m)
+        print(f"{m} {getattr(mod, '__version__', '?')} ({getattr(mod, '__file__', '?')})")
+    except Exception as e:
+        print(f"MISSING {m}: {e.__class__.__name__}: {e}")
+import torch
+print("cuda available:", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+PY
+
+FAILED=()
+SUMMARY=()
+step() {  # step NAME LIMIT_SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo
+  echo "== $name (limit ${limit} s): $*"
+  local t=$(date +%s)
+  timeout -k 15 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  local dt=$(( $(date +%s) - t ))
+  [ "$rc" = 124 ] && echo "== $name: TIMED OUT after ${limit} s"
+  echo "== $name: exit $rc, ${dt} s"
+  SUMMARY+=("$name: exit $rc, ${dt} s")
+  [ "$rc" = 0 ] || FAILED+=("$name")
+  return "$rc"
+}
+
+if [ "$PART" = all ] || [ "$PART" = logits ]; then
+  rm -rf "$W/models"
+  if step make_models 240 "$PY" bench/gpu/runtime/make_models.py "$W/models"; then
+    step check_logits 300 "$PY" bench/gpu/runtime/check_logits.py "$W/models" --gpu-logits "$GPU_LOGITS"
+  else
+    echo "== check_logits: skipped (make_models failed)"; FAILED+=("check_logits"); SUMMARY+=("check_logits: skipped")
+  fi
+  cp "$W/models/models.json" "$OUT/models.json" 2>/dev/null
+fi
+
+if [ "$PART" = all ] || [ "$PART" = speed ]; then
+  case " $RT_SPEED_ARGS " in *" --skip-torch "*) ;; *) rm -rf "$W/speed" ;; esac
+  # shellcheck disable=SC2086  # RT_SPEED_ARGS is a list of words
+  step bench_speed 420 "$PY" bench/gpu/runtime/bench_speed.py "$W/speed" --hoist "$HOIST" --budget 400 $RT_SPEED_ARGS
+  [ -n "$RT_KEEP" ] || rm -rf "$W/speed"   # 18 GB
+fi
+
+echo
+echo "== summary ($PART, $(( $(date +%s) - T0 )) s)"
+for s in "${SUMMARY[@]}"; do echo "   $s"; done
+grep -h -E "^[0-9]+ passed, [0-9]+ failed$" "$OUT/check_logits.log" 2>/dev/null | tail -1 | sed 's/^/   check_logits: /'
+grep -h -E "^  (PASS|MISS|SKIP) " "$OUT/bench_speed.log" 2>/dev/null | sed 's/^/   speed:/'
+if [ ${#FAILED[@]} -gt 0 ]; then echo "   failed steps: ${FAILED[*]}"; exit 1; fi
+exit 0

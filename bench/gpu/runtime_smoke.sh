@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# First check of the GPU runtime on the GPU machine: the kernel tests and model tests (against
+# the committed transformers fixtures), then the speed report on a Llama-2-7B-shaped synthetic
+# checkpoint (random bytes: speed only). Carries: .carry/bin/{rt_unit,rt_gpu,gpu_speed,
+# make_checkpoint}.
+cd "$(dirname "$0")/../.."
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib HOIST_KERNEL_CACHE=/var/tmp/hoist-kernels
+OUT=${OUT:-/tmp/hoist-out}
+mkdir -p "$OUT"
+# The test binaries find their fixtures at the path they were built in.
+[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+nvidia-smi --query-gpu=name,memory.total,clocks.max.mem --format=csv | tee $OUT/gpu.txt
+echo "== kernel tests"; timeout 120 .carry/bin/rt_unit --test-threads=1 gpu:: 2>&1 | tee $OUT/rt_unit.log | tail -25
+echo "== model tests"; timeout 120 .carry/bin/rt_gpu --test-threads=1 --nocapture 2>&1 | tee $OUT/rt_gpu.log | tail -25
+echo "== model tests without CUDA graphs"; HOIST_NO_GRAPHS=1 timeout 120 .carry/bin/rt_gpu --test-threads=1 2>&1 | tail -3
+D=/var/tmp/l7
+.carry/bin/make_checkpoint llama-7b $D > $D.path || exit 1
+L=$(cat $D.path)
+L=$( [ -d "$L" ] && echo "$L" || dirname "$L")
+cat > $L/config.json <<'JSON'
+{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
+ "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+ "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false,
+ "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"}
+JSON
+echo "== speed (synthetic llama-7b, $L)"
+echo "== profile (each launch synchronized)"
+HOIST_PROFILE=1 timeout 200 .carry/bin/gpu_speed $L 512 32 2>&1 | tee $OUT/profile.txt | grep -A30 HOIST_PROFILE
+timeout 200 .carry/bin/gpu_speed $L 512 128 > $OUT/speed.json 2>&1; grep -E "fraction|tokens_per_s|gbps" $OUT/speed.json
+echo "== hoist run --benchmark"
+timeout 200 .carry/bin/hoist run $L --benchmark 2>&1 | tail -20
+echo "== ncu: decode kernels"
+HOIST_NO_GRAPHS=1 timeout 240 ncu -k regex:"gemv|attention|rms_norm|rope" -s 2000 -c 20 --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum .carry/bin/gpu_speed $L 16 8 > $OUT/ncu.txt 2>&1
+grep -E "^  [a-z_]+\(|gpu__time|dram__" $OUT/ncu.txt | head -120

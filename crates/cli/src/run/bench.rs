@@ -1,0 +1,108 @@
+//! `hoist run MODEL --benchmark`: prefill and decode speed against the limits of the same GPU,
+//! measured in the same run (`hoist_runtime::gpu::bench`).
+
+use anyhow::Context;
+use hoist_runtime::gpu::bench::SpeedReport;
+use hoist_runtime::gpu::LoadStats;
+
+use super::model::{check_device, describe_gpu_load, Model};
+use super::oneshot::device_name;
+use super::{Settings, DEFAULT_BENCH_PROMPT_TOKENS};
+use crate::util::human_bytes;
+
+/// Loads the model and measures it.
+pub fn run(s: &Settings) -> anyhow::Result<()> {
+    let a = &s.args;
+    check_device(&a.device)?;
+    let (model, load_seconds) = Model::load(&a.model, &a.device)?;
+    let Model::Gpu(gpu) = &model else {
+        anyhow::bail!("--benchmark measures the GPU runtime: use --device cuda:N");
+    };
+    let prompt_tokens = a.prompt_tokens.unwrap_or(DEFAULT_BENCH_PROMPT_TOKENS);
+    if a.verbose {
+        eprintln!("gpu: {}", describe_gpu_load(gpu.stats()));
+    }
+    eprintln!(
+        "measuring a prefill of {prompt_tokens} tokens and {} decode steps …",
+        s.max_tokens
+    );
+    let report = hoist_runtime::gpu::bench::measure(gpu, prompt_tokens, s.max_tokens)
+        .with_context(|| format!("benchmarking {} failed", a.model.display()))?;
+    let device = device_name(&a.device);
+    if a.json {
+        let mut doc = serde_json::to_value(&report)?;
+        doc["model"] = serde_json::to_value(&a.model)?;
+        doc["device"] = device.into();
+        doc["load"] = serde_json::to_value(gpu.stats())?;
+        println!("{}", serde_json::to_string(&doc)?);
+        return Ok(());
+    }
+    for (k, v) in table(
+        &a.model.display().to_string(),
+        &device,
+        load_seconds,
+        gpu.stats(),
+        &report,
+    ) {
+        println!("{k:<9} {v}");
+    }
+    Ok(())
+}
+
+/// The human report: `(row, text)`.
+fn table(
+    model: &str,
+    device: &str,
+    load_seconds: f64,
+    load: &LoadStats,
+    r: &SpeedReport,
+) -> Vec<(&'static str, String)> {
+    let pct = |f: f64| format!("{:.1}%", f * 100.0);
+    vec![
+        ("model", model.to_string()),
+        ("device", format!("{device} ({})", load.device)),
+        (
+            "load",
+            format!(
+                "{load_seconds:.2} s: weights {} in {:.2} s ({:.2} GB/s), kernels {:.2} s ({}), \
+                 device context {:.2} s",
+                human_bytes(load.weight_bytes),
+                load.weights_seconds,
+                crate::util::gbps(load.weight_bytes, load.weights_seconds),
+                load.kernel_seconds,
+                if load.kernels_cached {
+                    "cached"
+                } else {
+                    "compiled"
+                },
+                load.context_seconds
+            ),
+        ),
+        (
+            "decode",
+            format!(
+                "{:.1} tok/s over {} tokens: {} of the {:.1} tok/s the memory bandwidth allows \
+                 ({:.0} GB/s device copy, {} read per token)",
+                r.decode_tokens_per_s,
+                r.decode_tokens,
+                pct(r.decode_fraction_of_bound),
+                r.decode_bound_tokens_per_s,
+                r.d2d_gbps,
+                human_bytes(r.weight_bytes_per_token)
+            ),
+        ),
+        (
+            "prefill",
+            format!(
+                "{} tokens in {:.4} s ({:.0} tok/s): {} of cuBLAS alone on the same products \
+                 ({:.4} s, {:.1} TFLOP/s)",
+                r.prefill_tokens,
+                r.prefill_seconds,
+                r.prefill_tokens_per_s,
+                pct(r.prefill_fraction_of_cublas),
+                r.cublas_gemm_seconds,
+                r.gemm_flops / r.cublas_gemm_seconds.max(1e-12) / 1e12
+            ),
+        ),
+    ]
+}

@@ -1,0 +1,364 @@
+//! What `hoist run` loads: the checkpoint's tokenizer and chat template, the model on its
+//! device, and a session that remembers which tokens its KV cache holds.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use hoist_format::TensorTable;
+use hoist_runtime::chat::{ChatTemplate, Message};
+use hoist_runtime::cpu::CpuModel;
+use hoist_runtime::generate::{CpuSession, LogitsModel};
+use hoist_runtime::gpu::{GpuModel, GpuOptions, GpuSession, LoadStats};
+use hoist_runtime::tokenizer::Tokenizer;
+use hoist_runtime::{ModelConfig, RuntimeError, WeightSource};
+
+use crate::util::human_bytes;
+use crate::Device;
+
+/// Fails with what to do instead when `device` cannot run the model.
+pub fn check_device(device: &Device) -> anyhow::Result<()> {
+    let Device::Cuda(n) = *device else {
+        return Ok(());
+    };
+    match hoist_runtime::cuda_available() {
+        Err(why) => anyhow::bail!(
+            "hoist run needs an NVIDIA GPU with CUDA: {why}. `--device cpu` runs the f32 CPU \
+             reference instead (slow: for tiny models and tests)"
+        ),
+        Ok(count) if n >= count => anyhow::bail!(
+            "cuda:{n} does not exist: this machine has {count} GPU(s), cuda:0 to cuda:{}",
+            count - 1
+        ),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A checkpoint's tokenizer and how prompts are turned into its tokens.
+pub struct Checkpoint {
+    /// The model path as given.
+    pub path: PathBuf,
+    /// A GGUF file (else a Hugging Face checkpoint).
+    pub gguf: bool,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The chat template; `None`: raw mode (the prompt is tokenized as is).
+    pub template: Option<ChatTemplate>,
+    /// Where the template came from, or why there is none.
+    pub template_origin: String,
+}
+
+impl Checkpoint {
+    /// Reads the tokenizer and chat template of the checkpoint at `path` (a Hugging Face
+    /// directory, a file in one, or a GGUF file). Without `raw`, a model without a chat template
+    /// falls back to raw mode with a note on stderr.
+    pub fn open(path: &Path, raw: bool) -> anyhow::Result<Checkpoint> {
+        let (gguf, tokenizer, origin) = if path.is_dir() {
+            let (tok, origin) = hf_tokenizer(path)?;
+            (false, tok, origin)
+        } else {
+            let table = TensorTable::open(path)
+                .with_context(|| format!("cannot run {}", path.display()))?;
+            match WeightSource::of(&table) {
+                WeightSource::Gguf => {
+                    // Without this key there is no tokenizer at all: say so rather than name
+                    // the first missing key.
+                    anyhow::ensure!(
+                        table.metadata.contains_key("tokenizer.ggml.tokens"),
+                        "{} has no tokenizer (no tokenizer.ggml.* metadata); hoist run needs a \
+                         GGUF file that embeds one, as llama.cpp's converter writes it",
+                        path.display()
+                    );
+                    let tok = Tokenizer::from_gguf(&table.metadata, path).with_context(|| {
+                        format!("cannot read the tokenizer of {}", path.display())
+                    })?;
+                    let origin = format!("{} tokenizer.chat_template", path.display());
+                    (true, tok, origin)
+                }
+                WeightSource::HuggingFace => {
+                    let dir = path.parent().unwrap_or(Path::new("."));
+                    let (tok, origin) = hf_tokenizer(dir)?;
+                    (false, tok, origin)
+                }
+            }
+        };
+        let template = match raw {
+            true => None,
+            false => match ChatTemplate::for_tokenizer(&tokenizer, &origin) {
+                Some(t) => Some(t.with_context(|| {
+                    format!(
+                        "cannot use the chat template of {} (--raw skips it)",
+                        path.display()
+                    )
+                })?),
+                None => {
+                    eprintln!(
+                        "note: {} has no chat template; the prompt is tokenized as is (raw mode)",
+                        path.display()
+                    );
+                    None
+                }
+            },
+        };
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            gguf,
+            tokenizer,
+            template_origin: match template {
+                Some(_) => origin,
+                None => "none (raw mode)".into(),
+            },
+            template,
+        })
+    }
+
+    /// Token ids of a conversation: rendered with the chat template and a generation prompt, or
+    /// in raw mode its texts joined (a user message starts a new line) and tokenized with the
+    /// tokenizer's own special tokens.
+    pub fn encode(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
+        let tok = &self.tokenizer;
+        let ids = match &self.template {
+            Some(t) => {
+                let text = t.render(messages, true)?;
+                // The rendered text holds its special tokens (BOS included, where the template
+                // prints it): transformers encodes it without adding any.
+                let mut ids = tok.encode(&text, false)?;
+                // llama.cpp instead lets the tokenizer add BOS (tokenizer.ggml.add_bos_token)
+                // and keeps one when the template prints it too: GGUF templates often leave
+                // BOS to the tokenizer.
+                if let Some(bos) = tok.bos().filter(|_| self.gguf) {
+                    let adds_bos = tok.encode("", true)?.first() == Some(&bos);
+                    if adds_bos && ids.first() != Some(&bos) {
+                        ids.insert(0, bos);
+                    }
+                }
+                ids
+            }
+            None => {
+                let mut text = String::new();
+                for m in messages.iter().filter(|m| m.role != "system") {
+                    if m.role == "user" && !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&m.content);
+                }
+                tok.encode(&text, true)?
+            }
+        };
+        anyhow::ensure!(!ids.is_empty(), "the prompt is empty: it has no tokens");
+        Ok(ids)
+    }
+
+    /// Tokens that end a reply: the tokenizer's end tokens and the model configuration's.
+    pub fn stop_tokens(&self, config: &ModelConfig) -> Vec<u32> {
+        let mut ids = self.tokenizer.eos().to_vec();
+        for &id in &config.eos_token_ids {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    /// Warns when the tokenizer can produce ids the model has no embedding for (a tokenizer
+    /// from another model, most likely); the forward pass would refuse such a token.
+    pub fn check_vocab(&self, config: &ModelConfig) {
+        let n = self.tokenizer.vocab_size();
+        if n > config.vocab_size {
+            eprintln!(
+                "warning: the tokenizer of {} has {n} tokens but the model's vocabulary holds {}; \
+                 is the tokenizer the model's own?",
+                self.path.display(),
+                config.vocab_size
+            );
+        }
+    }
+
+    /// The text of a token, for messages.
+    pub fn token_text(&self, id: u32) -> String {
+        self.tokenizer
+            .id_to_token(id)
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+}
+
+/// The tokenizer of a Hugging Face directory, and the name of its chat template's source.
+fn hf_tokenizer(dir: &Path) -> anyhow::Result<(Tokenizer, String)> {
+    anyhow::ensure!(
+        dir.join("tokenizer.json").is_file(),
+        "{} has no tokenizer.json; hoist run needs the model's Hugging Face tokenizer \
+         (tokenizer.json, and tokenizer_config.json for the chat template) next to its weights",
+        dir.display()
+    );
+    let tok = Tokenizer::from_hf_dir(dir)
+        .with_context(|| format!("cannot read the tokenizer of {}", dir.display()))?;
+    let origin = format!(
+        "{} chat_template",
+        dir.join("tokenizer_config.json").display()
+    );
+    Ok((tok, origin))
+}
+
+/// A model on its device.
+pub enum Model {
+    /// The f32 CPU reference (both boxed: one model per run, and the two differ in size).
+    Cpu(Box<CpuModel>),
+    /// The GPU runtime.
+    Gpu(Box<GpuModel>),
+}
+
+impl Model {
+    /// Loads the model at `path` onto `device`, saying so on stderr first (a large model takes
+    /// seconds); returns it with the seconds the load took.
+    pub fn load(path: &Path, device: &Device) -> anyhow::Result<(Model, f64)> {
+        let t0 = Instant::now();
+        let model = match *device {
+            Device::Cpu => {
+                eprintln!(
+                    "warning: --device cpu runs the f32 CPU reference: slow, for tiny models and tests"
+                );
+                eprintln!("loading {} onto cpu …", path.display());
+                Model::Cpu(Box::new(
+                    CpuModel::load(path)
+                        .with_context(|| format!("cannot load {}", path.display()))?,
+                ))
+            }
+            Device::Cuda(n) => {
+                eprintln!("loading {} onto cuda:{n} …", path.display());
+                let options = GpuOptions {
+                    ordinal: n,
+                    ..Default::default()
+                };
+                Model::Gpu(Box::new(GpuModel::load(path, &options).with_context(
+                    || format!("cannot load {} onto cuda:{n}", path.display()),
+                )?))
+            }
+        };
+        Ok((model, t0.elapsed().as_secs_f64()))
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Model::Cpu(m) => &m.config,
+            Model::Gpu(m) => m.config(),
+        }
+    }
+
+    /// What the GPU load took (`None` on the CPU).
+    pub fn gpu_stats(&self) -> Option<&LoadStats> {
+        match self {
+            Model::Cpu(_) => None,
+            Model::Gpu(m) => Some(m.stats()),
+        }
+    }
+
+    /// A fresh sequence with a KV cache of `context` positions.
+    pub fn session(&self, context: usize) -> anyhow::Result<Session<'_>> {
+        let inner = match self {
+            Model::Cpu(m) => Inner::Cpu {
+                model: m,
+                session: CpuSession::new(m, context),
+            },
+            Model::Gpu(m) => {
+                Inner::Gpu(Box::new(m.session(context).with_context(|| {
+                    format!("cannot make a KV cache of {context} positions")
+                })?))
+            }
+        };
+        Ok(Session {
+            inner,
+            cached: Vec::new(),
+            capacity: context,
+        })
+    }
+}
+
+/// One line about a GPU load, for `--verbose`.
+pub fn describe_gpu_load(s: &LoadStats) -> String {
+    format!(
+        "{}: device context {:.3} s, kernels {:.3} s ({}), weights {} in {:.3} s ({:.2} GB/s), \
+         whole load {:.3} s",
+        s.device,
+        s.context_seconds,
+        s.kernel_seconds,
+        if s.kernels_cached {
+            "from the disk cache"
+        } else {
+            "compiled"
+        },
+        human_bytes(s.weight_bytes),
+        s.weights_seconds,
+        crate::util::gbps(s.weight_bytes, s.weights_seconds),
+        s.seconds
+    )
+}
+
+enum Inner<'m> {
+    Cpu {
+        model: &'m CpuModel,
+        session: CpuSession<'m>,
+    },
+    Gpu(Box<GpuSession<'m>>),
+}
+
+/// A sequence on a [`Model`] that knows which tokens its KV cache holds, so that a chat can
+/// feed only what is new.
+pub struct Session<'m> {
+    inner: Inner<'m>,
+    /// Every token fed so far, in order: the positions the KV cache holds.
+    cached: Vec<u32>,
+    capacity: usize,
+}
+
+impl Session<'_> {
+    /// Positions the KV cache holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets the sequence.
+    pub fn clear(&mut self) {
+        match &mut self.inner {
+            // CpuSession has no clear: a new one is a fresh cache of the same size.
+            Inner::Cpu { model, session } => *session = CpuSession::new(model, self.capacity),
+            Inner::Gpu(s) => s.clear(),
+        }
+        self.cached.clear();
+    }
+
+    /// Prepares to run `ids`: returns how many of its leading tokens the cache already holds
+    /// (so only the rest is fed), or clears the cache and returns 0 when `ids` does not extend
+    /// the cached sequence. At least one token is always left to feed (the cache cannot drop
+    /// positions, and the last token's logits are needed).
+    pub fn reuse(&mut self, ids: &[u32]) -> usize {
+        if !self.cached.is_empty() && ids.len() > self.cached.len() && ids.starts_with(&self.cached)
+        {
+            return self.cached.len();
+        }
+        if !self.cached.is_empty() {
+            self.clear();
+        }
+        0
+    }
+}
+
+impl LogitsModel for Session<'_> {
+    fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+        let r = match &mut self.inner {
+            Inner::Cpu { session, .. } => session.next_logits(tokens),
+            Inner::Gpu(s) => s.next_logits(tokens),
+        };
+        match r {
+            Ok(logits) => {
+                self.cached.extend_from_slice(tokens);
+                Ok(logits)
+            }
+            Err(e) => {
+                // What a failed step left in the cache is unknown: start over next time.
+                self.clear();
+                Err(e)
+            }
+        }
+    }
+}

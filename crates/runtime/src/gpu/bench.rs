@@ -1,0 +1,170 @@
+//! Speed of a resident model against the limits of the same GPU, measured in the same run:
+//! decode against the memory bound (weight bytes per token over device-to-device copy
+//! bandwidth), prefill against cuBLAS running the prefill's matrix products alone.
+
+use std::time::Instant;
+
+use cudarc::driver::sys;
+use hoist_cuda::{CudaError, DeviceBuf};
+
+use super::{GpuError, GpuModel};
+use crate::sampler::argmax;
+use crate::RuntimeError;
+
+/// Decode and prefill speed of a model against the limits measured in the same run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SpeedReport {
+    /// Device-to-device copy bandwidth, GB/s (bytes read plus bytes written, per second).
+    pub d2d_gbps: f64,
+    /// Weight bytes one decoded token reads.
+    pub weight_bytes_per_token: u64,
+    /// Decode rate the bandwidth allows: `d2d_gbps / weight bytes per token`.
+    pub decode_bound_tokens_per_s: f64,
+    /// Decode tokens timed.
+    pub decode_tokens: usize,
+    /// Decode tokens per second measured (each step: one token in, logits back on the host,
+    /// the arg-max chosen there).
+    pub decode_tokens_per_s: f64,
+    /// `decode_tokens_per_s / decode_bound_tokens_per_s`.
+    pub decode_fraction_of_bound: f64,
+    /// Prompt tokens of the timed prefill.
+    pub prefill_tokens: usize,
+    /// Seconds of the prefill (median of the timed runs; last position's logits on the host).
+    pub prefill_seconds: f64,
+    /// Prefill tokens per second.
+    pub prefill_tokens_per_s: f64,
+    /// Seconds cuBLAS takes for the prefill's matrix products alone (same shapes, same types;
+    /// median of the timed runs).
+    pub cublas_gemm_seconds: f64,
+    /// FLOPs of those products.
+    pub gemm_flops: f64,
+    /// `cublas_gemm_seconds / prefill_seconds`: the prefill's FLOP rate over cuBLAS's.
+    pub prefill_fraction_of_cublas: f64,
+}
+
+/// Timed repetitions of the prefill and of the GEMM yardstick (the median is reported).
+const REPEATS: usize = 5;
+/// Bytes of each buffer of the copy-bandwidth measurement (smaller if memory is short).
+const D2D_BYTES: usize = 1 << 30;
+/// Copies timed for the bandwidth.
+const D2D_COPIES: usize = 10;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Device-to-device copy bandwidth, counting bytes read and written.
+fn d2d_gbps(model: &GpuModel) -> Result<f64, GpuError> {
+    let gpu = model.gpu();
+    let (free, _) = gpu.mem_info()?;
+    let bytes = D2D_BYTES.min(free as usize / 4) & !0xfff;
+    if bytes == 0 {
+        return Err(GpuError::Unsupported(
+            "no free GPU memory to measure bandwidth".into(),
+        ));
+    }
+    let (a, b) = (DeviceBuf::new(gpu, bytes)?, DeviceBuf::new(gpu, bytes)?);
+    let copy = || -> Result<(), GpuError> {
+        // SAFETY: both buffers hold `bytes` bytes and live across the synchronization below.
+        let r = unsafe { sys::cuMemcpyDtoDAsync_v2(b.ptr(), a.ptr(), bytes, model.stream().raw()) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(CudaError::driver("cuMemcpyDtoDAsync", gpu.ordinal(), r).into());
+        }
+        Ok(())
+    };
+    copy()?;
+    model.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..D2D_COPIES {
+        copy()?;
+    }
+    model.synchronize()?;
+    Ok((2 * bytes * D2D_COPIES) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+/// Measures `model`: a prefill of `prompt_tokens` (pseudo-random ids) and `decode_tokens`
+/// greedy decode steps after it.
+pub fn measure(
+    model: &GpuModel,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+) -> Result<SpeedReport, RuntimeError> {
+    if prompt_tokens == 0 || decode_tokens == 0 {
+        return Err(GpuError::Unsupported(
+            "the benchmark needs at least one prompt and one decode token".into(),
+        )
+        .into());
+    }
+    let vocab = model.config().vocab_size as u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let prompt: Vec<u32> = (0..prompt_tokens)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % vocab) as u32
+        })
+        .collect();
+    let d2d = d2d_gbps(model)?;
+    let mut session = model.session(prompt_tokens + decode_tokens + 1)?;
+
+    // Warm-up (cuBLAS picks and loads its kernels on first use), then timed prefills.
+    session.forward(&prompt, false)?;
+    let mut prefill = Vec::with_capacity(REPEATS);
+    let mut logits = Vec::new();
+    for _ in 0..REPEATS {
+        session.clear();
+        let t = Instant::now();
+        logits = session.forward(&prompt, false)?;
+        prefill.push(t.elapsed().as_secs_f64());
+    }
+    let prefill_seconds = median(prefill);
+
+    let mut next = argmax(&logits);
+    let t = Instant::now();
+    for _ in 0..decode_tokens {
+        logits = session.forward(&[next], false)?;
+        next = argmax(&logits);
+    }
+    let decode_seconds = t.elapsed().as_secs_f64();
+
+    let gemm_tokens = prompt_tokens.min(super::llama::MAX_CHUNK_TOKENS);
+    let chunks = prompt_tokens.div_ceil(gemm_tokens);
+    session.gemms_only(gemm_tokens)?;
+    let mut gemm = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        let t = Instant::now();
+        for _ in 0..chunks {
+            session.gemms_only(gemm_tokens)?;
+        }
+        gemm.push(t.elapsed().as_secs_f64());
+    }
+    let cublas_gemm_seconds = median(gemm);
+    let gemm_flops = 2.0
+        * (gemm_tokens * chunks) as f64
+        * session
+            .model()
+            .layer_shapes()
+            .iter()
+            .map(|&(r, c)| (r * c) as f64)
+            .sum::<f64>();
+
+    let bytes = model.weight_bytes_per_token();
+    let bound = d2d * 1e9 / bytes as f64;
+    let decode_rate = decode_tokens as f64 / decode_seconds;
+    Ok(SpeedReport {
+        d2d_gbps: d2d,
+        weight_bytes_per_token: bytes,
+        decode_bound_tokens_per_s: bound,
+        decode_tokens,
+        decode_tokens_per_s: decode_rate,
+        decode_fraction_of_bound: decode_rate / bound,
+        prefill_tokens: prompt_tokens,
+        prefill_seconds,
+        prefill_tokens_per_s: prompt_tokens as f64 / prefill_seconds,
+        cublas_gemm_seconds,
+        gemm_flops,
+        prefill_fraction_of_cublas: cublas_gemm_seconds / prefill_seconds,
+    })
+}

@@ -1,0 +1,61 @@
+//! Errors of the GPU runtime.
+
+/// The GPU runtime failed; every message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GpuError {
+    /// No usable CUDA GPU.
+    #[error("this needs an NVIDIA GPU with CUDA: {0}")]
+    NoGpu(String),
+    /// A CUDA driver call failed, or device memory ran out while loading weights.
+    #[error(transparent)]
+    Cuda(#[from] hoist_cuda::CudaError),
+    /// A CUDA library the runtime needs (NVRTC, cuBLAS) cannot be loaded.
+    #[error("cannot load {library}: {reason}; install the CUDA toolkit's runtime libraries (e.g. the nvidia-cublas and nvidia-cuda-nvrtc packages) and put them on LD_LIBRARY_PATH")]
+    Library {
+        /// The library.
+        library: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// NVRTC failed to compile the kernels (a bug, or a GPU/toolkit pair we do not know).
+    #[error("compiling the GPU kernels for {arch} failed: {log}")]
+    Compile {
+        /// Target architecture, e.g. `sm_90`.
+        arch: String,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// A cuBLAS call failed.
+    #[error("cuBLAS {call} failed: {status}")]
+    Blas {
+        /// The call.
+        call: &'static str,
+        /// cuBLAS's status.
+        status: String,
+    },
+    /// Something the runtime does not do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The KV cache (or the work buffers) do not fit in what is left of GPU memory.
+    #[error("a context of {context} positions needs {needed_bytes} bytes of GPU memory for the KV cache and work buffers ({needed_gib:.2} GiB) but {free_bytes} bytes are free after the weights; ask for a shorter context (--context)")]
+    ContextTooLarge {
+        /// Positions asked for.
+        context: usize,
+        /// Bytes needed.
+        needed_bytes: u64,
+        /// Same in GiB.
+        needed_gib: f64,
+        /// Bytes free.
+        free_bytes: u64,
+    },
+    /// The kernel cache directory could not be written (compilation still worked).
+    #[error("kernel cache {path}: {source}")]
+    Cache {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,591 @@
+// hoist's GPU kernels, compiled at run time by NVRTC for the device's own architecture.
+//
+// No CUDA headers: NVRTC is used without the toolkit's include directory, so half and bfloat16
+// are handled as raw 16-bit words with PTX conversions. Every pointer argument is passed by
+// the host as a 64-bit device address; every count is an `int` (the host checks ranges).
+//
+// Conventions (see gpu/mod.rs): activations are f32, row-major [tokens, features]; weights are
+// [out, in] row-major in their file type (wtype: 0 f32, 1 f16, 2 bf16, 3 Q8_0, 4 Q4_0);
+// "act" is the float type GEMM inputs are rounded to (0 f32, 1 f16, 2 bf16).
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef unsigned long long usize; // no headers, so no usize
+
+#define NEG_INF __int_as_float(0xff800000)
+
+#define W_F32 0
+#define W_F16 1
+#define W_BF16 2
+#define W_Q8_0 3
+#define W_Q4_0 4
+
+#define QK 32            // values per quantized block
+#define Q8_BLOCK_BYTES 34 // f16 scale + 32 int8
+#define Q4_BLOCK_BYTES 18 // f16 scale + 16 bytes of nibbles
+
+__device__ __forceinline__ float bf16_to_f(u16 h) { return __uint_as_float(((u32)h) << 16); }
+
+__device__ __forceinline__ float f16_to_f(u16 h) {
+    float f;
+    asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f_to_f16(float f) {
+    u16 h;
+    asm("{ cvt.rn.f16.f32 %0, %1; }" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Round to nearest even, NaN kept quiet (what torch does).
+__device__ __forceinline__ u16 f_to_bf16(float f) {
+    u32 x = __float_as_uint(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (u16)((x >> 16) | 0x40u);
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (u16)(x >> 16);
+}
+
+// `v` rounded to the activation type's precision (kept as f32).
+__device__ __forceinline__ float round_act(float v, int act) {
+    if (act == 1) return f16_to_f(f_to_f16(v));
+    if (act == 2) return bf16_to_f(f_to_bf16(v));
+    return v;
+}
+
+// Stores `v` (already rounded) as the activation type at element i of `out`.
+__device__ __forceinline__ void store_act(u64 out, usize i, float v, int act) {
+    if (act == 0) ((float*)out)[i] = v;
+    else if (act == 1) ((u16*)out)[i] = f_to_f16(v);
+    else ((u16*)out)[i] = f_to_bf16(v);
+}
+
+// Element i of a weight tensor of type wtype, as f32 (quantized types: i indexes values).
+__device__ __forceinline__ float load_w(const u8* w, usize i, int wtype) {
+    switch (wtype) {
+    case W_F32: return ((const float*)w)[i];
+    case W_F16: return f16_to_f(((const u16*)w)[i]);
+    case W_BF16: return bf16_to_f(((const u16*)w)[i]);
+    case W_Q8_0: {
+        const u8* b = w + (i / QK) * Q8_BLOCK_BYTES;
+        float d = f16_to_f(*(const u16*)b);
+        return d * (float)(signed char)b[2 + i % QK];
+    }
+    default: {
+        const u8* b = w + (i / QK) * Q4_BLOCK_BYTES;
+        float d = f16_to_f(*(const u16*)b);
+        int j = i % QK;
+        int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
+        return d * (float)(q - 8);
+    }
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ float block_sum(float v) {
+    __shared__ float part[32];
+    __shared__ float total;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+        s = warp_sum(s);
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    return total;
+}
+
+__device__ float block_max(float v) {
+    __shared__ float part[32];
+    __shared__ float total;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : NEG_INF;
+        s = warp_max(s);
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    return total;
+}
+
+// ---- conversions ---------------------------------------------------------------------------
+
+// dst[i] = src[i] for i < n: any weight type to the activation type `out_type` (0 f32, 1 f16,
+// 2 bf16). Grid-stride.
+extern "C" __global__ void convert(u64 src, int wtype, u64 dst, int out_type, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        float v = load_w((const u8*)src, (usize)i, wtype);
+        store_act(dst, (usize)i, round_act(v, out_type), out_type);
+    }
+}
+
+// Rounds x (f32, n values) to `act` in place and, if out_a != 0, stores it as `act` there.
+extern "C" __global__ void round_cast(u64 x, u64 out_a, int act, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        float v = round_act(((float*)x)[i], act);
+        ((float*)x)[i] = v;
+        if (out_a) store_act(out_a, (usize)i, v, act);
+    }
+}
+
+// ---- embedding, norms, bias ------------------------------------------------------------------
+
+// x[t, :] = table[ids[t], :] for t < n (grid: n blocks).
+extern "C" __global__ void embed(u64 table, int wtype, u64 ids, int hidden, u64 x) {
+    int t = blockIdx.x;
+    usize row = ((const int*)ids)[t];
+    float* out = (float*)x + (usize)t * hidden;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+        out[c] = load_w((const u8*)table, row * hidden + c, wtype);
+}
+
+// out[r, :] = round_act(x[r, :] / rms(x[r, :]) * w) for each of `rows` rows of `cols` (grid:
+// rows blocks; the host sizes blocks to the row, up to 1024 threads, so that a single row, as
+// in decode, is read in one round trip rather than a chain of dependent loads). out may be x.
+// If out_a != 0 the rounded values are also stored as `act` there.
+extern "C" __global__ void rms_norm(u64 x, u64 w, u64 out, u64 out_a, int cols, float eps,
+                                    int act) {
+    usize r = blockIdx.x;
+    const float* xr = (const float*)x + r * cols;
+    const float* wr = (const float*)w;
+    float* o = (float*)out + r * cols;
+    float ss = 0.f;
+    bool vec = (cols & 3) == 0;
+    if (vec) {
+        for (int c = threadIdx.x * 4; c < cols; c += blockDim.x * 4) {
+            float4 v = *(const float4*)(xr + c);
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
+    }
+    ss = block_sum(ss);
+    float inv = rsqrtf(ss / (float)cols + eps);
+    if (vec) {
+        for (int c = threadIdx.x * 4; c < cols; c += blockDim.x * 4) {
+            float4 v = *(const float4*)(xr + c);
+            float4 g = *(const float4*)(wr + c);
+            float4 y;
+            y.x = round_act(v.x * inv * g.x, act);
+            y.y = round_act(v.y * inv * g.y, act);
+            y.z = round_act(v.z * inv * g.z, act);
+            y.w = round_act(v.w * inv * g.w, act);
+            *(float4*)(o + c) = y;
+            if (out_a) {
+                store_act(out_a, r * cols + c, y.x, act);
+                store_act(out_a, r * cols + c + 1, y.y, act);
+                store_act(out_a, r * cols + c + 2, y.z, act);
+                store_act(out_a, r * cols + c + 3, y.w, act);
+            }
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            float v = round_act(xr[c] * inv * wr[c], act);
+            o[c] = v;
+            if (out_a) store_act(out_a, r * cols + c, v, act);
+        }
+    }
+}
+
+// y[r, c] += bias[c] for r < rows (grid-stride over rows*cols).
+extern "C" __global__ void add_bias(u64 y, u64 bias, int rows, int cols) {
+    long long n = (long long)rows * cols;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        ((float*)y)[i] += ((const float*)bias)[i % cols];
+}
+
+// h[i] = round_act(silu(g[i]) * u[i]), also stored as `act` in h_a if h_a != 0.
+extern "C" __global__ void swiglu(u64 g, u64 u, u64 h, u64 h_a, int act, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        float a = ((const float*)g)[i];
+        float v = round_act(a / (1.f + expf(-a)) * ((const float*)u)[i], act);
+        ((float*)h)[i] = v;
+        if (h_a) store_act(h_a, (usize)i, v, act);
+    }
+}
+
+// ---- rotary embedding + KV cache -----------------------------------------------------------
+
+// For token t (grid: n x any blocks) at position start + t (start: an int in device memory, so that
+// a captured decode step serves every position): rotates q's heads in place and k's heads
+// into the key cache, copies v into the value cache. inv_freq: hd/2 f32. style 0: neox
+// (i, i + hd/2), 1: interleaved (2i, 2i + 1). Caches: [kv_heads][cap][hd] f32.
+extern "C" __global__ void rope_store(u64 q, u64 k, u64 v, u64 kcache, u64 vcache, u64 inv_freq,
+                                      u64 start_at, int heads, int kv_heads, int hd, int cap,
+                                      int style) {
+    int start = *(const int*)start_at;
+    int t = blockIdx.x;
+    int pos = start + t;
+    int half = hd / 2;
+    float* qt = (float*)q + (usize)t * heads * hd;
+    const float* kt = (const float*)k + (usize)t * kv_heads * hd;
+    const float* vt = (const float*)v + (usize)t * kv_heads * hd;
+    int pairs = (heads + kv_heads) * half;
+    // Work item i < pairs rotates one pair; the rest copy one value each (grid.y spreads the
+    // items of one token over blocks: a single token is one round trip).
+    int i0 = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
+    for (int p = i0; p < pairs; p += stride) {
+        int head = p / half, i = p % half;
+        float ang = (float)pos * ((const float*)inv_freq)[i];
+        float s, c;
+        sincosf(ang, &s, &c);
+        int a = style == 0 ? i : 2 * i;
+        int b = style == 0 ? i + half : 2 * i + 1;
+        if (head < heads) {
+            float* h = qt + head * hd;
+            float x0 = h[a], x1 = h[b];
+            h[a] = x0 * c - x1 * s;
+            h[b] = x1 * c + x0 * s;
+        } else {
+            int kh = head - heads;
+            const float* h = kt + kh * hd;
+            float x0 = h[a], x1 = h[b];
+            float* dst = (float*)kcache + ((usize)kh * cap + pos) * hd;
+            dst[a] = x0 * c - x1 * s;
+            dst[b] = x1 * c + x0 * s;
+        }
+    }
+    for (int i = i0; i < kv_heads * hd; i += stride) {
+        int kh = i / hd, d = i % hd;
+        ((float*)vcache)[((usize)kh * cap + pos) * hd + d] = vt[i];
+    }
+}
+
+// ---- attention ------------------------------------------------------------------------------
+
+// Attention of n queries at positions start..start+n-1 over the cached keys, split over the
+// keys (flash-decoding): block (h, t, sp) of grid (heads, n, ATTN_SPLITS) handles the sp-th
+// slice of query (h, t)'s keys and writes its running max, sum of exponentials and weighted
+// value sum to part[((t * heads + h) * ATTN_SPLITS + sp) * (hd + 2) ...]; attention_combine
+// merges the slices. Causal with an optional sliding window (0: none): the query at p sees keys
+// max(0, p - window + 1)..=p. start: an int in device memory. Dynamic shared memory:
+// (groups * hd + ceil(cap / ATTN_SPLITS)) floats, groups = max(1, blockDim.x / hd).
+#define ATTN_SPLITS 32
+extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 part, u64 start_at,
+                                           int heads, int kv_heads, int hd, int cap, int window,
+                                           float scale) {
+    extern __shared__ float smem[];
+    int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
+    int pos = *(const int*)start_at + t;
+    int first = window > 0 ? max(0, pos + 1 - window) : 0;
+    int len = pos + 1 - first;
+    int chunk = (len + ATTN_SPLITS - 1) / ATTN_SPLITS;
+    int j0 = min(len, sp * chunk), j1 = min(len, j0 + chunk);
+    int kvh = h / (heads / kv_heads);
+    int groups = max(1, (int)blockDim.x / hd);
+    float* qs = smem;               // hd floats, later groups * hd partial sums
+    float* s = smem + groups * hd;  // the slice's scores
+    float* o = (float*)part + (((usize)t * heads + h) * ATTN_SPLITS + sp) * (hd + 2);
+    if (j0 >= j1) {  // an empty slice (short sequences)
+        for (int d = threadIdx.x; d < hd + 2; d += blockDim.x) o[d] = d == 0 ? NEG_INF : 0.f;
+        return;
+    }
+    const float* qrow = (const float*)q + ((usize)t * heads + h) * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qrow[d];
+    __syncthreads();
+    const float* kb = (const float*)kcache + ((usize)kvh * cap + first + j0) * hd;
+    const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
+    int n = j1 - j0;
+    // One thread per key: whole rows with 16-byte loads, no reductions.
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float* kr = kb + (usize)j * hd;
+        float dot = 0.f;
+        if ((hd & 3) == 0) {
+#pragma unroll 8
+            for (int d = 0; d < hd; d += 4) {
+                float4 k4 = *(const float4*)(kr + d);
+                dot += qs[d] * k4.x + qs[d + 1] * k4.y + qs[d + 2] * k4.z + qs[d + 3] * k4.w;
+            }
+        } else {
+            for (int d = 0; d < hd; ++d) dot += qs[d] * kr[d];
+        }
+        s[j] = dot * scale;
+    }
+    __syncthreads();
+    float m = NEG_INF;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, s[j]);
+    m = block_max(m);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float e = expf(s[j] - m);
+        s[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum);  // ends with a barrier: s is complete, qs is free
+    int g = threadIdx.x / hd;
+    if (g < groups) {
+        for (int d = threadIdx.x % hd; d < hd; d += blockDim.x) {
+            float acc = 0.f;
+#pragma unroll 4
+            for (int j = g; j < n; j += groups) acc += s[j] * vb[(usize)j * hd + d];
+            qs[g * hd + d] = acc;
+        }
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+        for (int k = 0; k < groups; ++k) acc += qs[k * hd + d];
+        o[2 + d] = acc;
+    }
+    if (threadIdx.x == 0) {
+        o[0] = m;
+        o[1] = sum;
+    }
+}
+
+// Merges attention_split's slices (grid: heads x n): out[t, h*hd + d] rounded to `act`, also
+// stored as `act` in out_a if out_a != 0.
+extern "C" __global__ void attention_combine(u64 part, u64 out, u64 out_a, int heads, int hd,
+                                             int act) {
+    int h = blockIdx.x, t = blockIdx.y;
+    const float* p = (const float*)part + ((usize)t * heads + h) * ATTN_SPLITS * (hd + 2);
+    float m = NEG_INF;
+#pragma unroll
+    for (int sp = 0; sp < ATTN_SPLITS; ++sp) m = fmaxf(m, p[sp * (hd + 2)]);
+    float l = 0.f;
+#pragma unroll
+    for (int sp = 0; sp < ATTN_SPLITS; ++sp) {
+        float ms = p[sp * (hd + 2)];
+        if (ms != NEG_INF) l += p[sp * (hd + 2) + 1] * expf(ms - m);
+    }
+    float inv = 1.f / l;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+#pragma unroll 8
+        for (int sp = 0; sp < ATTN_SPLITS; ++sp) {
+            float ms = p[sp * (hd + 2)];
+            if (ms != NEG_INF) acc += p[sp * (hd + 2) + 2 + d] * expf(ms - m);
+        }
+        usize o = ((usize)t * heads + h) * hd + d;
+        float v = round_act(acc * inv, act);
+        ((float*)out)[o] = v;
+        if (out_a) store_act(out_a, o, v, act);
+    }
+}
+
+// Softmax of score rows made by cuBLAS (grid: heads x rows): row (h, i) of `scores`
+// ([heads][rows][len] f32, already scaled) belongs to the query at position start + q0 + i
+// and sees keys max(0, p - window + 1)..=p of 0..len; the rest become 0.
+extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int start, int q0,
+                                          int window) {
+    int h = blockIdx.x, i = blockIdx.y;
+    float* s = (float*)scores + ((usize)h * rows + i) * len;
+    int pos = start + q0 + i;
+    int first = window > 0 ? max(0, pos + 1 - window) : 0;
+    float m = NEG_INF;
+    for (int j = threadIdx.x; j < len; j += blockDim.x)
+        if (j >= first && j <= pos) m = fmaxf(m, s[j]);
+    m = block_max(m);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+        float e = (j >= first && j <= pos) ? expf(s[j] - m) : 0.f;
+        s[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum);
+    float inv = 1.f / sum;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) s[j] *= inv;
+}
+
+// ---- matrix-vector products (decode) ---------------------------------------------------------
+
+#define GEMV_WARPS 4
+// Quantized rows are staged through shared memory 32 blocks (one per lane) at a time, loaded
+// with coalesced 16-bit reads (block sizes are even, not multiples of 4).
+#define STAGE_BYTES (32 * Q8_BLOCK_BYTES)
+
+// Eight 16-bit weights (one 16-byte load) times eight f32 inputs.
+__device__ __forceinline__ float dot8(uint4 p, float4 x0, float4 x1, int wtype) {
+    u32 words[4] = {p.x, p.y, p.z, p.w};
+    float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+    float acc = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        u16 lo = (u16)(words[k] & 0xffffu), hi = (u16)(words[k] >> 16);
+        float a = wtype == W_BF16 ? bf16_to_f(lo) : f16_to_f(lo);
+        float b = wtype == W_BF16 ? bf16_to_f(hi) : f16_to_f(hi);
+        acc += a * xs[2 * k] + b * xs[2 * k + 1];
+    }
+    return acc;
+}
+
+// dot(row `r` of w, x) by one warp; the result is in every lane.
+__device__ float row_dot(const u8* w, int wtype, usize r, int cols, const float* x,
+                         u16* stage) {
+    int lane = threadIdx.x & 31;
+    float acc = 0.f;
+    if (wtype == W_BF16 || wtype == W_F16) {
+        const u16* row = (const u16*)w + r * cols;
+        int vec = (cols % 8 == 0) ? cols / 8 : 0;
+#pragma unroll 4
+        for (int i = lane; i < vec; i += 32) {
+            uint4 p = ((const uint4*)row)[i];
+            const float4* xv = (const float4*)(x + i * 8);
+            acc += dot8(p, xv[0], xv[1], wtype);
+        }
+        for (int c = vec * 8 + lane; c < cols; c += 32)
+            acc += (wtype == W_BF16 ? bf16_to_f(row[c]) : f16_to_f(row[c])) * x[c];
+    } else if (wtype == W_F32) {
+        const float* row = (const float*)w + r * cols;
+        int vec = (cols % 4 == 0) ? cols / 4 : 0;
+#pragma unroll 4
+        for (int i = lane; i < vec; i += 32) {
+            float4 a = ((const float4*)row)[i];
+            float4 b = ((const float4*)x)[i];
+            acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        }
+        for (int c = vec * 4 + lane; c < cols; c += 32) acc += row[c] * x[c];
+    } else {
+        int bb = wtype == W_Q8_0 ? Q8_BLOCK_BYTES : Q4_BLOCK_BYTES;
+        int nblocks = cols / QK;
+        const u8* row = w + r * (usize)nblocks * bb;
+        for (int b0 = 0; b0 < nblocks; b0 += 32) {
+            int nb = min(32, nblocks - b0);
+            int words = nb * bb / 2;
+            const u16* src = (const u16*)(row + (usize)b0 * bb);
+            __syncwarp();
+            for (int i = lane; i < words; i += 32) stage[i] = src[i];
+            __syncwarp();
+            if (lane < nb) {
+                const u8* blk = (const u8*)stage + lane * bb;
+                float d = f16_to_f(*(const u16*)blk);
+                const float* xb = x + (usize)(b0 + lane) * QK;
+                float s = 0.f;
+                if (wtype == W_Q8_0) {
+#pragma unroll
+                    for (int j = 0; j < QK; ++j) s += (float)(signed char)blk[2 + j] * xb[j];
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 16; ++j) {
+                        u8 byte = blk[2 + j];
+                        s += (float)((int)(byte & 15) - 8) * xb[j] +
+                             (float)((int)(byte >> 4) - 8) * xb[j + 16];
+                    }
+                }
+                acc += d * s;
+            }
+        }
+    }
+    return warp_sum(acc);
+}
+
+// dot(row0, x) and dot(row1, x) by one warp for 16-bit or f32 rows of the same type, loads of
+// both rows interleaved (twice the bytes in flight) and the input read once; results in every
+// lane.
+__device__ void dot2(const u8* row0, const u8* row1, int wtype, int cols, const float* xf,
+                     float* out0, float* out1) {
+    int lane = threadIdx.x & 31;
+    float d0 = 0.f, d1 = 0.f;
+    int per = wtype == W_F32 ? 4 : 8;  // values per 16-byte load
+    int vec = (cols % 8 == 0) ? cols / per : 0;
+    const uint4* a0 = (const uint4*)row0;
+    const uint4* a1 = (const uint4*)row1;
+#pragma unroll 4
+    for (int i = lane; i < vec; i += 32) {
+        uint4 p0 = a0[i], p1 = a1[i];
+        if (per == 8) {
+            const float4* xv = (const float4*)(xf + i * 8);
+            float4 x0 = xv[0], x1 = xv[1];
+            d0 += dot8(p0, x0, x1, wtype);
+            d1 += dot8(p1, x0, x1, wtype);
+        } else {
+            float4 xv = ((const float4*)xf)[i];
+            d0 += __uint_as_float(p0.x) * xv.x + __uint_as_float(p0.y) * xv.y +
+                  __uint_as_float(p0.z) * xv.z + __uint_as_float(p0.w) * xv.w;
+            d1 += __uint_as_float(p1.x) * xv.x + __uint_as_float(p1.y) * xv.y +
+                  __uint_as_float(p1.z) * xv.z + __uint_as_float(p1.w) * xv.w;
+        }
+    }
+    for (int c = vec * per + lane; c < cols; c += 32) {
+        d0 += load_w(row0, c, wtype) * xf[c];
+        d1 += load_w(row1, c, wtype) * xf[c];
+    }
+    *out0 = warp_sum(d0);
+    *out1 = warp_sum(d1);
+}
+
+// Up to three matrix-vector products in one launch (q, k and v share their input):
+// y_m[r] = (accumulate ? y_m[r] : 0) + dot(w_m[r, :], x) + (bias_m ? bias_m[r] : 0).
+struct GemvBatch {
+    u64 w[3];
+    u64 y[3];
+    u64 bias[3];
+    int wtype[3];
+    int rows[3];
+    int count;
+};
+
+// Grid: ceil(total row pairs / GEMV_WARPS) blocks of 32 * GEMV_WARPS threads.
+extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate) {
+    __shared__ u16 stage[GEMV_WARPS][STAGE_BYTES / 2];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // Each warp takes two rows of one matrix (row pairs never straddle matrices), reading the
+    // input once for both and keeping twice the weight loads in flight.
+    int pair = blockIdx.x * GEMV_WARPS + warp;
+    int m = 0;
+    while (m < b.count && pair >= (b.rows[m] + 1) / 2) pair -= (b.rows[m++] + 1) / 2;
+    if (m >= b.count) return;
+    int r0 = 2 * pair, r1 = min(r0 + 1, b.rows[m] - 1);
+    const u8* w = (const u8*)b.w[m];
+    int wtype = b.wtype[m];
+    const float* xf = (const float*)x;
+    float d0 = 0.f, d1 = 0.f;
+    if (wtype == W_BF16 || wtype == W_F16 || wtype == W_F32) {
+        usize row_bytes = (usize)cols * (wtype == W_F32 ? 4 : 2);
+        dot2(w + r0 * row_bytes, w + r1 * row_bytes, wtype, cols, xf, &d0, &d1);
+    } else {
+        d0 = row_dot(w, wtype, (usize)r0, cols, xf, stage[warp]);
+        d1 = row_dot(w, wtype, (usize)r1, cols, xf, stage[warp]);
+    }
+    if (lane == 0) {
+        float* y = (float*)b.y[m];
+        const float* bias = (const float*)b.bias[m];
+        float v0 = d0 + (bias ? bias[r0] : 0.f) + (accumulate ? y[r0] : 0.f);
+        float v1 = d1 + (bias ? bias[r1] : 0.f) + (accumulate ? y[r1] : 0.f);
+        y[r0] = v0;
+        if (r1 != r0) y[r1] = v1;
+    }
+}
+
+// h[r] = round_act(silu(dot(gate[r], x)) * dot(up[r], x)) (the feed-forward's first half).
+extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wtype_up, u64 x,
+                                       u64 h, int rows, int cols, int act) {
+    __shared__ u16 stage[GEMV_WARPS][STAGE_BYTES / 2];
+    int warp = threadIdx.x >> 5;
+    int r = blockIdx.x * GEMV_WARPS + warp;
+    if (r >= rows) return;
+    float g, u;
+    if (wtype_gate == wtype_up && wtype_gate <= W_BF16) {
+        usize row_bytes = (usize)cols * (wtype_gate == W_F32 ? 4 : 2);
+        dot2((const u8*)gate + r * row_bytes, (const u8*)up + r * row_bytes, wtype_gate, cols,
+             (const float*)x, &g, &u);
+    } else {
+        g = row_dot((const u8*)gate, wtype_gate, (usize)r, cols, (const float*)x, stage[warp]);
+        u = row_dot((const u8*)up, wtype_up, (usize)r, cols, (const float*)x, stage[warp]);
+    }
+    if ((threadIdx.x & 31) == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);
+}

@@ -1,0 +1,635 @@
+//! The shared layers: typed wrappers around each kernel launch and cuBLAS product, used by
+//! every architecture file.
+//!
+//! Every method is `unsafe` for one reason, stated once here: the arguments are raw device
+//! addresses, and the caller guarantees that each is live and large enough for the counts
+//! given (the model and session size their buffers for the largest counts they pass).
+
+use hoist_cuda::Stream;
+use hoist_format::{DType, GgmlType};
+
+use super::blas::{Batch, Blas, Elem, Gemm};
+use super::module::{
+    args, Kernels, ATTN_SPLITS, ATTN_THREADS, ELEMENTWISE_THREADS, GEMV_WARPS, ROW_THREADS,
+};
+use super::GpuError;
+
+/// Weight element types the kernels read (the codes of `kernels.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WType {
+    F32 = 0,
+    F16 = 1,
+    BF16 = 2,
+    Q8_0 = 3,
+    Q4_0 = 4,
+}
+
+impl WType {
+    /// The kernels' type for a checkpoint dtype, if they read it.
+    pub(crate) fn of(d: DType) -> Option<WType> {
+        Some(match d {
+            DType::F32 | DType::Ggml(GgmlType::F32) => WType::F32,
+            DType::F16 | DType::Ggml(GgmlType::F16) => WType::F16,
+            DType::BF16 | DType::Ggml(GgmlType::BF16) => WType::BF16,
+            DType::Ggml(GgmlType::Q8_0) => WType::Q8_0,
+            DType::Ggml(GgmlType::Q4_0) => WType::Q4_0,
+            _ => return None,
+        })
+    }
+
+    /// The float type cuBLAS can read directly, if any.
+    pub(crate) fn elem(self) -> Option<Elem> {
+        match self {
+            WType::F32 => Some(Elem::F32),
+            WType::F16 => Some(Elem::F16),
+            WType::BF16 => Some(Elem::BF16),
+            WType::Q8_0 | WType::Q4_0 => None,
+        }
+    }
+
+    /// Bytes of `elements` values (quantized: `elements` is a multiple of 32).
+    pub(crate) fn bytes(self, elements: usize) -> usize {
+        match self {
+            WType::F32 => elements * 4,
+            WType::F16 | WType::BF16 => elements * 2,
+            WType::Q8_0 => elements / 32 * 34,
+            WType::Q4_0 => elements / 32 * 18,
+        }
+    }
+}
+
+/// The type GEMM inputs are rounded to (the codes of `kernels.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Act {
+    F32 = 0,
+    F16 = 1,
+    BF16 = 2,
+}
+
+impl Act {
+    pub(crate) fn elem(self) -> Elem {
+        match self {
+            Act::F32 => Elem::F32,
+            Act::F16 => Elem::F16,
+            Act::BF16 => Elem::BF16,
+        }
+    }
+}
+
+/// A weight matrix `[rows, cols]` on the device (a view into the loaded weights).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mat {
+    pub ptr: u64,
+    pub wtype: WType,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Mat {
+    pub(crate) fn bytes(&self) -> usize {
+        self.wtype.bytes(self.rows * self.cols)
+    }
+}
+
+/// One GEMV target: `y = W·x (+ bias)`.
+pub(crate) struct GemvOut<'a> {
+    pub w: &'a Mat,
+    pub y: u64,
+    /// f32 bias of `w.rows` values, or 0.
+    pub bias: u64,
+}
+
+/// #[repr(C)] twin of `GemvBatch` in kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct GemvBatch {
+    w: [u64; 3],
+    y: [u64; 3],
+    bias: [u64; 3],
+    wtype: [i32; 3],
+    rows: [i32; 3],
+    count: i32,
+}
+
+/// Blocks for an element-wise kernel over `n` values (grid-stride beyond).
+fn blocks(n: usize) -> u32 {
+    n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 8192) as u32
+}
+
+fn int(v: usize) -> i32 {
+    debug_assert!(v <= i32::MAX as usize, "{v} does not fit a kernel int");
+    v as i32
+}
+
+/// Kernels, cuBLAS and the stream they run on.
+pub(crate) struct Ops<'a> {
+    pub k: &'a Kernels,
+    pub blas: &'a Blas,
+    pub stream: &'a Stream,
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Ops<'_> {
+    /// Runs a cuBLAS product, timed under `HOIST_PROFILE` as `name`.
+    unsafe fn gemm(&self, name: &str, g: &Gemm, batch: Option<Batch>) -> Result<(), GpuError> {
+        let started = self.k.profile.as_ref().map(|_| std::time::Instant::now());
+        // SAFETY: forwarded contract.
+        unsafe { self.blas.gemm(g, batch)? };
+        if let (Some(p), Some(t)) = (&self.k.profile, started) {
+            self.stream.synchronize()?;
+            p.add(name, t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// `dst[..n] = src[..n]` converted from `wtype` to `out` (dequantizing).
+    pub(crate) unsafe fn convert(
+        &self,
+        src: u64,
+        wtype: WType,
+        dst: u64,
+        out: Act,
+        n: usize,
+    ) -> Result<(), GpuError> {
+        let (w, o, n64) = (wtype as i32, out as i32, n as i64);
+        let mut a = args![src, w, dst, o, n64];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.convert,
+                (blocks(n), 1),
+                ELEMENTWISE_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// Rounds `x[..n]` to `act` in place; also stores it as `act` at `out_a` when non-zero.
+    pub(crate) unsafe fn round_cast(
+        &self,
+        x: u64,
+        out_a: u64,
+        act: Act,
+        n: usize,
+    ) -> Result<(), GpuError> {
+        let (act, n64) = (act as i32, n as i64);
+        let mut a = args![x, out_a, act, n64];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.round_cast,
+                (blocks(n), 1),
+                ELEMENTWISE_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// `x[t] = table[ids[t]]` for `n` tokens (`ids`: i32 on the device).
+    pub(crate) unsafe fn embed(
+        &self,
+        table: &Mat,
+        ids: u64,
+        n: usize,
+        x: u64,
+    ) -> Result<(), GpuError> {
+        let (t, w, hidden) = (table.ptr, table.wtype as i32, int(table.cols));
+        let mut a = args![t, w, ids, hidden, x];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.embed,
+                (int(n) as u32, 1),
+                ROW_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// RMS norm of `rows` rows of `cols` with f32 weight `w`, rounded to `act`.
+    pub(crate) unsafe fn rms_norm(
+        &self,
+        x: u64,
+        w: u64,
+        out: u64,
+        out_a: u64,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+        act: Act,
+    ) -> Result<(), GpuError> {
+        // One float4 per thread where the row allows (a decode row is one round trip).
+        let threads = (cols.div_ceil(4).next_power_of_two() as u32).clamp(32, 1024);
+        let (cols, act) = (int(cols), act as i32);
+        let mut a = args![x, w, out, out_a, cols, eps, act];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.rms_norm,
+                (int(rows) as u32, 1),
+                threads,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// `y[r] += bias` for `rows` rows of `cols`.
+    pub(crate) unsafe fn add_bias(
+        &self,
+        y: u64,
+        bias: u64,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), GpuError> {
+        let (r, c) = (int(rows), int(cols));
+        let mut a = args![y, bias, r, c];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.add_bias,
+                (blocks(rows * cols), 1),
+                ELEMENTWISE_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// `h = silu(g) * u` over `n` values, rounded to `act` (also stored at `h_a` if non-zero).
+    pub(crate) unsafe fn swiglu(
+        &self,
+        g: u64,
+        u: u64,
+        h: u64,
+        h_a: u64,
+        act: Act,
+        n: usize,
+    ) -> Result<(), GpuError> {
+        let (act, n64) = (act as i32, n as i64);
+        let mut a = args![g, u, h, h_a, act, n64];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.swiglu,
+                (blocks(n), 1),
+                ELEMENTWISE_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// Rotary embedding of `n` tokens' q (in place) and k (into the key cache), v copied into
+    /// the value cache, at positions `start..start + n` where `start` is the i32 at device
+    /// address `start_at`.
+    pub(crate) unsafe fn rope_store(
+        &self,
+        qkv: [u64; 3],
+        cache: [u64; 2],
+        inv_freq: u64,
+        n: usize,
+        start_at: u64,
+        dims: AttnDims,
+        interleaved: bool,
+    ) -> Result<(), GpuError> {
+        let [q, k, v] = qkv;
+        let [kc, vc] = cache;
+        let (heads, kvh, hd, cap, style) = (
+            int(dims.heads),
+            int(dims.kv_heads),
+            int(dims.head_dim),
+            int(dims.capacity),
+            i32::from(interleaved),
+        );
+        let mut a = args![q, k, v, kc, vc, inv_freq, start_at, heads, kvh, hd, cap, style];
+        // Work items of one token: the rotated pairs, and (by the same threads) the v copies.
+        let items =
+            ((dims.heads + dims.kv_heads) * dims.head_dim / 2).max(dims.kv_heads * dims.head_dim);
+        let per_token = items.div_ceil(ROW_THREADS as usize) as u32;
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.rope_store,
+                (int(n) as u32, per_token),
+                ROW_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// f32 values of `part`, the scratch [`Ops::attention`] needs for `n` queries.
+    pub(crate) fn attention_part_values(n: usize, dims: AttnDims) -> usize {
+        dims.heads * n * ATTN_SPLITS * (dims.head_dim + 2)
+    }
+
+    /// Attention of `n` queries at positions `start..start + n` (`start`: the i32 at `start_at`)
+    /// by our split-key kernels (decode; the reference for the cuBLAS path). `part`: scratch
+    /// of [`Ops::attention_part_values`] floats. Launch shapes do not depend on `start`, so a
+    /// captured decode step serves every position.
+    pub(crate) unsafe fn attention(
+        &self,
+        q: u64,
+        cache: [u64; 2],
+        part: u64,
+        start_at: u64,
+        out: u64,
+        out_a: u64,
+        n: usize,
+        dims: AttnDims,
+        act: Act,
+    ) -> Result<(), GpuError> {
+        let groups = (ATTN_THREADS as usize / dims.head_dim).max(1);
+        let smem = (groups * dims.head_dim + dims.capacity.div_ceil(ATTN_SPLITS)) * 4;
+        if smem > self.k.attention_smem_bytes {
+            return Err(GpuError::Unsupported(format!(
+                "a context of {} positions is longer than the attention kernel supports on this GPU; ask for a shorter context",
+                dims.capacity
+            )));
+        }
+        let [kc, vc] = cache;
+        let (heads, kvh, hd, cap, window, scale, act) = (
+            int(dims.heads),
+            int(dims.kv_heads),
+            int(dims.head_dim),
+            int(dims.capacity),
+            int(dims.window),
+            dims.scale(),
+            act as i32,
+        );
+        let mut a = args![q, kc, vc, part, start_at, heads, kvh, hd, cap, window, scale];
+        // SAFETY: the module's contract; shared memory checked above. Grid z: the key slices.
+        unsafe {
+            self.k.launch3(
+                self.k.attention_split,
+                (heads as u32, int(n) as u32, ATTN_SPLITS as u32),
+                ATTN_THREADS,
+                smem as u32,
+                self.stream,
+                &mut a,
+            )?
+        };
+        let mut a = args![part, out, out_a, heads, hd, act];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.attention_combine,
+                (heads as u32, int(n) as u32),
+                ATTN_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// Attention of `n` queries at `start..start + n` through cuBLAS: scores for `tile` queries
+    /// at a time into `scores` (`heads * tile * (start + n)` f32), a causal softmax, then the
+    /// weighted sum of values into `out` (f32, `[n, heads * head_dim]`), rounded to `act`
+    /// (and stored at `out_a` if non-zero).
+    pub(crate) unsafe fn attention_blas(
+        &self,
+        q: u64,
+        cache: [u64; 2],
+        out: u64,
+        out_a: u64,
+        n: usize,
+        start: usize,
+        dims: AttnDims,
+        scores: u64,
+        tile: usize,
+        act: Act,
+    ) -> Result<(), GpuError> {
+        assert!(tile > 0, "attention tile must hold a query");
+        let (hd, heads, group) = (dims.head_dim, dims.heads, dims.heads / dims.kv_heads);
+        let q_stride = heads * hd;
+        let tf32 = act != Act::F32;
+        let mut q0 = 0;
+        while q0 < n {
+            let rows = tile.min(n - q0);
+            let len = start + q0 + rows;
+            for g in 0..group {
+                // S[h][i][j] = scale · q_i·k_j for heads h = kvh·group + g, batched over kvh.
+                let s = Gemm {
+                    trans_a: true,
+                    trans_b: false,
+                    m: len,
+                    n: rows,
+                    k: hd,
+                    a: cache[0],
+                    a_type: Elem::F32,
+                    lda: hd,
+                    b: q + ((q0 * q_stride + g * hd) * 4) as u64,
+                    b_type: Elem::F32,
+                    ldb: q_stride,
+                    c: scores + (g * rows * len * 4) as u64,
+                    ldc: len,
+                    alpha: dims.scale(),
+                    beta: 0.0,
+                    tf32,
+                };
+                let batch = Batch {
+                    count: int(dims.kv_heads),
+                    stride_a: (dims.capacity * hd) as i64,
+                    stride_b: (group * hd) as i64,
+                    stride_c: (group * rows * len) as i64,
+                };
+                // SAFETY: the module's contract (cache, q and scores sized by the caller).
+                unsafe { self.gemm("cublas attention qk", &s, Some(batch))? };
+            }
+            let (r, l, st, q0i, w) = (int(rows), int(len), int(start), int(q0), int(dims.window));
+            let mut a = args![scores, r, l, st, q0i, w];
+            // SAFETY: the module's contract.
+            unsafe {
+                self.k.launch(
+                    self.k.causal_softmax,
+                    (int(heads) as u32, r as u32),
+                    ROW_THREADS,
+                    0,
+                    self.stream,
+                    &mut a,
+                )?
+            };
+            for g in 0..group {
+                // O[i][h·hd + d] = Σ_j P[h][i][j] · v_j[d].
+                let o = Gemm {
+                    trans_a: false,
+                    trans_b: false,
+                    m: hd,
+                    n: rows,
+                    k: len,
+                    a: cache[1],
+                    a_type: Elem::F32,
+                    lda: hd,
+                    b: scores + (g * rows * len * 4) as u64,
+                    b_type: Elem::F32,
+                    ldb: len,
+                    c: out + ((q0 * q_stride + g * hd) * 4) as u64,
+                    ldc: q_stride,
+                    alpha: 1.0,
+                    beta: 0.0,
+                    tf32,
+                };
+                let batch = Batch {
+                    count: int(dims.kv_heads),
+                    stride_a: (dims.capacity * hd) as i64,
+                    stride_b: (group * rows * len) as i64,
+                    stride_c: (group * hd) as i64,
+                };
+                // SAFETY: as above.
+                unsafe { self.gemm("cublas attention pv", &o, Some(batch))? };
+            }
+            q0 += rows;
+        }
+        // SAFETY: out holds n rows of heads·hd values; out_a (if any) as many of `act`.
+        unsafe { self.round_cast(out, out_a, act, n * q_stride) }
+    }
+
+    /// Up to three products with the same input `x` (f32, `cols` values) in one launch; with
+    /// `accumulate`, added to what `y` holds.
+    pub(crate) unsafe fn gemv(
+        &self,
+        outs: &[GemvOut<'_>],
+        x: u64,
+        accumulate: bool,
+    ) -> Result<(), GpuError> {
+        assert!(
+            (1..=3).contains(&outs.len()),
+            "gemv takes one to three matrices"
+        );
+        let cols = outs[0].w.cols;
+        let mut b = GemvBatch {
+            count: outs.len() as i32,
+            ..Default::default()
+        };
+        let mut total = 0;
+        for (i, o) in outs.iter().enumerate() {
+            assert_eq!(o.w.cols, cols, "batched GEMVs share their input width");
+            b.w[i] = o.w.ptr;
+            b.y[i] = o.y;
+            b.bias[i] = o.bias;
+            b.wtype[i] = o.w.wtype as i32;
+            b.rows[i] = int(o.w.rows);
+            // Each warp takes a pair of rows of one matrix.
+            total += o.w.rows.div_ceil(2);
+        }
+        let (cols, acc) = (int(cols), i32::from(accumulate));
+        let mut a = args![b, x, cols, acc];
+        let grid = total.div_ceil(GEMV_WARPS as usize) as u32;
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.gemv,
+                (grid, 1),
+                32 * GEMV_WARPS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// `h = round_act(silu(gate·x) * (up·x))`.
+    pub(crate) unsafe fn gemv_swiglu(
+        &self,
+        gate: &Mat,
+        up: &Mat,
+        x: u64,
+        h: u64,
+        act: Act,
+    ) -> Result<(), GpuError> {
+        let (g, u, wg, wu, rows, cols, act) = (
+            gate.ptr,
+            up.ptr,
+            gate.wtype as i32,
+            up.wtype as i32,
+            int(gate.rows),
+            int(gate.cols),
+            act as i32,
+        );
+        let mut a = args![g, u, wg, wu, x, h, rows, cols, act];
+        let grid = gate.rows.div_ceil(GEMV_WARPS as usize) as u32;
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.gemv_swiglu,
+                (grid, 1),
+                32 * GEMV_WARPS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// `y[n, rows] = beta·y + x_a[n, cols] · wᵀ` with `x_a` of type `act`. Weights of another
+    /// type are first converted into `scratch` (`rows * cols` values of `act`).
+    pub(crate) unsafe fn linear(
+        &self,
+        w: &Mat,
+        x_a: u64,
+        act: Act,
+        n: usize,
+        y: u64,
+        beta: f32,
+        scratch: u64,
+    ) -> Result<(), GpuError> {
+        let a = if w.wtype.elem() == Some(act.elem()) {
+            w.ptr
+        } else {
+            assert_ne!(scratch, 0, "a conversion scratch buffer is needed");
+            // SAFETY: scratch holds rows·cols values of act (the caller's contract).
+            unsafe { self.convert(w.ptr, w.wtype, scratch, act, w.rows * w.cols)? };
+            scratch
+        };
+        let g = Gemm {
+            trans_a: true,
+            trans_b: false,
+            m: w.rows,
+            n,
+            k: w.cols,
+            a,
+            a_type: act.elem(),
+            lda: w.cols,
+            b: x_a,
+            b_type: act.elem(),
+            ldb: w.cols,
+            c: y,
+            ldc: w.rows,
+            alpha: 1.0,
+            beta,
+            tf32: false,
+        };
+        // SAFETY: the module's contract.
+        unsafe { self.gemm("cublas linear", &g, None) }
+    }
+}
+
+/// Attention geometry of one model and cache.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttnDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions the cache holds.
+    pub capacity: usize,
+    /// Sliding window (0: none).
+    pub window: usize,
+}
+
+impl AttnDims {
+    pub(crate) fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+}

@@ -1,0 +1,413 @@
+//! The kernels of `kernels.cu`: compiled by NVRTC for the device's architecture on first use,
+//! cached on disk as a cubin keyed by (source, architecture, NVRTC version), and launched
+//! through the driver API.
+//!
+//! With a cached cubin, NVRTC is not even loaded: a warm start pays only `cuModuleLoadData`.
+
+use std::ffi::{c_void, CString};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cudarc::driver::sys;
+use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
+use hoist_cuda::{CudaError, Gpu, Stream};
+
+use super::GpuError;
+
+/// The CUDA C source.
+const SOURCE: &str = include_str!("kernels.cu");
+
+/// Threads per block of the row kernels (norms, attention, softmax).
+pub(crate) const ROW_THREADS: u32 = 256;
+/// Threads per block of the element-wise kernels.
+pub(crate) const ELEMENTWISE_THREADS: u32 = 256;
+/// Warps (rows) per block of the GEMV kernels; must equal `GEMV_WARPS` in kernels.cu.
+pub(crate) const GEMV_WARPS: u32 = 4;
+/// Key slices per query of `attention_split`; must equal `ATTN_SPLITS` in kernels.cu.
+pub(crate) const ATTN_SPLITS: usize = 32;
+/// Threads per block of `attention_split`.
+pub(crate) const ATTN_THREADS: u32 = 128;
+
+/// The loaded module and its functions.
+pub(crate) struct Kernels {
+    gpu: Arc<Gpu>,
+    module: sys::CUmodule,
+    pub(crate) convert: sys::CUfunction,
+    pub(crate) round_cast: sys::CUfunction,
+    pub(crate) embed: sys::CUfunction,
+    pub(crate) rms_norm: sys::CUfunction,
+    pub(crate) add_bias: sys::CUfunction,
+    pub(crate) swiglu: sys::CUfunction,
+    pub(crate) rope_store: sys::CUfunction,
+    pub(crate) attention_split: sys::CUfunction,
+    pub(crate) attention_combine: sys::CUfunction,
+    pub(crate) causal_softmax: sys::CUfunction,
+    pub(crate) gemv: sys::CUfunction,
+    pub(crate) gemv_swiglu: sys::CUfunction,
+    /// Most dynamic shared memory one block of `attention_split` may use, bytes.
+    pub(crate) attention_smem_bytes: usize,
+    /// `sm_XY` of the device.
+    pub(crate) arch: String,
+    /// Whether the cubin came from the disk cache.
+    pub(crate) cached: bool,
+    /// Per-kernel times when `HOIST_PROFILE` is set (each launch then waits for its kernel).
+    pub(crate) profile: Option<Profile>,
+}
+
+/// Wall time per kernel (launch to completion, so including launch cost), for finding where
+/// a step's time goes: `HOIST_PROFILE=1` prints the table when the model is dropped. Each
+/// launch synchronizes, so profiled runs are slower than real ones.
+#[derive(Default)]
+pub(crate) struct Profile {
+    entries: std::cell::RefCell<Vec<(String, f64, u64)>>,
+}
+
+impl Profile {
+    /// Enabled by the environment variable `HOIST_PROFILE`.
+    pub(crate) fn from_env() -> Option<Profile> {
+        std::env::var_os("HOIST_PROFILE").map(|_| Profile::default())
+    }
+
+    /// Adds `seconds` to `name`.
+    pub(crate) fn add(&self, name: &str, seconds: f64) {
+        let mut e = self.entries.borrow_mut();
+        match e.iter_mut().find(|(n, _, _)| n == name) {
+            Some(entry) => {
+                entry.1 += seconds;
+                entry.2 += 1;
+            }
+            None => e.push((name.to_string(), seconds, 1)),
+        }
+    }
+
+    /// The table, longest first.
+    pub(crate) fn report(&self) -> String {
+        let mut e = self.entries.borrow().clone();
+        e.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = e.iter().map(|x| x.1).sum();
+        let mut out = format!(
+            "{:<24} {:>10} {:>8} {:>10} {:>6}\n",
+            "kernel", "ms", "calls", "us/call", "%"
+        );
+        for (name, s, n) in e {
+            out += &format!(
+                "{name:<24} {:>10.2} {n:>8} {:>10.1} {:>6.1}\n",
+                s * 1e3,
+                s * 1e6 / n as f64,
+                100.0 * s / total.max(1e-12)
+            );
+        }
+        out
+    }
+}
+
+fn driver(call: &'static str, gpu: &Gpu, r: sys::CUresult) -> Result<(), GpuError> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(CudaError::driver(call, gpu.ordinal(), r).into())
+    }
+}
+
+fn attribute(gpu: &Gpu, a: sys::CUdevice_attribute) -> Result<i32, GpuError> {
+    let mut v = 0i32;
+    // SAFETY: out-pointer to a local; the device handle is live while `gpu` is.
+    driver("cuDeviceGetAttribute", gpu, unsafe {
+        sys::cuDeviceGetAttribute(&mut v, a, gpu.device())
+    })?;
+    Ok(v)
+}
+
+/// Where compiled kernels are cached unless the caller says: `$HOIST_KERNEL_CACHE`, else
+/// `$XDG_CACHE_HOME/hoist/kernels`, else `$HOME/.cache/hoist/kernels`, else none.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HOIST_KERNEL_CACHE") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(p).join("hoist/kernels"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hoist/kernels"))
+}
+
+fn nvrtc_version() -> Result<(i32, i32), GpuError> {
+    let (mut major, mut minor) = (0i32, 0i32);
+    // SAFETY: out-pointers to locals; the library was found present by the caller.
+    let r = unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) };
+    if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(GpuError::Library {
+            library: "NVRTC",
+            reason: format!("nvrtcVersion failed: {r:?}"),
+        });
+    }
+    Ok((major, minor))
+}
+
+/// Compiles `SOURCE` for `arch` into a cubin.
+fn compile(arch: &str) -> Result<Vec<u8>, GpuError> {
+    let fail = |log: String| GpuError::Compile {
+        arch: arch.to_string(),
+        log,
+    };
+    let src = CString::new(SOURCE).map_err(|e| fail(e.to_string()))?;
+    let prog = nvrtc::create_program(&src, Some(c"hoist_kernels.cu"))
+        .map_err(|e| fail(format!("{e:?}")))?;
+    let options = [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        // Exact division and square roots, no flush-to-zero: results must match the f32
+        // reference within 1e-4.
+        "--fmad=true".to_string(),
+    ];
+    // SAFETY: prog was just created and is destroyed below, once.
+    let compiled = unsafe { nvrtc::compile_program(prog, &options) };
+    let result = match compiled {
+        Ok(()) => cubin(prog).map_err(fail),
+        Err(e) => {
+            // SAFETY: prog is live.
+            let log = unsafe { nvrtc::get_program_log(prog) }
+                .map(|l| {
+                    let bytes: Vec<u8> =
+                        l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                })
+                .unwrap_or_default();
+            Err(fail(format!("{e:?}: {log}")))
+        }
+    };
+    // SAFETY: prog is live and destroyed once.
+    let _ = unsafe { nvrtc::destroy_program(prog) };
+    result
+}
+
+fn cubin(prog: nvrtc_sys::nvrtcProgram) -> Result<Vec<u8>, String> {
+    let mut size = 0usize;
+    // SAFETY: prog compiled successfully; out-pointer to a local.
+    let r = unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size) };
+    if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
+        return Err(format!("nvrtcGetCUBINSize: {r:?}"));
+    }
+    let mut out = vec![0u8; size];
+    // SAFETY: `out` holds exactly `size` bytes, as NVRTC asked for.
+    let r = unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, out.as_mut_ptr() as *mut std::ffi::c_char) };
+    if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(format!("nvrtcGetCUBIN: {r:?}"));
+    }
+    Ok(out)
+}
+
+/// The cubin for `arch`, from `cache` when present, else compiled (and stored there). Returns
+/// whether it was cached.
+fn cubin_for(arch: &str, cache: Option<&Path>) -> Result<(Vec<u8>, bool), GpuError> {
+    // The key must not need NVRTC (a warm start should not load it): the NVRTC version is
+    // part of the compiled file's name instead, checked only on a miss. The source hash and
+    // architecture decide a hit.
+    let key = xxhash_rust::xxh3::xxh3_128(format!("{arch}\n{SOURCE}").as_bytes());
+    let file = cache.map(|d| d.join(format!("hoist-{arch}-{key:032x}.cubin")));
+    if let Some(f) = &file {
+        if let Ok(bytes) = std::fs::read(f) {
+            if bytes.len() > 16 && bytes[..4] == *b"\x7fELF" {
+                return Ok((bytes, true));
+            }
+        }
+    }
+    // SAFETY: only tries to dlopen candidate names; never panics.
+    if !unsafe { nvrtc_sys::is_culib_present() } {
+        return Err(GpuError::Library {
+            library: "NVRTC (libnvrtc.so)",
+            reason: "not found on the loader path; it compiles hoist's kernels once per GPU architecture".into(),
+        });
+    }
+    let (major, minor) = nvrtc_version()?;
+    tracing::info!("compiling GPU kernels for {arch} with NVRTC {major}.{minor}");
+    let bytes = compile(arch)?;
+    if let Some(f) = &file {
+        // Best effort: a read-only cache costs a compile per start, not a failure.
+        if let Err(e) = store(f, &bytes) {
+            tracing::warn!("cannot cache compiled kernels: {e}");
+        }
+    }
+    Ok((bytes, false))
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, then rename), so that concurrent
+/// starts never read half a file.
+fn store(path: &Path, bytes: &[u8]) -> Result<(), GpuError> {
+    let err = |source| GpuError::Cache {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
+}
+
+impl Kernels {
+    /// Loads the kernels for `gpu`, compiling them if `cache` has none for its architecture.
+    pub(crate) fn load(gpu: &Arc<Gpu>, cache: Option<&Path>) -> Result<Kernels, GpuError> {
+        use sys::CUdevice_attribute::*;
+        let major = attribute(gpu, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attribute(gpu, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        if major < 7 {
+            return Err(GpuError::Unsupported(format!(
+                "{} has compute capability {major}.{minor}; hoist's kernels need 7.0 (Volta) or newer",
+                gpu.name()
+            )));
+        }
+        let arch = format!("sm_{major}{minor}");
+        let (bin, cached) = cubin_for(&arch, cache)?;
+        gpu.make_current()?;
+        let mut module: sys::CUmodule = std::ptr::null_mut();
+        // SAFETY: `bin` is a complete ELF cubin; the driver copies what it needs.
+        driver("cuModuleLoadData", gpu, unsafe {
+            sys::cuModuleLoadData(&mut module, bin.as_ptr() as *const c_void)
+        })?;
+        let get = |name: &str| -> Result<sys::CUfunction, GpuError> {
+            let c = CString::new(name).map_err(|e| GpuError::Unsupported(e.to_string()))?;
+            let mut f: sys::CUfunction = std::ptr::null_mut();
+            // SAFETY: module is live; out-pointer to a local.
+            driver("cuModuleGetFunction", gpu, unsafe {
+                sys::cuModuleGetFunction(&mut f, module, c.as_ptr())
+            })?;
+            Ok(f)
+        };
+        let optin = attribute(gpu, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        // Leave room for the kernel's static shared memory (two 32-float reduction arrays).
+        let attention_smem_bytes = (optin.max(48 << 10) as usize).saturating_sub(1024);
+        let attention_split = get("attention_split")?;
+        // SAFETY: attention_split is a function of the live module.
+        driver("cuFuncSetAttribute", gpu, unsafe {
+            sys::cuFuncSetAttribute(
+                attention_split,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                attention_smem_bytes as i32,
+            )
+        })?;
+        Ok(Kernels {
+            gpu: gpu.clone(),
+            module,
+            convert: get("convert")?,
+            round_cast: get("round_cast")?,
+            embed: get("embed")?,
+            rms_norm: get("rms_norm")?,
+            add_bias: get("add_bias")?,
+            swiglu: get("swiglu")?,
+            rope_store: get("rope_store")?,
+            attention_split,
+            attention_combine: get("attention_combine")?,
+            causal_softmax: get("causal_softmax")?,
+            gemv: get("gemv")?,
+            gemv_swiglu: get("gemv_swiglu")?,
+            attention_smem_bytes,
+            arch,
+            cached,
+            profile: Profile::from_env(),
+        })
+    }
+
+    /// Launches `f` on `stream`. `args` holds one pointer per kernel parameter, each to a value
+    /// of exactly the parameter's C type (u64 for addresses, i32 for `int`, f32 for `float`).
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list, and every device address in it must be
+    /// live and large enough for what the kernel touches with the given counts.
+    pub(crate) unsafe fn launch(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32),
+        block: u32,
+        smem_bytes: u32,
+        stream: &Stream,
+        args: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.launch3(f, (grid.0, grid.1, 1), block, smem_bytes, stream, args) }
+    }
+
+    /// [`Kernels::launch`] with a three-dimensional grid.
+    ///
+    /// # Safety
+    /// As for [`Kernels::launch`].
+    pub(crate) unsafe fn launch3(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem_bytes: u32,
+        stream: &Stream,
+        args: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        debug_assert!(grid.0 > 0 && grid.1 > 0 && grid.2 > 0 && block > 0 && block <= 1024);
+        let started = self.profile.as_ref().map(|_| std::time::Instant::now());
+        // SAFETY: the caller's contract; the stream and function are live.
+        let launched = driver("cuLaunchKernel", &self.gpu, unsafe {
+            sys::cuLaunchKernel(
+                f,
+                grid.0,
+                grid.1,
+                grid.2,
+                block,
+                1,
+                1,
+                smem_bytes,
+                stream.raw() as sys::CUstream,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        });
+        if let (Some(p), Some(t)) = (&self.profile, started) {
+            stream.synchronize()?;
+            p.add(self.name_of(f), t.elapsed().as_secs_f64());
+        }
+        launched
+    }
+
+    fn name_of(&self, f: sys::CUfunction) -> &'static str {
+        let named = [
+            (self.convert, "convert"),
+            (self.round_cast, "round_cast"),
+            (self.embed, "embed"),
+            (self.rms_norm, "rms_norm"),
+            (self.add_bias, "add_bias"),
+            (self.swiglu, "swiglu"),
+            (self.rope_store, "rope_store"),
+            (self.attention_split, "attention_split"),
+            (self.attention_combine, "attention_combine"),
+            (self.causal_softmax, "causal_softmax"),
+            (self.gemv, "gemv"),
+            (self.gemv_swiglu, "gemv_swiglu"),
+        ];
+        named.iter().find(|(g, _)| *g == f).map_or("?", |(_, n)| n)
+    }
+}
+
+impl Drop for Kernels {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            eprintln!(
+                "HOIST_PROFILE: time per kernel (each launch synchronized)\n{}",
+                p.report()
+            );
+        }
+        if self.gpu.make_current().is_ok() {
+            // SAFETY: the module was loaded once and is unloaded once; no launch is pending
+            // past the owners' synchronization.
+            unsafe { sys::cuModuleUnload(self.module) };
+        }
+    }
+}
+
+/// Builds a kernel argument list: `args![a, b, c]` is `[&a as *const _ as *mut c_void, …]`.
+/// Each value must already have the parameter's exact C type.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => {
+        [$((&$v) as *const _ as *mut std::ffi::c_void),*]
+    };
+}
+pub(crate) use args;

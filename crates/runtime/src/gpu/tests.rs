@@ -1,0 +1,616 @@
+//! Each kernel against its CPU reference (`crate::cpu`), on fresh random data. Skipped, with a
+//! message, where no CUDA GPU exists.
+
+use std::sync::Arc;
+
+use hoist_cuda::{DeviceBuf, Gpu, Stream};
+
+use super::blas::Blas;
+use super::layers::{Act, AttnDims, GemvOut, Mat, Ops, WType};
+use super::module::Kernels;
+use crate::cpu;
+use crate::sampler::Rng;
+
+struct Rig {
+    gpu: Arc<Gpu>,
+    kernels: Kernels,
+    blas: Blas,
+    stream: Stream,
+    rng: Rng,
+}
+
+fn rig(test: &str) -> Option<Rig> {
+    if let Err(why) = crate::cuda_available() {
+        eprintln!("skipped {test}: no CUDA GPU ({why})");
+        return None;
+    }
+    let gpu = hoist_cuda::open_device(0).expect("open cuda:0");
+    let dir = std::env::temp_dir().join("hoist-kernel-test-cache");
+    let kernels = Kernels::load(&gpu, Some(&dir)).expect("kernels compile and load");
+    let stream = Stream::new(&gpu).expect("stream");
+    let blas = Blas::new(&gpu, &stream).expect("cuBLAS");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    eprintln!("{test}: seed {seed}");
+    Some(Rig {
+        gpu,
+        kernels,
+        blas,
+        stream,
+        rng: Rng::new(seed),
+    })
+}
+
+impl Rig {
+    fn ops(&self) -> Ops<'_> {
+        Ops {
+            k: &self.kernels,
+            blas: &self.blas,
+            stream: &self.stream,
+        }
+    }
+
+    fn randn(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| ((self.rng.next_f64() * 2.0 - 1.0) as f32) * scale)
+            .collect()
+    }
+
+    fn upload_bytes(&self, bytes: &[u8]) -> DeviceBuf {
+        let b = DeviceBuf::new(&self.gpu, bytes.len().max(4)).expect("alloc");
+        super::llama::copy_htod(&self.gpu, &self.stream, b.ptr(), bytes).expect("copy");
+        self.stream.synchronize().expect("sync");
+        b
+    }
+
+    fn upload(&self, v: &[f32]) -> DeviceBuf {
+        self.upload_bytes(super::llama::bytes_of(v))
+    }
+
+    fn zeros(&self, n: usize) -> DeviceBuf {
+        self.upload(&vec![0f32; n])
+    }
+
+    fn download(&self, b: &DeviceBuf, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        // SAFETY: f32 has no invalid bit patterns; the view covers exactly `out`.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n * 4) };
+        super::llama::copy_dtoh(&self.gpu, &self.stream, bytes, b.ptr()).expect("copy back");
+        out
+    }
+}
+
+/// max |a − b| / max |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+        .collect()
+}
+
+fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `values` encoded as `t`, and the f32 values that encoding holds.
+fn encode(t: WType, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let bytes = match t {
+        WType::F32 => f32_bytes(values),
+        WType::F16 => f16_bytes(values),
+        WType::BF16 => bf16_bytes(values),
+        WType::Q8_0 => cpu::quantize_q8_0(values),
+        WType::Q4_0 => cpu::quantize_q4_0(values),
+    };
+    let exact = match t {
+        WType::F32 => values.to_vec(),
+        WType::F16 => cpu::f16_to_f32(&bytes),
+        WType::BF16 => cpu::bf16_to_f32(&bytes),
+        WType::Q8_0 => cpu::dequantize_q8_0(&bytes),
+        WType::Q4_0 => cpu::dequantize_q4_0(&bytes),
+    };
+    (bytes, exact)
+}
+
+const ALL_TYPES: [WType; 5] = [
+    WType::F32,
+    WType::F16,
+    WType::BF16,
+    WType::Q8_0,
+    WType::Q4_0,
+];
+
+#[test]
+fn convert_dequantizes_exactly() {
+    let Some(mut r) = rig("convert_dequantizes_exactly") else {
+        return;
+    };
+    for t in ALL_TYPES {
+        let x = r.randn(32 * 37, 3.0);
+        let (bytes, exact) = encode(t, &x);
+        let src = r.upload_bytes(&bytes);
+        let dst = r.zeros(x.len());
+        // SAFETY: src holds x.len() values of t, dst as many f32.
+        unsafe {
+            r.ops()
+                .convert(src.ptr(), t, dst.ptr(), Act::F32, x.len())
+                .unwrap()
+        };
+        assert_eq!(r.download(&dst, x.len()), exact, "{t:?}");
+    }
+}
+
+#[test]
+fn embed_gathers_rows() {
+    let Some(mut r) = rig("embed_gathers_rows") else {
+        return;
+    };
+    let (vocab, hidden) = (50, 64);
+    for t in ALL_TYPES {
+        let table = r.randn(vocab * hidden, 1.0);
+        let (bytes, exact) = encode(t, &table);
+        let ids: Vec<i32> = vec![3, 0, 49, 3, 17];
+        let (dt, di) = (
+            r.upload_bytes(&bytes),
+            r.upload_bytes(super::llama::bytes_of(&ids)),
+        );
+        let x = r.zeros(ids.len() * hidden);
+        let m = Mat {
+            ptr: dt.ptr(),
+            wtype: t,
+            rows: vocab,
+            cols: hidden,
+        };
+        // SAFETY: sized above.
+        unsafe { r.ops().embed(&m, di.ptr(), ids.len(), x.ptr()).unwrap() };
+        let ids_u: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        let want = cpu::embedding(&exact, hidden, &ids_u).unwrap();
+        assert_eq!(r.download(&x, want.len()), want, "{t:?}");
+    }
+}
+
+#[test]
+fn rms_norm_matches_reference() {
+    let Some(mut r) = rig("rms_norm_matches_reference") else {
+        return;
+    };
+    let (rows, cols) = (7, 1000);
+    let x = r.randn(rows * cols, 4.0);
+    let w = r.randn(cols, 1.5);
+    let mut want = x.clone();
+    for row in want.chunks_mut(cols) {
+        cpu::rms_norm(row, &w, 1e-6);
+    }
+    let (dx, dw, out) = (r.upload(&x), r.upload(&w), r.zeros(x.len()));
+    // SAFETY: sized above.
+    unsafe {
+        r.ops()
+            .rms_norm(dx.ptr(), dw.ptr(), out.ptr(), 0, rows, cols, 1e-6, Act::F32)
+            .unwrap()
+    };
+    let got = r.download(&out, x.len());
+    assert!(rel_err(&got, &want) < 1e-5, "f32: {}", rel_err(&got, &want));
+    // Rounded to bf16, and stored as bf16 too: within one bf16 step of the reference.
+    let out_a = r.zeros(x.len() / 2 + 1);
+    // SAFETY: out_a holds x.len() bf16 values.
+    unsafe {
+        r.ops()
+            .rms_norm(
+                dx.ptr(),
+                dw.ptr(),
+                out.ptr(),
+                out_a.ptr(),
+                rows,
+                cols,
+                1e-6,
+                Act::BF16,
+            )
+            .unwrap()
+    };
+    let got = r.download(&out, x.len());
+    let raw = r.download(&out_a, x.len() / 2);
+    let stored = cpu::bf16_to_f32(super::llama::bytes_of(&raw));
+    assert_eq!(
+        &got[..stored.len()],
+        &stored[..],
+        "stored bf16 equals the rounded f32"
+    );
+    assert!(
+        rel_err(&got, &want) < 1e-2,
+        "bf16: {}",
+        rel_err(&got, &want)
+    );
+}
+
+#[test]
+fn swiglu_and_bias_match_reference() {
+    let Some(mut r) = rig("swiglu_and_bias_match_reference") else {
+        return;
+    };
+    let n = 3000;
+    let (g, u) = (r.randn(n, 6.0), r.randn(n, 2.0));
+    let mut want = g.clone();
+    cpu::swiglu(&mut want, &u);
+    let (dg, du, h) = (r.upload(&g), r.upload(&u), r.zeros(n));
+    // SAFETY: sized above.
+    unsafe {
+        r.ops()
+            .swiglu(dg.ptr(), du.ptr(), h.ptr(), 0, Act::F32, n)
+            .unwrap()
+    };
+    assert!(rel_err(&r.download(&h, n), &want) < 1e-6);
+    let bias = r.randn(100, 1.0);
+    let db = r.upload(&bias);
+    // SAFETY: h holds 30 rows of 100.
+    unsafe { r.ops().add_bias(h.ptr(), db.ptr(), 30, 100).unwrap() };
+    let mut want_b = want.clone();
+    cpu::ops::add_bias(&mut want_b, &bias);
+    assert!(rel_err(&r.download(&h, n), &want_b) < 1e-6);
+}
+
+/// GPU cache layout `[kv_heads][cap][hd]` from the CPU's `[positions, kv_heads, hd]`.
+fn to_gpu_cache(keys: &[f32], kv_heads: usize, hd: usize, cap: usize) -> Vec<f32> {
+    let mut out = vec![0f32; kv_heads * cap * hd];
+    for (p, pos) in keys.chunks(kv_heads * hd).enumerate() {
+        for (h, head) in pos.chunks(hd).enumerate() {
+            out[(h * cap + p) * hd..][..hd].copy_from_slice(head);
+        }
+    }
+    out
+}
+
+#[test]
+fn rope_store_matches_reference() {
+    let Some(mut r) = rig("rope_store_matches_reference") else {
+        return;
+    };
+    let (heads, kv_heads, hd, cap, n, start) = (4, 2, 64, 40, 5, 11);
+    for style in [crate::RopeStyle::Neox, crate::RopeStyle::Interleaved] {
+        let freqs = cpu::inv_freqs(hd, 10000.0, None);
+        let (q, k, v) = (
+            r.randn(n * heads * hd, 1.0),
+            r.randn(n * kv_heads * hd, 1.0),
+            r.randn(n * kv_heads * hd, 1.0),
+        );
+        let rope = cpu::Rope::from_inv_freqs(style, &freqs, start + n);
+        let (mut wq, mut wk) = (q.clone(), k.clone());
+        for t in 0..n {
+            rope.apply(&mut wq[t * heads * hd..][..heads * hd], start + t);
+            rope.apply(&mut wk[t * kv_heads * hd..][..kv_heads * hd], start + t);
+        }
+        let (dq, dk, dv, df) = (r.upload(&q), r.upload(&k), r.upload(&v), r.upload(&freqs));
+        let (kc, vc) = (r.zeros(kv_heads * cap * hd), r.zeros(kv_heads * cap * hd));
+        let dims = AttnDims {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            capacity: cap,
+            window: 0,
+        };
+        let interleaved = style == crate::RopeStyle::Interleaved;
+        // SAFETY: sized above.
+        let start_at = r.upload_bytes(&(start as i32).to_le_bytes());
+        // SAFETY: sized above.
+        unsafe {
+            r.ops()
+                .rope_store(
+                    [dq.ptr(), dk.ptr(), dv.ptr()],
+                    [kc.ptr(), vc.ptr()],
+                    df.ptr(),
+                    n,
+                    start_at.ptr(),
+                    dims,
+                    interleaved,
+                )
+                .unwrap()
+        };
+        assert!(
+            rel_err(&r.download(&dq, q.len()), &wq) < 1e-5,
+            "{style:?} q"
+        );
+        let mut full_k = vec![0f32; (start + n) * kv_heads * hd];
+        full_k[start * kv_heads * hd..].copy_from_slice(&wk);
+        let mut full_v = vec![0f32; (start + n) * kv_heads * hd];
+        full_v[start * kv_heads * hd..].copy_from_slice(&v);
+        let want_k = to_gpu_cache(&full_k, kv_heads, hd, cap);
+        let want_v = to_gpu_cache(&full_v, kv_heads, hd, cap);
+        assert!(
+            rel_err(&r.download(&kc, want_k.len()), &want_k) < 1e-5,
+            "{style:?} k"
+        );
+        assert_eq!(r.download(&vc, want_v.len()), want_v, "{style:?} v");
+    }
+}
+
+#[test]
+fn attention_kernel_and_cublas_path_match_reference() {
+    let Some(mut r) = rig("attention_kernel_and_cublas_path_match_reference") else {
+        return;
+    };
+    for (heads, kv_heads, hd, n, start, window) in [
+        (8, 2, 64, 9, 20, 0),
+        (4, 4, 128, 1, 70, 0),
+        (6, 1, 32, 33, 5, 12),
+        (8, 8, 64, 64, 0, 0),
+        (4, 2, 128, 1, 3000, 0),
+        (2, 1, 96, 2, 700, 100),
+    ] {
+        let cap = start + n + 3;
+        let total = start + n;
+        let q = r.randn(n * heads * hd, 1.0);
+        let keys = r.randn(total * kv_heads * hd, 1.0);
+        let values = r.randn(total * kv_heads * hd, 1.0);
+        let want = cpu::attention(
+            &q,
+            &keys,
+            &values,
+            start,
+            heads,
+            kv_heads,
+            hd,
+            (window > 0).then_some(window),
+        );
+        let dq = r.upload(&q);
+        let (kc, vc) = (
+            r.upload(&to_gpu_cache(&keys, kv_heads, hd, cap)),
+            r.upload(&to_gpu_cache(&values, kv_heads, hd, cap)),
+        );
+        let dims = AttnDims {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            capacity: cap,
+            window,
+        };
+        let out = r.zeros(q.len());
+        let part = r.zeros(Ops::attention_part_values(n, dims));
+        let start_at = r.upload_bytes(&(start as i32).to_le_bytes());
+        // SAFETY: sized above.
+        unsafe {
+            r.ops()
+                .attention(
+                    dq.ptr(),
+                    [kc.ptr(), vc.ptr()],
+                    part.ptr(),
+                    start_at.ptr(),
+                    out.ptr(),
+                    0,
+                    n,
+                    dims,
+                    Act::F32,
+                )
+                .unwrap()
+        };
+        let e = rel_err(&r.download(&out, q.len()), &want);
+        assert!(e < 1e-5, "kernel heads {heads}/{kv_heads} n {n}: {e}");
+        for tile in [1, 4, n] {
+            let scores = r.zeros(heads * tile * cap);
+            let out = r.zeros(q.len());
+            // SAFETY: scores holds heads·tile·cap values.
+            unsafe {
+                r.ops()
+                    .attention_blas(
+                        dq.ptr(),
+                        [kc.ptr(), vc.ptr()],
+                        out.ptr(),
+                        0,
+                        n,
+                        start,
+                        dims,
+                        scores.ptr(),
+                        tile,
+                        Act::F32,
+                    )
+                    .unwrap()
+            };
+            let e = rel_err(&r.download(&out, q.len()), &want);
+            assert!(
+                e < 1e-5,
+                "cuBLAS heads {heads}/{kv_heads} n {n} tile {tile}: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gemv_matches_reference_for_every_type() {
+    let Some(mut r) = rig("gemv_matches_reference_for_every_type") else {
+        return;
+    };
+    for t in ALL_TYPES {
+        // 4096-wide rows take the vector and staged paths; 96 leaves a tail / partial stage.
+        for (rows, cols) in [(67, 4096), (33, 96), (5, 2080)] {
+            let w = r.randn(rows * cols, 0.05);
+            let (bytes, exact) = encode(t, &w);
+            let x = r.randn(cols, 1.0);
+            let bias = r.randn(rows, 1.0);
+            let y0 = r.randn(rows, 1.0);
+            let want_plain = cpu::matmul_t(&x, &exact, cols, rows);
+            let (dw, dx, db, dy) = (
+                r.upload_bytes(&bytes),
+                r.upload(&x),
+                r.upload(&bias),
+                r.upload(&y0),
+            );
+            let m = Mat {
+                ptr: dw.ptr(),
+                wtype: t,
+                rows,
+                cols,
+            };
+            // y = y0 + W·x + bias
+            // SAFETY: sized above.
+            unsafe {
+                r.ops()
+                    .gemv(
+                        &[GemvOut {
+                            w: &m,
+                            y: dy.ptr(),
+                            bias: db.ptr(),
+                        }],
+                        dx.ptr(),
+                        true,
+                    )
+                    .unwrap()
+            };
+            let want: Vec<f32> = (0..rows).map(|i| y0[i] + want_plain[i] + bias[i]).collect();
+            let e = rel_err(&r.download(&dy, rows), &want);
+            assert!(e < 1e-5, "{t:?} {rows}x{cols}: {e}");
+            // Three at once (q, k, v), the second one plain.
+            let w2 = r.randn(7 * cols, 0.05);
+            let (b2, e2) = encode(t, &w2);
+            let d2 = r.upload_bytes(&b2);
+            let m2 = Mat {
+                ptr: d2.ptr(),
+                wtype: t,
+                rows: 7,
+                cols,
+            };
+            let (ya, yb, yc) = (r.zeros(rows), r.zeros(7), r.zeros(rows));
+            // SAFETY: sized above.
+            unsafe {
+                r.ops()
+                    .gemv(
+                        &[
+                            GemvOut {
+                                w: &m,
+                                y: ya.ptr(),
+                                bias: 0,
+                            },
+                            GemvOut {
+                                w: &m2,
+                                y: yb.ptr(),
+                                bias: 0,
+                            },
+                            GemvOut {
+                                w: &m,
+                                y: yc.ptr(),
+                                bias: db.ptr(),
+                            },
+                        ],
+                        dx.ptr(),
+                        false,
+                    )
+                    .unwrap()
+            };
+            assert!(rel_err(&r.download(&ya, rows), &want_plain) < 1e-5);
+            assert!(rel_err(&r.download(&yb, 7), &cpu::matmul_t(&x, &e2, cols, 7)) < 1e-5);
+            let with_bias: Vec<f32> = want_plain.iter().zip(&bias).map(|(a, b)| a + b).collect();
+            assert!(rel_err(&r.download(&yc, rows), &with_bias) < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn gemv_swiglu_matches_reference() {
+    let Some(mut r) = rig("gemv_swiglu_matches_reference") else {
+        return;
+    };
+    for t in [WType::BF16, WType::Q4_0, WType::F32] {
+        let (rows, cols) = (300, 512);
+        let (gw, uw, x) = (
+            r.randn(rows * cols, 0.1),
+            r.randn(rows * cols, 0.1),
+            r.randn(cols, 1.0),
+        );
+        let ((gb, ge), (ub, ue)) = (encode(t, &gw), encode(t, &uw));
+        let (dg, du, dx, h) = (
+            r.upload_bytes(&gb),
+            r.upload_bytes(&ub),
+            r.upload(&x),
+            r.zeros(rows),
+        );
+        let (mg, mu) = (
+            Mat {
+                ptr: dg.ptr(),
+                wtype: t,
+                rows,
+                cols,
+            },
+            Mat {
+                ptr: du.ptr(),
+                wtype: t,
+                rows,
+                cols,
+            },
+        );
+        // SAFETY: sized above.
+        unsafe {
+            r.ops()
+                .gemv_swiglu(&mg, &mu, dx.ptr(), h.ptr(), Act::F32)
+                .unwrap()
+        };
+        let mut want = cpu::matmul_t(&x, &ge, cols, rows);
+        cpu::swiglu(&mut want, &cpu::matmul_t(&x, &ue, cols, rows));
+        let e = rel_err(&r.download(&h, rows), &want);
+        assert!(e < 1e-5, "{t:?}: {e}");
+    }
+}
+
+#[test]
+fn linear_matches_reference() {
+    let Some(mut r) = rig("linear_matches_reference") else {
+        return;
+    };
+    let (n, rows, cols) = (37, 200, 320);
+    for (t, act, tol) in [
+        (WType::F32, Act::F32, 1e-5),
+        (WType::BF16, Act::BF16, 1e-5),
+        (WType::Q8_0, Act::F16, 1e-3),
+        (WType::F32, Act::BF16, 1e-5),
+    ] {
+        let w = r.randn(rows * cols, 0.1);
+        let (bytes, exact) = encode(t, &w);
+        let x = r.randn(n * cols, 1.0);
+        // The input as the activation type holds it.
+        let (x_bytes, x_exact) = match act {
+            Act::F32 => (f32_bytes(&x), x.clone()),
+            Act::F16 => encode(WType::F16, &x),
+            Act::BF16 => encode(WType::BF16, &x),
+        };
+        // The weights as the GEMM sees them: converted to the activation type when needed.
+        let w_seen = if t.elem() == Some(act.elem()) {
+            exact.clone()
+        } else {
+            match act {
+                Act::F32 => exact.clone(),
+                Act::F16 => encode(WType::F16, &exact).1,
+                Act::BF16 => encode(WType::BF16, &exact).1,
+            }
+        };
+        let y0 = r.randn(n * rows, 1.0);
+        let (dw, dx, dy) = (
+            r.upload_bytes(&bytes),
+            r.upload_bytes(&x_bytes),
+            r.upload(&y0),
+        );
+        let scratch = r.zeros(rows * cols);
+        let m = Mat {
+            ptr: dw.ptr(),
+            wtype: t,
+            rows,
+            cols,
+        };
+        // SAFETY: sized above (scratch: rows·cols f32 ≥ as many 16-bit values).
+        unsafe {
+            r.ops()
+                .linear(&m, dx.ptr(), act, n, dy.ptr(), 1.0, scratch.ptr())
+                .unwrap()
+        };
+        let prod = cpu::matmul_t(&x_exact, &w_seen, cols, rows);
+        let want: Vec<f32> = prod.iter().zip(&y0).map(|(a, b)| a + b).collect();
+        let e = rel_err(&r.download(&dy, n * rows), &want);
+        assert!(e < tol, "{t:?} as {act:?}: {e}");
+    }
+}

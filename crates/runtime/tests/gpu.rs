@@ -1,0 +1,140 @@
+//! The GPU runtime against the logits `transformers` made (the fixtures of `reference.rs`):
+//! prefill (in one step and split in two), then greedy decode through the KV cache. Also the
+//! errors a user meets: a context that cannot hold the tokens, a context too large for the
+//! GPU's memory. Skipped, with a message, where no CUDA GPU exists.
+
+use std::path::{Path, PathBuf};
+
+use hoist_runtime::gpu::{GpuModel, GpuOptions};
+use hoist_runtime::sampler::argmax;
+use hoist_runtime::RuntimeError;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn gpu_or_skip(test: &str) -> bool {
+    match hoist_runtime::cuda_available() {
+        Ok(_) => true,
+        Err(why) => {
+            eprintln!("skipped {test}: no CUDA GPU ({why})");
+            false
+        }
+    }
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn ids(meta: &serde_json::Value, key: &str) -> Vec<u32> {
+    meta[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn rel_error(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// Loads `model` (a fixture directory or GGUF file) with its reference in `reference` and
+/// checks logits rows and greedy tokens; `split` prefills the prompt in two steps.
+fn check(model: &Path, reference: &Path, logits: &Path, tolerance: f32, split: bool) {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
+    let (prompt, want_greedy) = (ids(&meta, "prompt"), ids(&meta, "greedy"));
+    let from = meta["logits_from"].as_u64().unwrap() as usize;
+    let want = read_f32(logits);
+    let m = GpuModel::load(model, &GpuOptions::default()).unwrap();
+    let v = m.config().vocab_size;
+    let mut s = m.session(prompt.len() + want_greedy.len()).unwrap();
+    let mut rows = if split {
+        let cut = prompt.len() / 3;
+        let mut a = s.forward(&prompt[..cut], true).unwrap();
+        a.extend(s.forward(&prompt[cut..], true).unwrap());
+        a
+    } else {
+        s.forward(&prompt, true).unwrap()
+    };
+    assert_eq!(rows.len(), prompt.len() * v);
+    let mut greedy = vec![argmax(&rows[rows.len() - v..])];
+    rows.drain(..from * v);
+    for _ in 1..want_greedy.len() {
+        let step = s.forward(&[*greedy.last().unwrap()], false).unwrap();
+        greedy.push(argmax(&step));
+        rows.extend(step);
+    }
+    let err = rel_error(&rows, &want);
+    eprintln!(
+        "{}: max relative error {err:.2e} (split {split})",
+        model.display()
+    );
+    assert!(err <= tolerance, "{}: {err} > {tolerance}", model.display());
+    assert_eq!(greedy, want_greedy, "{}: greedy tokens", model.display());
+    assert_eq!(s.len(), prompt.len() + want_greedy.len() - 1);
+}
+
+#[test]
+fn hf_models_match_transformers() {
+    if !gpu_or_skip("hf_models_match_transformers") {
+        return;
+    }
+    for name in ["llama", "mistral", "qwen2", "qwen3"] {
+        let dir = fixtures().join(name);
+        for split in [false, true] {
+            check(
+                &dir,
+                &dir.join("reference.json"),
+                &dir.join("logits.f32"),
+                1e-4,
+                split,
+            );
+        }
+    }
+}
+
+#[test]
+fn gguf_models_match_transformers_on_dequantized_weights() {
+    if !gpu_or_skip("gguf_models_match_transformers_on_dequantized_weights") {
+        return;
+    }
+    for name in ["llama-q8_0", "qwen3-q4_0"] {
+        let g = fixtures().join("gguf");
+        let r = g.join(format!("{name}.ref"));
+        // f16 activations for quantized weights: looser than the f32 models.
+        check(
+            &g.join(format!("{name}.gguf")),
+            &r.join("reference.json"),
+            &r.join("logits.f32"),
+            5e-3,
+            false,
+        );
+    }
+}
+
+#[test]
+fn context_errors_are_clear() {
+    if !gpu_or_skip("context_errors_are_clear") {
+        return;
+    }
+    let m = GpuModel::load(&fixtures().join("llama"), &GpuOptions::default()).unwrap();
+    let mut s = m.session(4).unwrap();
+    let err = s.forward(&[1, 2, 3, 4, 5], false).unwrap_err();
+    assert!(err.to_string().contains("context full"), "{err}");
+    let err = s.forward(&[1_000_000], false).unwrap_err();
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    match m.session(1 << 40) {
+        Err(RuntimeError::Gpu(e)) => assert!(e.to_string().contains("--context"), "{e}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a 2^40-position context cannot fit"),
+    }
+}
