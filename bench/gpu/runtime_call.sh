@@ -13,7 +13,7 @@
 cd "$(dirname "$0")/../.." || exit 2
 PART=${1:-all}
 case "$PART" in all|logits|speed) ;; *) echo "usage: $0 [all|logits|speed]"; exit 2 ;; esac
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export HOIST_KERNEL_CACHE=${HOIST_KERNEL_CACHE:-/var/tmp/hoist-kernels}
 export OUT=${OUT:-/tmp/hoist-out}

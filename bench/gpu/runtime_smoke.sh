@@ -27,8 +27,12 @@ echo "== speed (synthetic llama-7b, $L)"
 echo "== profile (each launch synchronized)"
 HOIST_PROFILE=1 timeout 200 .carry/bin/gpu_speed $L 512 32 2>&1 | tee $OUT/profile.txt | grep -A30 HOIST_PROFILE
 timeout 200 .carry/bin/gpu_speed $L 512 128 > $OUT/speed.json 2>&1; grep -E "fraction|tokens_per_s|gbps" $OUT/speed.json
+echo "== decode products through cuBLAS"
+HOIST_DECODE_GEMV=cublas timeout 200 .carry/bin/gpu_speed $L 512 128 > $OUT/speed_cublas.json 2>&1; grep -E "fraction|tokens_per_s" $OUT/speed_cublas.json
+HOIST_DECODE_GEMV=cublas HOIST_NO_GRAPHS=1 timeout 200 .carry/bin/gpu_speed $L 512 128 2>&1 | grep -E "decode_tokens_per_s"
+HOIST_NO_GRAPHS=1 timeout 200 .carry/bin/gpu_speed $L 512 128 2>&1 | grep -E "decode_tokens_per_s"
 echo "== hoist run --benchmark"
 timeout 200 .carry/bin/hoist run $L --benchmark 2>&1 | tail -20
 echo "== ncu: decode kernels"
-HOIST_NO_GRAPHS=1 timeout 240 ncu -k regex:"gemv|attention|rms_norm|rope" -s 2000 -c 20 --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum .carry/bin/gpu_speed $L 16 8 > $OUT/ncu.txt 2>&1
+HOIST_NO_GRAPHS=1 timeout 240 ncu -k regex:"gemv|attention|rms_norm|rope" -s 2000 -c 12 --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum .carry/bin/gpu_speed $L 16 8 > $OUT/ncu.txt 2>&1
 grep -E "^  [a-z_]+\(|gpu__time|dram__" $OUT/ncu.txt | head -120

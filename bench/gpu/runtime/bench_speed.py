@@ -79,7 +79,10 @@ def build_model(shape, device):
             model = LlamaForCausalLM(cfg)
     finally:
         torch.set_default_dtype(prev)
-    model = model.to(device=device, dtype=torch.bfloat16).eval()
+    model.eval()
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes != {torch.bfloat16}:
+        raise RuntimeError(f"model parameters are {dtypes}, wanted bfloat16 only")
     common.sync(device)
     return model
 
@@ -186,18 +189,26 @@ def write_q4_0_gguf(model, path):
 
 
 def hoist_json(stdout):
-    """The JSON object hoist printed (the whole stdout, else its last line starting with '{')."""
+    """The (last) JSON object hoist printed on stdout, which may hold other lines too."""
     s = stdout.strip()
     try:
         return json.loads(s)
     except ValueError:
-        for line in reversed(s.splitlines()):
-            if line.lstrip().startswith("{"):
-                try:
-                    return json.loads(line)
-                except ValueError:
-                    continue
-    raise ValueError("no JSON object on stdout")
+        pass
+    dec = json.JSONDecoder()
+    found = None
+    starts = [0] if s.startswith("{") else []
+    starts += [i + 1 for i in range(len(s) - 1) if s[i] == "\n" and s[i + 1] == "{"]
+    for i in starts:
+        try:
+            obj, _ = dec.raw_decode(s, i)
+            if isinstance(obj, dict):
+                found = obj
+        except ValueError:
+            continue
+    if found is None:
+        raise ValueError("no JSON object on stdout")
+    return found
 
 
 SPEED_KEYS = ["d2d_gbps", "weight_bytes_per_token", "decode_bound_tokens_per_s", "decode_tokens_per_s",
@@ -358,7 +369,7 @@ def main():
         t = time.time()
         model = build_model(shape, device)
         n_params = sum(p.numel() for p in model.parameters())
-        log(f"model: {n_params / 1e9:.2f} B parameters, bf16, on {device}, built in {time.time() - t:.1f} s")
+        log(f"model: {n_params / 1e6:.1f} M parameters, bf16, on {device}, built in {time.time() - t:.1f} s")
         speed["transformers"] = dict(parameters=n_params)
         try:
             speed["transformers"]["dynamic"] = time_generate(model, device, args.prompt_tokens, args.new_tokens,
@@ -445,7 +456,7 @@ def summarize(speed):
                      rep.get("prefill_tokens_per_s"), rep.get("prefill_fraction_of_cublas"),
                      (rep.get("load") or {}).get("seconds")))
     log("")
-    log(f"transformers generate decode tok/s: " + ", ".join(f"{k} {v:.1f}" for k, v in base.items())
+    log("transformers generate decode tok/s: " + ", ".join(f"{k} {v:.1f}" for k, v in base.items())
         + (f" (baseline: {best_cache})" if best_cache else " (none)"))
     log(f"{'model':6s} {'decode tok/s':>12s} {'bound':>8s} {'fraction':>8s} {'x transformers':>14s} "
         f"{'prefill tok/s':>13s} {'of cuBLAS':>9s} {'load s':>7s}")

@@ -3,7 +3,9 @@
 
     python3 bench/gpu/runtime/check_logits.py OUTDIR [--gpu-logits PATH] [--only SUBSTR,...]
 
-OUTDIR is make_models.py's output (OUTDIR/models.json). For each case and its 3 prompts:
+OUTDIR is make_models.py's output (OUTDIR/models.json). Each case's 3 prompts (64, 77 and 100
+random token ids, drawn afresh by every make_models run and kept only where greedy decoding is
+unambiguous: see make_models.py; --random-prompts draws unselected ones instead):
 
 1. `gpu_logits MODEL --prompts P.json --steps 16 --out DIR` (a subprocess, with a timeout) gives
    the logits of every prompt position (one prefill) and of 15 decode steps fed with its own

@@ -22,6 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+sys.dont_write_bytecode = True  # no __pycache__ beside make_reference.py
 if FIXTURES not in sys.path:
     sys.path.insert(0, FIXTURES)
 
@@ -44,12 +45,15 @@ def pick_device(name=None):
 
 def strict_fp32():
     """fp32 matmuls in full fp32 (no TF32) for the references."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        torch.set_float32_matmul_precision("highest")
-    except Exception:  # noqa: BLE001
-        pass
+    for f in (lambda: setattr(torch.backends.cuda.matmul, "allow_tf32", False),
+              lambda: setattr(torch.backends.cudnn, "allow_tf32", False),
+              lambda: torch.set_float32_matmul_precision("highest")):
+        try:
+            f()
+        except Exception as e:  # noqa: BLE001
+            log(f"note: {e.__class__.__name__}: {e}")
+    if torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32:
+        log("WARNING: TF32 matmuls are still allowed: fp32 references are less precise")
 
 
 def sync(device):

@@ -50,7 +50,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import log, mr, np, torch  # noqa: E402
 
-import transformers  # noqa: E402
 from transformers import (  # noqa: E402
     LlamaConfig,
     LlamaForCausalLM,
@@ -267,13 +266,13 @@ def select_prompts(model32, twin, vocab, device, gen, label, batch=16, max_batch
             score = torch.where(consistent & twin_same, ratio, ratio - 1e9)
             i = int(score.argmax())
             if best is None or float(score[i]) > best[0]:
-                best = (float(score[i]), cands[i].tolist(), greedy[i].tolist(), bool(twin_same[i]), float(ratio[i]))
+                best = (float(score[i]), cands[i].tolist(), greedy[i].tolist(), bool(twin_same[i]),
+                        float(ratio[i]), False)
             if bool(ok.any()):
                 i = int(ok.nonzero()[0])
-                best = (float(ratio[i]), cands[i].tolist(), greedy[i].tolist(), True, float(ratio[i]))
+                best = (float(ratio[i]), cands[i].tolist(), greedy[i].tolist(), True, float(ratio[i]), True)
                 break
-        score, prompt, greedy, twin_same, ratio = best
-        good = twin_same and ratio >= need
+        score, prompt, greedy, twin_same, ratio, good = best
         if not good:
             log(f"  WARNING {label}: no prompt of length {length} with an unambiguous greedy path "
                 f"in {tried} tries (best gap/noise {ratio:.2f}, low-precision greedy "

@@ -43,7 +43,12 @@ impl Elem {
 pub(crate) struct Blas {
     _gpu: Arc<Gpu>,
     handle: sys::cublasHandle_t,
+    /// cuBLAS's workspace, ours so that captured graphs never make it allocate.
+    _workspace: hoist_cuda::DeviceBuf,
 }
+
+/// Bytes of cuBLAS's workspace (what it recommends for Hopper).
+const WORKSPACE_BYTES: usize = 32 << 20;
 
 fn check(call: &'static str, s: sys::cublasStatus_t) -> Result<(), GpuError> {
     if s == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
@@ -101,10 +106,27 @@ impl Blas {
         let mut handle: sys::cublasHandle_t = std::ptr::null_mut();
         // SAFETY: out-pointer to a local; a context is current.
         check("cublasCreate", unsafe { sys::cublasCreate_v2(&mut handle) })?;
+        let workspace = match hoist_cuda::DeviceBuf::new(gpu, WORKSPACE_BYTES) {
+            Ok(w) => w,
+            Err(e) => {
+                // SAFETY: created above, destroyed once.
+                unsafe { sys::cublasDestroy_v2(handle) };
+                return Err(e.into());
+            }
+        };
         let blas = Blas {
             _gpu: gpu.clone(),
             handle,
+            _workspace: workspace,
         };
+        // SAFETY: the workspace lives as long as the handle (same struct, dropped after it).
+        check("cublasSetWorkspace", unsafe {
+            sys::cublasSetWorkspace_v2(
+                handle,
+                blas._workspace.ptr() as *mut c_void,
+                WORKSPACE_BYTES,
+            )
+        })?;
         // SAFETY: both handles are live; the stream outlives the handle (both owned by the
         // model, the handle dropped first).
         check("cublasSetStream", unsafe {

@@ -418,6 +418,57 @@ extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int sta
 // with coalesced 16-bit reads (block sizes are even, not multiples of 4).
 #define STAGE_BYTES (32 * Q8_BLOCK_BYTES)
 
+// Partial dot product of quantized row `r` of w with x over the part-th of `parts` slices of its
+// blocks, by one warp; the result is in every lane. The warp's quant blocks are staged through
+// shared memory 32 at a time (one per lane), loaded with coalesced 16-bit reads (block sizes
+// are even, not multiples of 4).
+__device__ float qrow_dot(const u8* w, int wtype, usize r, int cols, const float* x, u16* stage,
+                          int part, int parts) {
+    int lane = threadIdx.x & 31;
+    float acc = 0.f;
+    int bb = wtype == W_Q8_0 ? Q8_BLOCK_BYTES : Q4_BLOCK_BYTES;
+    int nblocks = cols / QK;
+    int lo = nblocks * part / parts, hi = nblocks * (part + 1) / parts;
+    const u8* row = w + r * (usize)nblocks * bb;
+    for (int b0 = lo; b0 < hi; b0 += 32) {
+        int nb = min(32, hi - b0);
+        int words = nb * bb / 2;
+        const u16* src = (const u16*)(row + (usize)b0 * bb);
+        __syncwarp();
+        for (int i = lane; i < words; i += 32) stage[i] = src[i];
+        __syncwarp();
+        if (lane < nb) {
+            const u8* blk = (const u8*)stage + lane * bb;
+            float d = f16_to_f(*(const u16*)blk);
+            const float* xb = x + (usize)(b0 + lane) * QK;
+            float s = 0.f;
+            if (wtype == W_Q8_0) {
+#pragma unroll
+                for (int j = 0; j < QK; ++j) s += (float)(signed char)blk[2 + j] * xb[j];
+            } else {
+#pragma unroll
+                for (int j = 0; j < 16; ++j) {
+                    u8 byte = blk[2 + j];
+                    s += (float)((int)(byte & 15) - 8) * xb[j] +
+                         (float)((int)(byte >> 4) - 8) * xb[j + 16];
+                }
+            }
+            acc += d * s;
+        }
+    }
+    return warp_sum(acc);
+}
+
+// A 16-byte weight load that bypasses L1 (weights are read once; L1 keeps the input vector,
+// which every row reads).
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
 // Eight 16-bit weights (one 16-byte load) times eight f32 inputs.
 __device__ __forceinline__ float dot8(uint4 p, float4 x0, float4 x1, int wtype) {
     u32 words[4] = {p.x, p.y, p.z, p.w};
@@ -433,99 +484,78 @@ __device__ __forceinline__ float dot8(uint4 p, float4 x0, float4 x1, int wtype) 
     return acc;
 }
 
-// dot(row `r` of w, x) by one warp; the result is in every lane.
-__device__ float row_dot(const u8* w, int wtype, usize r, int cols, const float* x,
-                         u16* stage) {
-    int lane = threadIdx.x & 31;
-    float acc = 0.f;
-    if (wtype == W_BF16 || wtype == W_F16) {
-        const u16* row = (const u16*)w + r * cols;
-        int vec = (cols % 8 == 0) ? cols / 8 : 0;
-#pragma unroll 4
-        for (int i = lane; i < vec; i += 32) {
-            uint4 p = ((const uint4*)row)[i];
-            const float4* xv = (const float4*)(x + i * 8);
-            acc += dot8(p, xv[0], xv[1], wtype);
-        }
-        for (int c = vec * 8 + lane; c < cols; c += 32)
-            acc += (wtype == W_BF16 ? bf16_to_f(row[c]) : f16_to_f(row[c])) * x[c];
-    } else if (wtype == W_F32) {
-        const float* row = (const float*)w + r * cols;
-        int vec = (cols % 4 == 0) ? cols / 4 : 0;
-#pragma unroll 4
-        for (int i = lane; i < vec; i += 32) {
-            float4 a = ((const float4*)row)[i];
-            float4 b = ((const float4*)x)[i];
-            acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-        }
-        for (int c = vec * 4 + lane; c < cols; c += 32) acc += row[c] * x[c];
-    } else {
-        int bb = wtype == W_Q8_0 ? Q8_BLOCK_BYTES : Q4_BLOCK_BYTES;
-        int nblocks = cols / QK;
-        const u8* row = w + r * (usize)nblocks * bb;
-        for (int b0 = 0; b0 < nblocks; b0 += 32) {
-            int nb = min(32, nblocks - b0);
-            int words = nb * bb / 2;
-            const u16* src = (const u16*)(row + (usize)b0 * bb);
-            __syncwarp();
-            for (int i = lane; i < words; i += 32) stage[i] = src[i];
-            __syncwarp();
-            if (lane < nb) {
-                const u8* blk = (const u8*)stage + lane * bb;
-                float d = f16_to_f(*(const u16*)blk);
-                const float* xb = x + (usize)(b0 + lane) * QK;
-                float s = 0.f;
-                if (wtype == W_Q8_0) {
-#pragma unroll
-                    for (int j = 0; j < QK; ++j) s += (float)(signed char)blk[2 + j] * xb[j];
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 16; ++j) {
-                        u8 byte = blk[2 + j];
-                        s += (float)((int)(byte & 15) - 8) * xb[j] +
-                             (float)((int)(byte >> 4) - 8) * xb[j + 16];
-                    }
-                }
-                acc += d * s;
-            }
-        }
-    }
-    return warp_sum(acc);
-}
-
-// dot(row0, x) and dot(row1, x) by one warp for 16-bit or f32 rows of the same type, loads of
-// both rows interleaved (twice the bytes in flight) and the input read once; results in every
-// lane.
-__device__ void dot2(const u8* row0, const u8* row1, int wtype, int cols, const float* xf,
-                     float* out0, float* out1) {
+// Partial dot products of two 16-bit or f32 rows of one type with x over the part-th of
+// `parts` column slices, by one warp: loads of both rows interleaved (twice the bytes in
+// flight), the input read once. Results in every lane.
+__device__ void dot2_part(const u8* row0, const u8* row1, int wtype, int cols, const float* xf,
+                          int part, int parts, float* out0, float* out1) {
     int lane = threadIdx.x & 31;
     float d0 = 0.f, d1 = 0.f;
-    int per = wtype == W_F32 ? 4 : 8;  // values per 16-byte load
-    int vec = (cols % 8 == 0) ? cols / per : 0;
-    const uint4* a0 = (const uint4*)row0;
-    const uint4* a1 = (const uint4*)row1;
+    if (cols % 8 == 0) {
+        int per = wtype == W_F32 ? 4 : 8;  // values per 16-byte load
+        int vec = cols / per;
+        int lo = vec * part / parts, hi = vec * (part + 1) / parts;
+        const uint4* a0 = (const uint4*)row0;
+        const uint4* a1 = (const uint4*)row1;
 #pragma unroll 4
-    for (int i = lane; i < vec; i += 32) {
-        uint4 p0 = a0[i], p1 = a1[i];
-        if (per == 8) {
-            const float4* xv = (const float4*)(xf + i * 8);
-            float4 x0 = xv[0], x1 = xv[1];
-            d0 += dot8(p0, x0, x1, wtype);
-            d1 += dot8(p1, x0, x1, wtype);
-        } else {
-            float4 xv = ((const float4*)xf)[i];
-            d0 += __uint_as_float(p0.x) * xv.x + __uint_as_float(p0.y) * xv.y +
-                  __uint_as_float(p0.z) * xv.z + __uint_as_float(p0.w) * xv.w;
-            d1 += __uint_as_float(p1.x) * xv.x + __uint_as_float(p1.y) * xv.y +
-                  __uint_as_float(p1.z) * xv.z + __uint_as_float(p1.w) * xv.w;
+        for (int i = lo + lane; i < hi; i += 32) {
+            uint4 p0 = ld_stream(a0 + i), p1 = ld_stream(a1 + i);
+            if (per == 8) {
+                const float4* xv = (const float4*)(xf + i * 8);
+                float4 x0 = xv[0], x1 = xv[1];
+                d0 += dot8(p0, x0, x1, wtype);
+                d1 += dot8(p1, x0, x1, wtype);
+            } else {
+                float4 xv = ((const float4*)xf)[i];
+                d0 += __uint_as_float(p0.x) * xv.x + __uint_as_float(p0.y) * xv.y +
+                      __uint_as_float(p0.z) * xv.z + __uint_as_float(p0.w) * xv.w;
+                d1 += __uint_as_float(p1.x) * xv.x + __uint_as_float(p1.y) * xv.y +
+                      __uint_as_float(p1.z) * xv.z + __uint_as_float(p1.w) * xv.w;
+            }
         }
-    }
-    for (int c = vec * per + lane; c < cols; c += 32) {
-        d0 += load_w(row0, c, wtype) * xf[c];
-        d1 += load_w(row1, c, wtype) * xf[c];
+    } else {
+        int lo = cols * part / parts, hi = cols * (part + 1) / parts;
+        for (int c = lo + lane; c < hi; c += 32) {
+            d0 += load_w(row0, c, wtype) * xf[c];
+            d1 += load_w(row1, c, wtype) * xf[c];
+        }
     }
     *out0 = warp_sum(d0);
     *out1 = warp_sum(d1);
+}
+
+// Partial dot products of rows r0 and r1 of w (any type) with x over the part-th of `parts`
+// column slices, by one warp.
+__device__ void rows2_part(const u8* w, int wtype, int r0, int r1, int cols, const float* x,
+                           u16* stage, int part, int parts, float* d0, float* d1) {
+    if (wtype <= W_BF16) {
+        usize row_bytes = (usize)cols * (wtype == W_F32 ? 4 : 2);
+        dot2_part(w + r0 * row_bytes, w + r1 * row_bytes, wtype, cols, x, part, parts, d0, d1);
+    } else {
+        *d0 = qrow_dot(w, wtype, (usize)r0, cols, x, stage, part, parts);
+        *d1 = qrow_dot(w, wtype, (usize)r1, cols, x, stage, part, parts);
+    }
+}
+
+// Sums the warps' partial pairs of a block (GEMV_WARPS warps): thread 0 gets both sums.
+__device__ void block_pair_sum(float* d0, float* d1) {
+    __shared__ float red[GEMV_WARPS][2];
+    int warp = threadIdx.x >> 5;
+    if ((threadIdx.x & 31) == 0) {
+        red[warp][0] = *d0;
+        red[warp][1] = *d1;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float a = 0.f, b = 0.f;
+#pragma unroll
+        for (int k = 0; k < GEMV_WARPS; ++k) {
+            a += red[k][0];
+            b += red[k][1];
+        }
+        *d0 = a;
+        *d1 = b;
+    }
 }
 
 // Up to three matrix-vector products in one launch (q, k and v share their input):
@@ -539,29 +569,22 @@ struct GemvBatch {
     int count;
 };
 
-// Grid: ceil(total row pairs / GEMV_WARPS) blocks of 32 * GEMV_WARPS threads.
+// Grid: ceil(total row pairs / GEMV_WARPS) blocks of GEMV_WARPS warps; each warp takes a pair
+// of rows of one matrix (pairs never straddle matrices), reading the input once for both and
+// keeping twice the weight loads in flight. (Measured on an H200: better than one row per warp,
+// and than splitting a row pair's columns over a block's warps.)
 extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate) {
     __shared__ u16 stage[GEMV_WARPS][STAGE_BYTES / 2];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    // Each warp takes two rows of one matrix (row pairs never straddle matrices), reading the
-    // input once for both and keeping twice the weight loads in flight.
+    int warp = threadIdx.x >> 5;
     int pair = blockIdx.x * GEMV_WARPS + warp;
     int m = 0;
     while (m < b.count && pair >= (b.rows[m] + 1) / 2) pair -= (b.rows[m++] + 1) / 2;
     if (m >= b.count) return;
     int r0 = 2 * pair, r1 = min(r0 + 1, b.rows[m] - 1);
-    const u8* w = (const u8*)b.w[m];
-    int wtype = b.wtype[m];
-    const float* xf = (const float*)x;
-    float d0 = 0.f, d1 = 0.f;
-    if (wtype == W_BF16 || wtype == W_F16 || wtype == W_F32) {
-        usize row_bytes = (usize)cols * (wtype == W_F32 ? 4 : 2);
-        dot2(w + r0 * row_bytes, w + r1 * row_bytes, wtype, cols, xf, &d0, &d1);
-    } else {
-        d0 = row_dot(w, wtype, (usize)r0, cols, xf, stage[warp]);
-        d1 = row_dot(w, wtype, (usize)r1, cols, xf, stage[warp]);
-    }
-    if (lane == 0) {
+    float d0, d1;
+    rows2_part((const u8*)b.w[m], b.wtype[m], r0, r1, cols, (const float*)x, stage[warp], 0, 1,
+               &d0, &d1);
+    if ((threadIdx.x & 31) == 0) {
         float* y = (float*)b.y[m];
         const float* bias = (const float*)b.bias[m];
         float v0 = d0 + (bias ? bias[r0] : 0.f) + (accumulate ? y[r0] : 0.f);
@@ -572,20 +595,25 @@ extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate) {
 }
 
 // h[r] = round_act(silu(dot(gate[r], x)) * dot(up[r], x)) (the feed-forward's first half).
+// Grid: one block of GEMV_WARPS warps per row, the warps splitting the columns.
 extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wtype_up, u64 x,
                                        u64 h, int rows, int cols, int act) {
     __shared__ u16 stage[GEMV_WARPS][STAGE_BYTES / 2];
-    int warp = threadIdx.x >> 5;
-    int r = blockIdx.x * GEMV_WARPS + warp;
-    if (r >= rows) return;
+    int r = blockIdx.x;
+    int part = threadIdx.x >> 5;
+    const float* xf = (const float*)x;
     float g, u;
     if (wtype_gate == wtype_up && wtype_gate <= W_BF16) {
         usize row_bytes = (usize)cols * (wtype_gate == W_F32 ? 4 : 2);
-        dot2((const u8*)gate + r * row_bytes, (const u8*)up + r * row_bytes, wtype_gate, cols,
-             (const float*)x, &g, &u);
+        dot2_part((const u8*)gate + r * row_bytes, (const u8*)up + r * row_bytes, wtype_gate,
+                  cols, xf, part, GEMV_WARPS, &g, &u);
     } else {
-        g = row_dot((const u8*)gate, wtype_gate, (usize)r, cols, (const float*)x, stage[warp]);
-        u = row_dot((const u8*)up, wtype_up, (usize)r, cols, (const float*)x, stage[warp]);
+        float ignored;
+        rows2_part((const u8*)gate, wtype_gate, r, r, cols, xf, stage[part], part, GEMV_WARPS, &g,
+                   &ignored);
+        rows2_part((const u8*)up, wtype_up, r, r, cols, xf, stage[part], part, GEMV_WARPS, &u,
+                   &ignored);
     }
-    if ((threadIdx.x & 31) == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);
+    block_pair_sum(&g, &u);
+    if (threadIdx.x == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);
 }

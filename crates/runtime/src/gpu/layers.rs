@@ -526,6 +526,7 @@ impl Ops<'_> {
         }
         let (cols, acc) = (int(cols), i32::from(accumulate));
         let mut a = args![b, x, cols, acc];
+        // A row pair per warp.
         let grid = total.div_ceil(GEMV_WARPS as usize) as u32;
         // SAFETY: the module's contract.
         unsafe {
@@ -559,7 +560,8 @@ impl Ops<'_> {
             act as i32,
         );
         let mut a = args![g, u, wg, wu, x, h, rows, cols, act];
-        let grid = gate.rows.div_ceil(GEMV_WARPS as usize) as u32;
+        // One block per row.
+        let grid = gate.rows as u32;
         // SAFETY: the module's contract.
         unsafe {
             self.k.launch(

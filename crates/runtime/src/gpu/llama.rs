@@ -92,6 +92,8 @@ impl Layer {
 /// A Llama-family model resident on a GPU.
 pub struct GpuModel {
     config: ModelConfig,
+    /// Decode products through cuBLAS instead of our GEMV kernels (a yardstick).
+    blas_decode: bool,
     stats: LoadStats,
     act: Act,
     embed: Mat,
@@ -188,7 +190,14 @@ impl GpuModel {
             weight_bytes,
             seconds: start.elapsed().as_secs_f64(),
         };
+        let direct = built
+            .layers
+            .iter()
+            .flat_map(|l| l.mats())
+            .all(|m| m.wtype.elem() == Some(built.act.elem()));
+        let blas_decode = direct && std::env::var("HOIST_DECODE_GEMV").is_ok_and(|v| v == "cublas");
         Ok(GpuModel {
+            blas_decode,
             act: built.act,
             embed: built.embed,
             output: built.output,
@@ -838,6 +847,9 @@ impl<'a> GpuSession<'a> {
         let input = |f32_buf: u64| if xa == 0 { f32_buf } else { xa };
         let scratch = b.scratch.as_ref().map_or(0, |s| s.ptr());
         let layer_cache = (c.num_kv_heads * self.capacity * c.head_dim * 4) as u64;
+        // Matrix products through cuBLAS: always for several tokens; for one only when asked
+        // (`HOIST_DECODE_GEMV=cublas`, for comparison) and no weight needs converting.
+        let gemm_path = n > 1 || m.blas_decode;
 
         // SAFETY (every launch below): the session's buffers were sized in `new` for `chunk`
         // tokens and `capacity` positions, and n <= chunk, start + n <= capacity; the weights
@@ -850,7 +862,7 @@ impl<'a> GpuSession<'a> {
                     b.vcache.ptr() + l as u64 * layer_cache,
                 ];
                 ops.rms_norm(b.x.ptr(), layer.attn_norm, b.xn.ptr(), xa, n, h, eps, act)?;
-                if n == 1 {
+                if !gemm_path {
                     let outs = [
                         GemvOut {
                             w: &layer.q,
@@ -912,7 +924,7 @@ impl<'a> GpuSession<'a> {
                         b.scores.ptr(),
                         start_at,
                         b.att.ptr(),
-                        0,
+                        if gemm_path { xa } else { 0 },
                         n,
                         dims,
                         act,
@@ -931,7 +943,7 @@ impl<'a> GpuSession<'a> {
                         act,
                     )?;
                 }
-                if n == 1 {
+                if !gemm_path {
                     ops.gemv(
                         &[GemvOut {
                             w: &layer.o,
@@ -953,7 +965,7 @@ impl<'a> GpuSession<'a> {
                     )?;
                 }
                 ops.rms_norm(b.x.ptr(), layer.ffn_norm, b.xn.ptr(), xa, n, h, eps, act)?;
-                if n == 1 {
+                if !gemm_path {
                     ops.gemv_swiglu(&layer.gate, &layer.up, b.xn.ptr(), b.h.ptr(), act)?;
                     ops.gemv(
                         &[GemvOut {
