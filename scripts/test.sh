@@ -10,6 +10,22 @@ python3 -m pip install --quiet --disable-pip-version-check safetensors numpy ggu
 # With this set, tests that compare against the Python readers fail instead of skipping.
 export HOIST_REQUIRE_PYTHON=1
 
+echo "== installing NVRTC (nvidia-cuda-nvrtc wheel): the GPU kernels must compile, GPU or not"
+python3 -m pip install --quiet --disable-pip-version-check nvidia-cuda-nvrtc
+NVRTC_LIB=$(python3 - <<'PY'
+import glob, os, site, sys
+roots = site.getsitepackages() + [site.getusersitepackages()]
+hits = [p for r in roots for p in glob.glob(os.path.join(r, "nvidia", "cu*", "lib", "libnvrtc.so*"))]
+print(os.path.dirname(hits[0]) if hits else "", end="")
+PY
+)
+if [ -n "$NVRTC_LIB" ]; then
+  export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export HOIST_REQUIRE_NVRTC=1
+else
+  echo "warning: libnvrtc not found after installing nvidia-cuda-nvrtc; the kernel compile test will skip"
+fi
+
 echo "== cargo test (workspace, release profile)"
 cargo test --workspace --release --locked
 

@@ -16,6 +16,22 @@ typedef unsigned long long usize; // no headers, so no usize
 
 #define NEG_INF __int_as_float(0xff800000)
 
+// Programmatic dependent launch (Hopper and newer): the host launches every kernel allowed to
+// start before the previous one has finished; each kernel first lets the next one be scheduled,
+// then waits until the previous grid has completed and its writes are visible. Decode is a
+// chain of ~300 short kernels, and this hides most of the gap between them.
+#if __CUDA_ARCH__ >= 900
+#define PDL_BEGIN()                                                                             \
+    do {                                                                                        \
+        asm volatile("griddepcontrol.launch_dependents;");                                      \
+        asm volatile("griddepcontrol.wait;" ::: "memory");                                      \
+    } while (0)
+#else
+#define PDL_BEGIN() \
+    do {            \
+    } while (0)
+#endif
+
 #define W_F32 0
 #define W_F16 1
 #define W_BF16 2
@@ -133,6 +149,7 @@ __device__ float block_max(float v) {
 // dst[i] = src[i] for i < n: any weight type to the activation type `out_type` (0 f32, 1 f16,
 // 2 bf16). Grid-stride.
 extern "C" __global__ void convert(u64 src, int wtype, u64 dst, int out_type, long long n) {
+    PDL_BEGIN();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         float v = load_w((const u8*)src, (usize)i, wtype);
@@ -142,6 +159,7 @@ extern "C" __global__ void convert(u64 src, int wtype, u64 dst, int out_type, lo
 
 // Rounds x (f32, n values) to `act` in place and, if out_a != 0, stores it as `act` there.
 extern "C" __global__ void round_cast(u64 x, u64 out_a, int act, long long n) {
+    PDL_BEGIN();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         float v = round_act(((float*)x)[i], act);
@@ -154,6 +172,7 @@ extern "C" __global__ void round_cast(u64 x, u64 out_a, int act, long long n) {
 
 // x[t, :] = table[ids[t], :] for t < n (grid: n blocks).
 extern "C" __global__ void embed(u64 table, int wtype, u64 ids, int hidden, u64 x) {
+    PDL_BEGIN();
     int t = blockIdx.x;
     usize row = ((const int*)ids)[t];
     float* out = (float*)x + (usize)t * hidden;
@@ -167,6 +186,7 @@ extern "C" __global__ void embed(u64 table, int wtype, u64 ids, int hidden, u64 
 // If out_a != 0 the rounded values are also stored as `act` there.
 extern "C" __global__ void rms_norm(u64 x, u64 w, u64 out, u64 out_a, int cols, float eps,
                                     int act) {
+    PDL_BEGIN();
     usize r = blockIdx.x;
     const float* xr = (const float*)x + r * cols;
     const float* wr = (const float*)w;
@@ -211,6 +231,7 @@ extern "C" __global__ void rms_norm(u64 x, u64 w, u64 out, u64 out_a, int cols, 
 
 // y[r, c] += bias[c] for r < rows (grid-stride over rows*cols).
 extern "C" __global__ void add_bias(u64 y, u64 bias, int rows, int cols) {
+    PDL_BEGIN();
     long long n = (long long)rows * cols;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x)
@@ -219,6 +240,7 @@ extern "C" __global__ void add_bias(u64 y, u64 bias, int rows, int cols) {
 
 // h[i] = round_act(silu(g[i]) * u[i]), also stored as `act` in h_a if h_a != 0.
 extern "C" __global__ void swiglu(u64 g, u64 u, u64 h, u64 h_a, int act, long long n) {
+    PDL_BEGIN();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         float a = ((const float*)g)[i];
@@ -237,6 +259,7 @@ extern "C" __global__ void swiglu(u64 g, u64 u, u64 h, u64 h_a, int act, long lo
 extern "C" __global__ void rope_store(u64 q, u64 k, u64 v, u64 kcache, u64 vcache, u64 inv_freq,
                                       u64 start_at, int heads, int kv_heads, int hd, int cap,
                                       int style) {
+    PDL_BEGIN();
     int start = *(const int*)start_at;
     int t = blockIdx.x;
     int pos = start + t;
@@ -288,6 +311,7 @@ extern "C" __global__ void rope_store(u64 q, u64 k, u64 v, u64 kcache, u64 vcach
 extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 part, u64 start_at,
                                            int heads, int kv_heads, int hd, int cap, int window,
                                            float scale) {
+    PDL_BEGIN();
     extern __shared__ float smem[];
     int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
     int pos = *(const int*)start_at + t;
@@ -361,6 +385,7 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
 // stored as `act` in out_a if out_a != 0.
 extern "C" __global__ void attention_combine(u64 part, u64 out, u64 out_a, int heads, int hd,
                                              int act) {
+    PDL_BEGIN();
     int h = blockIdx.x, t = blockIdx.y;
     const float* p = (const float*)part + ((usize)t * heads + h) * ATTN_SPLITS * (hd + 2);
     float m = NEG_INF;
@@ -392,6 +417,7 @@ extern "C" __global__ void attention_combine(u64 part, u64 out, u64 out_a, int h
 // and sees keys max(0, p - window + 1)..=p of 0..len; the rest become 0.
 extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int start, int q0,
                                           int window) {
+    PDL_BEGIN();
     int h = blockIdx.x, i = blockIdx.y;
     float* s = (float*)scores + ((usize)h * rows + i) * len;
     int pos = start + q0 + i;
@@ -420,8 +446,8 @@ extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int sta
 
 // Partial dot product of quantized row `r` of w with x over the part-th of `parts` slices of its
 // blocks, by one warp; the result is in every lane. The warp's quant blocks are staged through
-// shared memory 32 at a time (one per lane), loaded with coalesced 16-bit reads (block sizes
-// are even, not multiples of 4).
+// shared memory 32 at a time, loaded with coalesced 16-bit reads (block sizes are even, not
+// multiples of 4).
 __device__ float qrow_dot(const u8* w, int wtype, usize r, int cols, const float* x, u16* stage,
                           int part, int parts) {
     int lane = threadIdx.x & 31;
@@ -437,23 +463,20 @@ __device__ float qrow_dot(const u8* w, int wtype, usize r, int cols, const float
         __syncwarp();
         for (int i = lane; i < words; i += 32) stage[i] = src[i];
         __syncwarp();
-        if (lane < nb) {
-            const u8* blk = (const u8*)stage + lane * bb;
+        // Lane l takes value l of every staged block: the input is read coalesced (a warp
+        // reads 32 consecutive floats per block), scales and quants come from shared memory.
+#pragma unroll 8
+        for (int k = 0; k < nb; ++k) {
+            const u8* blk = (const u8*)stage + k * bb;
             float d = f16_to_f(*(const u16*)blk);
-            const float* xb = x + (usize)(b0 + lane) * QK;
-            float s = 0.f;
+            int q;
             if (wtype == W_Q8_0) {
-#pragma unroll
-                for (int j = 0; j < QK; ++j) s += (float)(signed char)blk[2 + j] * xb[j];
+                q = (signed char)blk[2 + lane];
             } else {
-#pragma unroll
-                for (int j = 0; j < 16; ++j) {
-                    u8 byte = blk[2 + j];
-                    s += (float)((int)(byte & 15) - 8) * xb[j] +
-                         (float)((int)(byte >> 4) - 8) * xb[j + 16];
-                }
+                u8 byte = blk[2 + (lane & 15)];
+                q = (lane < 16 ? (byte & 15) : (byte >> 4)) - 8;
             }
-            acc += d * s;
+            acc += d * (float)q * x[(usize)(b0 + k) * QK + lane];
         }
     }
     return warp_sum(acc);
@@ -537,6 +560,17 @@ __device__ void rows2_part(const u8* w, int wtype, int r0, int r1, int cols, con
     }
 }
 
+// Partial dot product of row r of w (any type) with x over the part-th of `parts` column
+// slices, by one warp.
+__device__ float row_part(const u8* w, int wtype, int r, int cols, const float* x, u16* stage,
+                          int part, int parts) {
+    if (wtype > W_BF16) return qrow_dot(w, wtype, (usize)r, cols, x, stage, part, parts);
+    float d, same;
+    usize row_bytes = (usize)cols * (wtype == W_F32 ? 4 : 2);
+    dot2_part(w + r * row_bytes, w + r * row_bytes, wtype, cols, x, part, parts, &d, &same);
+    return d;
+}
+
 // Sums the warps' partial pairs of a block (GEMV_WARPS warps): thread 0 gets both sums.
 __device__ void block_pair_sum(float* d0, float* d1) {
     __shared__ float red[GEMV_WARPS][2];
@@ -574,6 +608,7 @@ struct GemvBatch {
 // keeping twice the weight loads in flight. (Measured on an H200: better than one row per warp,
 // and than splitting a row pair's columns over a block's warps.)
 extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate) {
+    PDL_BEGIN();
     __shared__ u16 stage[GEMV_WARPS][STAGE_BYTES / 2];
     int warp = threadIdx.x >> 5;
     int pair = blockIdx.x * GEMV_WARPS + warp;
@@ -598,6 +633,7 @@ extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate) {
 // Grid: one block of GEMV_WARPS warps per row, the warps splitting the columns.
 extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wtype_up, u64 x,
                                        u64 h, int rows, int cols, int act) {
+    PDL_BEGIN();
     __shared__ u16 stage[GEMV_WARPS][STAGE_BYTES / 2];
     int r = blockIdx.x;
     int part = threadIdx.x >> 5;
@@ -608,11 +644,8 @@ extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wty
         dot2_part((const u8*)gate + r * row_bytes, (const u8*)up + r * row_bytes, wtype_gate,
                   cols, xf, part, GEMV_WARPS, &g, &u);
     } else {
-        float ignored;
-        rows2_part((const u8*)gate, wtype_gate, r, r, cols, xf, stage[part], part, GEMV_WARPS, &g,
-                   &ignored);
-        rows2_part((const u8*)up, wtype_up, r, r, cols, xf, stage[part], part, GEMV_WARPS, &u,
-                   &ignored);
+        g = row_part((const u8*)gate, wtype_gate, r, cols, xf, stage[part], part, GEMV_WARPS);
+        u = row_part((const u8*)up, wtype_up, r, cols, xf, stage[part], part, GEMV_WARPS);
     }
     block_pair_sum(&g, &u);
     if (threadIdx.x == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);

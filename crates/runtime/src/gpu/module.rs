@@ -52,6 +52,9 @@ pub(crate) struct Kernels {
     pub(crate) cached: bool,
     /// Per-kernel times when `HOIST_PROFILE` is set (each launch then waits for its kernel).
     pub(crate) profile: Option<Profile>,
+    /// Launch with programmatic dependent launch (compute capability 9.0 and newer, unless
+    /// `HOIST_NO_PDL` is set): see `PDL_BEGIN` in kernels.cu.
+    pdl: bool,
 }
 
 /// Wall time per kernel (launch to completion, so including launch cost), for finding where
@@ -308,6 +311,7 @@ impl Kernels {
             arch,
             cached,
             profile: Profile::from_env(),
+            pdl: major >= 9 && std::env::var_os("HOIST_NO_PDL").is_none(),
         })
     }
 
@@ -345,21 +349,26 @@ impl Kernels {
     ) -> Result<(), GpuError> {
         debug_assert!(grid.0 > 0 && grid.1 > 0 && grid.2 > 0 && block > 0 && block <= 1024);
         let started = self.profile.as_ref().map(|_| std::time::Instant::now());
-        // SAFETY: the caller's contract; the stream and function are live.
-        let launched = driver("cuLaunchKernel", &self.gpu, unsafe {
-            sys::cuLaunchKernel(
-                f,
-                grid.0,
-                grid.1,
-                grid.2,
-                block,
-                1,
-                1,
-                smem_bytes,
-                stream.raw() as sys::CUstream,
-                args.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
+        // SAFETY: an all-zero launch attribute is valid (id 0 = ignore); set below.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem_bytes,
+            hStream: stream.raw(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
+        };
+        // SAFETY: the caller's contract; the stream and function are live; `config` and the
+        // attribute it points to outlive the call.
+        let launched = driver("cuLaunchKernelEx", &self.gpu, unsafe {
+            sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut())
         });
         if let (Some(p), Some(t)) = (&self.profile, started) {
             stream.synchronize()?;
@@ -411,3 +420,36 @@ macro_rules! args {
     };
 }
 pub(crate) use args;
+
+#[cfg(test)]
+mod tests {
+    /// The kernels compile for the architectures hoist meets (no GPU needed, only NVRTC; CI
+    /// installs it from the `nvidia-cuda-nvrtc` wheel and sets `HOIST_REQUIRE_NVRTC`, so that a
+    /// kernel that does not compile fails there, not first on a user's GPU).
+    #[test]
+    fn kernels_compile_for_common_architectures() {
+        // SAFETY: only tries to dlopen candidate names.
+        if !unsafe { super::nvrtc_sys::is_culib_present() } {
+            assert!(
+                std::env::var_os("HOIST_REQUIRE_NVRTC").is_none(),
+                "HOIST_REQUIRE_NVRTC is set but libnvrtc cannot be loaded (LD_LIBRARY_PATH?)"
+            );
+            eprintln!("skipped: NVRTC (libnvrtc.so) not found; `pip install nvidia-cuda-nvrtc` and put its lib/ on LD_LIBRARY_PATH to run this");
+            return;
+        }
+        for arch in ["sm_80", "sm_89", "sm_90"] {
+            let cubin = super::compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+            assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not a cubin");
+        }
+    }
+
+    #[test]
+    fn cache_round_trip_is_atomic_and_keyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k/x.cubin");
+        super::store(&f, b"\x7fELF0123456789abcdef").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"\x7fELF0123456789abcdef");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path().join("k")).unwrap().count(), 1);
+    }
+}
