@@ -1,3 +1,7 @@
+#!/usr/bin/env bash
+# Decode speed on a synthetic Llama-2-7B-shaped checkpoint (random bytes: speed only) with and
+# without programmatic dependent launch (HOIST_NO_PDL=1), twice with it. Carries:
+# .carry/bin/{gpu_speed,make_checkpoint}. Run from the repository root on the GPU machine.
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib HOIST_KERNEL_CACHE=/var/tmp/hoist-kernels
 D=/var/tmp/l7; .carry/bin/make_checkpoint llama-7b $D > /dev/null || exit 1
 cat > $D/config.json <<'JSON'

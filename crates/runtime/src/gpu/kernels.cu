@@ -440,44 +440,52 @@ extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int sta
 // ---- matrix-vector products (decode) ---------------------------------------------------------
 
 #define GEMV_WARPS 4
-// Quantized rows are staged through shared memory 32 blocks (one per lane) at a time, loaded
-// with coalesced 16-bit reads (block sizes are even, not multiples of 4).
-#define STAGE_BYTES (32 * Q8_BLOCK_BYTES)
 
-// Partial dot product of quantized row `r` of w with x over the part-th of `parts` slices of its
-// blocks, by one warp; the result is in every lane. The warp's quant blocks are staged through
-// shared memory 32 at a time, loaded with coalesced 16-bit reads (block sizes are even, not
-// multiples of 4).
-__device__ float qrow_dot(const u8* w, int wtype, usize r, int cols, const float* x, u16* stage,
-                          int part, int parts) {
+// Where value v of the input vector sits in the padded shared-memory copy the quantized GEMVs
+// read: one float of padding per 32 keeps lanes that read "their" blocks on distinct banks.
+__device__ __forceinline__ int xs_index(int v) { return v + v / QK; }
+
+// Copies x (cols floats) into shared memory `xs`, padded (xs_index); the whole block calls it.
+__device__ void stage_input(const float* x, float* xs, int cols) {
+    for (int v = threadIdx.x; v < cols; v += blockDim.x) xs[xs_index(v)] = x[v];
+    __syncthreads();
+}
+
+// Partial dot product of quantized row `r` of w with the staged input `xs` over the part-th of
+// `parts` slices of its blocks, by one warp; the result is in every lane. Lane l decodes whole
+// blocks l, l + 32, ...: its 18 (Q4_0) or 34 (Q8_0) bytes with 16-bit loads (block sizes are
+// even, not multiples of 4; a warp's loads cover contiguous bytes), its 32 inputs from shared
+// memory without bank conflicts.
+__device__ float qrow_dot(const u8* w, int wtype, usize r, int cols, const float* xs, int part,
+                          int parts) {
     int lane = threadIdx.x & 31;
     float acc = 0.f;
     int bb = wtype == W_Q8_0 ? Q8_BLOCK_BYTES : Q4_BLOCK_BYTES;
     int nblocks = cols / QK;
     int lo = nblocks * part / parts, hi = nblocks * (part + 1) / parts;
     const u8* row = w + r * (usize)nblocks * bb;
-    for (int b0 = lo; b0 < hi; b0 += 32) {
-        int nb = min(32, hi - b0);
-        int words = nb * bb / 2;
-        const u16* src = (const u16*)(row + (usize)b0 * bb);
-        __syncwarp();
-        for (int i = lane; i < words; i += 32) stage[i] = src[i];
-        __syncwarp();
-        // Lane l takes value l of every staged block: the input is read coalesced (a warp
-        // reads 32 consecutive floats per block), scales and quants come from shared memory.
-#pragma unroll 8
-        for (int k = 0; k < nb; ++k) {
-            const u8* blk = (const u8*)stage + k * bb;
-            float d = f16_to_f(*(const u16*)blk);
-            int q;
-            if (wtype == W_Q8_0) {
-                q = (signed char)blk[2 + lane];
-            } else {
-                u8 byte = blk[2 + (lane & 15)];
-                q = (lane < 16 ? (byte & 15) : (byte >> 4)) - 8;
+    for (int b = lo + lane; b < hi; b += 32) {
+        const u16* blk = (const u16*)(row + (usize)b * bb);
+        float d = f16_to_f(blk[0]);
+        const float* xb = xs + b * (QK + 1);
+        float s = 0.f;
+        if (wtype == W_Q8_0) {
+#pragma unroll
+            for (int j = 0; j < QK; j += 2) {
+                u16 pair = blk[1 + j / 2];
+                s += (float)(signed char)(pair & 0xff) * xb[j] +
+                     (float)(signed char)(pair >> 8) * xb[j + 1];
             }
-            acc += d * (float)q * x[(usize)(b0 + k) * QK + lane];
+        } else {
+#pragma unroll
+            for (int j = 0; j < 16; j += 2) {
+                u16 pair = blk[1 + j / 2];
+                int b0 = pair & 0xff, b1 = pair >> 8;
+                s += (float)((b0 & 15) - 8) * xb[j] + (float)((b1 & 15) - 8) * xb[j + 1] +
+                     (float)((b0 >> 4) - 8) * xb[j + 16] + (float)((b1 >> 4) - 8) * xb[j + 17];
+            }
         }
+        acc += d * s;
     }
     return warp_sum(acc);
 }
@@ -550,21 +558,21 @@ __device__ void dot2_part(const u8* row0, const u8* row1, int wtype, int cols, c
 // Partial dot products of rows r0 and r1 of w (any type) with x over the part-th of `parts`
 // column slices, by one warp.
 __device__ void rows2_part(const u8* w, int wtype, int r0, int r1, int cols, const float* x,
-                           u16* stage, int part, int parts, float* d0, float* d1) {
+                           const float* xs, int part, int parts, float* d0, float* d1) {
     if (wtype <= W_BF16) {
         usize row_bytes = (usize)cols * (wtype == W_F32 ? 4 : 2);
         dot2_part(w + r0 * row_bytes, w + r1 * row_bytes, wtype, cols, x, part, parts, d0, d1);
     } else {
-        *d0 = qrow_dot(w, wtype, (usize)r0, cols, x, stage, part, parts);
-        *d1 = qrow_dot(w, wtype, (usize)r1, cols, x, stage, part, parts);
+        *d0 = qrow_dot(w, wtype, (usize)r0, cols, xs, part, parts);
+        *d1 = qrow_dot(w, wtype, (usize)r1, cols, xs, part, parts);
     }
 }
 
 // Partial dot product of row r of w (any type) with x over the part-th of `parts` column
 // slices, by one warp.
-__device__ float row_part(const u8* w, int wtype, int r, int cols, const float* x, u16* stage,
-                          int part, int parts) {
-    if (wtype > W_BF16) return qrow_dot(w, wtype, (usize)r, cols, x, stage, part, parts);
+__device__ float row_part(const u8* w, int wtype, int r, int cols, const float* x,
+                          const float* xs, int part, int parts) {
+    if (wtype > W_BF16) return qrow_dot(w, wtype, (usize)r, cols, xs, part, parts);
     float d, same;
     usize row_bytes = (usize)cols * (wtype == W_F32 ? 4 : 2);
     dot2_part(w + r * row_bytes, w + r * row_bytes, wtype, cols, x, part, parts, &d, &same);
@@ -607,9 +615,11 @@ struct GemvBatch {
 // of rows of one matrix (pairs never straddle matrices), reading the input once for both and
 // keeping twice the weight loads in flight. (Measured on an H200: better than one row per warp,
 // and than splitting a row pair's columns over a block's warps.)
-extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate) {
+extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate, int stage_x) {
     PDL_BEGIN();
-    __shared__ u16 stage[GEMV_WARPS][STAGE_BYTES / 2];
+    // Quantized matrices read the input from shared memory (dynamic: xs_index(cols) floats).
+    extern __shared__ float xs[];
+    if (stage_x) stage_input((const float*)x, xs, cols);
     int warp = threadIdx.x >> 5;
     int pair = blockIdx.x * GEMV_WARPS + warp;
     int m = 0;
@@ -617,8 +627,7 @@ extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate) {
     if (m >= b.count) return;
     int r0 = 2 * pair, r1 = min(r0 + 1, b.rows[m] - 1);
     float d0, d1;
-    rows2_part((const u8*)b.w[m], b.wtype[m], r0, r1, cols, (const float*)x, stage[warp], 0, 1,
-               &d0, &d1);
+    rows2_part((const u8*)b.w[m], b.wtype[m], r0, r1, cols, (const float*)x, xs, 0, 1, &d0, &d1);
     if ((threadIdx.x & 31) == 0) {
         float* y = (float*)b.y[m];
         const float* bias = (const float*)b.bias[m];
@@ -630,22 +639,34 @@ extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate) {
 }
 
 // h[r] = round_act(silu(dot(gate[r], x)) * dot(up[r], x)) (the feed-forward's first half).
-// Grid: one block of GEMV_WARPS warps per row, the warps splitting the columns.
+// Float weights: one block of GEMV_WARPS warps per row, the warps splitting the columns.
+// Quantized (stage_x = 1): one row per warp, the block sharing the input staged in shared
+// memory (dynamic: xs_index(cols) floats).
 extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wtype_up, u64 x,
-                                       u64 h, int rows, int cols, int act) {
+                                       u64 h, int rows, int cols, int act, int stage_x) {
     PDL_BEGIN();
-    __shared__ u16 stage[GEMV_WARPS][STAGE_BYTES / 2];
-    int r = blockIdx.x;
-    int part = threadIdx.x >> 5;
+    extern __shared__ float xs[];
     const float* xf = (const float*)x;
     float g, u;
-    if (wtype_gate == wtype_up && wtype_gate <= W_BF16) {
+    int r;
+    if (stage_x) {
+        stage_input(xf, xs, cols);
+        r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+        if (r >= rows) return;
+        g = row_part((const u8*)gate, wtype_gate, r, cols, xf, xs, 0, 1);
+        u = row_part((const u8*)up, wtype_up, r, cols, xf, xs, 0, 1);
+        if ((threadIdx.x & 31) == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);
+        return;
+    }
+    r = blockIdx.x;
+    int part = threadIdx.x >> 5;
+    if (wtype_gate == wtype_up) {
         usize row_bytes = (usize)cols * (wtype_gate == W_F32 ? 4 : 2);
         dot2_part((const u8*)gate + r * row_bytes, (const u8*)up + r * row_bytes, wtype_gate,
                   cols, xf, part, GEMV_WARPS, &g, &u);
     } else {
-        g = row_part((const u8*)gate, wtype_gate, r, cols, xf, stage[part], part, GEMV_WARPS);
-        u = row_part((const u8*)up, wtype_up, r, cols, xf, stage[part], part, GEMV_WARPS);
+        g = row_part((const u8*)gate, wtype_gate, r, cols, xf, xs, part, GEMV_WARPS);
+        u = row_part((const u8*)up, wtype_up, r, cols, xf, xs, part, GEMV_WARPS);
     }
     block_pair_sum(&g, &u);
     if (threadIdx.x == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);

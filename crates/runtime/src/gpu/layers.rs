@@ -524,8 +524,10 @@ impl Ops<'_> {
             // Each warp takes a pair of rows of one matrix.
             total += o.w.rows.div_ceil(2);
         }
-        let (cols, acc) = (int(cols), i32::from(accumulate));
-        let mut a = args![b, x, cols, acc];
+        let quantized = outs.iter().any(|o| o.w.wtype.elem().is_none());
+        let smem = self.staged_input_bytes(cols, quantized)?;
+        let (cols, acc, stage_x) = (int(cols), i32::from(accumulate), i32::from(quantized));
+        let mut a = args![b, x, cols, acc, stage_x];
         // A row pair per warp.
         let grid = total.div_ceil(GEMV_WARPS as usize) as u32;
         // SAFETY: the module's contract.
@@ -534,7 +536,7 @@ impl Ops<'_> {
                 self.k.gemv,
                 (grid, 1),
                 32 * GEMV_WARPS,
-                0,
+                smem,
                 self.stream,
                 &mut a,
             )
@@ -550,7 +552,9 @@ impl Ops<'_> {
         h: u64,
         act: Act,
     ) -> Result<(), GpuError> {
-        let (g, u, wg, wu, rows, cols, act) = (
+        let quantized = gate.wtype.elem().is_none() || up.wtype.elem().is_none();
+        let smem = self.staged_input_bytes(gate.cols, quantized)?;
+        let (g, u, wg, wu, rows, cols, act, stage_x) = (
             gate.ptr,
             up.ptr,
             gate.wtype as i32,
@@ -558,21 +562,42 @@ impl Ops<'_> {
             int(gate.rows),
             int(gate.cols),
             act as i32,
+            i32::from(quantized),
         );
-        let mut a = args![g, u, wg, wu, x, h, rows, cols, act];
-        // One block per row.
-        let grid = gate.rows as u32;
+        let mut a = args![g, u, wg, wu, x, h, rows, cols, act, stage_x];
+        // Float weights: a block per row (its warps split the columns); quantized: a warp per
+        // row, the block sharing the staged input.
+        let grid = if quantized {
+            gate.rows.div_ceil(GEMV_WARPS as usize)
+        } else {
+            gate.rows
+        } as u32;
         // SAFETY: the module's contract.
         unsafe {
             self.k.launch(
                 self.k.gemv_swiglu,
                 (grid, 1),
                 32 * GEMV_WARPS,
-                0,
+                smem,
                 self.stream,
                 &mut a,
             )
         }
+    }
+
+    /// Dynamic shared memory of a GEMV whose quantized weights read a staged input of `cols`
+    /// values (0 when nothing is quantized).
+    fn staged_input_bytes(&self, cols: usize, quantized: bool) -> Result<u32, GpuError> {
+        if !quantized {
+            return Ok(0);
+        }
+        let bytes = (cols + cols / 32 + 1) * 4;
+        if bytes > self.k.attention_smem_bytes {
+            return Err(GpuError::Unsupported(format!(
+                "quantized rows of {cols} values do not fit the GPU's shared memory"
+            )));
+        }
+        Ok(bytes as u32)
     }
 
     /// `y[n, rows] = beta·y + x_a[n, cols] · wᵀ` with `x_a` of type `act`. Weights of another

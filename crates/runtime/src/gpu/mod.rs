@@ -4,15 +4,25 @@
 //!   layout): the load's allocations *are* the runtime's weight buffers, nothing is copied twice
 //!   and no host copy of the model is made.
 //! - Kernels are CUDA C (`kernels.cu`), compiled at run time by NVRTC for the device's own
-//!   architecture and cached on disk keyed by source hash and architecture ([`module`]).
-//! - GEMMs with more than one token go to cuBLAS (`cublasGemmEx`, f32 accumulation); one-token
-//!   matrix-vector products (decode) use our own bandwidth-bound GEMV kernels, fused with
-//!   SwiGLU, biases and the residual add, and with Q8_0 / Q4_0 dequantization.
+//!   architecture and cached on disk as a cubin keyed by source hash and architecture; a warm
+//!   start does not load NVRTC at all.
+//! - Prefill (several tokens) runs its matrix products on cuBLAS (`cublasGemmEx`, f32
+//!   accumulation; quantized weights are dequantized to f16 first) and attention as two batched
+//!   cuBLAS products around a causal softmax.
+//! - Decode (one token) runs our GEMV kernels, fused with SwiGLU, biases and the residual add
+//!   and reading Q8_0/Q4_0 directly, and a split-key attention kernel. Kernels read the position
+//!   from device memory, so one captured CUDA graph replays a whole decode step at any position.
 //! - Activations and the KV cache are f32; GEMM inputs are rounded to the weights' float type
 //!   (as transformers does for bf16/f16 models).
 //!
-//! Every kernel has a plain f32 twin in [`crate::cpu`]; `tests/gpu.rs` checks each against it
-//! where a GPU exists, and `bench/gpu/runtime/` checks whole models against transformers.
+//! Every kernel has a plain f32 twin in [`crate::cpu`]: the unit tests of this module check each
+//! against it where a GPU exists, `tests/gpu.rs` checks whole models against transformers'
+//! logits, and `bench/gpu/runtime/` does so on fresh random models of every family.
+//!
+//! Environment knobs, for diagnosis: `HOIST_KERNEL_CACHE` (cache directory), `HOIST_PROFILE`
+//! (per-kernel times, each launch synchronized, printed when the model is dropped),
+//! `HOIST_NO_GRAPHS`, `HOIST_NO_PDL` (no programmatic dependent launch) and
+//! `HOIST_DECODE_GEMV=cublas` (decode products through cuBLAS, for comparison).
 
 pub mod bench;
 mod blas;

@@ -44,7 +44,7 @@ pub(crate) struct Kernels {
     pub(crate) causal_softmax: sys::CUfunction,
     pub(crate) gemv: sys::CUfunction,
     pub(crate) gemv_swiglu: sys::CUfunction,
-    /// Most dynamic shared memory one block of `attention_split` may use, bytes.
+    /// Most dynamic shared memory one block of `attention_split` or of a GEMV may use, bytes.
     pub(crate) attention_smem_bytes: usize,
     /// `sm_XY` of the device.
     pub(crate) arch: String,
@@ -292,6 +292,19 @@ impl Kernels {
                 attention_smem_bytes as i32,
             )
         })?;
+        let gemv = get("gemv")?;
+        let gemv_swiglu = get("gemv_swiglu")?;
+        for f in [gemv, gemv_swiglu] {
+            // SAFETY: f is a function of the live module. Quantized GEMVs stage the input
+            // vector in dynamic shared memory, over 48 KiB for rows of 12k+ values.
+            driver("cuFuncSetAttribute", gpu, unsafe {
+                sys::cuFuncSetAttribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    attention_smem_bytes as i32,
+                )
+            })?;
+        }
         Ok(Kernels {
             gpu: gpu.clone(),
             module,
@@ -305,8 +318,8 @@ impl Kernels {
             attention_split,
             attention_combine: get("attention_combine")?,
             causal_softmax: get("causal_softmax")?,
-            gemv: get("gemv")?,
-            gemv_swiglu: get("gemv_swiglu")?,
+            gemv,
+            gemv_swiglu,
             attention_smem_bytes,
             arch,
             cached,
