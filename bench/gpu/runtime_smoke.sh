@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # First check of the GPU runtime on the GPU machine: the kernel tests and model tests (against
 # the committed transformers fixtures), then the speed report on a Llama-2-7B-shaped synthetic
-# checkpoint (random bytes: speed only). Carries: .carry/bin/{rt_unit,rt_gpu,gpu_speed,
+# checkpoint (random bytes: speed only), a per-kernel profile, ncu on the decode kernels, and the
+# cuBLAS-decode comparison. Carries: .carry/bin/{rt_unit,rt_gpu,gpu_speed,hoist,
 # make_checkpoint}.
 cd "$(dirname "$0")/../.."
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib HOIST_KERNEL_CACHE=/var/tmp/hoist-kernels
