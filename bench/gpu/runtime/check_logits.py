@@ -12,7 +12,7 @@ unambiguous: see make_models.py; --random-prompts draws unselected ones instead)
    greedy tokens, [n + 15, vocab] per prompt, plus the 16 greedy tokens.
 2. The reference: transformers, one teacher-forced forward pass over prompt + greedy[:-1] (no
    cache, eager attention) in the case's dtype: fp32 (TF32 off) for hf-f32 and GGUF cases (the
-   GGUF reference holds the dequantized weights), bf16 for hf-bf16.
+   GGUF reference holds the dequantized weights), bf16 for hf-bf16, f16 for hf-f16.
 3. Metrics: rel = max|hoist - ref| / max|ref| over all rows (and the worst row, and the worst
    prefill / decode rows); greedy agreement: hoist greedy[j] == argmax(ref row n-1+j).
    For bf16 cases also transformers' own generate() (greedy, KV cache) vs hoist's tokens.
@@ -37,14 +37,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import log, np, torch  # noqa: E402
 
-TOL = {"hf-f32": 1e-3, "hf-bf16": 2e-2, "gguf-q8_0": 2e-2, "gguf-q4_0": 2e-2}
-GREEDY_REQUIRED = {"hf-f32": True, "hf-bf16": True, "gguf-q8_0": False, "gguf-q4_0": False}
+TOL = {"hf-f32": 1e-3, "hf-bf16": 2e-2, "hf-f16": 2e-2, "gguf-q8_0": 2e-2, "gguf-q4_0": 2e-2}
+GREEDY_REQUIRED = {"hf-f32": True, "hf-bf16": True, "hf-f16": True, "gguf-q8_0": False, "gguf-q4_0": False}
+LOW_PRECISION = ("hf-bf16", "hf-f16")  # kinds whose transformers `generate` is compared too
 
 
 def load_reference(case, outdir, device):
     from transformers import AutoModelForCausalLM
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[case["ref"]["dtype"]]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[case["ref"]["dtype"]]
     path = os.path.join(outdir, case["ref"]["hf_dir"])
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
@@ -217,7 +218,7 @@ def main():
                 m["hoist_greedy"] = greedy
                 if p.get("greedy_fp32") is not None:
                     m["selection_fp32_greedy_equal"] = p["greedy_fp32"] == greedy
-                if kind == "hf-bf16" and not args.no_generate:
+                if kind in LOW_PRECISION and not args.no_generate:
                     try:
                         gen = hf_generate(model, ids, steps, device)
                         m["hf_generate_equal"] = gen == greedy
@@ -252,7 +253,7 @@ def main():
                     f"worst: prompt {ps.index(worst)} row {worst['worst_row']} = {worst['worst_row_is']}; "
                     f"prefill {max(m['rel_prefill'] for m in ps):.1e} decode {max(m['rel_decode'] for m in ps):.1e}) "
                     f"greedy {agree}/{total}{'' if GREEDY_REQUIRED[kind] else ' (info)'}")
-            if kind == "hf-bf16" and not args.no_generate:
+            if kind in LOW_PRECISION and not args.no_generate:
                 gens = [m.get("hf_generate_equal") for m in ps]
                 line += f", hf generate equal {sum(bool(g) for g in gens)}/{len(gens)}"
             if not all(m["own_argmax_consistent"] for m in ps):

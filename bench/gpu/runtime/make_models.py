@@ -5,7 +5,8 @@
 
 Every run draws FRESH random weights (the seed comes from the clock unless --seed is given and
 is printed). Six architectures/shapes, each saved with save_pretrained (safetensors) in float32
-and in bfloat16, and two of them also as llama.cpp-style GGUF files in Q8_0 and Q4_0:
+and in bfloat16 (two also in float16), and two of them also as llama.cpp-style GGUF files in Q8_0
+and Q4_0:
 
   llama       LlamaForCausalLM, GQA 8/2, head_dim 64, hidden 512, 3 layers, untied, vocab 2048
   llama-tied  LlamaForCausalLM, MHA 2/2, head_dim 128, tied embeddings, vocab 1000
@@ -118,6 +119,7 @@ SPECS = {
     ),
 }
 GGUF_OF = {"llama31": "llama", "qwen3": "qwen3"}  # base model -> GGUF architecture
+F16_OF = {"llama", "qwen2"}  # base models also saved in float16 (the f16 GEMM path)
 
 
 PEAK_FRACTION = 0.8  # tokens t whose successor pi(t) gets a clear logit peak
@@ -380,17 +382,19 @@ def main():
         variants = [("hf-f32", m32)]
         mb = copy.deepcopy(m32).to(torch.bfloat16)
         variants.append(("hf-bf16", mb))
+        if base in F16_OF:
+            variants.append(("hf-f16", copy.deepcopy(m32).to(torch.float16)))
         for kind, model in variants:
-            tag = "f32" if kind == "hf-f32" else "bf16"
+            tag = kind[len("hf-"):]
             name = f"{base}-{tag}"
             path = os.path.join(outdir, "hf", name)
             save_hf(model, path)
             stored = safetensors_dtypes(path)
-            want = "F32" if kind == "hf-f32" else "BF16"
+            want = {"hf-f32": "F32", "hf-bf16": "BF16", "hf-f16": "F16"}[kind]
             if stored != [want]:
                 raise RuntimeError(f"{path}: stored dtypes {stored}, expected only {want}")
-            ref_dtype = "float32" if kind == "hf-f32" else "bfloat16"
-            # The selection runs the case's exact weights in fp32 (bf16 upcast is exact).
+            ref_dtype = {"hf-f32": "float32", "hf-bf16": "bfloat16", "hf-f16": "float16"}[kind]
+            # The selection runs the case's exact weights in fp32 (the upcast is exact).
             w32 = copy.deepcopy(model).float().to(device).eval()
             twin = low_twin(w32, kind, device)
             prompts = select_prompts(w32, twin, vocab, device, gen, name)
@@ -403,7 +407,7 @@ def main():
             ))
             log(f"{name}: {kind}, stored {stored}, prompts {[len(p['ids']) for p in prompts]}, "
                 f"gap/noise {[p['min_gap_over_noise'] for p in prompts]}, fp32 greedy[0] {prompts[0]['greedy_fp32']}")
-        del mb
+        del mb, variants
         if base in GGUF_OF and not args.no_gguf:
             import gguf
 
