@@ -439,7 +439,14 @@ extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int sta
 
 // ---- matrix-vector products (decode) ---------------------------------------------------------
 
+// Warps per GEMV block and loop unrolling of the 16-bit/f32 GEMV: the host passes both (-D) and
+// sizes its grids with the same GEMV_WARPS.
+#ifndef GEMV_WARPS
 #define GEMV_WARPS 4
+#endif
+#ifndef GEMV_UNROLL
+#define GEMV_UNROLL 4
+#endif
 
 // Where value v of the input vector sits in the padded shared-memory copy the quantized GEMVs
 // read: one float of padding per 32 keeps lanes that read "their" blocks on distinct banks.
@@ -528,7 +535,7 @@ __device__ void dot2_part(const u8* row0, const u8* row1, int wtype, int cols, c
         int lo = vec * part / parts, hi = vec * (part + 1) / parts;
         const uint4* a0 = (const uint4*)row0;
         const uint4* a1 = (const uint4*)row1;
-#pragma unroll 4
+#pragma unroll GEMV_UNROLL
         for (int i = lo + lane; i < hi; i += 32) {
             uint4 p0 = ld_stream(a0 + i), p1 = ld_stream(a1 + i);
             if (per == 8) {

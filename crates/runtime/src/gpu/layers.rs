@@ -9,9 +9,7 @@ use hoist_cuda::Stream;
 use hoist_format::{DType, GgmlType};
 
 use super::blas::{Batch, Blas, Elem, Gemm};
-use super::module::{
-    args, Kernels, ATTN_SPLITS, ATTN_THREADS, ELEMENTWISE_THREADS, GEMV_WARPS, ROW_THREADS,
-};
+use super::module::{args, Kernels, ATTN_SPLITS, ATTN_THREADS, ELEMENTWISE_THREADS, ROW_THREADS};
 use super::GpuError;
 
 /// Weight element types the kernels read (the codes of `kernels.cu`).
@@ -529,13 +527,14 @@ impl Ops<'_> {
         let (cols, acc, stage_x) = (int(cols), i32::from(accumulate), i32::from(quantized));
         let mut a = args![b, x, cols, acc, stage_x];
         // A row pair per warp.
-        let grid = total.div_ceil(GEMV_WARPS as usize) as u32;
+        let warps = self.k.gemv_shape.warps;
+        let grid = total.div_ceil(warps as usize) as u32;
         // SAFETY: the module's contract.
         unsafe {
             self.k.launch(
                 self.k.gemv,
                 (grid, 1),
-                32 * GEMV_WARPS,
+                32 * self.k.gemv_shape.warps,
                 smem,
                 self.stream,
                 &mut a,
@@ -568,7 +567,7 @@ impl Ops<'_> {
         // Float weights: a block per row (its warps split the columns); quantized: a warp per
         // row, the block sharing the staged input.
         let grid = if quantized {
-            gate.rows.div_ceil(GEMV_WARPS as usize)
+            gate.rows.div_ceil(self.k.gemv_shape.warps as usize)
         } else {
             gate.rows
         } as u32;
@@ -577,7 +576,7 @@ impl Ops<'_> {
             self.k.launch(
                 self.k.gemv_swiglu,
                 (grid, 1),
-                32 * GEMV_WARPS,
+                32 * self.k.gemv_shape.warps,
                 smem,
                 self.stream,
                 &mut a,

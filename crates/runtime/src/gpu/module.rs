@@ -21,8 +21,54 @@ const SOURCE: &str = include_str!("kernels.cu");
 pub(crate) const ROW_THREADS: u32 = 256;
 /// Threads per block of the element-wise kernels.
 pub(crate) const ELEMENTWISE_THREADS: u32 = 256;
-/// Warps (rows) per block of the GEMV kernels; must equal `GEMV_WARPS` in kernels.cu.
-pub(crate) const GEMV_WARPS: u32 = 4;
+/// GEMV shape: warps per block and unrolling of the 16-bit/f32 loop, passed to NVRTC as
+/// `-DGEMV_WARPS` / `-DGEMV_UNROLL` (part of the cache key). Defaults measured best on an H200;
+/// `HOIST_GEMV_WARPS` (1, 2, 4, 8 or 16) and `HOIST_GEMV_UNROLL` (1 to 16) override them for tuning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GemvShape {
+    pub warps: u32,
+    pub unroll: u32,
+}
+
+impl GemvShape {
+    const DEFAULT: GemvShape = GemvShape {
+        warps: 4,
+        unroll: 4,
+    };
+
+    fn from_env() -> GemvShape {
+        let read = |name: &str, ok: &dyn Fn(u32) -> bool, default: u32| match std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            Some(v) if ok(v) => v,
+            Some(v) => {
+                tracing::warn!("{name}={v} is out of range; using {default}");
+                default
+            }
+            None => default,
+        };
+        GemvShape {
+            warps: read(
+                "HOIST_GEMV_WARPS",
+                &|v| v.is_power_of_two() && v <= 16,
+                Self::DEFAULT.warps,
+            ),
+            unroll: read(
+                "HOIST_GEMV_UNROLL",
+                &|v| (1..=16).contains(&v),
+                Self::DEFAULT.unroll,
+            ),
+        }
+    }
+
+    fn defines(self) -> [String; 2] {
+        [
+            format!("-DGEMV_WARPS={}", self.warps),
+            format!("-DGEMV_UNROLL={}", self.unroll),
+        ]
+    }
+}
 /// Key slices per query of `attention_split`; must equal `ATTN_SPLITS` in kernels.cu.
 pub(crate) const ATTN_SPLITS: usize = 32;
 /// Threads per block of `attention_split`.
@@ -52,6 +98,8 @@ pub(crate) struct Kernels {
     pub(crate) cached: bool,
     /// Per-kernel times when `HOIST_PROFILE` is set (each launch then waits for its kernel).
     pub(crate) profile: Option<Profile>,
+    /// The GEMV shape the module was compiled with.
+    pub(crate) gemv_shape: GemvShape,
     /// Launch with programmatic dependent launch (compute capability 9.0 and newer, unless
     /// `HOIST_NO_PDL` is set): see `PDL_BEGIN` in kernels.cu.
     pdl: bool,
@@ -147,7 +195,7 @@ fn nvrtc_version() -> Result<(i32, i32), GpuError> {
 }
 
 /// Compiles `SOURCE` for `arch` into a cubin.
-fn compile(arch: &str) -> Result<Vec<u8>, GpuError> {
+fn compile(arch: &str, shape: GemvShape) -> Result<Vec<u8>, GpuError> {
     let fail = |log: String| GpuError::Compile {
         arch: arch.to_string(),
         log,
@@ -155,12 +203,15 @@ fn compile(arch: &str) -> Result<Vec<u8>, GpuError> {
     let src = CString::new(SOURCE).map_err(|e| fail(e.to_string()))?;
     let prog = nvrtc::create_program(&src, Some(c"hoist_kernels.cu"))
         .map_err(|e| fail(format!("{e:?}")))?;
+    let [warps, unroll] = shape.defines();
     let options = [
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
         // Exact division and square roots, no flush-to-zero: results must match the f32
         // reference within 1e-4.
         "--fmad=true".to_string(),
+        warps,
+        unroll,
     ];
     // SAFETY: prog was just created and is destroyed below, once.
     let compiled = unsafe { nvrtc::compile_program(prog, &options) };
@@ -201,11 +252,17 @@ fn cubin(prog: nvrtc_sys::nvrtcProgram) -> Result<Vec<u8>, String> {
 
 /// The cubin for `arch`, from `cache` when present, else compiled (and stored there). Returns
 /// whether it was cached.
-fn cubin_for(arch: &str, cache: Option<&Path>) -> Result<(Vec<u8>, bool), GpuError> {
+fn cubin_for(
+    arch: &str,
+    shape: GemvShape,
+    cache: Option<&Path>,
+) -> Result<(Vec<u8>, bool), GpuError> {
     // The key must not need NVRTC (a warm start should not load it): the NVRTC version is
     // part of the compiled file's name instead, checked only on a miss. The source hash and
     // architecture decide a hit.
-    let key = xxhash_rust::xxh3::xxh3_128(format!("{arch}\n{SOURCE}").as_bytes());
+    let key = xxhash_rust::xxh3::xxh3_128(
+        format!("{arch}\n{}\n{SOURCE}", shape.defines().join(" ")).as_bytes(),
+    );
     let file = cache.map(|d| d.join(format!("hoist-{arch}-{key:032x}.cubin")));
     if let Some(f) = &file {
         if let Ok(bytes) = std::fs::read(f) {
@@ -223,7 +280,7 @@ fn cubin_for(arch: &str, cache: Option<&Path>) -> Result<(Vec<u8>, bool), GpuErr
     }
     let (major, minor) = nvrtc_version()?;
     tracing::info!("compiling GPU kernels for {arch} with NVRTC {major}.{minor}");
-    let bytes = compile(arch)?;
+    let bytes = compile(arch, shape)?;
     if let Some(f) = &file {
         // Best effort: a read-only cache costs a compile per start, not a failure.
         if let Err(e) = store(f, &bytes) {
@@ -264,7 +321,8 @@ impl Kernels {
             )));
         }
         let arch = format!("sm_{major}{minor}");
-        let (bin, cached) = cubin_for(&arch, cache)?;
+        let gemv_shape = GemvShape::from_env();
+        let (bin, cached) = cubin_for(&arch, gemv_shape, cache)?;
         gpu.make_current()?;
         let mut module: sys::CUmodule = std::ptr::null_mut();
         // SAFETY: `bin` is a complete ELF cubin; the driver copies what it needs.
@@ -324,6 +382,7 @@ impl Kernels {
             arch,
             cached,
             profile: Profile::from_env(),
+            gemv_shape,
             pdl: major >= 9 && std::env::var_os("HOIST_NO_PDL").is_none(),
         })
     }
@@ -451,7 +510,8 @@ mod tests {
             return;
         }
         for arch in ["sm_80", "sm_89", "sm_90"] {
-            let cubin = super::compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+            let cubin = super::compile(arch, super::GemvShape::DEFAULT)
+                .unwrap_or_else(|e| panic!("{arch}: {e}"));
             assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not a cubin");
         }
     }
