@@ -250,21 +250,25 @@ fn cubin(prog: nvrtc_sys::nvrtcProgram) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The cubin for `arch`, from `cache` when present, else compiled (and stored there). Returns
-/// whether it was cached.
+/// Where the cubin of (`arch`, `shape`, this source) is cached in `dir`. The key needs no NVRTC
+/// (a warm start does not load it): the source hash, the architecture and the GEMV shape.
+fn cache_file(dir: &Path, arch: &str, shape: GemvShape) -> PathBuf {
+    let key = xxhash_rust::xxh3::xxh3_128(
+        format!("{arch}\n{}\n{SOURCE}", shape.defines().join(" ")).as_bytes(),
+    );
+    dir.join(format!("hoist-{arch}-{key:032x}.cubin"))
+}
+
+/// The cubin for `arch`, from `cache` when present (and `read_cache`), else compiled and stored
+/// there. Returns whether it came from the cache.
 fn cubin_for(
     arch: &str,
     shape: GemvShape,
     cache: Option<&Path>,
+    read_cache: bool,
 ) -> Result<(Vec<u8>, bool), GpuError> {
-    // The key must not need NVRTC (a warm start should not load it): the NVRTC version is
-    // part of the compiled file's name instead, checked only on a miss. The source hash and
-    // architecture decide a hit.
-    let key = xxhash_rust::xxh3::xxh3_128(
-        format!("{arch}\n{}\n{SOURCE}", shape.defines().join(" ")).as_bytes(),
-    );
-    let file = cache.map(|d| d.join(format!("hoist-{arch}-{key:032x}.cubin")));
-    if let Some(f) = &file {
+    let file = cache.map(|d| cache_file(d, arch, shape));
+    if let (Some(f), true) = (&file, read_cache) {
         if let Ok(bytes) = std::fs::read(f) {
             if bytes.len() > 16 && bytes[..4] == *b"\x7fELF" {
                 return Ok((bytes, true));
@@ -322,13 +326,27 @@ impl Kernels {
         }
         let arch = format!("sm_{major}{minor}");
         let gemv_shape = GemvShape::from_env();
-        let (bin, cached) = cubin_for(&arch, gemv_shape, cache)?;
+        let (bin, mut cached) = cubin_for(&arch, gemv_shape, cache, true)?;
         gpu.make_current()?;
-        let mut module: sys::CUmodule = std::ptr::null_mut();
-        // SAFETY: `bin` is a complete ELF cubin; the driver copies what it needs.
-        driver("cuModuleLoadData", gpu, unsafe {
-            sys::cuModuleLoadData(&mut module, bin.as_ptr() as *const c_void)
-        })?;
+        let load = |bin: &[u8]| -> Result<sys::CUmodule, GpuError> {
+            let mut module: sys::CUmodule = std::ptr::null_mut();
+            // SAFETY: `bin` is an ELF image (the driver validates it and copies what it needs).
+            driver("cuModuleLoadData", gpu, unsafe {
+                sys::cuModuleLoadData(&mut module, bin.as_ptr() as *const c_void)
+            })?;
+            Ok(module)
+        };
+        let module = match load(&bin) {
+            Ok(m) => m,
+            // A damaged cache file (a crash while writing by another tool, a driver that
+            // refuses an old image): compile again, which also replaces the file.
+            Err(e) if cached => {
+                tracing::warn!("cached GPU kernels did not load ({e}); compiling them again");
+                cached = false;
+                load(&cubin_for(&arch, gemv_shape, cache, false)?.0)?
+            }
+            Err(e) => return Err(e),
+        };
         let get = |name: &str| -> Result<sys::CUfunction, GpuError> {
             let c = CString::new(name).map_err(|e| GpuError::Unsupported(e.to_string()))?;
             let mut f: sys::CUfunction = std::ptr::null_mut();
@@ -517,12 +535,21 @@ mod tests {
     }
 
     #[test]
-    fn cache_round_trip_is_atomic_and_keyed() {
+    fn cache_store_is_atomic_and_files_are_keyed_by_arch_and_shape() {
         let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("k/x.cubin");
+        let shape = super::GemvShape::DEFAULT;
+        let f = super::cache_file(dir.path(), "sm_90", shape);
         super::store(&f, b"\x7fELF0123456789abcdef").unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"\x7fELF0123456789abcdef");
         // No temporary file is left behind.
-        assert_eq!(std::fs::read_dir(dir.path().join("k")).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A hit needs neither NVRTC nor a GPU.
+        let (bytes, cached) = super::cubin_for("sm_90", shape, Some(dir.path()), true).unwrap();
+        assert!(cached);
+        assert_eq!(bytes, b"\x7fELF0123456789abcdef");
+        // Another architecture or GEMV shape is another file.
+        assert_ne!(super::cache_file(dir.path(), "sm_80", shape), f);
+        let other = super::GemvShape { warps: 8, ..shape };
+        assert_ne!(super::cache_file(dir.path(), "sm_90", other), f);
     }
 }
