@@ -3,13 +3,7 @@
 # checkpoint (random bytes: speed only): decode tok/s and fraction of the copy bound for each.
 # Carries: .carry/bin/{gpu_speed,make_checkpoint}. Run from the repository root on the GPU machine.
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib HOIST_KERNEL_CACHE=/var/tmp/hoist-kernels
-D=/var/tmp/l7; .carry/bin/make_checkpoint llama-7b $D > /dev/null || exit 1
-cat > $D/config.json <<'JSON'
-{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
- "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
- "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false,
- "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"}
-JSON
+D=$(bash bench/gpu/synthetic_llama7b.sh) || exit 1
 for w in 4 8 2; do for u in 4 8 2 16; do
   r=$(HOIST_GEMV_WARPS=$w HOIST_GEMV_UNROLL=$u timeout 60 .carry/bin/gpu_speed $D 512 128 2>&1 | python3 -c 'import json,sys; d=json.load(sys.stdin)["speed"]; print(f"{d["decode_tokens_per_s"]:.1f} tok/s {d["decode_fraction_of_bound"]:.3f}")' 2>&1 | tail -1)
   echo "warps $w unroll $u: $r"

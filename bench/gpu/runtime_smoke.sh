@@ -14,16 +14,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.mem --format=csv | tee $OUT/
 echo "== kernel tests"; timeout 120 .carry/bin/rt_unit --test-threads=1 gpu:: 2>&1 | tee $OUT/rt_unit.log | tail -25
 echo "== model tests"; timeout 120 .carry/bin/rt_gpu --test-threads=1 --nocapture 2>&1 | tee $OUT/rt_gpu.log | tail -25
 echo "== model tests without CUDA graphs"; HOIST_NO_GRAPHS=1 timeout 120 .carry/bin/rt_gpu --test-threads=1 2>&1 | tail -3
-D=/var/tmp/l7
-.carry/bin/make_checkpoint llama-7b $D > $D.path || exit 1
-L=$(cat $D.path)
-L=$( [ -d "$L" ] && echo "$L" || dirname "$L")
-cat > $L/config.json <<'JSON'
-{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
- "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
- "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false,
- "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"}
-JSON
+echo "== model tests, decode products through cuBLAS"; HOIST_DECODE_GEMV=cublas timeout 120 .carry/bin/rt_gpu --test-threads=1 2>&1 | tail -3
+L=$(bash bench/gpu/synthetic_llama7b.sh) || exit 1
 echo "== speed (synthetic llama-7b, $L)"
 echo "== profile (each launch synchronized)"
 HOIST_PROFILE=1 timeout 200 .carry/bin/gpu_speed $L 512 32 2>&1 | tee $OUT/profile.txt | grep -A30 HOIST_PROFILE

@@ -850,6 +850,26 @@ impl<'a> GpuSession<'a> {
         // Matrix products through cuBLAS: always for several tokens; for one only when asked
         // (`HOIST_DECODE_GEMV=cublas`, for comparison) and no weight needs converting.
         let gemm_path = n > 1 || m.blas_decode;
+        // x += W·v for the step's tokens, `from` the f32 buffer of v (its copy in the activation
+        // type is in `xa` when cuBLAS reads it).
+        let add_to_residual = |w: &Mat, from: u64| -> Result<(), GpuError> {
+            // SAFETY: as for the launches below.
+            unsafe {
+                if gemm_path {
+                    ops.linear(w, input(from), act, n, b.x.ptr(), 1.0, scratch)
+                } else {
+                    ops.gemv(
+                        &[GemvOut {
+                            w,
+                            y: b.x.ptr(),
+                            bias: 0,
+                        }],
+                        from,
+                        true,
+                    )
+                }
+            }
+        };
 
         // SAFETY (every launch below): the session's buffers were sized in `new` for `chunk`
         // tokens and `capacity` positions, and n <= chunk, start + n <= capacity; the weights
@@ -943,54 +963,17 @@ impl<'a> GpuSession<'a> {
                         act,
                     )?;
                 }
-                if !gemm_path {
-                    ops.gemv(
-                        &[GemvOut {
-                            w: &layer.o,
-                            y: b.x.ptr(),
-                            bias: 0,
-                        }],
-                        b.att.ptr(),
-                        true,
-                    )?;
-                } else {
-                    ops.linear(
-                        &layer.o,
-                        input(b.att.ptr()),
-                        act,
-                        n,
-                        b.x.ptr(),
-                        1.0,
-                        scratch,
-                    )?;
-                }
+                add_to_residual(&layer.o, b.att.ptr())?;
                 ops.rms_norm(b.x.ptr(), layer.ffn_norm, b.xn.ptr(), xa, n, h, eps, act)?;
                 if !gemm_path {
                     ops.gemv_swiglu(&layer.gate, &layer.up, b.xn.ptr(), b.h.ptr(), act)?;
-                    ops.gemv(
-                        &[GemvOut {
-                            w: &layer.down,
-                            y: b.x.ptr(),
-                            bias: 0,
-                        }],
-                        b.h.ptr(),
-                        true,
-                    )?;
                 } else {
                     let x_in = input(b.xn.ptr());
                     ops.linear(&layer.gate, x_in, act, n, b.g.ptr(), 0.0, scratch)?;
                     ops.linear(&layer.up, x_in, act, n, b.u.ptr(), 0.0, scratch)?;
                     ops.swiglu(b.g.ptr(), b.u.ptr(), b.h.ptr(), xa, act, n * inter)?;
-                    ops.linear(
-                        &layer.down,
-                        input(b.h.ptr()),
-                        act,
-                        n,
-                        b.x.ptr(),
-                        1.0,
-                        scratch,
-                    )?;
                 }
+                add_to_residual(&layer.down, b.h.ptr())?;
             }
             ops.rms_norm(b.x.ptr(), m.output_norm, b.xn.ptr(), xa, n, h, eps, act)?;
             let rows = if all_logits && n > 1 {
