@@ -11,14 +11,15 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use cudarc::cufile::{result as cf, sys as cfsys};
 use hoist_io::plan::Plan;
 use serde::Serialize;
 
 use crate::driver::Gpu;
+use crate::first_error::FirstError;
 use crate::tensors::{DestLayout, Destinations};
 use crate::CudaError;
 
@@ -97,7 +98,7 @@ pub(crate) fn load(
 ) -> Result<u64, CudaError> {
     if dest.layout() != DestLayout::Regions {
         return Err(CudaError::Config(
-            "the cuFile path reads whole chunks into region buffers; use --dest regions".into(),
+            "the cuFile path reads whole chunks into region buffers; use the regions layout (hoist: --gpu-layout regions)".into(),
         ));
     }
     let status = cufile_status();
@@ -136,15 +137,14 @@ pub(crate) fn load(
         handles.push(Handle { raw, _file: file });
     }
     let next = AtomicUsize::new(0);
-    let abort = AtomicBool::new(false);
-    let first_err = Mutex::new(None);
+    let failed = FirstError::default();
     let bytes = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads.clamp(1, 256).min(plan.chunks.len().max(1)) {
             s.spawn(|| {
                 let run = || -> Result<(), CudaError> {
                     gpu.make_current()?;
-                    while !abort.load(Ordering::Relaxed) {
+                    while !failed.aborted() {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(c) = plan.chunks.get(i) else {
                             return Ok(());
@@ -197,18 +197,12 @@ pub(crate) fn load(
                     Ok(())
                 };
                 if let Err(e) = run() {
-                    abort.store(true, Ordering::Relaxed);
-                    first_err
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(e);
+                    failed.record(e);
                 }
             });
         }
     });
-    if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
+    failed.into_result()?;
     drop(handles);
     Ok(bytes.into_inner())
 }

@@ -15,6 +15,7 @@
 
 mod cufile;
 mod driver;
+mod first_error;
 pub mod fixtures;
 mod mapped;
 mod ring;

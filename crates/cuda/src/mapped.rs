@@ -12,13 +12,14 @@ use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use cudarc::driver::sys;
 use hoist_io::plan::Plan;
 
 use crate::driver::{check, copy_htod_async, Event, Gpu, Stream};
+use crate::first_error::FirstError;
 use crate::tensors::Destinations;
 use crate::CudaError;
 
@@ -113,9 +114,8 @@ pub(crate) fn load(
         maps.push(Map { ptr, len });
     }
     let next = AtomicUsize::new(0);
-    let abort = AtomicBool::new(false);
+    let failed = FirstError::default();
     let bytes = AtomicU64::new(0);
-    let first_err = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..threads.clamp(1, 256).min(plan.chunks.len().max(1)) {
             s.spawn(|| {
@@ -148,7 +148,7 @@ pub(crate) fn load(
                         Ok(())
                     };
                     let result = (|| {
-                        while !abort.load(Ordering::Relaxed) {
+                        while !failed.aborted() {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(c) = plan.chunks.get(i) else { break };
                             let map = &maps[c.file];
@@ -208,17 +208,11 @@ pub(crate) fn load(
                     result
                 };
                 if let Err(e) = run() {
-                    abort.store(true, Ordering::Relaxed);
-                    first_err
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(e);
+                    failed.record(e);
                 }
             });
         }
     });
-    if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
+    failed.into_result()?;
     Ok(bytes.into_inner())
 }
