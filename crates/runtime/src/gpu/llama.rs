@@ -30,6 +30,8 @@ use crate::RuntimeError;
 
 /// Most tokens one prefill step processes; longer prompts run in chunks of this size.
 pub const MAX_CHUNK_TOKENS: usize = 512;
+/// Longest context a session holds (positions).
+pub const MAX_CONTEXT: usize = 1 << 30;
 /// Most device memory the attention score tiles of a session take.
 const SCORES_BUDGET_BYTES: usize = 256 << 20;
 
@@ -597,6 +599,13 @@ impl<'a> GpuSession<'a> {
             return Err(
                 GpuError::Unsupported("a context of 0 positions holds nothing".into()).into(),
             );
+        }
+        // Kernels index positions with 32-bit ints, and the sizes below must not overflow.
+        if context > MAX_CONTEXT {
+            return Err(GpuError::Unsupported(format!(
+                "a context of {context} positions is more than the {MAX_CONTEXT} the runtime supports; ask for a shorter context (--context)"
+            ))
+            .into());
         }
         let chunk = context.min(MAX_CHUNK_TOKENS);
         let (h, qd, kvd, inter, vocab) = (

@@ -34,5 +34,5 @@ mod module;
 mod tests;
 
 pub use error::GpuError;
-pub use llama::{GpuModel, GpuOptions, GpuSession, LoadStats, MAX_CHUNK_TOKENS};
+pub use llama::{GpuModel, GpuOptions, GpuSession, LoadStats, MAX_CHUNK_TOKENS, MAX_CONTEXT};
 pub use module::default_cache_dir;
