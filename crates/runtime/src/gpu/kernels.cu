@@ -300,19 +300,60 @@ extern "C" __global__ void rope_store(u64 q, u64 k, u64 v, u64 kcache, u64 vcach
 
 // ---- attention ------------------------------------------------------------------------------
 
+// A load that skips L1: data another block of the same kernel wrote (after its fence).
+__device__ __forceinline__ float ld_cg(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+
+#define ATTN_SPLITS 32
+
+// Merges the ATTN_SPLITS slices of query (h, t) that attention_split left in `part`: out[t,
+// h*hd + d] rounded to `act`, also stored as `act` in out_a if out_a != 0. The whole block.
+__device__ void attention_merge(const float* part, u64 out, u64 out_a, int heads, int hd,
+                                int act, int h, int t) {
+    const float* p = part + ((usize)t * heads + h) * ATTN_SPLITS * (hd + 2);
+    float m = NEG_INF;
+#pragma unroll
+    for (int sp = 0; sp < ATTN_SPLITS; ++sp) m = fmaxf(m, ld_cg(p + sp * (hd + 2)));
+    float l = 0.f;
+#pragma unroll
+    for (int sp = 0; sp < ATTN_SPLITS; ++sp) {
+        float ms = ld_cg(p + sp * (hd + 2));
+        if (ms != NEG_INF) l += ld_cg(p + sp * (hd + 2) + 1) * expf(ms - m);
+    }
+    float inv = 1.f / l;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+#pragma unroll 8
+        for (int sp = 0; sp < ATTN_SPLITS; ++sp) {
+            float ms = ld_cg(p + sp * (hd + 2));
+            if (ms != NEG_INF) acc += ld_cg(p + sp * (hd + 2) + 2 + d) * expf(ms - m);
+        }
+        usize o = ((usize)t * heads + h) * hd + d;
+        float v = round_act(acc * inv, act);
+        ((float*)out)[o] = v;
+        if (out_a) store_act(out_a, o, v, act);
+    }
+}
+
 // Attention of n queries at positions start..start+n-1 over the cached keys, split over the
 // keys (flash-decoding): block (h, t, sp) of grid (heads, n, ATTN_SPLITS) handles the sp-th
 // slice of query (h, t)'s keys and writes its running max, sum of exponentials and weighted
-// value sum to part[((t * heads + h) * ATTN_SPLITS + sp) * (hd + 2) ...]; attention_combine
-// merges the slices. Causal with an optional sliding window (0: none): the query at p sees keys
+// value sum to part[((t * heads + h) * ATTN_SPLITS + sp) * (hd + 2) ...]; the last of the
+// query's blocks to finish (counted in counters[t * heads + h], which it resets to 0) merges
+// the slices into out (see attention_merge), so that decode needs no second kernel. Causal
+// with an optional sliding window (0: none): the query at p sees keys
 // max(0, p - window + 1)..=p. start: an int in device memory. Dynamic shared memory:
 // (groups * hd + ceil(cap / ATTN_SPLITS)) floats, groups = max(1, blockDim.x / hd).
-#define ATTN_SPLITS 32
 extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 part, u64 start_at,
                                            int heads, int kv_heads, int hd, int cap, int window,
-                                           float scale) {
+                                           float scale, u64 counters, u64 out, u64 out_a,
+                                           int act) {
     PDL_BEGIN();
     extern __shared__ float smem[];
+    __shared__ int last;
     int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
     int pos = *(const int*)start_at + t;
     int first = window > 0 ? max(0, pos + 1 - window) : 0;
@@ -326,89 +367,71 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
     float* o = (float*)part + (((usize)t * heads + h) * ATTN_SPLITS + sp) * (hd + 2);
     if (j0 >= j1) {  // an empty slice (short sequences)
         for (int d = threadIdx.x; d < hd + 2; d += blockDim.x) o[d] = d == 0 ? NEG_INF : 0.f;
-        return;
-    }
-    const float* qrow = (const float*)q + ((usize)t * heads + h) * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qrow[d];
-    __syncthreads();
-    const float* kb = (const float*)kcache + ((usize)kvh * cap + first + j0) * hd;
-    const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
-    int n = j1 - j0;
-    // One thread per key: whole rows with 16-byte loads, no reductions.
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float* kr = kb + (usize)j * hd;
-        float dot = 0.f;
-        if ((hd & 3) == 0) {
+    } else {
+        const float* qrow = (const float*)q + ((usize)t * heads + h) * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qrow[d];
+        __syncthreads();
+        const float* kb = (const float*)kcache + ((usize)kvh * cap + first + j0) * hd;
+        const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
+        int n = j1 - j0;
+        // One thread per key: whole rows with 16-byte loads, no reductions.
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            const float* kr = kb + (usize)j * hd;
+            float dot = 0.f;
+            if ((hd & 3) == 0) {
 #pragma unroll 8
-            for (int d = 0; d < hd; d += 4) {
-                float4 k4 = *(const float4*)(kr + d);
-                dot += qs[d] * k4.x + qs[d + 1] * k4.y + qs[d + 2] * k4.z + qs[d + 3] * k4.w;
+                for (int d = 0; d < hd; d += 4) {
+                    float4 k4 = *(const float4*)(kr + d);
+                    dot += qs[d] * k4.x + qs[d + 1] * k4.y + qs[d + 2] * k4.z + qs[d + 3] * k4.w;
+                }
+            } else {
+                for (int d = 0; d < hd; ++d) dot += qs[d] * kr[d];
             }
-        } else {
-            for (int d = 0; d < hd; ++d) dot += qs[d] * kr[d];
+            s[j] = dot * scale;
         }
-        s[j] = dot * scale;
-    }
-    __syncthreads();
-    float m = NEG_INF;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, s[j]);
-    m = block_max(m);
-    float sum = 0.f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        float e = expf(s[j] - m);
-        s[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum);  // ends with a barrier: s is complete, qs is free
-    int g = threadIdx.x / hd;
-    if (g < groups) {
-        for (int d = threadIdx.x % hd; d < hd; d += blockDim.x) {
-            float acc = 0.f;
+        __syncthreads();
+        float m = NEG_INF;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, s[j]);
+        m = block_max(m);
+        float sum = 0.f;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            float e = expf(s[j] - m);
+            s[j] = e;
+            sum += e;
+        }
+        sum = block_sum(sum);  // ends with a barrier: s is complete, qs is free
+        int g = threadIdx.x / hd;
+        if (g < groups) {
+            for (int d = threadIdx.x % hd; d < hd; d += blockDim.x) {
+                float acc = 0.f;
 #pragma unroll 4
-            for (int j = g; j < n; j += groups) acc += s[j] * vb[(usize)j * hd + d];
-            qs[g * hd + d] = acc;
+                for (int j = g; j < n; j += groups) acc += s[j] * vb[(usize)j * hd + d];
+                qs[g * hd + d] = acc;
+            }
         }
+        __syncthreads();
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            float acc = 0.f;
+            for (int k = 0; k < groups; ++k) acc += qs[k * hd + d];
+            o[2 + d] = acc;
+        }
+        if (threadIdx.x == 0) {
+            o[0] = m;
+            o[1] = sum;
+        }
+    }
+    // This slice is visible to every block before it is counted; the last one merges.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* c = (int*)counters + (usize)t * heads + h;
+        last = atomicAdd(c, 1) == ATTN_SPLITS - 1;
+        if (last) *c = 0;
     }
     __syncthreads();
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float acc = 0.f;
-        for (int k = 0; k < groups; ++k) acc += qs[k * hd + d];
-        o[2 + d] = acc;
-    }
-    if (threadIdx.x == 0) {
-        o[0] = m;
-        o[1] = sum;
-    }
-}
-
-// Merges attention_split's slices (grid: heads x n): out[t, h*hd + d] rounded to `act`, also
-// stored as `act` in out_a if out_a != 0.
-extern "C" __global__ void attention_combine(u64 part, u64 out, u64 out_a, int heads, int hd,
-                                             int act) {
-    PDL_BEGIN();
-    int h = blockIdx.x, t = blockIdx.y;
-    const float* p = (const float*)part + ((usize)t * heads + h) * ATTN_SPLITS * (hd + 2);
-    float m = NEG_INF;
-#pragma unroll
-    for (int sp = 0; sp < ATTN_SPLITS; ++sp) m = fmaxf(m, p[sp * (hd + 2)]);
-    float l = 0.f;
-#pragma unroll
-    for (int sp = 0; sp < ATTN_SPLITS; ++sp) {
-        float ms = p[sp * (hd + 2)];
-        if (ms != NEG_INF) l += p[sp * (hd + 2) + 1] * expf(ms - m);
-    }
-    float inv = 1.f / l;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float acc = 0.f;
-#pragma unroll 8
-        for (int sp = 0; sp < ATTN_SPLITS; ++sp) {
-            float ms = p[sp * (hd + 2)];
-            if (ms != NEG_INF) acc += p[sp * (hd + 2) + 2 + d] * expf(ms - m);
-        }
-        usize o = ((usize)t * heads + h) * hd + d;
-        float v = round_act(acc * inv, act);
-        ((float*)out)[o] = v;
-        if (out_a) store_act(out_a, o, v, act);
+    if (last) {
+        __threadfence();
+        attention_merge((const float*)part, out, out_a, heads, hd, act, h, t);
     }
 }
 
@@ -609,6 +632,9 @@ __device__ void block_pair_sum(float* d0, float* d1) {
 
 // Up to three matrix-vector products in one launch (q, k and v share their input):
 // y_m[r] = (accumulate ? y_m[r] : 0) + dot(w_m[r, :], x) + (bias_m ? bias_m[r] : 0).
+// With rope_hd != 0 (one token; the matrices are q, k, v) the rotary embedding and the KV cache
+// store of rope_store are fused in: a warp's row pair is a rotation pair of one head, rotated
+// at position *start_at into y_0 (q) and into the key cache; v's rows go to the value cache.
 struct GemvBatch {
     u64 w[3];
     u64 y[3];
@@ -616,7 +642,52 @@ struct GemvBatch {
     int wtype[3];
     int rows[3];
     int count;
+    int rope_hd;
+    int rope_style;  // as rope_store's
+    int cap;         // positions of the caches ([kv_heads][cap][hd] f32)
+    u64 inv_freq;
+    u64 start_at;
+    u64 kcache;
+    u64 vcache;
 };
+
+// The two rows of pair p of a matrix: (2p, 2p + 1), or with the rotary embedding fused in, the
+// p-th rotation pair of a head of hd values (style 0: (i, i + hd/2), 1: (2i, 2i + 1)).
+__device__ __forceinline__ void pair_rows(int p, int rope_hd, int style, int* r0, int* r1) {
+    if (rope_hd == 0 || style == 1) {
+        *r0 = 2 * p;
+        *r1 = 2 * p + 1;
+    } else {
+        int half = rope_hd / 2, head = p / half, i = p % half;
+        *r0 = head * rope_hd + i;
+        *r1 = *r0 + half;
+    }
+}
+
+// Writes a GEMV row pair's results v0, v1 (rows r0, r1 of matrix m) where the fused rotary
+// embedding sends them (see GemvBatch).
+__device__ void store_rope_pair(const GemvBatch& b, int m, int r0, int r1, float v0, float v1) {
+    int hd = b.rope_hd, pos = *(const int*)b.start_at;
+    int kvh = r0 / hd;
+    if (m == 2) {
+        float* vc = (float*)b.vcache + ((usize)kvh * b.cap + pos) * hd;
+        vc[r0 % hd] = v0;
+        vc[r1 % hd] = v1;
+        return;
+    }
+    int i = b.rope_style == 0 ? r0 % hd : (r0 % hd) / 2;
+    float s, c;
+    sincosf((float)pos * ((const float*)b.inv_freq)[i], &s, &c);
+    float a = v0 * c - v1 * s, d = v1 * c + v0 * s;
+    if (m == 0) {
+        ((float*)b.y[0])[r0] = a;
+        ((float*)b.y[0])[r1] = d;
+    } else {
+        float* kc = (float*)b.kcache + ((usize)kvh * b.cap + pos) * hd;
+        kc[r0 % hd] = a;
+        kc[r1 % hd] = d;
+    }
+}
 
 // Grid: ceil(total row pairs / GEMV_WARPS) blocks of GEMV_WARPS warps; each warp takes a pair
 // of rows of one matrix (pairs never straddle matrices), reading the input once for both and
@@ -632,7 +703,9 @@ extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate, in
     int m = 0;
     while (m < b.count && pair >= (b.rows[m] + 1) / 2) pair -= (b.rows[m++] + 1) / 2;
     if (m >= b.count) return;
-    int r0 = 2 * pair, r1 = min(r0 + 1, b.rows[m] - 1);
+    int r0, r1;
+    pair_rows(pair, m < 2 ? b.rope_hd : 0, b.rope_style, &r0, &r1);
+    r1 = min(r1, b.rows[m] - 1);
     float d0, d1;
     rows2_part((const u8*)b.w[m], b.wtype[m], r0, r1, cols, (const float*)x, xs, 0, 1, &d0, &d1);
     if ((threadIdx.x & 31) == 0) {
@@ -640,8 +713,12 @@ extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate, in
         const float* bias = (const float*)b.bias[m];
         float v0 = d0 + (bias ? bias[r0] : 0.f) + (accumulate ? y[r0] : 0.f);
         float v1 = d1 + (bias ? bias[r1] : 0.f) + (accumulate ? y[r1] : 0.f);
-        y[r0] = v0;
-        if (r1 != r0) y[r1] = v1;
+        if (b.rope_hd) {
+            store_rope_pair(b, m, r0, r1, v0, v1);
+        } else {
+            y[r0] = v0;
+            if (r1 != r0) y[r1] = v1;
+        }
     }
 }
 

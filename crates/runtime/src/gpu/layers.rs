@@ -107,6 +107,27 @@ struct GemvBatch {
     wtype: [i32; 3],
     rows: [i32; 3],
     count: i32,
+    rope_hd: i32,
+    rope_style: i32,
+    cap: i32,
+    inv_freq: u64,
+    start_at: u64,
+    kcache: u64,
+    vcache: u64,
+}
+
+/// The rotary embedding and KV-cache store of [`Ops::rope_store`], fused into the q/k/v GEMV of
+/// one token (see `GemvBatch` in kernels.cu): q is rotated in place of its output, k and v go
+/// straight into the caches (k's output buffer is not written).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FusedRope {
+    pub inv_freq: u64,
+    /// Device address of the i32 position.
+    pub start_at: u64,
+    /// Key and value caches of the layer.
+    pub cache: [u64; 2],
+    pub dims: AttnDims,
+    pub interleaved: bool,
 }
 
 /// Blocks for an element-wise kernel over `n` values (grid-stride beyond).
@@ -332,15 +353,22 @@ impl Ops<'_> {
         dims.heads * n * ATTN_SPLITS * (dims.head_dim + 2)
     }
 
+    /// i32 values of `counters`, the zeroed scratch [`Ops::attention`] needs for `n` queries.
+    pub(crate) fn attention_counters(n: usize, dims: AttnDims) -> usize {
+        dims.heads * n
+    }
+
     /// Attention of `n` queries at positions `start..start + n` (`start`: the i32 at `start_at`)
-    /// by our split-key kernels (decode; the reference for the cuBLAS path). `part`: scratch
-    /// of [`Ops::attention_part_values`] floats. Launch shapes do not depend on `start`, so a
-    /// captured decode step serves every position.
+    /// by our split-key kernel (decode; the reference for the cuBLAS path). `part`: scratch
+    /// of [`Ops::attention_part_values`] floats; `counters`: [`Ops::attention_counters`] i32s,
+    /// zero before the first call and left zero by each. Launch shapes do not depend on
+    /// `start`, so a captured decode step serves every position.
     pub(crate) unsafe fn attention(
         &self,
         q: u64,
         cache: [u64; 2],
         part: u64,
+        counters: u64,
         start_at: u64,
         out: u64,
         out_a: u64,
@@ -366,7 +394,10 @@ impl Ops<'_> {
             dims.scale(),
             act as i32,
         );
-        let mut a = args![q, kc, vc, part, start_at, heads, kvh, hd, cap, window, scale];
+        let mut a = args![
+            q, kc, vc, part, start_at, heads, kvh, hd, cap, window, scale, counters, out, out_a,
+            act
+        ];
         // SAFETY: the module's contract; shared memory checked above. Grid z: the key slices.
         unsafe {
             self.k.launch3(
@@ -374,18 +405,6 @@ impl Ops<'_> {
                 (heads as u32, int(n) as u32, ATTN_SPLITS as u32),
                 ATTN_THREADS,
                 smem as u32,
-                self.stream,
-                &mut a,
-            )?
-        };
-        let mut a = args![part, out, out_a, heads, hd, act];
-        // SAFETY: the module's contract.
-        unsafe {
-            self.k.launch(
-                self.k.attention_combine,
-                (heads as u32, int(n) as u32),
-                ATTN_THREADS,
-                0,
                 self.stream,
                 &mut a,
             )
@@ -495,12 +514,13 @@ impl Ops<'_> {
     }
 
     /// Up to three products with the same input `x` (f32, `cols` values) in one launch; with
-    /// `accumulate`, added to what `y` holds.
+    /// `accumulate`, added to what `y` holds. With `rope`, `outs` are q, k and v of one token.
     pub(crate) unsafe fn gemv(
         &self,
         outs: &[GemvOut<'_>],
         x: u64,
         accumulate: bool,
+        rope: Option<FusedRope>,
     ) -> Result<(), GpuError> {
         assert!(
             (1..=3).contains(&outs.len()),
@@ -511,6 +531,23 @@ impl Ops<'_> {
             count: outs.len() as i32,
             ..Default::default()
         };
+        if let Some(r) = rope {
+            let d = r.dims;
+            assert!(
+                outs.len() == 3
+                    && outs[0].w.rows == d.heads * d.head_dim
+                    && outs[1].w.rows == d.kv_heads * d.head_dim
+                    && outs[2].w.rows == d.kv_heads * d.head_dim
+                    && d.head_dim % 2 == 0
+                    && !accumulate,
+                "the fused rotary embedding takes q, k and v"
+            );
+            b.rope_hd = int(d.head_dim);
+            b.rope_style = i32::from(r.interleaved);
+            b.cap = int(d.capacity);
+            (b.inv_freq, b.start_at) = (r.inv_freq, r.start_at);
+            [b.kcache, b.vcache] = r.cache;
+        }
         let mut total = 0;
         for (i, o) in outs.iter().enumerate() {
             assert_eq!(o.w.cols, cols, "batched GEMVs share their input width");

@@ -18,7 +18,7 @@ use hoist_format::TensorTable;
 use hoist_io::PlanConfig;
 
 use super::blas::Blas;
-use super::layers::{Act, AttnDims, GemvOut, Mat, Ops, WType};
+use super::layers::{Act, AttnDims, FusedRope, GemvOut, Mat, Ops, WType};
 use super::module::{default_cache_dir, Kernels};
 use super::GpuError;
 use crate::config::{ModelConfig, RopeStyle};
@@ -96,6 +96,9 @@ pub struct GpuModel {
     config: ModelConfig,
     /// Decode products through cuBLAS instead of our GEMV kernels (a yardstick).
     blas_decode: bool,
+    /// Decode's q/k/v GEMV applies the rotary embedding and stores k and v into the cache
+    /// itself, where no q/k norm comes between (`HOIST_NO_FUSED_ROPE` turns it off).
+    fused_rope: bool,
     stats: LoadStats,
     act: Act,
     embed: Mat,
@@ -200,6 +203,7 @@ impl GpuModel {
         let blas_decode = direct && std::env::var("HOIST_DECODE_GEMV").is_ok_and(|v| v == "cublas");
         Ok(GpuModel {
             blas_decode,
+            fused_rope: std::env::var_os("HOIST_NO_FUSED_ROPE").is_none(),
             act: built.act,
             embed: built.embed,
             output: built.output,
@@ -585,6 +589,8 @@ struct Buffers {
     kcache: DeviceBuf,
     vcache: DeviceBuf,
     scores: DeviceBuf,
+    /// The attention kernel's merge counters (zeroed here, left zero by each step).
+    counters: DeviceBuf,
     /// Conversion target for matrices not of the activation type (prefill only).
     scratch: Option<DeviceBuf>,
     /// Logits of one step: `chunk` rows when every position's logits were asked for.
@@ -657,6 +663,16 @@ impl<'a> GpuSession<'a> {
             )) * 4,
             scratch_values.map_or(0, |v| v * act_bytes),
             chunk * vocab * 4,
+            Ops::attention_counters(
+                chunk,
+                AttnDims {
+                    heads: c.num_heads,
+                    kv_heads: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                    capacity: context,
+                    window: 0,
+                },
+            ) * 4,
         ];
         let needed: usize = sizes.iter().sum();
         let (free, _) = model.gpu.mem_info().map_err(GpuError::from)?;
@@ -699,7 +715,15 @@ impl<'a> GpuSession<'a> {
             },
             logits: alloc(sizes[15])?,
             logits_rows: chunk,
+            counters: alloc(sizes[16])?,
         };
+        copy_htod(
+            gpu,
+            &model.stream,
+            bufs.counters.ptr(),
+            &vec![0u8; bufs.counters.len()],
+        )?;
+        model.stream.synchronize().map_err(GpuError::from)?;
         Ok(GpuSession {
             model,
             len: 0,
@@ -875,6 +899,7 @@ impl<'a> GpuSession<'a> {
                         }],
                         from,
                         true,
+                        None,
                     )
                 }
             }
@@ -891,6 +916,15 @@ impl<'a> GpuSession<'a> {
                     b.vcache.ptr() + l as u64 * layer_cache,
                 ];
                 ops.rms_norm(b.x.ptr(), layer.attn_norm, b.xn.ptr(), xa, n, h, eps, act)?;
+                // One token without q/k norms: the rotary embedding rides in the q/k/v GEMV.
+                let rope =
+                    (!gemm_path && m.fused_rope && layer.qk_norm.is_none()).then_some(FusedRope {
+                        inv_freq: m.inv_freq.ptr(),
+                        start_at,
+                        cache,
+                        dims,
+                        interleaved: m.rope_interleaved(),
+                    });
                 if !gemm_path {
                     let outs = [
                         GemvOut {
@@ -909,7 +943,7 @@ impl<'a> GpuSession<'a> {
                             bias: layer.qkv_bias[2],
                         },
                     ];
-                    ops.gemv(&outs, b.xn.ptr(), false)?;
+                    ops.gemv(&outs, b.xn.ptr(), false, rope)?;
                 } else {
                     let x_in = input(b.xn.ptr());
                     for (w, y, bias, width) in [
@@ -937,20 +971,23 @@ impl<'a> GpuSession<'a> {
                         act,
                     )?;
                 }
-                ops.rope_store(
-                    [b.q.ptr(), b.k.ptr(), b.v.ptr()],
-                    cache,
-                    m.inv_freq.ptr(),
-                    n,
-                    start_at,
-                    dims,
-                    m.rope_interleaved(),
-                )?;
+                if rope.is_none() {
+                    ops.rope_store(
+                        [b.q.ptr(), b.k.ptr(), b.v.ptr()],
+                        cache,
+                        m.inv_freq.ptr(),
+                        n,
+                        start_at,
+                        dims,
+                        m.rope_interleaved(),
+                    )?;
+                }
                 if n == 1 {
                     ops.attention(
                         b.q.ptr(),
                         cache,
                         b.scores.ptr(),
+                        b.counters.ptr(),
                         start_at,
                         b.att.ptr(),
                         if gemm_path { xa } else { 0 },
@@ -1006,6 +1043,7 @@ impl<'a> GpuSession<'a> {
                     }],
                     row,
                     false,
+                    None,
                 )?;
                 1
             } else {

@@ -9,8 +9,9 @@
 //! - Prefill (several tokens) runs its matrix products on cuBLAS (`cublasGemmEx`, f32
 //!   accumulation; quantized weights are dequantized to f16 first) and attention as two batched
 //!   cuBLAS products around a causal softmax.
-//! - Decode (one token) runs our GEMV kernels, fused with SwiGLU, biases and the residual add
-//!   and reading Q8_0/Q4_0 directly, and a split-key attention kernel. Kernels read the position
+//! - Decode (one token) runs our GEMV kernels, fused with SwiGLU, biases, the residual add and
+//!   the rotary embedding with the KV-cache store, reading Q8_0/Q4_0 directly, and a split-key
+//!   attention kernel whose last block per head merges the slices. Kernels read the position
 //!   from device memory, so one captured CUDA graph replays a whole decode step at any position.
 //! - Activations and the KV cache are f32; GEMM inputs are rounded to the weights' float type
 //!   (as transformers does for bf16/f16 models).
@@ -21,8 +22,10 @@
 //!
 //! Environment knobs, for diagnosis: `HOIST_KERNEL_CACHE` (cache directory), `HOIST_PROFILE`
 //! (per-kernel times, each launch synchronized, printed when the model is dropped),
-//! `HOIST_NO_GRAPHS`, `HOIST_NO_PDL` (no programmatic dependent launch) and
-//! `HOIST_DECODE_GEMV=cublas` (decode products through cuBLAS, for comparison).
+//! `HOIST_NO_GRAPHS`, `HOIST_NO_PDL` (no programmatic dependent launch),
+//! `HOIST_NO_FUSED_ROPE` (the rotary embedding as its own kernel in decode) and
+//! `HOIST_DECODE_GEMV=cublas` (decode products through cuBLAS, for comparison);
+//! `bench/gpu/decode_switches.sh` measures each.
 
 pub mod bench;
 mod blas;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use hoist_cuda::{DeviceBuf, Gpu, Stream};
 
 use super::blas::Blas;
-use super::layers::{Act, AttnDims, GemvOut, Mat, Ops, WType};
+use super::layers::{Act, AttnDims, FusedRope, GemvOut, Mat, Ops, WType};
 use super::module::Kernels;
 use crate::cpu;
 use crate::sampler::Rng;
@@ -373,27 +373,35 @@ fn attention_kernel_and_cublas_path_match_reference() {
             capacity: cap,
             window,
         };
-        let out = r.zeros(q.len());
         let part = r.zeros(Ops::attention_part_values(n, dims));
+        let counters = r.zeros(Ops::attention_counters(n, dims));
         let start_at = r.upload_bytes(&(start as i32).to_le_bytes());
-        // SAFETY: sized above.
-        unsafe {
-            r.ops()
-                .attention(
-                    dq.ptr(),
-                    [kc.ptr(), vc.ptr()],
-                    part.ptr(),
-                    start_at.ptr(),
-                    out.ptr(),
-                    0,
-                    n,
-                    dims,
-                    Act::F32,
-                )
-                .unwrap()
-        };
-        let e = rel_err(&r.download(&out, q.len()), &want);
-        assert!(e < 1e-5, "kernel heads {heads}/{kv_heads} n {n}: {e}");
+        // Twice: the first call must leave its merge counters ready for the second.
+        for call in 0..2 {
+            let out = r.zeros(q.len());
+            // SAFETY: sized above.
+            unsafe {
+                r.ops()
+                    .attention(
+                        dq.ptr(),
+                        [kc.ptr(), vc.ptr()],
+                        part.ptr(),
+                        counters.ptr(),
+                        start_at.ptr(),
+                        out.ptr(),
+                        0,
+                        n,
+                        dims,
+                        Act::F32,
+                    )
+                    .unwrap()
+            };
+            let e = rel_err(&r.download(&out, q.len()), &want);
+            assert!(
+                e < 1e-5,
+                "kernel heads {heads}/{kv_heads} n {n} call {call}: {e}"
+            );
+        }
         for tile in [1, 4, n] {
             let scores = r.zeros(heads * tile * cap);
             let out = r.zeros(q.len());
@@ -461,6 +469,7 @@ fn gemv_matches_reference_for_every_type() {
                         }],
                         dx.ptr(),
                         true,
+                        None,
                     )
                     .unwrap()
             };
@@ -501,6 +510,7 @@ fn gemv_matches_reference_for_every_type() {
                         ],
                         dx.ptr(),
                         false,
+                        None,
                     )
                     .unwrap()
             };
@@ -508,6 +518,90 @@ fn gemv_matches_reference_for_every_type() {
             assert!(rel_err(&r.download(&yb, 7), &cpu::matmul_t(&x, &e2, cols, 7)) < 1e-5);
             let with_bias: Vec<f32> = want_plain.iter().zip(&bias).map(|(a, b)| a + b).collect();
             assert!(rel_err(&r.download(&yc, rows), &with_bias) < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn gemv_with_fused_rope_matches_reference() {
+    let Some(mut r) = rig("gemv_with_fused_rope_matches_reference") else {
+        return;
+    };
+    let (heads, kv_heads, hd, cols, cap, start) = (4, 2, 64, 256, 40, 11);
+    for t in [WType::BF16, WType::Q8_0] {
+        for style in [crate::RopeStyle::Neox, crate::RopeStyle::Interleaved] {
+            let x = r.randn(cols, 1.0);
+            let mut mats = Vec::new();
+            let mut want = Vec::new();
+            for rows in [heads * hd, kv_heads * hd, kv_heads * hd] {
+                let (bytes, exact) = encode(t, &r.randn(rows * cols, 0.05));
+                let bias = r.randn(rows, 1.0);
+                let y: Vec<f32> = cpu::matmul_t(&x, &exact, cols, rows)
+                    .iter()
+                    .zip(&bias)
+                    .map(|(a, b)| a + b)
+                    .collect();
+                want.push(y);
+                mats.push((r.upload_bytes(&bytes), r.upload(&bias), rows));
+            }
+            let freqs = cpu::inv_freqs(hd, 10000.0, None);
+            let rope = cpu::Rope::from_inv_freqs(style, &freqs, start + 1);
+            rope.apply(&mut want[0], start);
+            rope.apply(&mut want[1], start);
+            let m: Vec<Mat> = mats
+                .iter()
+                .map(|(w, _, rows)| Mat {
+                    ptr: w.ptr(),
+                    wtype: t,
+                    rows: *rows,
+                    cols,
+                })
+                .collect();
+            let (dx, df, yq) = (r.upload(&x), r.upload(&freqs), r.zeros(heads * hd));
+            let (yk, yv) = (r.zeros(kv_heads * hd), r.zeros(kv_heads * hd));
+            let (kc, vc) = (r.zeros(kv_heads * cap * hd), r.zeros(kv_heads * cap * hd));
+            let start_at = r.upload_bytes(&(start as i32).to_le_bytes());
+            let fused = FusedRope {
+                inv_freq: df.ptr(),
+                start_at: start_at.ptr(),
+                cache: [kc.ptr(), vc.ptr()],
+                dims: AttnDims {
+                    heads,
+                    kv_heads,
+                    head_dim: hd,
+                    capacity: cap,
+                    window: 0,
+                },
+                interleaved: style == crate::RopeStyle::Interleaved,
+            };
+            let outs: Vec<GemvOut> = m
+                .iter()
+                .zip(&mats)
+                .zip([yq.ptr(), yk.ptr(), yv.ptr()])
+                .map(|((w, (_, bias, _)), y)| GemvOut {
+                    w,
+                    y,
+                    bias: bias.ptr(),
+                })
+                .collect();
+            // SAFETY: sized above.
+            unsafe { r.ops().gemv(&outs, dx.ptr(), false, Some(fused)).unwrap() };
+            let what = format!("{t:?} {style:?}");
+            let e = rel_err(&r.download(&yq, heads * hd), &want[0]);
+            assert!(e < 1e-5, "{what} q: {e}");
+            // k and v sit at position `start` of the caches, nothing else is written.
+            let mut full_k = vec![0f32; (start + 1) * kv_heads * hd];
+            full_k[start * kv_heads * hd..].copy_from_slice(&want[1]);
+            let mut full_v = vec![0f32; (start + 1) * kv_heads * hd];
+            full_v[start * kv_heads * hd..].copy_from_slice(&want[2]);
+            let (want_k, want_v) = (
+                to_gpu_cache(&full_k, kv_heads, hd, cap),
+                to_gpu_cache(&full_v, kv_heads, hd, cap),
+            );
+            let e = rel_err(&r.download(&kc, want_k.len()), &want_k);
+            assert!(e < 1e-5, "{what} k: {e}");
+            let e = rel_err(&r.download(&vc, want_v.len()), &want_v);
+            assert!(e < 1e-5, "{what} v: {e}");
         }
     }
 }
