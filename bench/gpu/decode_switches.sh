@@ -9,7 +9,7 @@
 cd "$(dirname "$0")/../.." || exit 2
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib HOIST_KERNEL_CACHE=/var/tmp/hoist-kernels
 D=$(bash bench/gpu/synthetic_llama7b.sh) || exit 1
-SWEEP=${SWEEP-HOIST_GEMV_WARPS=8 HOIST_GEMV_UNROLL=8}
+SWEEP=${SWEEP-}
 speed() {  # speed LABEL BINARY MODEL [VAR=VALUE...]
   local label=$1 bin=$2 model=$3; shift 3
   env "$@" timeout 120 "$bin" "$model" 512 128 2>&1 | python3 -c '

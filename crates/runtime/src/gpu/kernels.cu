@@ -193,6 +193,29 @@ extern "C" __global__ void rms_norm(u64 x, u64 w, u64 out, u64 out_a, int cols, 
     float* o = (float*)out + r * cols;
     float ss = 0.f;
     bool vec = (cols & 3) == 0;
+    if (vec && cols <= (int)blockDim.x * 4) {
+        // A row of one float4 per thread (decode): x and w in one round trip.
+        int c = threadIdx.x * 4;
+        bool mine = c < cols;
+        float4 v = mine ? *(const float4*)(xr + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        float4 g = mine ? *(const float4*)(wr + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        ss = block_sum(v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w);
+        float inv = rsqrtf(ss / (float)cols + eps);
+        if (!mine) return;
+        float4 y;
+        y.x = round_act(v.x * inv * g.x, act);
+        y.y = round_act(v.y * inv * g.y, act);
+        y.z = round_act(v.z * inv * g.z, act);
+        y.w = round_act(v.w * inv * g.w, act);
+        *(float4*)(o + c) = y;
+        if (out_a) {
+            store_act(out_a, r * cols + c, y.x, act);
+            store_act(out_a, r * cols + c + 1, y.y, act);
+            store_act(out_a, r * cols + c + 2, y.z, act);
+            store_act(out_a, r * cols + c + 3, y.w, act);
+        }
+        return;
+    }
     if (vec) {
         for (int c = threadIdx.x * 4; c < cols; c += blockDim.x * 4) {
             float4 v = *(const float4*)(xr + c);
@@ -307,32 +330,39 @@ __device__ __forceinline__ float ld_cg(const float* p) {
     return v;
 }
 
-#define ATTN_SPLITS 32
+#define ATTN_SPLITS 32    // most key slices per query; attention_merge gives each a lane
+#define ATTN_SLICE_KEYS 32 // fewest keys per slice: short contexts use fewer slices
 
-// Merges the ATTN_SPLITS slices of query (h, t) that attention_split left in `part`: out[t,
+// Slices of a query that sees `len` keys: enough that each holds at least ATTN_SLICE_KEYS.
+__device__ __forceinline__ int attention_slices(int len) {
+    return min(ATTN_SPLITS, max(1, (len + ATTN_SLICE_KEYS - 1) / ATTN_SLICE_KEYS));
+}
+
+// Merges the `used` slices of query (h, t) that attention_split left in `part`: out[t,
 // h*hd + d] rounded to `act`, also stored as `act` in out_a if out_a != 0. The whole block.
 __device__ void attention_merge(const float* part, u64 out, u64 out_a, int heads, int hd,
-                                int act, int h, int t) {
+                                int act, int h, int t, int used) {
     const float* p = part + ((usize)t * heads + h) * ATTN_SPLITS * (hd + 2);
-    float m = NEG_INF;
-#pragma unroll
-    for (int sp = 0; sp < ATTN_SPLITS; ++sp) m = fmaxf(m, ld_cg(p + sp * (hd + 2)));
-    float l = 0.f;
-#pragma unroll
-    for (int sp = 0; sp < ATTN_SPLITS; ++sp) {
-        float ms = ld_cg(p + sp * (hd + 2));
-        if (ms != NEG_INF) l += ld_cg(p + sp * (hd + 2) + 1) * expf(ms - m);
+    // Warp 0, a lane per slice, turns the slices' maxima and sums into merge weights.
+    __shared__ float weight[ATTN_SPLITS];
+    if (threadIdx.x < 32) {
+        int sp = threadIdx.x;
+        bool live = sp < used;
+        float ms = live ? ld_cg(p + sp * (hd + 2)) : NEG_INF;
+        float ls = live ? ld_cg(p + sp * (hd + 2) + 1) : 0.f;
+        float m = warp_max(ms);
+        float e = ms == NEG_INF ? 0.f : expf(ms - m);
+        float l = warp_sum(ls * e);
+        weight[sp] = e / l;
     }
-    float inv = 1.f / l;
+    __syncthreads();
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float acc = 0.f;
 #pragma unroll 8
-        for (int sp = 0; sp < ATTN_SPLITS; ++sp) {
-            float ms = ld_cg(p + sp * (hd + 2));
-            if (ms != NEG_INF) acc += ld_cg(p + sp * (hd + 2) + 2 + d) * expf(ms - m);
-        }
+        for (int sp = 0; sp < ATTN_SPLITS; ++sp)
+            if (weight[sp] != 0.f) acc += ld_cg(p + sp * (hd + 2) + 2 + d) * weight[sp];
         usize o = ((usize)t * heads + h) * hd + d;
-        float v = round_act(acc * inv, act);
+        float v = round_act(acc, act);
         ((float*)out)[o] = v;
         if (out_a) store_act(out_a, o, v, act);
     }
@@ -340,13 +370,18 @@ __device__ void attention_merge(const float* part, u64 out, u64 out_a, int heads
 
 // Attention of n queries at positions start..start+n-1 over the cached keys, split over the
 // keys (flash-decoding): block (h, t, sp) of grid (heads, n, ATTN_SPLITS) handles the sp-th
-// slice of query (h, t)'s keys and writes its running max, sum of exponentials and weighted
-// value sum to part[((t * heads + h) * ATTN_SPLITS + sp) * (hd + 2) ...]; the last of the
-// query's blocks to finish (counted in counters[t * heads + h], which it resets to 0) merges
-// the slices into out (see attention_merge), so that decode needs no second kernel. Causal
-// with an optional sliding window (0: none): the query at p sees keys
-// max(0, p - window + 1)..=p. start: an int in device memory. Dynamic shared memory:
-// (groups * hd + ceil(cap / ATTN_SPLITS)) floats, groups = max(1, blockDim.x / hd).
+// of the query's attention_slices(len) slices (the other blocks return at once). With one
+// slice it writes the output itself; else it writes its running max, sum of exponentials and
+// weighted value sum to part[((t * heads + h) * ATTN_SPLITS + sp) * (hd + 2) ...], and the
+// last of the query's blocks to finish (counted in counters[t * heads + h], which it resets to
+// 0) merges the slices into out (see attention_merge). Causal with an optional sliding window
+// (0: none): the query at p sees keys max(0, p - window + 1)..=p. start: an int in device
+// memory. Dynamic shared memory: attention_groups(blockDim.x, hd) * hd partial sums, then one
+// slice's scores, max(ATTN_SLICE_KEYS, ceil(cap / ATTN_SPLITS)) floats.
+__device__ __forceinline__ int attention_groups(int threads, int hd) {
+    return (hd & 3) == 0 ? max(1, threads / (hd / 4)) : max(1, threads / hd);
+}
+
 extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 part, u64 start_at,
                                            int heads, int kv_heads, int hd, int cap, int window,
                                            float scale, u64 counters, u64 out, u64 out_a,
@@ -358,80 +393,105 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
     int pos = *(const int*)start_at + t;
     int first = window > 0 ? max(0, pos + 1 - window) : 0;
     int len = pos + 1 - first;
-    int chunk = (len + ATTN_SPLITS - 1) / ATTN_SPLITS;
+    int used = attention_slices(len);
+    if (sp >= used) return;  // the whole block: this query needs fewer slices
+    int chunk = (len + used - 1) / used;
     int j0 = min(len, sp * chunk), j1 = min(len, j0 + chunk);
     int kvh = h / (heads / kv_heads);
-    int groups = max(1, (int)blockDim.x / hd);
-    float* qs = smem;               // hd floats, later groups * hd partial sums
-    float* s = smem + groups * hd;  // the slice's scores
+    int groups = attention_groups(blockDim.x, hd);
+    float* acc_part = smem;           // groups * hd partial sums
+    float* s = smem + groups * hd;    // the slice's scores
     float* o = (float*)part + (((usize)t * heads + h) * ATTN_SPLITS + sp) * (hd + 2);
-    if (j0 >= j1) {  // an empty slice (short sequences)
-        for (int d = threadIdx.x; d < hd + 2; d += blockDim.x) o[d] = d == 0 ? NEG_INF : 0.f;
-    } else {
+    float m = NEG_INF, sum = 0.f;
+    int n = j1 - j0;
+    if (n > 0) {
         const float* qrow = (const float*)q + ((usize)t * heads + h) * hd;
-        for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qrow[d];
-        __syncthreads();
         const float* kb = (const float*)kcache + ((usize)kvh * cap + first + j0) * hd;
         const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
-        int n = j1 - j0;
-        // One thread per key: whole rows with 16-byte loads, no reductions.
-        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        // Scores: a warp per key, its lanes across the head (a row read whole by one
+        // instruction), several keys' loads in flight per warp.
+        int warps = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll 4
+        for (int j = warp; j < n; j += warps) {
             const float* kr = kb + (usize)j * hd;
             float dot = 0.f;
             if ((hd & 3) == 0) {
-#pragma unroll 8
-                for (int d = 0; d < hd; d += 4) {
-                    float4 k4 = *(const float4*)(kr + d);
-                    dot += qs[d] * k4.x + qs[d + 1] * k4.y + qs[d + 2] * k4.z + qs[d + 3] * k4.w;
+                for (int d = lane * 4; d < hd; d += 128) {
+                    float4 k4 = *(const float4*)(kr + d), q4 = *(const float4*)(qrow + d);
+                    dot += q4.x * k4.x + q4.y * k4.y + q4.z * k4.z + q4.w * k4.w;
                 }
             } else {
-                for (int d = 0; d < hd; ++d) dot += qs[d] * kr[d];
+                for (int d = lane; d < hd; d += 32) dot += qrow[d] * kr[d];
             }
-            s[j] = dot * scale;
+            dot = warp_sum(dot);
+            if (lane == 0) s[j] = dot * scale;
         }
         __syncthreads();
-        float m = NEG_INF;
         for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, s[j]);
         m = block_max(m);
-        float sum = 0.f;
         for (int j = threadIdx.x; j < n; j += blockDim.x) {
             float e = expf(s[j] - m);
             s[j] = e;
             sum += e;
         }
-        sum = block_sum(sum);  // ends with a barrier: s is complete, qs is free
-        int g = threadIdx.x / hd;
-        if (g < groups) {
-            for (int d = threadIdx.x % hd; d < hd; d += blockDim.x) {
-                float acc = 0.f;
-#pragma unroll 4
-                for (int j = g; j < n; j += groups) acc += s[j] * vb[(usize)j * hd + d];
-                qs[g * hd + d] = acc;
+        sum = block_sum(sum);  // ends with a barrier: s is complete
+        // Weighted values: groups of threads split the keys, each thread 4 (or 1) of the head's
+        // values, then the groups' sums are added.
+        if ((hd & 3) == 0) {
+            int per = hd / 4, g = threadIdx.x / per, d = (threadIdx.x % per) * 4;
+            if (g < groups) {
+                float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+                for (int j = g; j < n; j += groups) {
+                    float w = s[j];
+                    float4 v = *(const float4*)(vb + (usize)j * hd + d);
+                    a.x += w * v.x;
+                    a.y += w * v.y;
+                    a.z += w * v.z;
+                    a.w += w * v.w;
+                }
+                *(float4*)(acc_part + g * hd + d) = a;
+            }
+        } else {
+            int g = threadIdx.x / hd, d = threadIdx.x % hd;
+            if (g < groups) {
+                float a = 0.f;
+#pragma unroll 8
+                for (int j = g; j < n; j += groups) a += s[j] * vb[(usize)j * hd + d];
+                acc_part[g * hd + d] = a;
             }
         }
         __syncthreads();
-        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-            float acc = 0.f;
-            for (int k = 0; k < groups; ++k) acc += qs[k * hd + d];
-            o[2 + d] = acc;
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.f;
+        for (int k = 0; k < groups && n > 0; ++k) a += acc_part[k * hd + d];
+        if (used == 1) {  // the only slice: the output itself
+            usize i = ((usize)t * heads + h) * hd + d;
+            float v = round_act(a / sum, act);
+            ((float*)out)[i] = v;
+            if (out_a) store_act(out_a, i, v, act);
+        } else {
+            o[2 + d] = a;
         }
-        if (threadIdx.x == 0) {
-            o[0] = m;
-            o[1] = sum;
-        }
+    }
+    if (used == 1) return;
+    if (threadIdx.x == 0) {
+        o[0] = m;
+        o[1] = sum;
     }
     // This slice is visible to every block before it is counted; the last one merges.
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
         int* c = (int*)counters + (usize)t * heads + h;
-        last = atomicAdd(c, 1) == ATTN_SPLITS - 1;
+        last = atomicAdd(c, 1) == used - 1;
         if (last) *c = 0;
     }
     __syncthreads();
     if (last) {
         __threadfence();
-        attention_merge((const float*)part, out, out_a, heads, hd, act, h, t);
+        attention_merge((const float*)part, out, out_a, heads, hd, act, h, t, used);
     }
 }
 

@@ -9,7 +9,9 @@ use hoist_cuda::Stream;
 use hoist_format::{DType, GgmlType};
 
 use super::blas::{Batch, Blas, Elem, Gemm};
-use super::module::{args, Kernels, ATTN_SPLITS, ATTN_THREADS, ELEMENTWISE_THREADS, ROW_THREADS};
+use super::module::{
+    args, Kernels, ATTN_SLICE_KEYS, ATTN_SPLITS, ATTN_THREADS, ELEMENTWISE_THREADS, ROW_THREADS,
+};
 use super::GpuError;
 
 /// Weight element types the kernels read (the codes of `kernels.cu`).
@@ -376,8 +378,12 @@ impl Ops<'_> {
         dims: AttnDims,
         act: Act,
     ) -> Result<(), GpuError> {
-        let groups = (ATTN_THREADS as usize / dims.head_dim).max(1);
-        let smem = (groups * dims.head_dim + dims.capacity.div_ceil(ATTN_SPLITS)) * 4;
+        // As `attention_groups` in kernels.cu: threads per group are hd / 4 (or hd).
+        let hd = dims.head_dim;
+        let per_group = if hd % 4 == 0 { hd / 4 } else { hd };
+        let groups = (ATTN_THREADS as usize / per_group).max(1);
+        let scores = ATTN_SLICE_KEYS.max(dims.capacity.div_ceil(ATTN_SPLITS));
+        let smem = (groups * hd + scores) * 4;
         if smem > self.k.attention_smem_bytes {
             return Err(GpuError::Unsupported(format!(
                 "a context of {} positions is longer than the attention kernel supports on this GPU; ask for a shorter context",

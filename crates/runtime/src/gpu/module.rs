@@ -69,8 +69,10 @@ impl GemvShape {
         ]
     }
 }
-/// Key slices per query of `attention_split`; must equal `ATTN_SPLITS` in kernels.cu.
+/// Most key slices per query of `attention_split`; must equal `ATTN_SPLITS` in kernels.cu.
 pub(crate) const ATTN_SPLITS: usize = 32;
+/// Fewest keys per slice of `attention_split`; must equal `ATTN_SLICE_KEYS` in kernels.cu.
+pub(crate) const ATTN_SLICE_KEYS: usize = 32;
 /// Threads per block of `attention_split`.
 pub(crate) const ATTN_THREADS: u32 = 128;
 

@@ -345,6 +345,10 @@ fn attention_kernel_and_cublas_path_match_reference() {
         (8, 8, 64, 64, 0, 0),
         (4, 2, 128, 1, 3000, 0),
         (2, 1, 96, 2, 700, 100),
+        // One slice (32 keys), two (33), a head the float4 paths cannot take.
+        (4, 2, 64, 1, 31, 0),
+        (4, 2, 64, 1, 32, 0),
+        (6, 3, 30, 1, 100, 0),
     ] {
         let cap = start + n + 3;
         let total = start + n;
