@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # What each decode design switch is worth: decode tok/s and fraction of the copy bound on a
 # synthetic Llama-2-7B-shaped bf16 checkpoint (random bytes: speed only) with each switch in turn
-# off, then a sweep of GEMV shapes (SWEEP: VAR=VALUE settings, one run each). With Q4=1 also on
+# off, then any settings in SWEEP (VAR=VALUE, one run each). With Q4=1 also on
 # a Q4_0 GGUF of the same shape, made by bench_speed.py's writer from a random transformers
-# model (needs torch and the gguf wheel). BASE=path runs another gpu_speed build (say, the
+# model (needs torch and the gguf wheel), with Q4_SWEEP's settings (default: the quantized
+# GEMVs' warps per block). BASE=path runs another gpu_speed build (say, the
 # last commit's) first, for comparison. Carries: .carry/bin/{gpu_speed,make_checkpoint},
 # .whl/gguf-*.whl (Q4=1). Run from the repository root on the GPU machine.
 cd "$(dirname "$0")/../.." || exit 2
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib HOIST_KERNEL_CACHE=/var/tmp/hoist-kernels
 D=$(bash bench/gpu/synthetic_llama7b.sh) || exit 1
-SWEEP=${SWEEP-}
 speed() {  # speed LABEL BINARY MODEL [VAR=VALUE...]
   local label=$1 bin=$2 model=$3; shift 3
   env "$@" timeout 120 "$bin" "$model" 512 128 2>&1 | python3 -c '
@@ -23,18 +23,15 @@ except Exception:
     print("failed:", text[-400:])
 ' | sed "s|^|$label: |"
 }
-run_set() {  # run_set MODEL
+run_set() {  # run_set MODEL SWITCHES: each VAR=VALUE turns one design choice off, or tunes it
   local bin=.carry/bin/gpu_speed
   [ -n "${BASE:-}" ] && speed "base build ($BASE)" "$BASE" "$1" A=0
   speed "as built" $bin "$1" A=1
-  speed "rotary embedding as its own kernel (HOIST_NO_FUSED_ROPE=1)" $bin "$1" HOIST_NO_FUSED_ROPE=1
-  speed "no programmatic dependent launch (HOIST_NO_PDL=1)" $bin "$1" HOIST_NO_PDL=1
-  speed "no CUDA graphs (HOIST_NO_GRAPHS=1)" $bin "$1" HOIST_NO_GRAPHS=1
-  for s in $SWEEP; do speed "$s" $bin "$1" "$s"; done
+  for s in $2; do speed "$s" $bin "$1" "$s"; done
   speed "as built, again" $bin "$1" A=2
 }
 echo "== bf16 ($D)"
-run_set "$D"
+run_set "$D" "HOIST_NO_FUSED_ROPE=1 HOIST_NO_PDL=1 HOIST_NO_GRAPHS=1 ${SWEEP:-}"
 if [ "${Q4:-0}" = 1 ]; then
   Q=/var/tmp/l7-q4_0.gguf
   if [ ! -s "$Q" ]; then
@@ -51,5 +48,6 @@ b.write_q4_0_gguf(model, sys.argv[1])
 PY
   fi
   echo "== Q4_0 ($Q)"
-  SWEEP=${Q4_SWEEP-} run_set "$Q"
+  # Quantized models run without programmatic dependent launch already (see Kernels::disable_pdl).
+  run_set "$Q" "HOIST_NO_FUSED_ROPE=1 HOIST_NO_GRAPHS=1 ${Q4_SWEEP-HOIST_QGEMV_WARPS=8 HOIST_QGEMV_WARPS=32}"
 fi

@@ -532,20 +532,109 @@ extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int sta
 #endif
 
 // Where value v of the input vector sits in the padded shared-memory copy the quantized GEMVs
-// read: one float of padding per 32 keeps lanes that read "their" blocks on distinct banks.
-__device__ __forceinline__ int xs_index(int v) { return v + v / QK; }
+// read: 4 floats of padding per 32 keep the float4 reads of lanes that read "their" blocks on
+// distinct banks (a block's 32 inputs start 36 floats after the previous block's).
+#define XS_PAD 4
+__device__ __forceinline__ int xs_index(int v) { return v + (v / QK) * XS_PAD; }
 
 // Copies x (cols floats) into shared memory `xs`, padded (xs_index); the whole block calls it.
 __device__ void stage_input(const float* x, float* xs, int cols) {
-    for (int v = threadIdx.x; v < cols; v += blockDim.x) xs[xs_index(v)] = x[v];
+    if (cols % 4 == 0) {  // four values stay together (32 is a multiple of 4)
+        for (int v = threadIdx.x * 4; v < cols; v += blockDim.x * 4)
+            *(float4*)(xs + xs_index(v)) = *(const float4*)(x + v);
+    } else {
+        for (int v = threadIdx.x; v < cols; v += blockDim.x) xs[xs_index(v)] = x[v];
+    }
     __syncthreads();
+}
+
+// 2^23 + byte k (0..3) of w, as a float, exactly: the byte placed in the mantissa of 2^23 by one
+// byte permute. Subtracting 2^23 (plus the quantization offset) gives the value without an
+// int-to-float conversion, which runs at a fraction of the FMA rate.
+__device__ __forceinline__ float byte_f(u32 w, u32 k) {
+    u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(w), "r"(0x4b000000u), "r"(k | 0x7440u));
+    return __uint_as_float(r);
+}
+
+// (lo, hi) >> shift, the low word (shift < 32).
+__device__ __forceinline__ u32 shr64(u32 lo, u32 hi, u32 shift) {
+    u32 r;
+    asm("shf.r.wrap.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(lo), "r"(hi), "r"(shift));
+    return r;
+}
+
+// An 8-byte weight load that bypasses L1 (see ld_stream).
+__device__ __forceinline__ uint2 ld_stream2(const uint2* p) {
+    uint2 v;
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+
+// The dot product of one Q4_0 block at `blk` with its 32 inputs x (8 float4s). The 18-byte
+// block is read as the three aligned 8-byte words that hold it (never past the row's end when
+// rows are 16-byte aligned: a row's last block ends a word) and realigned with funnel shifts.
+__device__ __forceinline__ float q4_block(const u8* blk, const float4* x) {
+    usize a = (usize)blk;
+    const uint2* base = (const uint2*)(a & ~(usize)7);
+    uint2 p0 = ld_stream2(base), p1 = ld_stream2(base + 1), p2 = ld_stream2(base + 2);
+    u32 w[6] = {p0.x, p0.y, p1.x, p1.y, p2.x, p2.y};
+    u32 o = (u32)a & 7u;  // 0, 2, 4 or 6
+    u32 sh = (o & 2u) * 8u;
+    float d = f16_to_f((u16)(((o >> 2) ? w[1] : w[0]) >> sh));
+    // The 16 bytes of nibbles start at byte o + 2 of the window: words s2.. shifted by sh2.
+    u32 s2 = (o + 2u) >> 2, sh2 = sh ^ 16u;
+    u32 v[5];
+#pragma unroll
+    for (int k = 0; k < 5; ++k) {
+        u32 w2 = k + 2 < 6 ? w[k + 2] : 0u;
+        v[k] = s2 == 0 ? w[k] : (s2 == 1 ? w[k + 1] : w2);
+    }
+    const float c = 8388616.f;  // 2^23 + 8
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        u32 q = shr64(v[j], v[j + 1], sh2);  // nibble bytes 4j..4j+3
+        u32 lo = q & 0x0f0f0f0fu, hi = (q >> 4) & 0x0f0f0f0fu;
+        float4 xl = x[j], xh = x[4 + j];
+        s += (byte_f(lo, 0) - c) * xl.x + (byte_f(lo, 1) - c) * xl.y +
+             (byte_f(lo, 2) - c) * xl.z + (byte_f(lo, 3) - c) * xl.w;
+        s += (byte_f(hi, 0) - c) * xh.x + (byte_f(hi, 1) - c) * xh.y +
+             (byte_f(hi, 2) - c) * xh.z + (byte_f(hi, 3) - c) * xh.w;
+    }
+    return d * s;
+}
+
+// Whether Q4_0 rows of `cols` values take q4_dot2: whole 16-byte-aligned rows.
+__device__ __forceinline__ bool q4_aligned(int wtype, int cols) {
+    return wtype == W_Q4_0 && cols % 256 == 0;
+}
+
+// Dot products of two Q4_0 rows (q4_aligned) with the staged input `xs`, by one warp: lane l
+// takes blocks l, l + 32, ... of both rows, reading each block's inputs once for the two.
+// Results in every lane.
+__device__ void q4_dot2(const u8* row0, const u8* row1, int cols, const float* xs, float* out0,
+                        float* out1) {
+    int lane = threadIdx.x & 31, nblocks = cols / QK;
+    float a0 = 0.f, a1 = 0.f;
+#pragma unroll 2
+    for (int b = lane; b < nblocks; b += 32) {
+        const float4* x4 = (const float4*)(xs + b * (QK + XS_PAD));
+        float4 x[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) x[k] = x4[k];
+        a0 += q4_block(row0 + (usize)b * Q4_BLOCK_BYTES, x);
+        a1 += q4_block(row1 + (usize)b * Q4_BLOCK_BYTES, x);
+    }
+    *out0 = warp_sum(a0);
+    *out1 = warp_sum(a1);
 }
 
 // Partial dot product of quantized row `r` of w with the staged input `xs` over the part-th of
 // `parts` slices of its blocks, by one warp; the result is in every lane. Lane l decodes whole
 // blocks l, l + 32, ...: its 18 (Q4_0) or 34 (Q8_0) bytes with 16-bit loads (block sizes are
 // even, not multiples of 4; a warp's loads cover contiguous bytes), its 32 inputs from shared
-// memory without bank conflicts.
+// memory as float4s without bank conflicts. (Aligned Q4_0 rows take q4_dot2.)
 __device__ float qrow_dot(const u8* w, int wtype, usize r, int cols, const float* xs, int part,
                           int parts) {
     int lane = threadIdx.x & 31;
@@ -557,22 +646,26 @@ __device__ float qrow_dot(const u8* w, int wtype, usize r, int cols, const float
     for (int b = lo + lane; b < hi; b += 32) {
         const u16* blk = (const u16*)(row + (usize)b * bb);
         float d = f16_to_f(blk[0]);
-        const float* xb = xs + b * (QK + 1);
+        const float4* xb = (const float4*)(xs + b * (QK + XS_PAD));
         float s = 0.f;
         if (wtype == W_Q8_0) {
 #pragma unroll
-            for (int j = 0; j < QK; j += 2) {
-                u16 pair = blk[1 + j / 2];
-                s += (float)(signed char)(pair & 0xff) * xb[j] +
-                     (float)(signed char)(pair >> 8) * xb[j + 1];
+            for (int j = 0; j < QK; j += 4) {
+                u16 p0 = blk[1 + j / 2], p1 = blk[2 + j / 2];
+                float4 xv = xb[j / 4];
+                s += (float)(signed char)(p0 & 0xff) * xv.x + (float)(signed char)(p0 >> 8) * xv.y +
+                     (float)(signed char)(p1 & 0xff) * xv.z + (float)(signed char)(p1 >> 8) * xv.w;
             }
         } else {
 #pragma unroll
-            for (int j = 0; j < 16; j += 2) {
-                u16 pair = blk[1 + j / 2];
-                int b0 = pair & 0xff, b1 = pair >> 8;
-                s += (float)((b0 & 15) - 8) * xb[j] + (float)((b1 & 15) - 8) * xb[j + 1] +
-                     (float)((b0 >> 4) - 8) * xb[j + 16] + (float)((b1 >> 4) - 8) * xb[j + 17];
+            for (int j = 0; j < 16; j += 4) {
+                u32 q = (u32)blk[1 + j / 2] | ((u32)blk[2 + j / 2] << 16);  // bytes j..j+3
+                float4 xl = xb[j / 4], xh = xb[4 + j / 4];
+                s += (float)((int)(q & 15) - 8) * xl.x + (float)((int)((q >> 8) & 15) - 8) * xl.y +
+                     (float)((int)((q >> 16) & 15) - 8) * xl.z + (float)((int)((q >> 24) & 15) - 8) * xl.w;
+                s += (float)((int)((q >> 4) & 15) - 8) * xh.x +
+                     (float)((int)((q >> 12) & 15) - 8) * xh.y +
+                     (float)((int)((q >> 20) & 15) - 8) * xh.z + (float)((int)(q >> 28) - 8) * xh.w;
             }
         }
         acc += d * s;
@@ -652,6 +745,9 @@ __device__ void rows2_part(const u8* w, int wtype, int r0, int r1, int cols, con
     if (wtype <= W_BF16) {
         usize row_bytes = (usize)cols * (wtype == W_F32 ? 4 : 2);
         dot2_part(w + r0 * row_bytes, w + r1 * row_bytes, wtype, cols, x, part, parts, d0, d1);
+    } else if (parts == 1 && q4_aligned(wtype, cols)) {
+        usize row_bytes = (usize)(cols / QK) * Q4_BLOCK_BYTES;
+        q4_dot2(w + r0 * row_bytes, w + r1 * row_bytes, cols, xs, d0, d1);
     } else {
         *d0 = qrow_dot(w, wtype, (usize)r0, cols, xs, part, parts);
         *d1 = qrow_dot(w, wtype, (usize)r1, cols, xs, part, parts);
@@ -749,7 +845,9 @@ __device__ void store_rope_pair(const GemvBatch& b, int m, int r0, int r1, float
     }
 }
 
-// Grid: ceil(total row pairs / GEMV_WARPS) blocks of GEMV_WARPS warps; each warp takes a pair
+// Grid: ceil(total row pairs / warps) blocks of `warps` warps (GEMV_WARPS; more when a matrix is
+// quantized, so that the input staged in shared memory, a read as large as a Q4_0 row pair per
+// warp, serves more rows: see GemvShape in module.rs); each warp takes a pair
 // of rows of one matrix (pairs never straddle matrices), reading the input once for both and
 // keeping twice the weight loads in flight. (Measured on an H200: better than one row per warp,
 // and than splitting a row pair's columns over a block's warps.)
@@ -759,7 +857,7 @@ extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate, in
     extern __shared__ float xs[];
     if (stage_x) stage_input((const float*)x, xs, cols);
     int warp = threadIdx.x >> 5;
-    int pair = blockIdx.x * GEMV_WARPS + warp;
+    int pair = blockIdx.x * (blockDim.x >> 5) + warp;
     int m = 0;
     while (m < b.count && pair >= (b.rows[m] + 1) / 2) pair -= (b.rows[m++] + 1) / 2;
     if (m >= b.count) return;
@@ -784,6 +882,7 @@ extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate, in
 
 // h[r] = round_act(silu(dot(gate[r], x)) * dot(up[r], x)) (the feed-forward's first half).
 // Float weights: one block of GEMV_WARPS warps per row, the warps splitting the columns.
+// Quantized: any number of warps per block (the host's choice), a row each.
 // Quantized (stage_x = 1): one row per warp, the block sharing the input staged in shared
 // memory (dynamic: xs_index(cols) floats).
 extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wtype_up, u64 x,
@@ -795,10 +894,16 @@ extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wty
     int r;
     if (stage_x) {
         stage_input(xf, xs, cols);
-        r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+        r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
         if (r >= rows) return;
-        g = row_part((const u8*)gate, wtype_gate, r, cols, xf, xs, 0, 1);
-        u = row_part((const u8*)up, wtype_up, r, cols, xf, xs, 0, 1);
+        if (q4_aligned(wtype_gate, cols) && wtype_up == wtype_gate) {
+            usize row_bytes = (usize)(cols / QK) * Q4_BLOCK_BYTES;
+            q4_dot2((const u8*)gate + r * row_bytes, (const u8*)up + r * row_bytes, cols, xs, &g,
+                    &u);
+        } else {
+            g = row_part((const u8*)gate, wtype_gate, r, cols, xf, xs, 0, 1);
+            u = row_part((const u8*)up, wtype_up, r, cols, xf, xs, 0, 1);
+        }
         if ((threadIdx.x & 31) == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);
         return;
     }

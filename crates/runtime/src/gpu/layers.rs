@@ -570,14 +570,14 @@ impl Ops<'_> {
         let (cols, acc, stage_x) = (int(cols), i32::from(accumulate), i32::from(quantized));
         let mut a = args![b, x, cols, acc, stage_x];
         // A row pair per warp.
-        let warps = self.k.gemv_shape.warps;
+        let warps = self.gemv_warps(quantized);
         let grid = total.div_ceil(warps as usize) as u32;
         // SAFETY: the module's contract.
         unsafe {
             self.k.launch(
                 self.k.gemv,
                 (grid, 1),
-                32 * self.k.gemv_shape.warps,
+                32 * warps,
                 smem,
                 self.stream,
                 &mut a,
@@ -609,8 +609,9 @@ impl Ops<'_> {
         let mut a = args![g, u, wg, wu, x, h, rows, cols, act, stage_x];
         // Float weights: a block per row (its warps split the columns); quantized: a warp per
         // row, the block sharing the staged input.
+        let warps = self.gemv_warps(quantized);
         let grid = if quantized {
-            gate.rows.div_ceil(self.k.gemv_shape.warps as usize)
+            gate.rows.div_ceil(warps as usize)
         } else {
             gate.rows
         } as u32;
@@ -619,11 +620,20 @@ impl Ops<'_> {
             self.k.launch(
                 self.k.gemv_swiglu,
                 (grid, 1),
-                32 * self.k.gemv_shape.warps,
+                32 * warps,
                 smem,
                 self.stream,
                 &mut a,
             )
+        }
+    }
+
+    /// Warps per block of a GEMV (see `GemvShape`).
+    fn gemv_warps(&self, quantized: bool) -> u32 {
+        if quantized {
+            self.k.gemv_shape.quantized_warps
+        } else {
+            self.k.gemv_shape.warps
         }
     }
 
@@ -633,7 +643,8 @@ impl Ops<'_> {
         if !quantized {
             return Ok(0);
         }
-        let bytes = (cols + cols / 32 + 1) * 4;
+        // As `xs_index` in kernels.cu: 4 floats of padding per 32 values.
+        let bytes = (cols + cols / 32 * 4 + 4) * 4;
         if bytes > self.k.attention_smem_bytes {
             return Err(GpuError::Unsupported(format!(
                 "quantized rows of {cols} values do not fit the GPU's shared memory"

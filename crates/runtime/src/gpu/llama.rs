@@ -147,7 +147,7 @@ impl GpuModel {
 
         let t = Instant::now();
         let cache = options.kernel_cache.clone().or_else(default_cache_dir);
-        let kernels = Kernels::load(&gpu, cache.as_deref())?;
+        let mut kernels = Kernels::load(&gpu, cache.as_deref())?;
         let stream = Stream::new(&gpu).map_err(GpuError::from)?;
         let blas = Blas::new(&gpu, &stream)?;
         let kernel_seconds = t.elapsed().as_secs_f64();
@@ -185,6 +185,19 @@ impl GpuModel {
         let built =
             Builder::new(&config, &map, &weights, &kernels, &blas, &stream, &gpu)?.build()?;
         stream.synchronize().map_err(GpuError::from)?;
+        let direct = built
+            .layers
+            .iter()
+            .flat_map(|l| l.mats())
+            .all(|m| m.wtype.elem() == Some(built.act.elem()));
+        if built
+            .layers
+            .iter()
+            .flat_map(|l| l.mats())
+            .any(|m| m.wtype.elem().is_none())
+        {
+            kernels.disable_pdl();
+        }
         let stats = LoadStats {
             device: gpu.name().to_string(),
             context_seconds,
@@ -195,11 +208,6 @@ impl GpuModel {
             weight_bytes,
             seconds: start.elapsed().as_secs_f64(),
         };
-        let direct = built
-            .layers
-            .iter()
-            .flat_map(|l| l.mats())
-            .all(|m| m.wtype.elem() == Some(built.act.elem()));
         let blas_decode = direct && std::env::var("HOIST_DECODE_GEMV").is_ok_and(|v| v == "cublas");
         Ok(GpuModel {
             blas_decode,
