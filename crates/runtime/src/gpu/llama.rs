@@ -641,6 +641,14 @@ impl<'a> GpuSession<'a> {
             .map(|m| m.rows * m.cols)
             .max();
         let cache_bytes = c.num_layers * c.num_kv_heads * context * c.head_dim * 4;
+        // The attention kernel's scratch sizes depend on these alone.
+        let attn = AttnDims {
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            capacity: context,
+            window: 0,
+        };
         let sizes = [
             (chunk + 1) * 4,
             chunk * h * 4,
@@ -659,28 +667,10 @@ impl<'a> GpuSession<'a> {
             chunk * inter * 4,
             cache_bytes,
             cache_bytes,
-            (c.num_heads * tile * context).max(Ops::attention_part_values(
-                1,
-                AttnDims {
-                    heads: c.num_heads,
-                    kv_heads: c.num_kv_heads,
-                    head_dim: c.head_dim,
-                    capacity: context,
-                    window: 0,
-                },
-            )) * 4,
+            (c.num_heads * tile * context).max(Ops::attention_part_values(1, attn)) * 4,
             scratch_values.map_or(0, |v| v * act_bytes),
             chunk * vocab * 4,
-            Ops::attention_counters(
-                chunk,
-                AttnDims {
-                    heads: c.num_heads,
-                    kv_heads: c.num_kv_heads,
-                    head_dim: c.head_dim,
-                    capacity: context,
-                    window: 0,
-                },
-            ) * 4,
+            Ops::attention_counters(chunk, attn) * 4,
         ];
         let needed: usize = sizes.iter().sum();
         let (free, _) = model.gpu.mem_info().map_err(GpuError::from)?;
