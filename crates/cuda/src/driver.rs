@@ -275,6 +275,57 @@ impl DeviceBuf {
     pub fn len(&self) -> usize {
         self.len
     }
+
+    /// Queues a copy of `src` to the start of this buffer on `stream`. `src` may be reused when
+    /// this returns (the driver stages pageable memory first).
+    pub fn write_async(&self, stream: &Stream, src: &[u8]) -> Result<(), CudaError> {
+        assert!(
+            src.len() <= self.len,
+            "{} bytes into a {}-byte buffer",
+            src.len(),
+            self.len
+        );
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the destination lies inside this live allocation (checked above); src is a
+        // live slice of that length.
+        unsafe { copy_htod_async(&self.gpu, self.ptr, src.as_ptr(), src.len(), stream) }
+    }
+
+    /// Copies the first `dst.len()` bytes of this buffer into `dst` once the work queued on
+    /// `stream` is done, and waits for it.
+    pub fn read(&self, stream: &Stream, dst: &mut [u8]) -> Result<(), CudaError> {
+        assert!(
+            dst.len() <= self.len,
+            "{} bytes out of a {}-byte buffer",
+            dst.len(),
+            self.len
+        );
+        if !dst.is_empty() {
+            self.gpu.make_current()?;
+            // SAFETY: the source lies inside this live allocation (checked above); dst is a live,
+            // writable slice of that length, and the wait below ends the copy before it returns.
+            check("cuMemcpyDtoHAsync", self.gpu.ordinal, unsafe {
+                sys::cuMemcpyDtoHAsync_v2(
+                    dst.as_mut_ptr() as *mut c_void,
+                    self.ptr,
+                    dst.len(),
+                    stream.raw,
+                )
+            })?;
+        }
+        stream.synchronize()
+    }
+
+    /// Queues zeroing the whole buffer on `stream`.
+    pub fn zero_async(&self, stream: &Stream) -> Result<(), CudaError> {
+        self.gpu.make_current()?;
+        // SAFETY: exactly this live allocation.
+        check("cuMemsetD8Async", self.gpu.ordinal, unsafe {
+            sys::cuMemsetD8Async(self.ptr, 0, self.len, stream.raw)
+        })
+    }
 }
 
 impl Drop for DeviceBuf {

@@ -489,7 +489,7 @@ impl<'a> Builder<'a> {
 /// A device buffer holding `values`.
 fn upload_f32(gpu: &Arc<Gpu>, stream: &Stream, values: &[f32]) -> Result<DeviceBuf, GpuError> {
     let buf = DeviceBuf::new(gpu, values.len() * 4)?;
-    copy_htod(gpu, stream, buf.ptr(), bytes_of(values))?;
+    buf.write_async(stream, bytes_of(values))?;
     stream.synchronize()?;
     Ok(buf)
 }
@@ -505,31 +505,6 @@ fn driver_check(gpu: &Gpu, call: &'static str, r: sys::CUresult) -> Result<(), G
     } else {
         Err(CudaError::driver(call, gpu.ordinal(), r).into())
     }
-}
-
-/// Queues a copy of `src` to device address `dst` on `stream` (the source may be reused when
-/// this returns: pageable memory is staged by the driver).
-pub(crate) fn copy_htod(gpu: &Gpu, stream: &Stream, dst: u64, src: &[u8]) -> Result<(), GpuError> {
-    gpu.make_current()?;
-    // SAFETY: dst..dst+len lies in a live allocation (the callers size it); src is a live slice.
-    driver_check(gpu, "cuMemcpyHtoDAsync", unsafe {
-        sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr() as *const _, src.len(), stream.raw())
-    })
-}
-
-/// Copies device bytes at `src` into `dst` after the work queued on `stream`, and waits.
-pub(crate) fn copy_dtoh(
-    gpu: &Gpu,
-    stream: &Stream,
-    dst: &mut [u8],
-    src: u64,
-) -> Result<(), GpuError> {
-    gpu.make_current()?;
-    // SAFETY: src..src+len lies in a live allocation; dst is a live, writable slice.
-    driver_check(gpu, "cuMemcpyDtoHAsync", unsafe {
-        sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr() as *mut _, src, dst.len(), stream.raw())
-    })?;
-    Ok(stream.synchronize()?)
 }
 
 /// One sequence on a [`GpuModel`]: its KV cache and work buffers.
@@ -715,12 +690,9 @@ impl<'a> GpuSession<'a> {
             logits_rows: chunk,
             counters: alloc(sizes[16])?,
         };
-        copy_htod(
-            gpu,
-            &model.stream,
-            bufs.counters.ptr(),
-            &vec![0u8; bufs.counters.len()],
-        )?;
+        bufs.counters
+            .zero_async(&model.stream)
+            .map_err(GpuError::from)?;
         model.stream.synchronize().map_err(GpuError::from)?;
         Ok(GpuSession {
             model,
@@ -772,12 +744,10 @@ impl<'a> GpuSession<'a> {
                 let bytes = unsafe {
                     std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, dst.len() * 4)
                 };
-                copy_dtoh(
-                    &self.model.gpu,
-                    &self.model.stream,
-                    bytes,
-                    self.bufs.logits.ptr(),
-                )?;
+                self.bufs
+                    .logits
+                    .read(&self.model.stream, bytes)
+                    .map_err(GpuError::from)?;
             }
         }
         Ok(out)
@@ -798,7 +768,7 @@ impl<'a> GpuSession<'a> {
         self.ids.extend(tokens.iter().map(|&t| t as i32));
         self.ids.push(self.len as i32);
         // The ids, then the first position (read by the kernels from device memory).
-        copy_htod(&m.gpu, &m.stream, self.bufs.ids.ptr(), bytes_of(&self.ids))?;
+        self.bufs.ids.write_async(&m.stream, bytes_of(&self.ids))?;
         let rows = if n == 1 && self.graphs {
             // Decode: one captured graph replays every launch of the step (the same for every
             // position), which saves the launch gaps of ~260 small kernels per token.

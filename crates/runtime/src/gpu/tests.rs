@@ -59,7 +59,7 @@ impl Rig {
 
     fn upload_bytes(&self, bytes: &[u8]) -> DeviceBuf {
         let b = DeviceBuf::new(&self.gpu, bytes.len().max(4)).expect("alloc");
-        super::llama::copy_htod(&self.gpu, &self.stream, b.ptr(), bytes).expect("copy");
+        b.write_async(&self.stream, bytes).expect("copy");
         self.stream.synchronize().expect("sync");
         b
     }
@@ -76,7 +76,7 @@ impl Rig {
         let mut out = vec![0f32; n];
         // SAFETY: f32 has no invalid bit patterns; the view covers exactly `out`.
         let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n * 4) };
-        super::llama::copy_dtoh(&self.gpu, &self.stream, bytes, b.ptr()).expect("copy back");
+        b.read(&self.stream, bytes).expect("copy back");
         out
     }
 }
