@@ -99,50 +99,41 @@ __device__ __forceinline__ float load_w(const u8* w, usize i, int wtype) {
     }
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+// Sum (IS_MAX false) or maximum over a warp; every lane gets it.
+template <bool IS_MAX>
+__device__ __forceinline__ float warp_reduce(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float other = __shfl_xor_sync(0xffffffffu, v, o);
+        v = IS_MAX ? fmaxf(v, other) : v + other;
+    }
     return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce<false>(v); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce<true>(v); }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ float block_sum(float v) {
+// Sum or maximum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets
+// it.
+template <bool IS_MAX>
+__device__ float block_reduce(float v) {
     __shared__ float part[32];
     __shared__ float total;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
+    v = warp_reduce<IS_MAX>(v);
     __syncthreads();
     if (lane == 0) part[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
-        s = warp_sum(s);
+        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : (IS_MAX ? NEG_INF : 0.f);
+        s = warp_reduce<IS_MAX>(s);
         if (lane == 0) total = s;
     }
     __syncthreads();
     return total;
 }
 
-__device__ float block_max(float v) {
-    __shared__ float part[32];
-    __shared__ float total;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : NEG_INF;
-        s = warp_max(s);
-        if (lane == 0) total = s;
-    }
-    __syncthreads();
-    return total;
-}
+__device__ float block_sum(float v) { return block_reduce<false>(v); }
+__device__ float block_max(float v) { return block_reduce<true>(v); }
 
 // ---- conversions ---------------------------------------------------------------------------
 
@@ -623,20 +614,18 @@ __device__ void q4_dot2(const u8* row0, const u8* row1, int cols, const float* x
     *out1 = warp_sum(a1);
 }
 
-// Partial dot product of quantized row `r` of w with the staged input `xs` over the part-th of
-// `parts` slices of its blocks, by one warp; the result is in every lane. Lane l decodes whole
+// Dot product of quantized row `r` of w with the staged input `xs`, by one warp; the result is
+// in every lane. Lane l decodes whole
 // blocks l, l + 32, ...: its 18 (Q4_0) or 34 (Q8_0) bytes with 16-bit loads (block sizes are
 // even, not multiples of 4; a warp's loads cover contiguous bytes), its 32 inputs from shared
 // memory as float4s without bank conflicts. (Aligned Q4_0 rows take q4_dot2.)
-__device__ float qrow_dot(const u8* w, int wtype, usize r, int cols, const float* xs, int part,
-                          int parts) {
+__device__ float qrow_dot(const u8* w, int wtype, usize r, int cols, const float* xs) {
     int lane = threadIdx.x & 31;
     float acc = 0.f;
     int bb = wtype == W_Q8_0 ? Q8_BLOCK_BYTES : Q4_BLOCK_BYTES;
     int nblocks = cols / QK;
-    int lo = nblocks * part / parts, hi = nblocks * (part + 1) / parts;
     const u8* row = w + r * (usize)nblocks * bb;
-    for (int b = lo + lane; b < hi; b += 32) {
+    for (int b = lane; b < nblocks; b += 32) {
         const u16* blk = (const u16*)(row + (usize)b * bb);
         float d = f16_to_f(blk[0]);
         const float4* xb = (const float4*)(xs + b * (QK + XS_PAD));
@@ -731,31 +720,37 @@ __device__ void dot2_part(const u8* row0, const u8* row1, int wtype, int cols, c
     *out1 = warp_sum(d1);
 }
 
-// Partial dot products of rows r0 and r1 of w (any type) with x over the part-th of `parts`
-// column slices, by one warp.
-__device__ void rows2_part(const u8* w, int wtype, int r0, int r1, int cols, const float* x,
-                           const float* xs, int part, int parts, float* d0, float* d1) {
+// Dot products of rows r0 and r1 of w (any type) with the input, by one warp: 16-bit/f32 rows
+// read x, quantized rows its staged copy xs.
+__device__ void rows2(const u8* w, int wtype, int r0, int r1, int cols, const float* x,
+                      const float* xs, float* d0, float* d1) {
     if (wtype <= W_BF16) {
         usize row_bytes = (usize)cols * (wtype == W_F32 ? 4 : 2);
-        dot2_part(w + r0 * row_bytes, w + r1 * row_bytes, wtype, cols, x, part, parts, d0, d1);
-    } else if (parts == 1 && q4_aligned(wtype, cols)) {
+        dot2_part(w + r0 * row_bytes, w + r1 * row_bytes, wtype, cols, x, 0, 1, d0, d1);
+    } else if (q4_aligned(wtype, cols)) {
         usize row_bytes = (usize)(cols / QK) * Q4_BLOCK_BYTES;
         q4_dot2(w + r0 * row_bytes, w + r1 * row_bytes, cols, xs, d0, d1);
     } else {
-        *d0 = qrow_dot(w, wtype, (usize)r0, cols, xs, part, parts);
-        *d1 = qrow_dot(w, wtype, (usize)r1, cols, xs, part, parts);
+        *d0 = qrow_dot(w, wtype, (usize)r0, cols, xs);
+        *d1 = qrow_dot(w, wtype, (usize)r1, cols, xs);
     }
 }
 
-// Partial dot product of row r of w (any type) with x over the part-th of `parts` column
+// Partial dot product of 16-bit/f32 row r of w with x over the part-th of `parts` column
 // slices, by one warp.
-__device__ float row_part(const u8* w, int wtype, int r, int cols, const float* x,
-                          const float* xs, int part, int parts) {
-    if (wtype > W_BF16) return qrow_dot(w, wtype, (usize)r, cols, xs, part, parts);
+__device__ float frow_part(const u8* w, int wtype, int r, int cols, const float* x, int part,
+                           int parts) {
     float d, same;
     usize row_bytes = (usize)cols * (wtype == W_F32 ? 4 : 2);
     dot2_part(w + r * row_bytes, w + r * row_bytes, wtype, cols, x, part, parts, &d, &same);
     return d;
+}
+
+// Dot product of row r of w (any type) with the input, by one warp (as rows2, one row).
+__device__ float row_dot(const u8* w, int wtype, int r, int cols, const float* x,
+                         const float* xs) {
+    return wtype <= W_BF16 ? frow_part(w, wtype, r, cols, x, 0, 1)
+                           : qrow_dot(w, wtype, (usize)r, cols, xs);
 }
 
 // Sums the warps' partial pairs of a block (GEMV_WARPS warps): thread 0 gets both sums.
@@ -858,7 +853,7 @@ extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate, in
     pair_rows(pair, m < 2 ? b.rope_hd : 0, b.rope_style, &r0, &r1);
     r1 = min(r1, b.rows[m] - 1);
     float d0, d1;
-    rows2_part((const u8*)b.w[m], b.wtype[m], r0, r1, cols, (const float*)x, xs, 0, 1, &d0, &d1);
+    rows2((const u8*)b.w[m], b.wtype[m], r0, r1, cols, (const float*)x, xs, &d0, &d1);
     if ((threadIdx.x & 31) == 0) {
         float* y = (float*)b.y[m];
         const float* bias = (const float*)b.bias[m];
@@ -875,9 +870,8 @@ extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate, in
 
 // h[r] = round_act(silu(dot(gate[r], x)) * dot(up[r], x)) (the feed-forward's first half).
 // Float weights: one block of GEMV_WARPS warps per row, the warps splitting the columns.
-// Quantized: any number of warps per block (the host's choice), a row each.
-// Quantized (stage_x = 1): one row per warp, the block sharing the input staged in shared
-// memory (dynamic: xs_index(cols) floats).
+// Quantized (stage_x = 1): one row per warp, as many warps per block as the host chooses, the
+// block sharing the input staged in shared memory (dynamic: xs_index(cols) floats).
 extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wtype_up, u64 x,
                                        u64 h, int rows, int cols, int act, int stage_x) {
     PDL_BEGIN();
@@ -894,8 +888,8 @@ extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wty
             q4_dot2((const u8*)gate + r * row_bytes, (const u8*)up + r * row_bytes, cols, xs, &g,
                     &u);
         } else {
-            g = row_part((const u8*)gate, wtype_gate, r, cols, xf, xs, 0, 1);
-            u = row_part((const u8*)up, wtype_up, r, cols, xf, xs, 0, 1);
+            g = row_dot((const u8*)gate, wtype_gate, r, cols, xf, xs);
+            u = row_dot((const u8*)up, wtype_up, r, cols, xf, xs);
         }
         if ((threadIdx.x & 31) == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);
         return;
@@ -907,8 +901,8 @@ extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wty
         dot2_part((const u8*)gate + r * row_bytes, (const u8*)up + r * row_bytes, wtype_gate,
                   cols, xf, part, GEMV_WARPS, &g, &u);
     } else {
-        g = row_part((const u8*)gate, wtype_gate, r, cols, xf, xs, part, GEMV_WARPS);
-        u = row_part((const u8*)up, wtype_up, r, cols, xf, xs, part, GEMV_WARPS);
+        g = frow_part((const u8*)gate, wtype_gate, r, cols, xf, part, GEMV_WARPS);
+        u = frow_part((const u8*)up, wtype_up, r, cols, xf, part, GEMV_WARPS);
     }
     block_pair_sum(&g, &u);
     if (threadIdx.x == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);
