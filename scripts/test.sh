@@ -11,20 +11,21 @@ python3 -m pip install --quiet --disable-pip-version-check safetensors numpy ggu
 export HOIST_REQUIRE_PYTHON=1
 
 echo "== installing NVRTC (nvidia-cuda-nvrtc wheel): the GPU kernels must compile, GPU or not"
-python3 -m pip install --quiet --disable-pip-version-check nvidia-cuda-nvrtc
+# CUDA 13's: the cudarc build the runtime uses loads libnvrtc.so.13 and older, not 14.
+python3 -m pip install --quiet --disable-pip-version-check 'nvidia-cuda-nvrtc>=13,<14'
 NVRTC_LIB=$(python3 - <<'PY'
-import glob, os, site, sys
+import glob, os, site
 roots = site.getsitepackages() + [site.getusersitepackages()]
-hits = [p for r in roots for p in glob.glob(os.path.join(r, "nvidia", "cu*", "lib", "libnvrtc.so*"))]
+hits = sorted(p for r in roots for p in glob.glob(os.path.join(r, "nvidia", "cu13", "lib", "libnvrtc.so*")))
 print(os.path.dirname(hits[0]) if hits else "", end="")
 PY
 )
-if [ -n "$NVRTC_LIB" ]; then
-  export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  export HOIST_REQUIRE_NVRTC=1
-else
-  echo "warning: libnvrtc not found after installing nvidia-cuda-nvrtc; the kernel compile test will skip"
+if [ -z "$NVRTC_LIB" ]; then
+  echo "error: libnvrtc not found under nvidia/cu13/lib after installing nvidia-cuda-nvrtc" >&2
+  exit 1
 fi
+export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export HOIST_REQUIRE_NVRTC=1
 
 echo "== cargo test (workspace, release profile)"
 cargo test --workspace --release --locked

@@ -10,6 +10,7 @@
 cd "$(dirname "$0")/../.." || exit 2
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib HOIST_KERNEL_CACHE=/var/tmp/hoist-kernels
 D=$(bash bench/gpu/synthetic_llama7b.sh) || exit 1
+FAILED=()
 speed() {  # speed LABEL BINARY MODEL [VAR=VALUE...]
   local label=$1 bin=$2 model=$3; shift 3
   env "$@" timeout 120 "$bin" "$model" 512 128 2>&1 | python3 -c '
@@ -21,7 +22,9 @@ try:
     print("%7.1f tok/s  %.3f of bound  prefill %.3f of cuBLAS" % (rate, frac, d["prefill_fraction_of_cublas"]))
 except Exception:
     print("failed:", text[-400:])
+    sys.exit(1)
 ' | sed "s|^|$label: |"
+  [ "${PIPESTATUS[1]}" = 0 ] || FAILED+=("$label")
 }
 run_set() {  # run_set MODEL SWITCHES: each VAR=VALUE turns one design choice off, or tunes it
   local bin=.carry/bin/gpu_speed
@@ -39,7 +42,8 @@ if [ "${Q4:-0}" = 1 ]; then
       rm -rf /tmp/dsw-py && python3 -m pip install -q --no-index --no-deps --target /tmp/dsw-py .whl/gguf-*.whl
       export PYTHONPATH=/tmp/dsw-py${PYTHONPATH:+:$PYTHONPATH}
     fi
-    python3 - "$Q" <<'PY' || exit 1
+    # Written aside and renamed once checked: a failed run leaves no file to reuse.
+    python3 - "$Q.tmp" <<'PY' && mv "$Q.tmp" "$Q" || exit 1
 import sys
 sys.path.insert(0, "bench/gpu/runtime")
 import bench_speed as b
@@ -48,6 +52,11 @@ b.write_q4_0_gguf(model, sys.argv[1])
 PY
   fi
   echo "== Q4_0 ($Q)"
-  # Quantized models run without programmatic dependent launch already (see Kernels::disable_pdl).
-  run_set "$Q" "HOIST_NO_FUSED_ROPE=1 HOIST_NO_GRAPHS=1 ${Q4_SWEEP-HOIST_QGEMV_WARPS=8 HOIST_QGEMV_WARPS=32}"
+  # Quantized models run without programmatic dependent launch (see Kernels::disable_pdl);
+  # HOIST_QUANTIZED_PDL=1 turns it on for them.
+  run_set "$Q" "HOIST_NO_FUSED_ROPE=1 HOIST_QUANTIZED_PDL=1 HOIST_NO_GRAPHS=1 ${Q4_SWEEP-HOIST_QGEMV_WARPS=8 HOIST_QGEMV_WARPS=32}"
+fi
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "FAILED: ${FAILED[*]}"
+  exit 1
 fi

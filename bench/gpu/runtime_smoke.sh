@@ -12,23 +12,37 @@ mkdir -p "$OUT"
 # The test binaries find their fixtures at the path they were built in.
 [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.mem --format=csv | tee $OUT/gpu.txt
-echo "== kernel tests"; timeout 120 .carry/bin/rt_unit --test-threads=1 gpu:: 2>&1 | tee $OUT/rt_unit.log | tail -25
-echo "== model tests"; timeout 120 .carry/bin/rt_gpu --test-threads=1 --nocapture 2>&1 | tee $OUT/rt_gpu.log | tail -25
-echo "== model tests without CUDA graphs"; HOIST_NO_GRAPHS=1 timeout 120 .carry/bin/rt_gpu --test-threads=1 2>&1 | tail -3
-echo "== model tests, decode products through cuBLAS"; HOIST_DECODE_GEMV=cublas timeout 120 .carry/bin/rt_gpu --test-threads=1 2>&1 | tail -3
+FAILED=()
+# check NAME COMMAND...: runs the command, its output to $OUT/NAME.log (tail shown), and records a
+# non-zero exit.
+check() {
+  local name=$1; shift
+  echo "== $name"
+  "$@" > "$OUT/$name.log" 2>&1 || FAILED+=("$name")
+  tail -${TAIL:-25} "$OUT/$name.log"
+}
+check rt_unit timeout 120 .carry/bin/rt_unit --test-threads=1 gpu::
+check rt_gpu timeout 120 .carry/bin/rt_gpu --test-threads=1 --nocapture
+TAIL=3 check rt_gpu_no_graphs env HOIST_NO_GRAPHS=1 timeout 120 .carry/bin/rt_gpu --test-threads=1
+TAIL=3 check rt_gpu_cublas_decode env HOIST_DECODE_GEMV=cublas timeout 120 .carry/bin/rt_gpu --test-threads=1
 L=$(bash bench/gpu/synthetic_llama7b.sh) || exit 1
 echo "== speed (synthetic llama-7b, $L)"
-echo "== profile (each launch synchronized)"
-HOIST_PROFILE=1 timeout 200 .carry/bin/gpu_speed $L 512 32 2>&1 | tee $OUT/profile.txt | grep -A30 HOIST_PROFILE
-timeout 200 .carry/bin/gpu_speed $L 512 128 > $OUT/speed.json 2>&1; grep -E "fraction|tokens_per_s|gbps" $OUT/speed.json
-echo "== decode products through cuBLAS"
-HOIST_DECODE_GEMV=cublas timeout 200 .carry/bin/gpu_speed $L 512 128 > $OUT/speed_cublas.json 2>&1; grep -E "fraction|tokens_per_s" $OUT/speed_cublas.json
-HOIST_DECODE_GEMV=cublas HOIST_NO_GRAPHS=1 timeout 200 .carry/bin/gpu_speed $L 512 128 2>&1 | grep -E "decode_tokens_per_s"
-HOIST_NO_GRAPHS=1 timeout 200 .carry/bin/gpu_speed $L 512 128 2>&1 | grep -E "decode_tokens_per_s"
-echo "== hoist run --benchmark"
-timeout 200 .carry/bin/hoist run $L --benchmark 2>&1 | tail -20
-echo "== ncu: decode kernels"
+TAIL=0 check profile env HOIST_PROFILE=1 timeout 200 .carry/bin/gpu_speed $L 512 32
+grep -A30 HOIST_PROFILE $OUT/profile.log
+for s in speed "speed_cublas HOIST_DECODE_GEMV=cublas" "speed_cublas_no_graphs HOIST_DECODE_GEMV=cublas HOIST_NO_GRAPHS=1" \
+         "speed_no_graphs HOIST_NO_GRAPHS=1"; do
+  set -- $s
+  name=$1; shift
+  TAIL=0 check "$name" env "$@" timeout 200 .carry/bin/gpu_speed $L 512 128
+  grep -E "fraction|tokens_per_s|gbps" "$OUT/$name.log"
+done
+TAIL=20 check hoist_run_benchmark timeout 200 .carry/bin/hoist run $L --benchmark
 # Two decode steps (the first 1500 of our kernels are the prefills); ncu serializes kernels,
 # flushes caches and locks clocks, so its times are for comparing kernels, not for totals.
-timeout 300 ncu --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum -k regex:"gemv|attention|rms_norm|rope|embed" -s 1500 -c 454 .carry/bin/gpu_speed $L 16 8 > $OUT/ncu.csv 2> $OUT/ncu.err
-python3 bench/gpu/ncu_summary.py $OUT/ncu.csv
+TAIL=0 check ncu timeout 300 ncu --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum -k regex:"gemv|attention|rms_norm|rope|embed" -s 1500 -c 454 .carry/bin/gpu_speed $L 16 8
+python3 bench/gpu/ncu_summary.py $OUT/ncu.log || FAILED+=(ncu_summary)
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "FAILED: ${FAILED[*]}"
+  exit 1
+fi
+echo "all steps passed"

@@ -407,6 +407,8 @@ def main():
     extra = shlex.split(args.hoist_extra)
     if not have_hoist:
         log(f"hoist binary {hoist} not found: skipping the hoist measurements")
+        if not args.small:
+            speed["hoist"]["binary"] = dict(error=f"{hoist} not found")
     else:
         for label, path in (("bf16", hf_dir), ("q4_0", gguf_path)):
             if not os.path.exists(path):
@@ -433,6 +435,7 @@ def main():
     errors = [f"hoist {k}" for k, v in speed["hoist"].items() if "error" in v]
     errors += ["ttft"] if "error" in speed.get("ttft", {}) else []
     errors += ["gguf"] if "gguf_error" in speed else []
+    errors += ["transformers dynamic"] if "error" in speed["transformers"].get("dynamic", {}) else []
     speed["errors"] = errors
     common.write_json(out_path, speed)
     log(f"bench_speed: {elapsed():.0f} s; {out_path}" + (f"; FAILED: {', '.join(errors)}" if errors else ""))

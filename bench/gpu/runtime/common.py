@@ -195,20 +195,6 @@ def gguf_tensor_name(hf_name):
     return mr.gguf_name(hf_name)
 
 
-def hf_tensor_name(gguf_name_, table=None):
-    """llama.cpp name -> HF name (inverse of gguf_tensor_name)."""
-    inv = {v: k for k, v in mr.GGUF_NAMES.items()}
-    if gguf_name_ in inv:
-        return inv[gguf_name_]
-    if gguf_name_.startswith("blk."):
-        _, layer, rest = gguf_name_.split(".", 2)
-        for b in ("q", "k", "v"):
-            if rest == f"attn_{b}.bias":
-                return f"model.layers.{layer}.self_attn.{b}_proj.bias"
-        return f"model.layers.{layer}." + inv[rest]
-    raise KeyError(gguf_name_)
-
-
 def llama_file_type(qtype):
     import gguf
 

@@ -33,8 +33,8 @@ weights, and the low-precision greedy must equal the fp32 greedy (f32 cases: noi
 1e-4 of the row's largest |logit|). The steps left to the random layers have near-ties by
 nature; if no candidate in 64 qualifies, the best one is kept with a WARNING.
 
-Writes OUTDIR/models.json: one entry per case with path, kind (hf-f32, hf-bf16, gguf-q8_0,
-gguf-q4_0), the reference (an HF directory and the dtype to run it in), the prompts and the
+Writes OUTDIR/models.json: one entry per case with path, kind (hf-f32, hf-bf16, hf-f16,
+gguf-q8_0, gguf-q4_0), the reference (an HF directory and the dtype to run it in), the prompts and the
 selection numbers.
 """
 

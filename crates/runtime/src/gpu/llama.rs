@@ -190,12 +190,13 @@ impl GpuModel {
             .iter()
             .flat_map(|l| l.mats())
             .all(|m| m.wtype.elem() == Some(built.act.elem()));
-        if built
+        let quantized = built
             .layers
             .iter()
             .flat_map(|l| l.mats())
-            .any(|m| m.wtype.elem().is_none())
-        {
+            .any(|m| m.wtype.elem().is_none());
+        // `HOIST_QUANTIZED_PDL` keeps it on, for comparison (`decode_switches.sh`).
+        if quantized && std::env::var_os("HOIST_QUANTIZED_PDL").is_none() {
             kernels.disable_pdl();
         }
         let stats = LoadStats {

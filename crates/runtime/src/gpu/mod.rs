@@ -28,7 +28,7 @@
 //! `bench/gpu/decode_switches.sh` measures each. `HOIST_GEMV_WARPS`, `HOIST_GEMV_UNROLL` and
 //! `HOIST_QGEMV_WARPS` change the GEMVs' shape, for tuning (see `module::GemvShape`).
 //! Models with quantized weights launch without programmatic dependent launch (see
-//! `Kernels::disable_pdl`).
+//! `Kernels::disable_pdl`; `HOIST_QUANTIZED_PDL` keeps it on).
 
 pub mod bench;
 mod blas;
