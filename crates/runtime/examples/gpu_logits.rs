@@ -50,6 +50,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let vocab = model.config().vocab_size;
     let mut results = Vec::new();
     for (i, prompt) in prompts.iter().enumerate() {
+        if prompt.is_empty() {
+            return Err(format!("prompt {i} of --prompts is empty").into());
+        }
         let mut session = model.session(prompt.len() + steps)?;
         let mut rows = session.forward(prompt, true)?;
         let mut greedy = vec![argmax(&rows[rows.len() - vocab..])];

@@ -42,6 +42,8 @@ fn ids(meta: &serde_json::Value, key: &str) -> Vec<u32> {
 
 fn rel_error(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
+    // f32::max passes NaN over: a non-finite value must fail on its own.
+    assert!(a.iter().all(|v| v.is_finite()), "non-finite logits");
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use cudarc::driver::sys;
-use hoist_cuda::{CudaError, DeviceBuf};
+use hoist_cuda::DeviceBuf;
 
 use super::{GpuError, GpuModel};
 use crate::sampler::argmax;
@@ -68,10 +68,7 @@ fn d2d_gbps(model: &GpuModel) -> Result<f64, GpuError> {
     let copy = || -> Result<(), GpuError> {
         // SAFETY: both buffers hold `bytes` bytes and live across the synchronization below.
         let r = unsafe { sys::cuMemcpyDtoDAsync_v2(b.ptr(), a.ptr(), bytes, model.stream().raw()) };
-        if r != sys::CUresult::CUDA_SUCCESS {
-            return Err(CudaError::driver("cuMemcpyDtoDAsync", gpu.ordinal(), r).into());
-        }
-        Ok(())
+        Ok(gpu.check("cuMemcpyDtoDAsync", r)?)
     };
     copy()?;
     model.synchronize()?;
@@ -122,6 +119,9 @@ pub fn measure(
     let prefill_seconds = median(prefill);
 
     let mut next = argmax(&logits);
+    // One untimed step first: it captures the decode graph (the capacity has room for it).
+    logits = session.forward(&[next], false)?;
+    next = argmax(&logits);
     let t = Instant::now();
     for _ in 0..decode_tokens {
         logits = session.forward(&[next], false)?;
@@ -129,20 +129,27 @@ pub fn measure(
     }
     let decode_seconds = t.elapsed().as_secs_f64();
 
-    let gemm_tokens = prompt_tokens.min(super::llama::MAX_CHUNK_TOKENS);
-    let chunks = prompt_tokens.div_ceil(gemm_tokens);
-    session.gemms_only(gemm_tokens)?;
+    // The same products as the prefill: its chunks of at most MAX_CHUNK_TOKENS tokens.
+    let chunk = prompt_tokens.min(super::llama::MAX_CHUNK_TOKENS);
+    let gemms = |session: &super::GpuSession<'_>| -> Result<(), GpuError> {
+        for _ in 0..prompt_tokens / chunk {
+            session.gemms_only(chunk)?;
+        }
+        if prompt_tokens % chunk > 0 {
+            session.gemms_only(prompt_tokens % chunk)?;
+        }
+        Ok(())
+    };
+    gemms(&session)?;
     let mut gemm = Vec::with_capacity(REPEATS);
     for _ in 0..REPEATS {
         let t = Instant::now();
-        for _ in 0..chunks {
-            session.gemms_only(gemm_tokens)?;
-        }
+        gemms(&session)?;
         gemm.push(t.elapsed().as_secs_f64());
     }
     let cublas_gemm_seconds = median(gemm);
     let gemm_flops = 2.0
-        * (gemm_tokens * chunks) as f64
+        * prompt_tokens as f64
         * session
             .model()
             .layer_shapes()

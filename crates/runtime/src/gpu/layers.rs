@@ -360,6 +360,24 @@ impl Ops<'_> {
         dims.heads * n
     }
 
+    /// Dynamic shared memory of the attention kernel for `dims`; an error when the context is
+    /// longer than this GPU's shared memory allows (sessions check it when they are made).
+    pub(crate) fn attention_smem(&self, dims: AttnDims) -> Result<usize, GpuError> {
+        // As `attention_groups` in kernels.cu: threads per group are hd / 4 (or hd).
+        let hd = dims.head_dim;
+        let per_group = if hd % 4 == 0 { hd / 4 } else { hd };
+        let groups = (ATTN_THREADS as usize / per_group).max(1);
+        let scores = ATTN_SLICE_KEYS.max(dims.capacity.div_ceil(ATTN_SPLITS));
+        let smem = (groups * hd + scores) * 4;
+        if smem > self.k.attention_smem_bytes {
+            return Err(GpuError::Unsupported(format!(
+                "a context of {} positions is longer than the attention kernel supports on this GPU; ask for a shorter context (--context)",
+                dims.capacity
+            )));
+        }
+        Ok(smem)
+    }
+
     /// Attention of `n` queries at positions `start..start + n` (`start`: the i32 at `start_at`)
     /// by our split-key kernel (decode; the reference for the cuBLAS path). `part`: scratch
     /// of [`Ops::attention_part_values`] floats; `counters`: [`Ops::attention_counters`] i32s,
@@ -378,18 +396,7 @@ impl Ops<'_> {
         dims: AttnDims,
         act: Act,
     ) -> Result<(), GpuError> {
-        // As `attention_groups` in kernels.cu: threads per group are hd / 4 (or hd).
-        let hd = dims.head_dim;
-        let per_group = if hd % 4 == 0 { hd / 4 } else { hd };
-        let groups = (ATTN_THREADS as usize / per_group).max(1);
-        let scores = ATTN_SLICE_KEYS.max(dims.capacity.div_ceil(ATTN_SPLITS));
-        let smem = (groups * hd + scores) * 4;
-        if smem > self.k.attention_smem_bytes {
-            return Err(GpuError::Unsupported(format!(
-                "a context of {} positions is longer than the attention kernel supports on this GPU; ask for a shorter context",
-                dims.capacity
-            )));
-        }
+        let smem = self.attention_smem(dims)?;
         let [kc, vc] = cache;
         let (heads, kvh, hd, cap, window, scale, act) = (
             int(dims.heads),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cudarc::driver::sys;
-use hoist_cuda::{CudaError, DeviceBuf, Gpu, GpuTensors, Stream};
+use hoist_cuda::{DeviceBuf, Gpu, GpuTensors, Stream};
 use hoist_format::TensorTable;
 use hoist_io::PlanConfig;
 
@@ -500,14 +500,6 @@ pub(crate) fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
-fn driver_check(gpu: &Gpu, call: &'static str, r: sys::CUresult) -> Result<(), GpuError> {
-    if r == sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(CudaError::driver(call, gpu.ordinal(), r).into())
-    }
-}
-
 /// One sequence on a [`GpuModel`]: its KV cache and work buffers.
 pub struct GpuSession<'a> {
     model: &'a GpuModel,
@@ -537,9 +529,9 @@ impl Graph {
     fn launch(&self, gpu: &Gpu, stream: &Stream) -> Result<(), GpuError> {
         gpu.make_current()?;
         // SAFETY: exec is live; it launches kernels on buffers the session owns.
-        driver_check(gpu, "cuGraphLaunch", unsafe {
+        Ok(gpu.check("cuGraphLaunch", unsafe {
             sys::cuGraphLaunch(self.exec, stream.raw())
-        })
+        })?)
     }
 }
 
@@ -625,6 +617,8 @@ impl<'a> GpuSession<'a> {
             capacity: context,
             window: 0,
         };
+        // Refused here rather than at the first decode step.
+        model.ops().attention_smem(attn)?;
         let sizes = [
             (chunk + 1) * 4,
             chunk * h * 4,
@@ -793,7 +787,7 @@ impl<'a> GpuSession<'a> {
         let stream = m.stream.raw();
         m.gpu.make_current()?;
         // SAFETY: a live stream with nothing else capturing on this thread.
-        driver_check(&m.gpu, "cuStreamBeginCapture", unsafe {
+        m.gpu.check("cuStreamBeginCapture", unsafe {
             sys::cuStreamBeginCapture_v2(
                 stream,
                 sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
@@ -804,14 +798,14 @@ impl<'a> GpuSession<'a> {
         // SAFETY: ends the capture begun above, whatever `record` did.
         let ended = unsafe { sys::cuStreamEndCapture(stream, &mut graph) };
         recorded?;
-        driver_check(&m.gpu, "cuStreamEndCapture", ended)?;
+        m.gpu.check("cuStreamEndCapture", ended)?;
         let mut exec: sys::CUgraphExec = std::ptr::null_mut();
         // SAFETY: graph is the captured graph; out-pointer to a local.
         let r = unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) };
-        if let Err(e) = driver_check(&m.gpu, "cuGraphInstantiate", r) {
+        if let Err(e) = m.gpu.check("cuGraphInstantiate", r) {
             // SAFETY: destroyed once, not instantiated.
             unsafe { sys::cuGraphDestroy(graph) };
-            return Err(e);
+            return Err(e.into());
         }
         Ok(Graph {
             gpu: m.gpu.clone(),

@@ -1,5 +1,5 @@
 //! The kernels of `kernels.cu`: compiled by NVRTC for the device's architecture on first use,
-//! cached on disk as a cubin keyed by (source, architecture, NVRTC version), and launched
+//! cached on disk as a cubin keyed by (source, NVRTC options: architecture and GEMV shape), and launched
 //! through the driver API.
 //!
 //! With a cached cubin, NVRTC is not even loaded: a warm start pays only `cuModuleLoadData`.
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use cudarc::driver::sys;
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
-use hoist_cuda::{CudaError, Gpu, Stream};
+use hoist_cuda::{Gpu, Stream};
 
 use super::GpuError;
 
@@ -162,18 +162,10 @@ impl Profile {
     }
 }
 
-fn driver(call: &'static str, gpu: &Gpu, r: sys::CUresult) -> Result<(), GpuError> {
-    if r == sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(CudaError::driver(call, gpu.ordinal(), r).into())
-    }
-}
-
 fn attribute(gpu: &Gpu, a: sys::CUdevice_attribute) -> Result<i32, GpuError> {
     let mut v = 0i32;
     // SAFETY: out-pointer to a local; the device handle is live while `gpu` is.
-    driver("cuDeviceGetAttribute", gpu, unsafe {
+    gpu.check("cuDeviceGetAttribute", unsafe {
         sys::cuDeviceGetAttribute(&mut v, a, gpu.device())
     })?;
     Ok(v)
@@ -204,6 +196,21 @@ fn nvrtc_version() -> Result<(i32, i32), GpuError> {
     Ok((major, minor))
 }
 
+/// NVRTC's options for `arch` and `shape` (also part of the cache key).
+fn options(arch: &str, shape: GemvShape) -> Vec<String> {
+    let mut o = vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        // Exact division and square roots, no flush-to-zero (NVRTC's defaults, said here
+        // because the kernels rely on them): results must match the f32 reference within 1e-4.
+        "--prec-div=true".to_string(),
+        "--prec-sqrt=true".to_string(),
+        "--ftz=false".to_string(),
+    ];
+    o.extend(shape.defines());
+    o
+}
+
 /// Compiles `SOURCE` for `arch` into a cubin.
 fn compile(arch: &str, shape: GemvShape) -> Result<Vec<u8>, GpuError> {
     let fail = |log: String| GpuError::Compile {
@@ -213,16 +220,7 @@ fn compile(arch: &str, shape: GemvShape) -> Result<Vec<u8>, GpuError> {
     let src = CString::new(SOURCE).map_err(|e| fail(e.to_string()))?;
     let prog = nvrtc::create_program(&src, Some(c"hoist_kernels.cu"))
         .map_err(|e| fail(format!("{e:?}")))?;
-    let [warps, unroll] = shape.defines();
-    let options = [
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".to_string(),
-        // Exact division and square roots, no flush-to-zero: results must match the f32
-        // reference within 1e-4.
-        "--fmad=true".to_string(),
-        warps,
-        unroll,
-    ];
+    let options = options(arch, shape);
     // SAFETY: prog was just created and is destroyed below, once.
     let compiled = unsafe { nvrtc::compile_program(prog, &options) };
     let result = match compiled {
@@ -261,10 +259,10 @@ fn cubin(prog: nvrtc_sys::nvrtcProgram) -> Result<Vec<u8>, String> {
 }
 
 /// Where the cubin of (`arch`, `shape`, this source) is cached in `dir`. The key needs no NVRTC
-/// (a warm start does not load it): the source hash, the architecture and the GEMV shape.
+/// (a warm start does not load it): the source and the NVRTC options (architecture, GEMV shape).
 fn cache_file(dir: &Path, arch: &str, shape: GemvShape) -> PathBuf {
     let key = xxhash_rust::xxh3::xxh3_128(
-        format!("{arch}\n{}\n{SOURCE}", shape.defines().join(" ")).as_bytes(),
+        format!("{}\n{SOURCE}", options(arch, shape).join(" ")).as_bytes(),
     );
     dir.join(format!("hoist-{arch}-{key:032x}.cubin"))
 }
@@ -314,7 +312,10 @@ fn store(path: &Path, bytes: &[u8]) -> Result<(), GpuError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per process and call: threads of one process may store the same file at once.
+    static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -341,7 +342,7 @@ impl Kernels {
         let load = |bin: &[u8]| -> Result<sys::CUmodule, GpuError> {
             let mut module: sys::CUmodule = std::ptr::null_mut();
             // SAFETY: `bin` is an ELF image (the driver validates it and copies what it needs).
-            driver("cuModuleLoadData", gpu, unsafe {
+            gpu.check("cuModuleLoadData", unsafe {
                 sys::cuModuleLoadData(&mut module, bin.as_ptr() as *const c_void)
             })?;
             Ok(module)
@@ -361,7 +362,7 @@ impl Kernels {
             let c = CString::new(name).map_err(|e| GpuError::Unsupported(e.to_string()))?;
             let mut f: sys::CUfunction = std::ptr::null_mut();
             // SAFETY: module is live; out-pointer to a local.
-            driver("cuModuleGetFunction", gpu, unsafe {
+            gpu.check("cuModuleGetFunction", unsafe {
                 sys::cuModuleGetFunction(&mut f, module, c.as_ptr())
             })?;
             Ok(f)
@@ -371,7 +372,7 @@ impl Kernels {
         let attention_smem_bytes = (optin.max(48 << 10) as usize).saturating_sub(1024);
         let attention_split = get("attention_split")?;
         // SAFETY: attention_split is a function of the live module.
-        driver("cuFuncSetAttribute", gpu, unsafe {
+        gpu.check("cuFuncSetAttribute", unsafe {
             sys::cuFuncSetAttribute(
                 attention_split,
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -383,7 +384,7 @@ impl Kernels {
         for f in [gemv, gemv_swiglu] {
             // SAFETY: f is a function of the live module. Quantized GEMVs stage the input
             // vector in dynamic shared memory, over 48 KiB for rows of 12k+ values.
-            driver("cuFuncSetAttribute", gpu, unsafe {
+            gpu.check("cuFuncSetAttribute", unsafe {
                 sys::cuFuncSetAttribute(
                     f,
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -474,14 +475,14 @@ impl Kernels {
         };
         // SAFETY: the caller's contract; the stream and function are live; `config` and the
         // attribute it points to outlive the call.
-        let launched = driver("cuLaunchKernelEx", &self.gpu, unsafe {
+        let launched = self.gpu.check("cuLaunchKernelEx", unsafe {
             sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut())
         });
         if let (Some(p), Some(t)) = (&self.profile, started) {
             stream.synchronize()?;
             p.add(self.name_of(f), t.elapsed().as_secs_f64());
         }
-        launched
+        Ok(launched?)
     }
 
     fn name_of(&self, f: sys::CUfunction) -> &'static str {

@@ -84,6 +84,8 @@ impl Rig {
 /// max |a − b| / max |b|.
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
+    // f32::max passes NaN over: a non-finite value must fail on its own.
+    assert!(a.iter().all(|v| v.is_finite()), "non-finite values");
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
