@@ -43,7 +43,7 @@ pub enum BackendArg {
     Uring,
     /// Buffered pread thread pool.
     Pread,
-    /// memcpy out of chunk-sized mappings.
+    /// memcpy out of read-only 4 MiB mapping windows.
     Mmap,
 }
 

@@ -102,8 +102,14 @@ unsafe impl Send for Gpu {}
 unsafe impl Sync for Gpu {}
 
 impl Gpu {
+    /// Turns the result code of driver call `call` on this GPU into a typed error (for callers
+    /// that use the driver API directly, through `cudarc::driver::sys`).
+    pub fn check(&self, call: &'static str, r: sys::CUresult) -> Result<(), CudaError> {
+        check(call, self.ordinal, r)
+    }
+
     /// Opens device `ordinal` and retains its primary context.
-    pub fn open(ordinal: usize) -> Result<Arc<Gpu>, CudaError> {
+    pub(crate) fn open(ordinal: usize) -> Result<Arc<Gpu>, CudaError> {
         init()?;
         let mut count = 0i32;
         // SAFETY: out-pointer to a local.
@@ -276,8 +282,9 @@ impl DeviceBuf {
         self.len
     }
 
-    /// Queues a copy of `src` to the start of this buffer on `stream`. `src` may be reused when
-    /// this returns (the driver stages pageable memory first).
+    /// Queues a copy of `src` to the start of this buffer on `stream`. `src` must be pageable
+    /// (not page-locked) memory: the driver stages it before returning, so it may be reused
+    /// then.
     pub fn write_async(&self, stream: &Stream, src: &[u8]) -> Result<(), CudaError> {
         assert!(
             src.len() <= self.len,
@@ -289,7 +296,7 @@ impl DeviceBuf {
             return Ok(());
         }
         // SAFETY: the destination lies inside this live allocation (checked above); src is a
-        // live slice of that length.
+        // live slice of that length, pageable (this method's contract), so staged on return.
         unsafe { copy_htod_async(&self.gpu, self.ptr, src.as_ptr(), src.len(), stream) }
     }
 
@@ -585,7 +592,8 @@ impl Drop for Event {
 /// Queues a host→device copy of `len` bytes on `stream`.
 ///
 /// # Safety
-/// `src..src+len` must be pinned host memory that stays untouched until the copy completes, and
+/// `src..src+len` must be either pinned host memory that stays untouched until the copy
+/// completes, or pageable memory (the driver copies that to staging before returning), and
 /// `dst..dst+len` must lie inside a live device allocation.
 pub(crate) unsafe fn copy_htod_async(
     gpu: &Gpu,

@@ -106,7 +106,7 @@ pub enum CudaError {
 impl CudaError {
     /// The error for driver call `call` on device `ordinal` that returned `code`, with a hint
     /// for the common codes.
-    pub fn driver(call: &'static str, ordinal: usize, code: CUresult) -> CudaError {
+    pub(crate) fn driver(call: &'static str, ordinal: usize, code: CUresult) -> CudaError {
         use CUresult::*;
         let hint = match code {
             CUDA_ERROR_OUT_OF_MEMORY => "; the device (or pinned host memory) is out of memory: load fewer tensors or free memory",

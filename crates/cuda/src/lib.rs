@@ -187,8 +187,7 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 /// follows pays no start-up). Never panics: without a driver or device it returns an error
 /// that says so in one line.
 pub fn probe(ordinal: usize) -> Result<GpuInfo, CudaError> {
-    driver::driver_library()?;
-    let (g, _) = gpu(ordinal)?;
+    let g = open_device(ordinal)?;
     let (free_bytes, total_bytes) = g.mem_info()?;
     Ok(GpuInfo {
         ordinal,

@@ -11,6 +11,7 @@ use hoist_io::plan::{Chunk, Plan};
 use serde::Serialize;
 
 use crate::driver::{copy_dtoh, DeviceBuf, Gpu};
+use crate::first_error::FirstError;
 use crate::CudaError;
 
 /// How the final tensors are laid out in device memory.
@@ -331,31 +332,25 @@ impl GpuTensors {
         f: impl Fn(usize, &mut Vec<u8>) -> Result<(), CudaError> + Sync,
     ) -> Result<(), CudaError> {
         let next = AtomicUsize::new(0);
-        let first_err = Mutex::new(None);
+        let failed = FirstError::default();
         std::thread::scope(|s| {
             for _ in 0..threads.clamp(1, 64) {
                 s.spawn(|| {
                     let mut buf = vec![0u8; VERIFY_PIECE_BYTES];
-                    loop {
+                    while !failed.aborted() {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= self.tensors.len() {
                             return;
                         }
                         if let Err(e) = f(i, &mut buf) {
-                            first_err
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert(e);
+                            failed.record(e);
                             return;
                         }
                     }
                 });
             }
         });
-        match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        failed.into_result()
     }
 }
 

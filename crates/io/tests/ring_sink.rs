@@ -112,22 +112,23 @@ fn ring_checkpoint(dir: &std::path::Path) -> std::path::PathBuf {
     common::u8_checkpoint(dir, "ring.safetensors", &sizes, 11)
 }
 
+/// Every tensor of `table` in chunks of 128 KiB: many more chunks than ring slots.
+fn ring_plan(table: &TensorTable) -> Plan {
+    let all: Vec<usize> = (0..table.tensors.len()).collect();
+    let config = PlanConfig {
+        chunk_bytes: 128 << 10,
+        ..PlanConfig::default()
+    };
+    Plan::new(table, &all, config).unwrap()
+}
+
 #[test]
 fn a_bounded_ring_delivers_every_byte() {
     let dir = tempfile::tempdir().unwrap();
     let path = ring_checkpoint(dir.path());
     let table = TensorTable::open(&path).unwrap();
     let file = std::fs::read(&path).unwrap();
-    let all: Vec<usize> = (0..table.tensors.len()).collect();
-    let plan = Plan::new(
-        &table,
-        &all,
-        PlanConfig {
-            chunk_bytes: 128 << 10,
-            ..PlanConfig::default()
-        },
-    )
-    .unwrap();
+    let plan = ring_plan(&table);
     assert!(plan.chunks.len() > 20);
     for backend in Backend::ALL {
         let slot_count = 3;
@@ -175,16 +176,7 @@ fn a_failing_read_under_a_full_ring_errors_without_hanging() {
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let all: Vec<usize> = (0..table.tensors.len()).collect();
-        let plan = Plan::new(
-            &table,
-            &all,
-            PlanConfig {
-                chunk_bytes: 128 << 10,
-                ..PlanConfig::default()
-            },
-        )
-        .unwrap();
+        let plan = ring_plan(&table);
         for backend in Backend::ALL {
             let sink = RingSink::new(&plan, 2);
             let cfg = EngineConfig {
@@ -215,16 +207,7 @@ fn auto_reads_cached_chunks_into_a_ring_with_pread() {
     let dir = tempfile::tempdir().unwrap();
     let path = ring_checkpoint(dir.path());
     let table = TensorTable::open(&path).unwrap();
-    let all: Vec<usize> = (0..table.tensors.len()).collect();
-    let plan = Plan::new(
-        &table,
-        &all,
-        PlanConfig {
-            chunk_bytes: 128 << 10,
-            ..PlanConfig::default()
-        },
-    )
-    .unwrap();
+    let plan = ring_plan(&table);
     std::fs::read(&path).unwrap(); // in the page cache
     let sink = RingSink::new(&plan, 3);
     let report = execute(&plan, &sink, &EngineConfig::default()).unwrap();

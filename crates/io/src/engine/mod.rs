@@ -42,7 +42,7 @@ pub enum Backend {
     Uring,
     /// Buffered `pread` from a thread pool for everything.
     Pread,
-    /// memcpy out of chunk-sized read-only mappings from a thread pool for everything.
+    /// memcpy out of read-only 4 MiB mapping windows from a thread pool for everything.
     Mmap,
 }
 
