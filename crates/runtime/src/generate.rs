@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cpu::{CpuModel, KvCache};
+use crate::cpu::{CpuModel, ForwardError, KvCache};
 use crate::sampler::{Sampler, SamplingParams, StopCheck, StopReason, StopStrings};
 use crate::tokenizer::{TextStream, Tokenizer};
 use crate::RuntimeError;
@@ -24,12 +24,25 @@ pub struct CpuSession<'a> {
 }
 
 impl<'a> CpuSession<'a> {
-    /// A session holding up to `context` positions.
-    pub fn new(model: &'a CpuModel, context: usize) -> CpuSession<'a> {
-        CpuSession {
+    /// A session holding up to `context` positions, its KV cache reserved up front.
+    ///
+    /// # Errors
+    /// [`ForwardError::CacheTooLarge`] when a cache of `context` positions cannot be allocated.
+    pub fn new(model: &'a CpuModel, context: usize) -> Result<CpuSession<'a>, ForwardError> {
+        Ok(CpuSession {
             model,
-            cache: model.new_cache(context),
-        }
+            cache: model.new_cache(context)?,
+        })
+    }
+
+    /// Positions the KV cache holds.
+    pub fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// Forgets the sequence (the cache keeps its memory).
+    pub fn clear(&mut self) {
+        self.cache.clear();
     }
 }
 
@@ -77,11 +90,26 @@ impl Generation {
     }
 }
 
-/// Generates from `prompt` (token ids, special tokens included); `on_text` receives text as
-/// soon as it is final.
+/// Generates from `prompt` (token ids, special tokens included) on a model whose sequence is
+/// empty; `on_text` receives text as soon as it is final.
 pub fn generate(
     model: &mut dyn LogitsModel,
     tokenizer: &Tokenizer,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation, RuntimeError> {
+    generate_after(model, tokenizer, &[], prompt, options, on_text)
+}
+
+/// Generates from `prompt` on a model whose sequence already holds `cached` (the tokens in its
+/// KV cache, in order): only `prompt` is fed (it must not be empty), but the repetition
+/// penalty covers `cached` too, so the result is that of [`generate`] over `cached` followed
+/// by `prompt` on an empty model.
+pub fn generate_after(
+    model: &mut dyn LogitsModel,
+    tokenizer: &Tokenizer,
+    cached: &[u32],
     prompt: &[u32],
     options: &GenerateOptions,
     on_text: &mut dyn FnMut(&str),
@@ -90,7 +118,9 @@ pub fn generate(
     let start = Instant::now();
     let mut logits = model.next_logits(prompt)?;
     let prefill = start.elapsed();
-    let mut context = prompt.to_vec();
+    let mut context = Vec::with_capacity(cached.len() + prompt.len());
+    context.extend_from_slice(cached);
+    context.extend_from_slice(prompt);
     let mut tokens = Vec::new();
     let mut text = String::new();
     let mut stream = TextStream::new();

@@ -117,10 +117,14 @@ pub fn distribution(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
     if items.is_empty() {
         return items;
     }
-    items.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if p.top_k > 0 {
+    // Descending probability, ties by token id: a total order (ids are distinct), so picking
+    // the top k first and sorting only those gives what sorting everything would.
+    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if p.top_k > 0 && p.top_k < items.len() {
+        items.select_nth_unstable_by(p.top_k - 1, cmp);
         items.truncate(p.top_k);
     }
+    items.sort_by(cmp);
     let max = items[0].1;
     let mut sum = 0f64;
     for it in items.iter_mut() {

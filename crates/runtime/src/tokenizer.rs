@@ -280,6 +280,13 @@ impl Tokenizer {
         self.bos
     }
 
+    /// Whether [`Tokenizer::encode`] with `add_special` prepends BOS itself: a GGUF tokenizer
+    /// with a BOS token and `tokenizer.ggml.add_bos_token` (llama.cpp's rule). False for a
+    /// `tokenizer.json`, whose post-processor adds what it adds on its own.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos && self.bos.is_some()
+    }
+
     /// End-of-sequence tokens (generation stops at any of them).
     pub fn eos(&self) -> &[u32] {
         &self.eos

@@ -184,7 +184,7 @@ fn weight_errors_name_the_tensor_and_shapes() {
 #[test]
 fn forward_errors() {
     let model = CpuModel::load(&fixtures().join("qwen3")).unwrap();
-    let mut cache = model.new_cache(4);
+    let mut cache = model.new_cache(4).unwrap();
     let e = model
         .forward(&[1, 2, 3, 4, 5], &mut cache)
         .unwrap_err()

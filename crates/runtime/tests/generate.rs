@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use hoist_runtime::cpu::CpuModel;
-use hoist_runtime::generate::{generate, CpuSession, GenerateOptions, Generation, LogitsModel};
+use hoist_runtime::generate::{
+    generate, generate_after, CpuSession, GenerateOptions, Generation, LogitsModel,
+};
 use hoist_runtime::sampler::{SamplingParams, StopReason};
 use hoist_runtime::tokenizer::Tokenizer;
 use hoist_runtime::RuntimeError;
@@ -28,7 +30,7 @@ fn reference_ids(key: &str) -> Vec<u32> {
 
 fn run(model: &CpuModel, tok: &Tokenizer, opts: &GenerateOptions) -> (Generation, String) {
     let prompt = reference_ids("prompt");
-    let mut session = CpuSession::new(model, prompt.len() + opts.max_tokens);
+    let mut session = CpuSession::new(model, prompt.len() + opts.max_tokens).unwrap();
     let mut streamed = String::new();
     let g = generate(&mut session, tok, &prompt, opts, &mut |t| {
         streamed.push_str(t)
@@ -157,4 +159,87 @@ fn seeded_sampling_repeats() {
     assert_eq!(a, b, "same seed, same tokens");
     assert_ne!(a, c, "another seed, other tokens");
     assert_eq!(a.len(), 12);
+}
+
+/// The same logits at every step.
+struct Fixed(Vec<f32>);
+
+impl LogitsModel for Fixed {
+    fn next_logits(&mut self, _tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+        Ok(self.0.clone())
+    }
+}
+
+#[test]
+fn the_repetition_penalty_covers_tokens_already_cached() {
+    let tok = Tokenizer::from_hf_dir(&fixtures().join("tokenizer")).unwrap();
+    let mut logits = vec![0.0; tok.vocab_size()];
+    logits[10] = 2.0;
+    logits[11] = 1.5;
+    let opts = GenerateOptions {
+        max_tokens: 1,
+        sampling: SamplingParams {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let first = |cached: &[u32]| {
+        generate_after(
+            &mut Fixed(logits.clone()),
+            &tok,
+            cached,
+            &[5],
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap()
+        .tokens
+    };
+    // Token 10 wins unless the penalty sees it in the context, cached or fed.
+    assert_eq!(first(&[]), [10]);
+    assert_eq!(first(&[10]), [11], "a cached token is penalized");
+    let g = generate(&mut Fixed(logits.clone()), &tok, &[10], &opts, &mut |_| {}).unwrap();
+    assert_eq!(g.tokens, [11], "a fed token is penalized");
+
+    // On the CPU model: the prompt's head in the cache and its tail fed gives what feeding it
+    // all gives, penalty included.
+    let model = CpuModel::load(&fixtures().join("llama")).unwrap();
+    let prompt = reference_ids("prompt");
+    let opts = GenerateOptions {
+        max_tokens: 8,
+        sampling: SamplingParams {
+            repetition_penalty: 1.5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let whole = run(&model, &tok, &opts).0;
+    let split = prompt.len() / 2;
+    let mut session = CpuSession::new(&model, prompt.len() + opts.max_tokens).unwrap();
+    session.next_logits(&prompt[..split]).unwrap();
+    let g = generate_after(
+        &mut session,
+        &tok,
+        &prompt[..split],
+        &prompt[split..],
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(g.tokens, whole.tokens);
+}
+
+#[test]
+fn a_session_clears_and_refuses_an_impossible_context() {
+    let model = CpuModel::load(&fixtures().join("llama")).unwrap();
+    let prompt = reference_ids("prompt");
+    let mut session = CpuSession::new(&model, prompt.len()).unwrap();
+    assert_eq!(session.capacity(), prompt.len());
+    let a = session.next_logits(&prompt).unwrap();
+    assert!(session.next_logits(&[0]).is_err(), "the cache is full");
+    session.clear();
+    assert_eq!(session.next_logits(&prompt).unwrap(), a);
+    let err = CpuSession::new(&model, 1 << 60).unwrap_err().to_string();
+    assert!(err.contains(&(1usize << 60).to_string()), "{err}");
 }

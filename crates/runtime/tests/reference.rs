@@ -64,7 +64,7 @@ fn rel_error(a: &[f32], b: &[f32]) -> f32 {
 fn check(model: &CpuModel, r: &Reference, tolerance: f32, label: &str) -> f32 {
     let v = r.vocab;
     assert_eq!(model.config.vocab_size, v);
-    let mut cache = model.new_cache(r.prompt.len() + r.greedy.len());
+    let mut cache = model.new_cache(r.prompt.len() + r.greedy.len()).unwrap();
     let prefill = model.forward(&r.prompt, &mut cache).unwrap();
     let mut rows = prefill[r.from * v..].to_vec();
     let mut greedy = vec![hoist_runtime::sampler::argmax(
@@ -133,7 +133,7 @@ fn fixtures_exercise_window_and_scaling() {
         let table = hoist_format::TensorTable::open(&dir).unwrap();
         let model = CpuModel::from_table(&table, config).unwrap();
         let r = reference(&dir);
-        let mut cache = model.new_cache(r.prompt.len());
+        let mut cache = model.new_cache(r.prompt.len()).unwrap();
         let logits = model.forward(&r.prompt, &mut cache).unwrap();
         let rows = r.prompt.len() - r.from;
         let err = rel_error(&logits[r.from * r.vocab..], &r.logits[..rows * r.vocab]);
@@ -177,7 +177,7 @@ fn gguf_qwen3_q4_0_tied() {
 fn gguf_q8_0_is_close_to_the_f32_model() {
     let q = CpuModel::load(&fixtures().join("gguf/llama-q8_0.gguf")).unwrap();
     let r = reference(&fixtures().join("llama"));
-    let mut cache = q.new_cache(r.prompt.len());
+    let mut cache = q.new_cache(r.prompt.len()).unwrap();
     let logits = q.forward(&r.prompt, &mut cache).unwrap();
     let rows = r.prompt.len() - r.from;
     let err = rel_error(&logits[r.from * r.vocab..], &r.logits[..rows * r.vocab]);

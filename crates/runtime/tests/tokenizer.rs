@@ -47,6 +47,8 @@ fn tokenizer_config_gives_special_tokens_and_template() {
     let (begin, end) = (tok.token_to_id("<|begin|>"), tok.token_to_id("<|end|>"));
     assert_eq!(tok.bos(), begin);
     assert!(tok.eos().contains(&end.unwrap()));
+    // A tokenizer.json's post-processor adds its special tokens itself.
+    assert!(!tok.adds_bos());
     let t = ChatTemplate::for_tokenizer(&tok, "tokenizer_config.json chat_template")
         .unwrap()
         .unwrap();
@@ -69,6 +71,7 @@ fn gguf_gpt2_tokenizer_matches_python() {
         assert_eq!(tok.decode(&ids, false).unwrap(), text);
     }
     // add_bos_token = true in the file.
+    assert!(tok.adds_bos());
     let with = tok.encode("Hello", true).unwrap();
     assert_eq!(with[0], 1);
     assert_eq!(&with[1..], &tok.encode("Hello", false).unwrap()[..]);

@@ -1,6 +1,7 @@
 //! Causal attention with grouped-query heads over a KV cache, for prefill (many new tokens)
 //! and decode (one).
 
+use super::model::ForwardError;
 use super::ops::{dot, softmax};
 
 /// Keys and values of every layer for the positions seen so far, `[position, kv_head, dim]`
@@ -16,20 +17,45 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for `layers` layers of `kv_heads × head_dim`, holding `capacity`
-    /// positions.
-    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> KvCache {
+    /// positions, its memory reserved up front.
+    ///
+    /// # Errors
+    /// [`ForwardError::CacheTooLarge`] when the cache's size overflows or its memory cannot be
+    /// reserved (a context far beyond what the machine holds).
+    pub fn new(
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+    ) -> Result<KvCache, ForwardError> {
         let row = kv_heads * head_dim;
-        KvCache {
-            k: (0..layers)
-                .map(|_| Vec::with_capacity(capacity * row))
-                .collect(),
-            v: (0..layers)
-                .map(|_| Vec::with_capacity(capacity * row))
-                .collect(),
+        let too_large = || ForwardError::CacheTooLarge {
+            context: capacity,
+            bytes: cache_bytes(layers, row, capacity),
+        };
+        let per_layer = capacity.checked_mul(row).ok_or_else(too_large)?;
+        // Both caches of every layer must fit in the address space, not only one of them.
+        per_layer
+            .checked_mul(layers.saturating_mul(2))
+            .and_then(|n| n.checked_mul(std::mem::size_of::<f32>()))
+            .filter(|&n| n <= isize::MAX as usize)
+            .ok_or_else(too_large)?;
+        let reserve = || -> Result<Vec<Vec<f32>>, ForwardError> {
+            (0..layers)
+                .map(|_| {
+                    let mut v = Vec::new();
+                    v.try_reserve_exact(per_layer).map_err(|_| too_large())?;
+                    Ok(v)
+                })
+                .collect()
+        };
+        Ok(KvCache {
+            k: reserve()?,
+            v: reserve()?,
             len: 0,
             capacity,
             row,
-        }
+        })
     }
 
     /// Positions committed (the position of the next token).
@@ -79,6 +105,12 @@ impl KvCache {
     pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
         (&self.k[layer], &self.v[layer])
     }
+}
+
+/// Bytes of the keys and values of `layers` layers of `row` floats for `capacity` positions
+/// (in `u128`: it is reported when it overflows `usize`).
+fn cache_bytes(layers: usize, row: usize, capacity: usize) -> u128 {
+    2 * layers as u128 * row as u128 * capacity as u128 * std::mem::size_of::<f32>() as u128
 }
 
 /// Causal scaled-dot-product attention for `q` (`[n, heads, dim]`, the `n` newest positions,
@@ -145,6 +177,19 @@ mod tests {
     }
 
     #[test]
+    fn an_impossible_cache_is_an_error_not_an_abort() {
+        for capacity in [usize::MAX, 1 << 50] {
+            match KvCache::new(2, 2, 8, capacity) {
+                Err(ForwardError::CacheTooLarge { context, bytes }) => {
+                    assert_eq!(context, capacity);
+                    assert_eq!(bytes, 2 * 2 * 16 * 4 * capacity as u128);
+                }
+                other => panic!("{capacity}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn single_key_returns_its_value() {
         let out = attention(&[1.0, 0.0], &[3.0, 4.0], &[5.0, 6.0], 0, 1, 1, 2, None);
         assert_eq!(out, vec![5.0, 6.0]);
@@ -159,7 +204,7 @@ mod tests {
         let full = attention(&q, &k, &v, 0, heads, kvh, dim, None);
         let row_q = heads * dim;
         let row_kv = kvh * dim;
-        let mut cache = KvCache::new(1, kvh, dim, n);
+        let mut cache = KvCache::new(1, kvh, dim, n).unwrap();
         for t in 0..n {
             cache.append(0, &k[t * row_kv..][..row_kv], &v[t * row_kv..][..row_kv]);
             cache.commit(1);

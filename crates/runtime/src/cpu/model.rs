@@ -39,6 +39,14 @@ pub enum ForwardError {
         /// Positions the cache holds.
         capacity: usize,
     },
+    /// A KV cache of this many positions does not fit in memory (or its size overflows).
+    #[error("a KV cache of {context} positions needs {bytes} bytes, more than can be allocated")]
+    CacheTooLarge {
+        /// Positions asked for.
+        context: usize,
+        /// Bytes the keys and values of every layer would take.
+        bytes: u128,
+    },
 }
 
 /// One decoder block's weights in f32.
@@ -171,7 +179,10 @@ impl CpuModel {
     }
 
     /// An empty KV cache for `capacity` positions.
-    pub fn new_cache(&self, capacity: usize) -> KvCache {
+    ///
+    /// # Errors
+    /// [`ForwardError::CacheTooLarge`] when its memory cannot be reserved.
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ForwardError> {
         let c = &self.config;
         KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, capacity)
     }
@@ -258,7 +269,7 @@ impl CpuModel {
         prompt: &[u32],
         max_new: usize,
     ) -> Result<(Vec<f32>, Vec<u32>), ForwardError> {
-        let mut cache = self.new_cache(prompt.len() + max_new);
+        let mut cache = self.new_cache(prompt.len().saturating_add(max_new))?;
         let logits = self.forward(prompt, &mut cache)?;
         let vocab = self.config.vocab_size;
         let mut last = logits[logits.len().saturating_sub(vocab)..].to_vec();
