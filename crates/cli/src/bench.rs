@@ -65,7 +65,9 @@ impl Loader {
             Loader::PerTensorMmap => "baseline: per-tensor mmap+memcpy".into(),
             Loader::Sequential => "baseline: sequential read".into(),
             Loader::Hoist(b) => format!("hoist {}", b.name()),
-            Loader::Gpu(n, p, b) => format!("hoist cuda:{n} {} {}", p.name(), b.name()),
+            Loader::Gpu(n, p, b) => {
+                format!("hoist {} {} {}", Device::Cuda(n), p.name(), b.name())
+            }
         }
     }
     fn is_baseline(self) -> bool {
@@ -100,7 +102,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             [Backend::Mmap, Backend::Pread, Backend::Uring, Backend::Auto].map(Loader::Hoist),
         ),
         Device::Cuda(n) => {
-            hoist_cuda::probe(n).with_context(|| format!("cuda:{n} is not usable"))?;
+            hoist_cuda::probe(n).with_context(|| format!("{} is not usable", a.device))?;
             use hoist_cuda::GpuPath;
             loaders.extend(
                 [Backend::Mmap, Backend::Pread, Backend::Uring]
@@ -123,7 +125,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "device: {}; mode: {}; {} run(s) per loader, median; {} cores",
             match a.device {
                 Device::Cpu => "host memory".to_string(),
-                Device::Cuda(n) => format!("cuda:{n} (baselines to host memory)"),
+                Device::Cuda(_) => format!("{} (baselines to host memory)", a.device),
             },
             if a.cold {
                 "cold (files evicted from the page cache before each run)"

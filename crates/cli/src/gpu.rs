@@ -20,7 +20,7 @@ pub fn load(
     checksum: bool,
 ) -> anyhow::Result<Outcome> {
     let info = hoist_cuda::probe(gpu.ordinal)
-        .with_context(|| format!("cuda:{} is not usable", gpu.ordinal))?;
+        .with_context(|| format!("{} is not usable", crate::Device::Cuda(gpu.ordinal)))?;
     let (tensors, report) = hoist_cuda::load_to_gpu(table, selection, plan, engine, gpu, None)?;
     let checksums = if checksum {
         let threads = engine.threads.max(1);
@@ -76,7 +76,7 @@ pub fn load(
         ("gpu_report", serde_json::to_value(&report)?, String::new()),
     ];
     Ok(Outcome {
-        device: format!("cuda:{}", gpu.ordinal),
+        device: crate::Device::Cuda(gpu.ordinal).to_string(),
         bytes: report.tensor_bytes,
         tensors: tensors.tensors().len(),
         seconds: report.seconds,

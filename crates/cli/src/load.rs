@@ -110,7 +110,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 &gpu_config,
                 a.checksum,
             )
-            .with_context(|| format!("loading {} onto cuda:{n} failed", a.path.display()));
+            .with_context(|| format!("loading {} onto {} failed", a.path.display(), a.device));
             drop(bar);
             o?
         }

@@ -188,6 +188,16 @@ impl std::str::FromStr for Device {
     }
 }
 
+impl std::fmt::Display for Device {
+    /// `cpu` or `cuda:N`, as `--device` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// A checkpoint path argument.
 pub type CheckpointPath = PathBuf;
 

@@ -19,12 +19,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use hoist_runtime::chat::Message;
 use hoist_runtime::generate::GenerateOptions;
 use hoist_runtime::sampler::SamplingParams;
 use hoist_runtime::ModelConfig;
 
 use crate::Device;
-use model::{Checkpoint, Model};
+use model::{check_device, Checkpoint, Model};
 
 /// Most new tokens per reply without `--benchmark`.
 pub const DEFAULT_MAX_TOKENS: usize = 512;
@@ -127,6 +128,8 @@ pub struct Settings {
     pub max_tokens: usize,
     /// Sampling settings, checked.
     pub sampling: SamplingParams,
+    /// With `--benchmark`: the ordinal of the GPU it measures.
+    pub benchmark: Option<usize>,
 }
 
 impl Settings {
@@ -154,8 +157,9 @@ impl Settings {
 /// Runs `hoist run`; `process_start` is the instant `main` began.
 pub fn run(args: Args, process_start: Instant) -> anyhow::Result<()> {
     let settings = check(args, process_start)?;
-    if settings.args.benchmark {
-        return bench::run(&settings);
+    check_device(&settings.args.device)?;
+    if let Some(ordinal) = settings.benchmark {
+        return bench::run(&settings, ordinal);
     }
     match settings.args.prompt.clone() {
         Some(prompt) => oneshot::run(&settings, &prompt),
@@ -180,12 +184,13 @@ fn check(args: Args, process_start: Instant) -> anyhow::Result<Settings> {
         (true, Some(0)) => anyhow::bail!("--prompt-tokens must be at least 1"),
         _ => {}
     }
-    if args.benchmark {
-        anyhow::ensure!(
-            matches!(args.device, Device::Cuda(_)),
-            "--benchmark measures the GPU runtime: use --device cuda:N"
-        );
-    }
+    let benchmark = match (args.benchmark, &args.device) {
+        (false, _) => None,
+        (true, Device::Cuda(n)) => Some(*n),
+        (true, Device::Cpu) => {
+            anyhow::bail!("--benchmark measures the GPU runtime: use --device cuda:N")
+        }
+    };
     anyhow::ensure!(
         !args.json || args.prompt.is_some() || args.benchmark,
         "--json needs --prompt or --benchmark (the interactive chat prints text)"
@@ -216,6 +221,7 @@ fn check(args: Args, process_start: Instant) -> anyhow::Result<Settings> {
         process_start,
         max_tokens,
         sampling,
+        benchmark,
     })
 }
 
@@ -232,17 +238,65 @@ pub fn default_context(config: &ModelConfig) -> usize {
     config.max_position_embeddings.clamp(1, DEFAULT_CONTEXT_CAP)
 }
 
-/// Warns when `--context` asks for more positions than the model was trained for: it runs,
-/// but rotary positions beyond training usually degrade the output.
-fn warn_long_context(s: &Settings, config: &ModelConfig) {
-    if let Some(c) = s.args.context {
-        if c > config.max_position_embeddings {
-            eprintln!(
-                "warning: --context {c} is beyond the {} positions the model was trained for",
-                config.max_position_embeddings
-            );
-        }
+/// Warns when the context (`--context`, or the one-shot default raised to fit the reply) has
+/// more positions than the model was trained for: it runs, but rotary positions beyond
+/// training usually degrade the output.
+fn warn_long_context(context: usize, config: &ModelConfig) {
+    if context > config.max_position_embeddings {
+        eprintln!(
+            "warning: the context of {context} positions is beyond the {} positions the model \
+             was trained for",
+            config.max_position_embeddings
+        );
     }
+}
+
+/// The conversation's start: the `--system` message, unless raw mode has no place for it
+/// (said on stderr).
+fn system_messages(s: &Settings, ck: &Checkpoint) -> Vec<Message> {
+    match (&s.args.system, &ck.template) {
+        (Some(system), Some(_)) => vec![Message::new("system", system.as_str())],
+        (Some(_), None) => {
+            eprintln!("note: --system is ignored in raw mode");
+            Vec::new()
+        }
+        (None, _) => Vec::new(),
+    }
+}
+
+/// A model loaded to reply with, and what goes with it.
+struct Loaded {
+    model: Model,
+    load_seconds: f64,
+    /// Positions of the KV cache.
+    context: usize,
+    /// Tokens that end a reply.
+    stop_tokens: Vec<u32>,
+}
+
+/// Loads the model for `ck`, works out its context with `context` (from the model's
+/// configuration), warns about a tokenizer that does not fit the model or a context beyond
+/// training, and prints the setup with `--verbose`.
+fn load(
+    s: &Settings,
+    ck: &Checkpoint,
+    context: impl FnOnce(&ModelConfig) -> usize,
+) -> anyhow::Result<Loaded> {
+    let (model, load_seconds) = Model::load(&s.args.model, &s.args.device)?;
+    let config = model.config();
+    ck.check_vocab(config);
+    let context = context(config);
+    warn_long_context(context, config);
+    let stop_tokens = ck.stop_tokens(config);
+    if s.args.verbose {
+        print_setup(s, ck, &model, context, &stop_tokens, load_seconds);
+    }
+    Ok(Loaded {
+        model,
+        load_seconds,
+        context,
+        stop_tokens,
+    })
 }
 
 /// `--verbose`: what was loaded and the settings in force, on stderr.

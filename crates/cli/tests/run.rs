@@ -2,6 +2,7 @@
 //! what the runtime library generates for the same prompt and settings, seeds repeat, the chat
 //! loop keeps its history and KV cache, and bad input is a clear error.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -36,7 +37,7 @@ fn model_dir(with_config: bool) -> tempfile::TempDir {
     dir
 }
 
-fn hoist_with_stdin(args: &[&str], stdin: &str) -> Output {
+fn hoist_with_stdin<S: AsRef<OsStr>>(args: &[S], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
         .args(args)
         .stdin(Stdio::piped())
@@ -53,7 +54,7 @@ fn hoist_with_stdin(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn hoist(args: &[&str]) -> Output {
+fn hoist<S: AsRef<OsStr>>(args: &[S]) -> Output {
     hoist_with_stdin(args, "")
 }
 
@@ -67,7 +68,7 @@ fn success(out: &Output) -> String {
 }
 
 /// A run that must fail with one `error:` line containing every one of `needles`.
-fn fails_with(args: &[&str], needles: &[&str]) {
+fn fails_with<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S], needles: &[&str]) {
     let out = hoist(args);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
@@ -77,6 +78,23 @@ fn fails_with(args: &[&str], needles: &[&str]) {
         assert!(last.contains(n), "{args:?}: {n:?} not in {err}");
     }
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `run MODEL --device cpu` then `extra`.
+fn cpu_args(model: &str, extra: &[&str]) -> Vec<String> {
+    ["run", model, "--device", "cpu"]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// A greedy CPU run of at most `max_tokens` tokens: `run MODEL --device cpu --temperature 0
+/// --max-tokens N` then `extra`.
+fn greedy_args(model: &str, max_tokens: usize, extra: &[&str]) -> Vec<String> {
+    let n = max_tokens.to_string();
+    let greedy = ["--temperature", "0", "--max-tokens", n.as_str()];
+    cpu_args(model, &[&greedy[..], extra].concat())
 }
 
 /// What the runtime library generates on the CPU for `ids`, as `hoist run` should.
@@ -94,7 +112,7 @@ fn library_generate(
             stop_tokens.push(*id);
         }
     }
-    let mut session = CpuSession::new(&m, ids.len() + max_tokens);
+    let mut session = CpuSession::new(&m, ids.len() + max_tokens).unwrap();
     let options = GenerateOptions {
         max_tokens,
         sampling,
@@ -141,18 +159,7 @@ fn u32s(v: &serde_json::Value) -> Vec<u32> {
 fn greedy_one_shot_on_cpu_streams_what_the_library_generates() {
     let dir = model_dir(true);
     let m = dir.path().to_str().unwrap();
-    let args = [
-        "run",
-        m,
-        "--device",
-        "cpu",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "8",
-        "--prompt",
-        "hi",
-    ];
+    let args = greedy_args(m, 8, &["--prompt", "hi"]);
     let first = hoist(&args);
     let text = success(&first);
     assert_eq!(text, success(&hoist(&args)), "greedy output repeats");
@@ -178,22 +185,13 @@ fn greedy_one_shot_on_cpu_streams_what_the_library_generates() {
 fn json_reports_text_tokens_stop_and_timings() {
     let dir = model_dir(true);
     let m = dir.path().to_str().unwrap();
+    let mut stops = Vec::new();
     for (prompt, max_tokens) in [("hi", 8usize), ("The lazy dog", 8)] {
-        let doc = json(&hoist(&[
-            "run",
+        let doc = json(&hoist(&greedy_args(
             m,
-            "--device",
-            "cpu",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            &max_tokens.to_string(),
-            "--seed",
-            "11",
-            "--prompt",
-            prompt,
-            "--json",
-        ]));
+            max_tokens,
+            &["--seed", "11", "--prompt", prompt, "--json"],
+        )));
         let ids = chat_ids(dir.path(), &[Message::new("user", prompt)]);
         let g = library_generate(dir.path(), &ids, max_tokens, greedy());
         assert_eq!(doc["text"], g.text.as_str(), "{prompt}");
@@ -206,6 +204,7 @@ fn json_reports_text_tokens_stop_and_timings() {
             StopReason::StopString(_) => unreachable!("no stop strings"),
         };
         assert_eq!((&doc["stop"], &doc["stop_token"]), (&stop.into(), &token));
+        stops.push(doc["stop"].clone());
         assert_eq!(doc["device"], "cpu");
         assert_eq!(doc["model"], m);
         assert_eq!(doc["seed"], 11);
@@ -217,14 +216,12 @@ fn json_reports_text_tokens_stop_and_timings() {
         assert!(secs("load_seconds") > 0.0 && secs("prefill_seconds") > 0.0);
         assert!(secs("first_token_seconds") > secs("load_seconds"));
         assert!(secs("first_token_seconds") <= secs("total_seconds"));
-        assert!(secs("prefill_tokens_per_s") > 0.0 && secs("decode_tokens_per_s") >= 0.0);
+        assert!(secs("prefill_tokens_per_s") > 0.0);
+        secs("decode_tokens_per_s");
     }
-    // Both stop reasons were seen: the second prompt ends on the end token.
-    let ids = chat_ids(dir.path(), &[Message::new("user", "The lazy dog")]);
-    assert!(matches!(
-        library_generate(dir.path(), &ids, 8, greedy()).stop,
-        StopReason::Eos(2)
-    ));
+    // Both stop reasons were reported: "hi" runs to the limit, "The lazy dog" to the end token.
+    assert!(stops.contains(&"eos".into()), "{stops:?}");
+    assert!(stops.contains(&"max_tokens".into()), "{stops:?}");
 }
 
 #[test]
@@ -232,28 +229,27 @@ fn seeds_make_sampling_reproducible() {
     let dir = model_dir(true);
     let m = dir.path().to_str().unwrap();
     let run = |seed: u64| {
-        json(&hoist(&[
-            "run",
+        json(&hoist(&cpu_args(
             m,
-            "--device",
-            "cpu",
-            "--raw",
-            "--prompt",
-            "Hello, world!",
-            "--max-tokens",
-            "16",
-            "--temperature",
-            "1.2",
-            "--top-k",
-            "0",
-            "--top-p",
-            "1",
-            "--min-p",
-            "0",
-            "--seed",
-            &seed.to_string(),
-            "--json",
-        ]))
+            &[
+                "--raw",
+                "--prompt",
+                "Hello, world!",
+                "--max-tokens",
+                "16",
+                "--temperature",
+                "1.2",
+                "--top-k",
+                "0",
+                "--top-p",
+                "1",
+                "--min-p",
+                "0",
+                "--seed",
+                &seed.to_string(),
+                "--json",
+            ],
+        )))
     };
     let a = run(7);
     assert_eq!(a["tokens"], run(7)["tokens"], "same seed, same tokens");
@@ -282,19 +278,11 @@ fn seeds_make_sampling_reproducible() {
 #[test]
 fn gguf_with_embedded_tokenizer_gets_bos_as_llama_cpp_adds_it() {
     let model = fixtures().join("gguf/llama-q8_0.gguf");
-    let doc = json(&hoist(&[
-        "run",
+    let doc = json(&hoist(&greedy_args(
         model.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "6",
-        "--prompt",
-        "hi",
-        "--json",
-    ]));
+        6,
+        &["--prompt", "hi", "--json"],
+    )));
     // The file's template prints no BOS; tokenizer.ggml.add_bos_token asks for one.
     let tok = tokenizer_of(&model);
     let t = ChatTemplate::for_tokenizer(&tok, "test").unwrap().unwrap();
@@ -315,20 +303,7 @@ fn interactive_chat_keeps_history_and_reuses_the_cache() {
     let turn2 = Message::new("user", "How are you?");
     // Two turns then end of input. One token per reply: the cache then holds exactly the first
     // prompt, which the second prompt extends.
-    let out = hoist_with_stdin(
-        &[
-            "run",
-            m,
-            "--device",
-            "cpu",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "1",
-            "-v",
-        ],
-        "Hello there\nHow are you?\n",
-    );
+    let out = hoist_with_stdin(&greedy_args(m, 1, &["-v"]), "Hello there\nHow are you?\n");
     let text = success(&out);
     let p1 = chat_ids(dir.path(), std::slice::from_ref(&turn1));
     let r1 = library_generate(dir.path(), &p1, 1, greedy()).text;
@@ -360,44 +335,20 @@ fn interactive_chat_keeps_history_and_reuses_the_cache() {
     );
 
     // Longer replies: each turn is the library's reply to the whole conversation so far.
-    let out = hoist_with_stdin(
-        &[
-            "run",
-            m,
-            "--device",
-            "cpu",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "5",
-        ],
-        "Hello there\nHow are you?\n",
-    );
+    let out = hoist_with_stdin(&greedy_args(m, 5, &[]), "Hello there\nHow are you?\n");
     let r1 = library_generate(dir.path(), &p1, 5, greedy()).text;
     let history = [turn1, Message::new("assistant", r1.as_str()), turn2];
     let r2 = library_generate(dir.path(), &chat_ids(dir.path(), &history), 5, greedy()).text;
     assert_eq!(success(&out), format!("{r1}\n{r2}\n"));
 
-    // With a repetition penalty the whole conversation runs again (the penalty covers it all),
-    // and the replies are the library's with the penalty over each full prompt.
+    // With a repetition penalty the cache is reused as without one, and the replies are still
+    // the library's with the penalty over each full prompt (the cached tokens count too).
     let penalized = SamplingParams {
         repetition_penalty: 1.5,
         ..greedy()
     };
     let out = hoist_with_stdin(
-        &[
-            "run",
-            m,
-            "--device",
-            "cpu",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "5",
-            "--repeat-penalty",
-            "1.5",
-            "-v",
-        ],
+        &greedy_args(m, 5, &["--repeat-penalty", "1.5", "-v"]),
         "Hello there\nHow are you?\n",
     );
     let r1p = library_generate(dir.path(), &p1, 5, penalized).text;
@@ -409,21 +360,35 @@ fn interactive_chat_keeps_history_and_reuses_the_cache() {
     let p2p = chat_ids(dir.path(), &history);
     let r2p = library_generate(dir.path(), &p2p, 5, penalized).text;
     assert_eq!(success(&out), format!("{r1p}\n{r2p}\n"));
-    assert!(!stderr(&out).contains("cached)"), "{}", stderr(&out));
+    // One token per reply: the second prompt extends the cached first one, which is reused
+    // with a penalty too.
+    let out = hoist_with_stdin(
+        &greedy_args(m, 1, &["--repeat-penalty", "1.5", "-v"]),
+        "Hello there\nHow are you?\n",
+    );
+    let r1p = library_generate(dir.path(), &p1, 1, penalized).text;
+    let history = [
+        Message::new("user", "Hello there"),
+        Message::new("assistant", r1p.as_str()),
+        Message::new("user", "How are you?"),
+    ];
+    let p2p = chat_ids(dir.path(), &history);
+    let r2p = library_generate(dir.path(), &p2p, 1, penalized).text;
+    assert_eq!(success(&out), format!("{r1p}\n{r2p}\n"));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "prompt {} tokens ({} cached)",
+            p2p.len(),
+            p1.len()
+        )),
+        "{err}"
+    );
 
     // /reset forgets the conversation (the same message gets the same reply); /exit ends
     // before the next line.
     let out = hoist_with_stdin(
-        &[
-            "run",
-            m,
-            "--device",
-            "cpu",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "5",
-        ],
+        &greedy_args(m, 5, &[]),
         "Hello there\n/reset\n\nHello there\n/exit\nnever read\n",
     );
     assert_eq!(success(&out), format!("{r1}\n{r1}\n"));
@@ -437,18 +402,7 @@ fn a_chat_that_outgrows_the_context_says_what_to_do() {
     let p1 = chat_ids(dir.path(), &[Message::new("user", "Hello there")]);
     let context = p1.len() + 3;
     let out = hoist_with_stdin(
-        &[
-            "run",
-            m,
-            "--device",
-            "cpu",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "8",
-            "--context",
-            &context.to_string(),
-        ],
+        &greedy_args(m, 8, &["--context", &context.to_string()]),
         "Hello there\nagain and again and again\n",
     );
     success(&out);
@@ -467,21 +421,17 @@ fn one_shot_replies_stop_where_an_explicit_context_ends() {
     let dir = model_dir(true);
     let m = dir.path().to_str().unwrap();
     let ids = chat_ids(dir.path(), &[Message::new("user", "hi")]);
-    let doc = json(&hoist(&[
-        "run",
+    let doc = json(&hoist(&greedy_args(
         m,
-        "--device",
-        "cpu",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "8",
-        "--prompt",
-        "hi",
-        "--json",
-        "--context",
-        &(ids.len() + 2).to_string(),
-    ]));
+        8,
+        &[
+            "--prompt",
+            "hi",
+            "--json",
+            "--context",
+            &(ids.len() + 2).to_string(),
+        ],
+    )));
     // "hi" gets 8 tokens without an end token (see the first test): 2 fit.
     assert_eq!(
         (doc["stop"].as_str(), doc["generated_tokens"].as_u64()),
@@ -489,16 +439,7 @@ fn one_shot_replies_stop_where_an_explicit_context_ends() {
     );
 
     fails_with(
-        &[
-            "run",
-            m,
-            "--device",
-            "cpu",
-            "--prompt",
-            "hi",
-            "--context",
-            &ids.len().to_string(),
-        ],
+        &cpu_args(m, &["--prompt", "hi", "--context", &ids.len().to_string()]),
         &[&format!(
             "needs a context of at least {} positions",
             ids.len() + 1
@@ -510,20 +451,7 @@ fn one_shot_replies_stop_where_an_explicit_context_ends() {
 fn a_model_without_chat_template_falls_back_to_raw() {
     let dir = model_dir(false);
     let m = dir.path().to_str().unwrap();
-    let args = [
-        "run",
-        m,
-        "--device",
-        "cpu",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "6",
-        "--prompt",
-        "hi",
-        "--json",
-    ];
-    let out = hoist(&args);
+    let out = hoist(&greedy_args(m, 6, &["--prompt", "hi", "--json"]));
     let doc = json(&out);
     assert!(
         stderr(&out).contains("has no chat template"),
@@ -580,6 +508,17 @@ fn bad_models_and_settings_are_clear_errors() {
         ],
         &[llama.to_str().unwrap(), "has no tokenizer.json"],
     );
+    // A bare file name: its directory is the current one, named as ".".
+    let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(cpu_args("model.safetensors", &["--prompt", "hi"]))
+        .current_dir(&llama)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("error: . has no tokenizer.json"),
+        "{err}"
+    );
     let gguf = fixtures().join("gguf/qwen3-q4_0.gguf");
     fails_with(
         &[
@@ -594,24 +533,28 @@ fn bad_models_and_settings_are_clear_errors() {
     );
     let dir = model_dir(true);
     let m = dir.path().to_str().unwrap();
-    let cpu = ["run", m, "--device", "cpu", "--prompt", "hi"];
-    let with = |extra: &[&'static str]| [&cpu[..], extra].concat();
     fails_with(
-        &with(&["--temperature", "-1"]),
+        &cpu_args(m, &["--prompt", "hi", "--temperature", "-1"]),
         &["--temperature -1 is out of range"],
     );
-    fails_with(&with(&["--top-p", "0"]), &["--top-p 0 is out of range"]);
-    fails_with(&with(&["--repeat-penalty", "0"]), &["--repeat-penalty"]);
     fails_with(
-        &with(&["--max-tokens", "0"]),
+        &cpu_args(m, &["--prompt", "hi", "--top-p", "0"]),
+        &["--top-p 0 is out of range"],
+    );
+    fails_with(
+        &cpu_args(m, &["--prompt", "hi", "--repeat-penalty", "0"]),
+        &["--repeat-penalty"],
+    );
+    fails_with(
+        &cpu_args(m, &["--prompt", "hi", "--max-tokens", "0"]),
         &["--max-tokens must be at least 1"],
     );
     fails_with(
-        &with(&["--context", "0"]),
+        &cpu_args(m, &["--prompt", "hi", "--context", "0"]),
         &["--context must be at least 1"],
     );
     fails_with(
-        &with(&["--prompt-tokens", "5"]),
+        &cpu_args(m, &["--prompt", "hi", "--prompt-tokens", "5"]),
         &["--prompt-tokens goes with --benchmark"],
     );
     fails_with(
@@ -621,5 +564,102 @@ fn bad_models_and_settings_are_clear_errors() {
     fails_with(
         &["run", m, "--device", "cpu", "--benchmark"],
         &["--benchmark measures the GPU runtime"],
+    );
+}
+
+#[test]
+fn a_context_too_large_for_memory_is_a_clear_error() {
+    let dir = model_dir(true);
+    let m = dir.path().to_str().unwrap();
+    for context in ["100000000000000", "1000000000000000000"] {
+        fails_with(
+            &cpu_args(m, &["--prompt", "hi", "--context", context]),
+            &[
+                &format!("KV cache of {context} positions"),
+                "bytes",
+                "--context",
+            ],
+        );
+    }
+    // Without --context the one-shot context holds the prompt and --max-tokens.
+    fails_with(
+        &cpu_args(m, &["--prompt", "hi", "--max-tokens", "100000000000000"]),
+        &["KV cache of", "--context"],
+    );
+    fails_with(
+        &cpu_args(
+            m,
+            &["--prompt", "hi", "--max-tokens", &usize::MAX.to_string()],
+        ),
+        &["KV cache of", "--context"],
+    );
+    // The chat makes its cache before reading stdin.
+    fails_with(
+        &cpu_args(m, &["--context", "100000000000000"]),
+        &["KV cache of 100000000000000 positions", "--context"],
+    );
+}
+
+#[test]
+fn stop_strings_end_the_reply_unprinted() {
+    let dir = model_dir(true);
+    let m = dir.path().to_str().unwrap();
+    let ids = chat_ids(dir.path(), &[Message::new("user", "hi")]);
+    let full = library_generate(dir.path(), &ids, 8, greedy()).text;
+    // A stop string from the middle of the reply: the text ends before its first occurrence.
+    let chars: Vec<(usize, char)> = full.char_indices().collect();
+    assert!(chars.len() >= 4, "{full:?}");
+    let (at, _) = chars[chars.len() / 2];
+    let stop: String = full[at..].chars().take(2).collect();
+    let cut = full.find(&stop).unwrap();
+    let doc = json(&hoist(&greedy_args(
+        m,
+        8,
+        &[
+            "--prompt",
+            "hi",
+            "--stop",
+            &stop,
+            "--stop",
+            "never seen",
+            "--json",
+        ],
+    )));
+    assert_eq!(doc["text"], &full[..cut]);
+    assert_eq!(doc["stop"], "stop_string");
+    assert_eq!(doc["stop_string"], stop.as_str());
+    let out = hoist(&greedy_args(m, 8, &["--prompt", "hi", "--stop", &stop]));
+    assert_eq!(success(&out), format!("{}\n", &full[..cut]));
+}
+
+#[test]
+fn the_system_message_starts_the_conversation() {
+    let dir = model_dir(true);
+    let m = dir.path().to_str().unwrap();
+    let messages = [
+        Message::new("system", "Be brief."),
+        Message::new("user", "hi"),
+    ];
+    let ids = chat_ids(dir.path(), &messages);
+    let g = library_generate(dir.path(), &ids, 6, greedy());
+    let doc = json(&hoist(&greedy_args(
+        m,
+        6,
+        &["--prompt", "hi", "--system", "Be brief.", "--json"],
+    )));
+    assert_eq!(doc["prompt_tokens"], ids.len());
+    assert_eq!(u32s(&doc["tokens"]), g.tokens);
+    // Raw mode has no place for it: said, and left out.
+    let out = hoist(&greedy_args(
+        m,
+        6,
+        &["--prompt", "hi", "--system", "Be brief.", "--raw", "--json"],
+    ));
+    let raw = tokenizer_of(dir.path()).encode("hi", true).unwrap();
+    assert_eq!(json(&out)["prompt_tokens"], raw.len());
+    assert!(
+        stderr(&out).contains("--system is ignored in raw mode"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -1,34 +1,31 @@
 //! `hoist run MODEL --benchmark`: prefill and decode speed against the limits of the same GPU,
 //! measured in the same run (`hoist_runtime::gpu::bench`).
 
+use std::time::Instant;
+
 use anyhow::Context;
 use hoist_runtime::gpu::bench::SpeedReport;
 use hoist_runtime::gpu::LoadStats;
 
-use super::model::{check_device, describe_gpu_load, Model};
-use super::oneshot::device_name;
+use super::model::{gpu_load_details, load_gpu};
 use super::{Settings, DEFAULT_BENCH_PROMPT_TOKENS};
 use crate::util::human_bytes;
 
-/// Loads the model and measures it.
-pub fn run(s: &Settings) -> anyhow::Result<()> {
+/// Loads the model onto `cuda:ordinal` and measures it. The load's details are in the report
+/// (the `load` row), so `--verbose` adds nothing to it.
+pub fn run(s: &Settings, ordinal: usize) -> anyhow::Result<()> {
     let a = &s.args;
-    check_device(&a.device)?;
-    let (model, load_seconds) = Model::load(&a.model, &a.device)?;
-    let Model::Gpu(gpu) = &model else {
-        anyhow::bail!("--benchmark measures the GPU runtime: use --device cuda:N");
-    };
+    let t0 = Instant::now();
+    let gpu = load_gpu(&a.model, ordinal)?;
+    let load_seconds = t0.elapsed().as_secs_f64();
     let prompt_tokens = a.prompt_tokens.unwrap_or(DEFAULT_BENCH_PROMPT_TOKENS);
-    if a.verbose {
-        eprintln!("gpu: {}", describe_gpu_load(gpu.stats()));
-    }
     eprintln!(
         "measuring a prefill of {prompt_tokens} tokens and {} decode steps …",
         s.max_tokens
     );
-    let report = hoist_runtime::gpu::bench::measure(gpu, prompt_tokens, s.max_tokens)
+    let report = hoist_runtime::gpu::bench::measure(&gpu, prompt_tokens, s.max_tokens)
         .with_context(|| format!("benchmarking {} failed", a.model.display()))?;
-    let device = device_name(&a.device);
+    let device = a.device.to_string();
     if a.json {
         let mut doc = serde_json::to_value(&report)?;
         doc["model"] = serde_json::to_value(&a.model)?;
@@ -63,20 +60,7 @@ fn table(
         ("device", format!("{device} ({})", load.device)),
         (
             "load",
-            format!(
-                "{load_seconds:.2} s: weights {} in {:.2} s ({:.2} GB/s), kernels {:.2} s ({}), \
-                 device context {:.2} s",
-                human_bytes(load.weight_bytes),
-                load.weights_seconds,
-                crate::util::gbps(load.weight_bytes, load.weights_seconds),
-                load.kernel_seconds,
-                if load.kernels_cached {
-                    "cached"
-                } else {
-                    "compiled"
-                },
-                load.context_seconds
-            ),
+            format!("{load_seconds:.2} s: {}", gpu_load_details(load)),
         ),
         (
             "decode",

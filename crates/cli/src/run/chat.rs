@@ -10,31 +10,24 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::Context;
 use hoist_runtime::chat::Message;
 
-use super::model::{check_device, Checkpoint, Model, Session};
+use super::model::{Checkpoint, Session};
 use super::turn::{self, Stdout, Turn};
-use super::{default_context, print_setup, warn_long_context, Settings};
+use super::{default_context, load, system_messages, Loaded, Settings};
 
 /// Runs the chat until end of input or `/exit`.
 pub fn run(s: &Settings) -> anyhow::Result<()> {
     let a = &s.args;
-    check_device(&a.device)?;
     let ck = Checkpoint::open(&a.model, a.raw)?;
-    let mut history = Vec::new();
-    match (&a.system, &ck.template) {
-        (Some(system), Some(_)) => history.push(Message::new("system", system.as_str())),
-        (Some(_), None) => eprintln!("note: --system is ignored in raw mode"),
-        (None, _) => {}
-    }
+    let mut history = system_messages(s, &ck);
     let kept = history.len();
-    let (model, load_seconds) = Model::load(&a.model, &a.device)?;
-    let config = model.config();
-    ck.check_vocab(config);
-    warn_long_context(s, config);
-    let context = a.context.unwrap_or_else(|| default_context(config));
-    let stop_tokens = ck.stop_tokens(config);
-    if a.verbose {
-        print_setup(s, &ck, &model, context, &stop_tokens, load_seconds);
-    }
+    let Loaded {
+        model,
+        context,
+        stop_tokens,
+        ..
+    } = load(s, &ck, |config| {
+        a.context.unwrap_or_else(|| default_context(config))
+    })?;
     let mut session = model.session(context)?;
     let stdin = std::io::stdin();
     let tty = stdin.is_terminal();
@@ -68,6 +61,8 @@ pub fn run(s: &Settings) -> anyhow::Result<()> {
             "/reset" => {
                 history.truncate(kept);
                 session.clear();
+                // A new conversation: its turns count (and vary the seed) from 0 again.
+                turns = 0;
                 eprintln!("(conversation reset)");
                 continue;
             }

@@ -27,8 +27,9 @@ pub fn check_device(device: &Device) -> anyhow::Result<()> {
              reference instead (slow: for tiny models and tests)"
         ),
         Ok(count) if n >= count => anyhow::bail!(
-            "cuda:{n} does not exist: this machine has {count} GPU(s), cuda:0 to cuda:{}",
-            count - 1
+            "{device} does not exist: this machine has {count} GPU(s), {} to {}",
+            Device::Cuda(0),
+            Device::Cuda(count - 1)
         ),
         Ok(_) => Ok(()),
     }
@@ -38,8 +39,6 @@ pub fn check_device(device: &Device) -> anyhow::Result<()> {
 pub struct Checkpoint {
     /// The model path as given.
     pub path: PathBuf,
-    /// A GGUF file (else a Hugging Face checkpoint).
-    pub gguf: bool,
     /// The tokenizer.
     pub tokenizer: Tokenizer,
     /// The chat template; `None`: raw mode (the prompt is tokenized as is).
@@ -53,9 +52,8 @@ impl Checkpoint {
     /// directory, a file in one, or a GGUF file). Without `raw`, a model without a chat template
     /// falls back to raw mode with a note on stderr.
     pub fn open(path: &Path, raw: bool) -> anyhow::Result<Checkpoint> {
-        let (gguf, tokenizer, origin) = if path.is_dir() {
-            let (tok, origin) = hf_tokenizer(path)?;
-            (false, tok, origin)
+        let (tokenizer, origin) = if path.is_dir() {
+            hf_tokenizer(path)?
         } else {
             let table = TensorTable::open(path)
                 .with_context(|| format!("cannot run {}", path.display()))?;
@@ -73,12 +71,15 @@ impl Checkpoint {
                         format!("cannot read the tokenizer of {}", path.display())
                     })?;
                     let origin = format!("{} tokenizer.chat_template", path.display());
-                    (true, tok, origin)
+                    (tok, origin)
                 }
                 WeightSource::HuggingFace => {
-                    let dir = path.parent().unwrap_or(Path::new("."));
-                    let (tok, origin) = hf_tokenizer(dir)?;
-                    (false, tok, origin)
+                    // `model.safetensors` has the parent "": the current directory.
+                    let dir = path
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    hf_tokenizer(dir)?
                 }
             }
         };
@@ -102,7 +103,6 @@ impl Checkpoint {
         };
         Ok(Checkpoint {
             path: path.to_path_buf(),
-            gguf,
             tokenizer,
             template_origin: match template {
                 Some(_) => origin,
@@ -126,9 +126,8 @@ impl Checkpoint {
                 // llama.cpp instead lets the tokenizer add BOS (tokenizer.ggml.add_bos_token)
                 // and keeps one when the template prints it too: GGUF templates often leave
                 // BOS to the tokenizer.
-                if let Some(bos) = tok.bos().filter(|_| self.gguf) {
-                    let adds_bos = tok.encode("", true)?.first() == Some(&bos);
-                    if adds_bos && ids.first() != Some(&bos) {
+                if let Some(bos) = tok.bos().filter(|_| tok.adds_bos()) {
+                    if ids.first() != Some(&bos) {
                         ids.insert(0, bos);
                     }
                 }
@@ -223,16 +222,7 @@ impl Model {
                         .with_context(|| format!("cannot load {}", path.display()))?,
                 ))
             }
-            Device::Cuda(n) => {
-                eprintln!("loading {} onto cuda:{n} …", path.display());
-                let options = GpuOptions {
-                    ordinal: n,
-                    ..Default::default()
-                };
-                Model::Gpu(Box::new(GpuModel::load(path, &options).with_context(
-                    || format!("cannot load {} onto cuda:{n}", path.display()),
-                )?))
-            }
+            Device::Cuda(n) => Model::Gpu(Box::new(load_gpu(path, n)?)),
         };
         Ok((model, t0.elapsed().as_secs_f64()))
     }
@@ -256,30 +246,43 @@ impl Model {
     /// A fresh sequence with a KV cache of `context` positions.
     pub fn session(&self, context: usize) -> anyhow::Result<Session<'_>> {
         let inner = match self {
-            Model::Cpu(m) => Inner::Cpu {
-                model: m,
-                session: CpuSession::new(m, context),
-            },
-            Model::Gpu(m) => {
-                Inner::Gpu(Box::new(m.session(context).with_context(|| {
-                    format!("cannot make a KV cache of {context} positions")
-                })?))
-            }
-        };
+            Model::Cpu(m) => CpuSession::new(m, context)
+                .map(Inner::Cpu)
+                .map_err(RuntimeError::from),
+            Model::Gpu(m) => m.session(context).map(|s| Inner::Gpu(Box::new(s))),
+        }
+        .with_context(|| {
+            format!("cannot make a KV cache of {context} positions (a smaller --context needs less memory)")
+        })?;
         Ok(Session {
             inner,
             cached: Vec::new(),
-            capacity: context,
         })
     }
 }
 
+/// Loads the model at `path` onto `cuda:ordinal`, saying so on stderr first.
+pub fn load_gpu(path: &Path, ordinal: usize) -> anyhow::Result<GpuModel> {
+    let device = Device::Cuda(ordinal);
+    eprintln!("loading {} onto {device} …", path.display());
+    let options = GpuOptions {
+        ordinal,
+        ..Default::default()
+    };
+    GpuModel::load(path, &options)
+        .with_context(|| format!("cannot load {} onto {device}", path.display()))
+}
+
 /// One line about a GPU load, for `--verbose`.
 pub fn describe_gpu_load(s: &LoadStats) -> String {
+    format!("{}: {}", s.device, gpu_load_details(s))
+}
+
+/// What the parts of a GPU load took: device context, kernels, weights, the whole load.
+pub fn gpu_load_details(s: &LoadStats) -> String {
     format!(
-        "{}: device context {:.3} s, kernels {:.3} s ({}), weights {} in {:.3} s ({:.2} GB/s), \
+        "device context {:.3} s, kernels {:.3} s ({}), weights {} in {:.3} s ({:.2} GB/s), \
          whole load {:.3} s",
-        s.device,
         s.context_seconds,
         s.kernel_seconds,
         if s.kernels_cached {
@@ -294,11 +297,9 @@ pub fn describe_gpu_load(s: &LoadStats) -> String {
     )
 }
 
+/// The device's own session.
 enum Inner<'m> {
-    Cpu {
-        model: &'m CpuModel,
-        session: CpuSession<'m>,
-    },
+    Cpu(CpuSession<'m>),
     Gpu(Box<GpuSession<'m>>),
 }
 
@@ -308,20 +309,21 @@ pub struct Session<'m> {
     inner: Inner<'m>,
     /// Every token fed so far, in order: the positions the KV cache holds.
     cached: Vec<u32>,
-    capacity: usize,
 }
 
 impl Session<'_> {
     /// Positions the KV cache holds.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        match &self.inner {
+            Inner::Cpu(s) => s.capacity(),
+            Inner::Gpu(s) => s.capacity(),
+        }
     }
 
     /// Forgets the sequence.
     pub fn clear(&mut self) {
         match &mut self.inner {
-            // CpuSession has no clear: a new one is a fresh cache of the same size.
-            Inner::Cpu { model, session } => *session = CpuSession::new(model, self.capacity),
+            Inner::Cpu(s) => s.clear(),
             Inner::Gpu(s) => s.clear(),
         }
         self.cached.clear();
@@ -346,7 +348,7 @@ impl Session<'_> {
 impl LogitsModel for Session<'_> {
     fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
         let r = match &mut self.inner {
-            Inner::Cpu { session, .. } => session.next_logits(tokens),
+            Inner::Cpu(s) => s.next_logits(tokens),
             Inner::Gpu(s) => s.next_logits(tokens),
         };
         match r {

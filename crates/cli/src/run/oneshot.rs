@@ -4,21 +4,15 @@
 use anyhow::Context;
 use hoist_runtime::chat::Message;
 
-use super::model::{check_device, Checkpoint, Model};
+use super::model::Checkpoint;
 use super::turn::{self, Stdout};
-use super::{default_context, print_setup, warn_long_context, Settings};
+use super::{default_context, load, system_messages, Loaded, Settings};
 
 /// Generates the reply to `prompt`.
 pub fn run(s: &Settings, prompt: &str) -> anyhow::Result<()> {
     let a = &s.args;
-    check_device(&a.device)?;
     let ck = Checkpoint::open(&a.model, a.raw)?;
-    let mut messages = Vec::new();
-    match (&a.system, &ck.template) {
-        (Some(system), Some(_)) => messages.push(Message::new("system", system.as_str())),
-        (Some(_), None) => eprintln!("note: --system is ignored in raw mode"),
-        (None, _) => {}
-    }
+    let mut messages = system_messages(s, &ck);
     messages.push(Message::new("user", prompt));
     let ids = ck
         .encode(&messages)
@@ -33,16 +27,16 @@ pub fn run(s: &Settings, prompt: &str) -> anyhow::Result<()> {
             ids.len() + 1
         );
     }
-    let (model, load_seconds) = Model::load(&a.model, &a.device)?;
-    let config = model.config();
-    ck.check_vocab(config);
-    warn_long_context(s, config);
-    let context = a
-        .context
-        .unwrap_or_else(|| default_context(config).max(ids.len() + s.max_tokens));
-    let stop_tokens = ck.stop_tokens(config);
+    let Loaded {
+        model,
+        load_seconds,
+        context,
+        stop_tokens,
+    } = load(s, &ck, |config| {
+        a.context
+            .unwrap_or_else(|| default_context(config).max(ids.len().saturating_add(s.max_tokens)))
+    })?;
     if a.verbose {
-        print_setup(s, &ck, &model, context, &stop_tokens, load_seconds);
         eprintln!("prompt: {} tokens", ids.len());
     }
     let mut session = model.session(context)?;
@@ -87,7 +81,7 @@ pub fn run(s: &Settings, prompt: &str) -> anyhow::Result<()> {
         };
         let doc = serde_json::json!({
             "model": a.model,
-            "device": device_name(&a.device),
+            "device": a.device.to_string(),
             "text": g.text,
             "tokens": g.tokens,
             "prompt_tokens": turn.prompt_tokens,
@@ -119,12 +113,4 @@ pub fn run(s: &Settings, prompt: &str) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&doc)?);
     }
     Ok(())
-}
-
-/// `cpu` or `cuda:N`.
-pub fn device_name(d: &crate::Device) -> String {
-    match d {
-        crate::Device::Cpu => "cpu".into(),
-        crate::Device::Cuda(n) => format!("cuda:{n}"),
-    }
 }

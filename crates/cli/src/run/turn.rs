@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use hoist_runtime::generate::{generate, Generation, LogitsModel};
+use hoist_runtime::generate::{generate_after, Generation, LogitsModel};
 use hoist_runtime::sampler::StopReason;
 use hoist_runtime::RuntimeError;
 
@@ -120,22 +120,16 @@ pub fn run(
         ids.len() + 1,
         session.capacity()
     );
-    // The loop penalizes repeats of the tokens it is given: feeding only the uncached suffix
-    // would exempt the rest of the conversation, so with a penalty everything is fed again.
-    let cached = match settings.sampling.repetition_penalty == 1.0 {
-        true => session.reuse(ids),
-        false => {
-            session.clear();
-            0
-        }
-    };
+    // Only what the cache lacks is fed; the repetition penalty still covers the cached head.
+    let cached = session.reuse(ids);
     let options = settings.generate_options(max_tokens, stop_tokens, turn);
     let mut timed = Timed {
         session,
         calls: 0,
         first_token: None,
     };
-    let generation = generate(&mut timed, &ck.tokenizer, &ids[cached..], &options, on_text)?;
+    let (head, new) = ids.split_at(cached);
+    let generation = generate_after(&mut timed, &ck.tokenizer, head, new, &options, on_text)?;
     let finished = Instant::now();
     let context_full = generation.stop == StopReason::MaxTokens && max_tokens < settings.max_tokens;
     Ok(Turn {
