@@ -657,15 +657,13 @@ impl<'a> GpuSession<'a> {
         }
         let gpu = &model.gpu;
         let alloc = |n: usize| DeviceBuf::new(gpu, n).map_err(GpuError::from);
+        // Buffers some models do without (a size of 0).
+        let alloc_some = |n: usize| (n > 0).then(|| alloc(n)).transpose();
         let bufs = Buffers {
             ids: alloc(sizes[0])?,
             x: alloc(sizes[1])?,
             xn: alloc(sizes[2])?,
-            xa: if sizes[3] > 0 {
-                Some(alloc(sizes[3])?)
-            } else {
-                None
-            },
+            xa: alloc_some(sizes[3])?,
             q: alloc(sizes[4])?,
             k: alloc(sizes[5])?,
             v: alloc(sizes[6])?,
@@ -676,11 +674,7 @@ impl<'a> GpuSession<'a> {
             kcache: alloc(sizes[11])?,
             vcache: alloc(sizes[12])?,
             scores: alloc(sizes[13])?,
-            scratch: if sizes[14] > 0 {
-                Some(alloc(sizes[14])?)
-            } else {
-                None
-            },
+            scratch: alloc_some(sizes[14])?,
             logits: alloc(sizes[15])?,
             logits_rows: chunk,
             counters: alloc(sizes[16])?,
