@@ -36,21 +36,7 @@ run_set() {  # run_set MODEL SWITCHES: each VAR=VALUE turns one design choice of
 echo "== bf16 ($D)"
 run_set "$D" "HOIST_NO_FUSED_ROPE=1 HOIST_NO_PDL=1 HOIST_NO_GRAPHS=1 ${SWEEP:-}"
 if [ "${Q4:-0}" = 1 ]; then
-  Q=/var/tmp/l7-q4_0.gguf
-  if [ ! -s "$Q" ]; then
-    if ls .whl/gguf-*.whl >/dev/null 2>&1; then
-      rm -rf /tmp/dsw-py && python3 -m pip install -q --no-index --no-deps --target /tmp/dsw-py .whl/gguf-*.whl
-      export PYTHONPATH=/tmp/dsw-py${PYTHONPATH:+:$PYTHONPATH}
-    fi
-    # Written aside and renamed once checked: a failed run leaves no file to reuse.
-    python3 - "$Q.tmp" <<'PY' && mv "$Q.tmp" "$Q" || exit 1
-import sys
-sys.path.insert(0, "bench/gpu/runtime")
-import bench_speed as b
-model = b.build_model("7b", "cuda")
-b.write_q4_0_gguf(model, sys.argv[1])
-PY
-  fi
+  Q=$(bash bench/gpu/synthetic_q4.sh) || exit 1
   echo "== Q4_0 ($Q)"
   # Quantized models run without programmatic dependent launch (see Kernels::disable_pdl);
   # HOIST_QUANTIZED_PDL=1 turns it on for them.

@@ -325,6 +325,30 @@ impl DeviceBuf {
         stream.synchronize()
     }
 
+    /// Queues a copy of `len` bytes from device address `src` to the start of this buffer on
+    /// `stream`.
+    ///
+    /// # Safety
+    /// `src..src + len` must be live device memory of this buffer's context that stays
+    /// unwritten until the copy has run, and must not overlap this buffer.
+    pub unsafe fn copy_from_device_async(
+        &self,
+        stream: &Stream,
+        src: u64,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        assert!(len <= self.len, "{len} bytes into a {}-byte buffer", self.len);
+        if len == 0 {
+            return Ok(());
+        }
+        self.gpu.make_current()?;
+        // SAFETY: the destination lies inside this live allocation (checked above); the source
+        // is the caller's contract.
+        check("cuMemcpyDtoDAsync", self.gpu.ordinal, unsafe {
+            sys::cuMemcpyDtoDAsync_v2(self.ptr, src, len, stream.raw)
+        })
+    }
+
     /// Queues zeroing the whole buffer on `stream`.
     pub fn zero_async(&self, stream: &Stream) -> Result<(), CudaError> {
         self.gpu.make_current()?;

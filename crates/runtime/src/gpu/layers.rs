@@ -22,6 +22,9 @@ pub(crate) enum WType {
     BF16 = 2,
     Q8_0 = 3,
     Q4_0 = 4,
+    /// Q4_0 repacked on the device into tiles for the tensor-core GEMVs (see q4_tiles.cu);
+    /// never a file's type.
+    Q4_0Tiled = 5,
 }
 
 impl WType {
@@ -43,7 +46,7 @@ impl WType {
             WType::F32 => Some(Elem::F32),
             WType::F16 => Some(Elem::F16),
             WType::BF16 => Some(Elem::BF16),
-            WType::Q8_0 | WType::Q4_0 => None,
+            WType::Q8_0 | WType::Q4_0 | WType::Q4_0Tiled => None,
         }
     }
 
@@ -53,7 +56,7 @@ impl WType {
             WType::F32 => elements * 4,
             WType::F16 | WType::BF16 => elements * 2,
             WType::Q8_0 => elements / 32 * 34,
-            WType::Q4_0 => elements / 32 * 18,
+            WType::Q4_0 | WType::Q4_0Tiled => elements / 32 * 18,
         }
     }
 }
@@ -102,20 +105,20 @@ pub(crate) struct GemvOut<'a> {
 /// #[repr(C)] twin of `GemvBatch` in kernels.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct GemvBatch {
-    w: [u64; 3],
-    y: [u64; 3],
-    bias: [u64; 3],
-    wtype: [i32; 3],
-    rows: [i32; 3],
-    count: i32,
-    rope_hd: i32,
-    rope_style: i32,
-    cap: i32,
-    inv_freq: u64,
-    start_at: u64,
-    kcache: u64,
-    vcache: u64,
+pub(super) struct GemvBatch {
+    pub w: [u64; 3],
+    pub y: [u64; 3],
+    pub bias: [u64; 3],
+    pub wtype: [i32; 3],
+    pub rows: [i32; 3],
+    pub count: i32,
+    pub rope_hd: i32,
+    pub rope_style: i32,
+    pub cap: i32,
+    pub inv_freq: u64,
+    pub start_at: u64,
+    pub kcache: u64,
+    pub vcache: u64,
 }
 
 /// The rotary embedding and KV-cache store of [`Ops::rope_store`], fused into the q/k/v GEMV of
@@ -133,11 +136,11 @@ pub(crate) struct FusedRope {
 }
 
 /// Blocks for an element-wise kernel over `n` values (grid-stride beyond).
-fn blocks(n: usize) -> u32 {
+pub(super) fn blocks(n: usize) -> u32 {
     n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 8192) as u32
 }
 
-fn int(v: usize) -> i32 {
+pub(super) fn int(v: usize) -> i32 {
     debug_assert!(v <= i32::MAX as usize, "{v} does not fit a kernel int");
     v as i32
 }
@@ -539,6 +542,22 @@ impl Ops<'_> {
             (1..=3).contains(&outs.len()),
             "gemv takes one to three matrices"
         );
+        let tiled = outs
+            .iter()
+            .filter(|o| o.w.wtype == WType::Q4_0Tiled)
+            .count();
+        if tiled > 0 && tiled < outs.len() {
+            // Two kernels: one matrix at a time.
+            assert!(
+                rope.is_none(),
+                "the fused rotary embedding takes q, k and v of one kind"
+            );
+            for o in outs {
+                // SAFETY: forwarded contract.
+                unsafe { self.gemv(std::slice::from_ref(o), x, accumulate, None)? };
+            }
+            return Ok(());
+        }
         let cols = outs[0].w.cols;
         let mut b = GemvBatch {
             count: outs.len() as i32,
@@ -551,9 +570,9 @@ impl Ops<'_> {
                     && outs[0].w.rows == d.heads * d.head_dim
                     && outs[1].w.rows == d.kv_heads * d.head_dim
                     && outs[2].w.rows == d.kv_heads * d.head_dim
-                    && d.head_dim % 2 == 0
+                    && d.head_dim % if tiled > 0 { 32 } else { 2 } == 0
                     && !accumulate,
-                "the fused rotary embedding takes q, k and v"
+                "the fused rotary embedding takes q, k and v (head_dim even; tiled, a multiple of 32)"
             );
             b.rope_hd = int(d.head_dim);
             b.rope_style = i32::from(r.interleaved);
@@ -571,6 +590,10 @@ impl Ops<'_> {
             b.rows[i] = int(o.w.rows);
             // Each warp takes a pair of rows of one matrix.
             total += o.w.rows.div_ceil(2);
+        }
+        if tiled > 0 {
+            // SAFETY: forwarded contract.
+            return unsafe { self.gemv_q4t(outs, &b, x, accumulate) };
         }
         let quantized = outs.iter().any(|o| o.w.wtype.elem().is_none());
         let smem = self.staged_input_bytes(cols, quantized)?;
@@ -601,6 +624,14 @@ impl Ops<'_> {
         h: u64,
         act: Act,
     ) -> Result<(), GpuError> {
+        if gate.wtype == WType::Q4_0Tiled || up.wtype == WType::Q4_0Tiled {
+            assert!(
+                gate.wtype == up.wtype,
+                "gate and up are tiled together (see Builder::tile_q4_0)"
+            );
+            // SAFETY: forwarded contract.
+            return unsafe { self.gemv_swiglu_q4t(gate, up, x, h, act) };
+        }
         let quantized = gate.wtype.elem().is_none() || up.wtype.elem().is_none();
         let smem = self.staged_input_bytes(gate.cols, quantized)?;
         let (g, u, wg, wu, rows, cols, act, stage_x) = (
@@ -677,7 +708,13 @@ impl Ops<'_> {
         } else {
             assert_ne!(scratch, 0, "a conversion scratch buffer is needed");
             // SAFETY: scratch holds rows·cols values of act (the caller's contract).
-            unsafe { self.convert(w.ptr, w.wtype, scratch, act, w.rows * w.cols)? };
+            unsafe {
+                if w.wtype == WType::Q4_0Tiled {
+                    self.dequant_q4t(w, scratch, act)?
+                } else {
+                    self.convert(w.ptr, w.wtype, scratch, act, w.rows * w.cols)?
+                }
+            };
             scratch
         };
         let g = Gemm {

@@ -14,8 +14,8 @@ use hoist_cuda::{Gpu, Stream};
 
 use super::GpuError;
 
-/// The CUDA C source.
-const SOURCE: &str = include_str!("kernels.cu");
+/// The CUDA C source: the kernels, then the tiled Q4_0 GEMVs (which use kernels.cu's helpers).
+const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("q4_tiles.cu"));
 
 /// Threads per block of the row kernels (norms, attention, softmax).
 pub(crate) const ROW_THREADS: u32 = 256;
@@ -24,20 +24,31 @@ pub(crate) const ELEMENTWISE_THREADS: u32 = 256;
 /// GEMV shape: warps per block and unrolling of the 16-bit/f32 loop, passed to NVRTC as
 /// `-DGEMV_WARPS` / `-DGEMV_UNROLL` (part of the cache key), and warps per block of the GEMVs
 /// on quantized weights (the host's alone: those kernels read it from the block size).
-/// Defaults measured best on an H200; `HOIST_GEMV_WARPS` (1, 2, 4, 8 or 16), `HOIST_GEMV_UNROLL`
-/// (1 to 16) and `HOIST_QGEMV_WARPS` (1 to 32) override them for tuning.
+/// The tiled Q4_0 GEMVs (q4_tiles.cu) take `-DQ4T_WARPS` (warps per block, splitting 16
+/// rows' columns), `-DQ4T_BATCH` (tiles a warp loads before using them) and `-DQ4T_MIN_BLOCKS`
+/// (resident blocks per SM their registers are cut for).
+/// Defaults measured best on an H200 (the tiled ones on an H100); `HOIST_GEMV_WARPS` (1, 2, 4,
+/// 8 or 16), `HOIST_GEMV_UNROLL` (1 to 16), `HOIST_QGEMV_WARPS` (1 to 32), `HOIST_Q4T_WARPS`
+/// (4, 8 or 16), `HOIST_Q4T_BATCH` (1 to 8) and `HOIST_Q4T_MIN_BLOCKS` (1 to 4) override them
+/// for tuning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct GemvShape {
     pub warps: u32,
     pub unroll: u32,
     pub quantized_warps: u32,
+    pub q4t_warps: u32,
+    pub q4t_batch: u32,
+    pub q4t_min_blocks: u32,
 }
 
 impl GemvShape {
-    const DEFAULT: GemvShape = GemvShape {
+    pub(crate) const DEFAULT: GemvShape = GemvShape {
         warps: 4,
         unroll: 4,
         quantized_warps: 16,
+        q4t_warps: 8,
+        q4t_batch: 4,
+        q4t_min_blocks: 2,
     };
 
     fn from_env() -> GemvShape {
@@ -68,13 +79,31 @@ impl GemvShape {
                 &|v| (1..=32).contains(&v),
                 Self::DEFAULT.quantized_warps,
             ),
+            q4t_warps: read(
+                "HOIST_Q4T_WARPS",
+                &|v| [4, 8, 16].contains(&v),
+                Self::DEFAULT.q4t_warps,
+            ),
+            q4t_batch: read(
+                "HOIST_Q4T_BATCH",
+                &|v| (1..=8).contains(&v),
+                Self::DEFAULT.q4t_batch,
+            ),
+            q4t_min_blocks: read(
+                "HOIST_Q4T_MIN_BLOCKS",
+                &|v| (1..=4).contains(&v),
+                Self::DEFAULT.q4t_min_blocks,
+            ),
         }
     }
 
-    fn defines(self) -> [String; 2] {
+    fn defines(self) -> [String; 5] {
         [
             format!("-DGEMV_WARPS={}", self.warps),
             format!("-DGEMV_UNROLL={}", self.unroll),
+            format!("-DQ4T_WARPS={}", self.q4t_warps),
+            format!("-DQ4T_BATCH={}", self.q4t_batch),
+            format!("-DQ4T_MIN_BLOCKS={}", self.q4t_min_blocks),
         ]
     }
 }
@@ -100,6 +129,14 @@ pub(crate) struct Kernels {
     pub(crate) causal_softmax: sys::CUfunction,
     pub(crate) gemv: sys::CUfunction,
     pub(crate) gemv_swiglu: sys::CUfunction,
+    pub(crate) gemv_q4t: sys::CUfunction,
+    pub(crate) gemv_swiglu_q4t: sys::CUfunction,
+    pub(crate) q4_tile_repack: sys::CUfunction,
+    pub(crate) q4_tile_dequant: sys::CUfunction,
+    /// Whether the GPU has the tensor-core products the tiled Q4_0 GEMVs use (sm_80 and newer).
+    pub(crate) tensor_cores: bool,
+    /// Most dynamic shared memory one block of a tiled Q4_0 GEMV may use, bytes.
+    pub(crate) q4t_smem_bytes: usize,
     /// Most dynamic shared memory one block of `attention_split` or of a GEMV may use, bytes.
     pub(crate) attention_smem_bytes: usize,
     /// `sm_XY` of the device.
@@ -381,14 +418,23 @@ impl Kernels {
         })?;
         let gemv = get("gemv")?;
         let gemv_swiglu = get("gemv_swiglu")?;
-        for f in [gemv, gemv_swiglu] {
+        let gemv_q4t = get("gemv_q4t")?;
+        let gemv_swiglu_q4t = get("gemv_swiglu_q4t")?;
+        // The tiled GEMVs' static shared memory (their cross-warp sums) is up to 2.2 KiB.
+        let q4t_smem_bytes = attention_smem_bytes.saturating_sub(2048);
+        for (f, bytes) in [
+            (gemv, attention_smem_bytes),
+            (gemv_swiglu, attention_smem_bytes),
+            (gemv_q4t, q4t_smem_bytes),
+            (gemv_swiglu_q4t, q4t_smem_bytes),
+        ] {
             // SAFETY: f is a function of the live module. Quantized GEMVs stage the input
             // vector in dynamic shared memory, over 48 KiB for rows of 12k+ values.
             gpu.check("cuFuncSetAttribute", unsafe {
                 sys::cuFuncSetAttribute(
                     f,
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    attention_smem_bytes as i32,
+                    bytes as i32,
                 )
             })?;
         }
@@ -406,6 +452,12 @@ impl Kernels {
             causal_softmax: get("causal_softmax")?,
             gemv,
             gemv_swiglu,
+            gemv_q4t,
+            gemv_swiglu_q4t,
+            q4_tile_repack: get("q4_tile_repack")?,
+            q4_tile_dequant: get("q4_tile_dequant")?,
+            tensor_cores: major >= 8,
+            q4t_smem_bytes,
             attention_smem_bytes,
             arch,
             cached,
@@ -498,6 +550,10 @@ impl Kernels {
             (self.causal_softmax, "causal_softmax"),
             (self.gemv, "gemv"),
             (self.gemv_swiglu, "gemv_swiglu"),
+            (self.gemv_q4t, "gemv_q4t"),
+            (self.gemv_swiglu_q4t, "gemv_swiglu_q4t"),
+            (self.q4_tile_repack, "q4_tile_repack"),
+            (self.q4_tile_dequant, "q4_tile_dequant"),
         ];
         named.iter().find(|(g, _)| *g == f).map_or("?", |(_, n)| n)
     }

@@ -114,6 +114,7 @@ fn encode(t: WType, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
         WType::BF16 => bf16_bytes(values),
         WType::Q8_0 => cpu::quantize_q8_0(values),
         WType::Q4_0 => cpu::quantize_q4_0(values),
+        WType::Q4_0Tiled => unreachable!("tiled on the device: see tile_q4_0"),
     };
     let exact = match t {
         WType::F32 => values.to_vec(),
@@ -121,6 +122,7 @@ fn encode(t: WType, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
         WType::BF16 => cpu::bf16_to_f32(&bytes),
         WType::Q8_0 => cpu::dequantize_q8_0(&bytes),
         WType::Q4_0 => cpu::dequantize_q4_0(&bytes),
+        WType::Q4_0Tiled => unreachable!(),
     };
     (bytes, exact)
 }
@@ -534,13 +536,21 @@ fn gemv_with_fused_rope_matches_reference() {
         return;
     };
     let (heads, kv_heads, hd, cols, cap, start) = (4, 2, 64, 256, 40, 11);
-    for t in [WType::BF16, WType::Q8_0] {
+    for t in [WType::BF16, WType::Q8_0, WType::Q4_0Tiled] {
+        if t == WType::Q4_0Tiled && !r.kernels.tensor_cores {
+            continue;
+        }
+        // Tiled Q4_0: the file's Q4_0, tiled on the device; inputs in f16 (see q4_tiles.cu).
+        let (file_type, tol) = match t {
+            WType::Q4_0Tiled => (WType::Q4_0, 1e-3),
+            _ => (t, 1e-5),
+        };
         for style in [crate::RopeStyle::Neox, crate::RopeStyle::Interleaved] {
             let x = r.randn(cols, 1.0);
             let mut mats = Vec::new();
             let mut want = Vec::new();
             for rows in [heads * hd, kv_heads * hd, kv_heads * hd] {
-                let (bytes, exact) = encode(t, &r.randn(rows * cols, 0.05));
+                let (bytes, exact) = encode(file_type, &r.randn(rows * cols, 0.05));
                 let bias = r.randn(rows, 1.0);
                 let y: Vec<f32> = cpu::matmul_t(&x, &exact, cols, rows)
                     .iter()
@@ -554,15 +564,23 @@ fn gemv_with_fused_rope_matches_reference() {
             let rope = cpu::Rope::from_inv_freqs(style, &freqs, start + 1);
             rope.apply(&mut want[0], start);
             rope.apply(&mut want[1], start);
-            let m: Vec<Mat> = mats
+            let mut m: Vec<Mat> = mats
                 .iter()
                 .map(|(w, _, rows)| Mat {
                     ptr: w.ptr(),
-                    wtype: t,
+                    wtype: file_type,
                     rows: *rows,
                     cols,
                 })
                 .collect();
+            if t == WType::Q4_0Tiled {
+                let scratch = DeviceBuf::new(&r.gpu, m[0].bytes()).expect("alloc");
+                for w in &mut m {
+                    // SAFETY: each matrix holds w.bytes() ≤ scratch's; synchronized below.
+                    unsafe { r.ops().tile_q4_0(w, &scratch).unwrap() };
+                }
+                r.stream.synchronize().unwrap();
+            }
             let (dx, df, yq) = (r.upload(&x), r.upload(&freqs), r.zeros(heads * hd));
             let (yk, yv) = (r.zeros(kv_heads * hd), r.zeros(kv_heads * hd));
             let (kc, vc) = (r.zeros(kv_heads * cap * hd), r.zeros(kv_heads * cap * hd));
@@ -594,7 +612,7 @@ fn gemv_with_fused_rope_matches_reference() {
             unsafe { r.ops().gemv(&outs, dx.ptr(), false, Some(fused)).unwrap() };
             let what = format!("{t:?} {style:?}");
             let e = rel_err(&r.download(&yq, heads * hd), &want[0]);
-            assert!(e < 1e-5, "{what} q: {e}");
+            assert!(e < tol, "{what} q: {e}");
             // k and v sit at position `start` of the caches, nothing else is written.
             let mut full_k = vec![0f32; (start + 1) * kv_heads * hd];
             full_k[start * kv_heads * hd..].copy_from_slice(&want[1]);
@@ -605,9 +623,9 @@ fn gemv_with_fused_rope_matches_reference() {
                 to_gpu_cache(&full_v, kv_heads, hd, cap),
             );
             let e = rel_err(&r.download(&kc, want_k.len()), &want_k);
-            assert!(e < 1e-5, "{what} k: {e}");
+            assert!(e < tol, "{what} k: {e}");
             let e = rel_err(&r.download(&vc, want_v.len()), &want_v);
-            assert!(e < 1e-5, "{what} v: {e}");
+            assert!(e < tol, "{what} v: {e}");
         }
     }
 }
@@ -712,5 +730,153 @@ fn linear_matches_reference() {
         let want: Vec<f32> = prod.iter().zip(&y0).map(|(a, b)| a + b).collect();
         let e = rel_err(&r.download(&dy, n * rows), &want);
         assert!(e < tol, "{t:?} as {act:?}: {e}");
+    }
+}
+
+/// A Q4_0 matrix of `rows` x `cols` random values, tiled on the device, and the values it holds.
+fn tiled_q4_0(r: &mut Rig, rows: usize, cols: usize) -> (DeviceBuf, Mat, Vec<f32>) {
+    let (bytes, exact) = encode(WType::Q4_0, &r.randn(rows * cols, 0.05));
+    let dw = r.upload_bytes(&bytes);
+    let mut m = Mat {
+        ptr: dw.ptr(),
+        wtype: WType::Q4_0,
+        rows,
+        cols,
+    };
+    let scratch = DeviceBuf::new(&r.gpu, m.bytes()).expect("alloc");
+    // SAFETY: dw holds m.bytes(), as does scratch; synchronized before scratch is dropped.
+    unsafe { r.ops().tile_q4_0(&mut m, &scratch).unwrap() };
+    r.stream.synchronize().unwrap();
+    assert_eq!(m.wtype, WType::Q4_0Tiled);
+    (dw, m, exact)
+}
+
+#[test]
+fn tiled_q4_0_matches_reference() {
+    let Some(mut r) = rig("tiled_q4_0_matches_reference") else {
+        return;
+    };
+    if !r.kernels.tensor_cores {
+        eprintln!("skipped tiled_q4_0_matches_reference: the GPU predates sm_80");
+        return;
+    }
+    // One tile; a warp's share uneven (23 tiles over 8 warps), an odd number of row groups;
+    // 7B's widths.
+    for (rows, cols) in [(16, 64), (48, 1472), (32, 4096), (64, 11008)] {
+        let (_dw, m, exact) = tiled_q4_0(&mut r, rows, cols);
+        // The repack loses nothing: dequantized, the values are the file's.
+        let out = r.zeros(rows * cols);
+        // SAFETY: out holds rows·cols f32.
+        unsafe { r.ops().dequant_q4t(&m, out.ptr(), Act::F32).unwrap() };
+        assert_eq!(
+            r.download(&out, rows * cols),
+            exact,
+            "{rows}x{cols} dequantized"
+        );
+        // Inputs of every size: each 32-value block is staged in f16 under its own power of
+        // two, so huge values do not overflow and tiny ones keep their precision; zero blocks
+        // stay finite. Tolerance: f16 inputs (2^-11) with f32 accumulation.
+        let x = r.randn(cols, 1.0);
+        let sizes: [&dyn Fn(usize) -> f32; 3] =
+            [&|_| 1e5, &|_| 1e-6, &|b| [1.0, 3e4, 0.0, 2e-3][b % 4]];
+        for size in sizes {
+            let x: Vec<f32> = x
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * size(i / 32))
+                .collect();
+            let (dx, dy) = (r.upload(&x), r.zeros(rows));
+            // SAFETY: sized above.
+            unsafe {
+                r.ops()
+                    .gemv(
+                        &[GemvOut {
+                            w: &m,
+                            y: dy.ptr(),
+                            bias: 0,
+                        }],
+                        dx.ptr(),
+                        false,
+                        None,
+                    )
+                    .unwrap()
+            };
+            let e = rel_err(
+                &r.download(&dy, rows),
+                &cpu::matmul_t(&x, &exact, cols, rows),
+            );
+            assert!(
+                e < 1e-3,
+                "{rows}x{cols} gemv, input scaled like {}: {e}",
+                size(1)
+            );
+        }
+        // Added to y, with a bias.
+        let (bias, y0) = (r.randn(rows, 1.0), r.randn(rows, 1.0));
+        let (dx, db, dy) = (r.upload(&x), r.upload(&bias), r.upload(&y0));
+        // SAFETY: sized above.
+        unsafe {
+            r.ops()
+                .gemv(
+                    &[GemvOut {
+                        w: &m,
+                        y: dy.ptr(),
+                        bias: db.ptr(),
+                    }],
+                    dx.ptr(),
+                    true,
+                    None,
+                )
+                .unwrap()
+        };
+        let prod = cpu::matmul_t(&x, &exact, cols, rows);
+        let want: Vec<f32> = (0..rows).map(|i| y0[i] + prod[i] + bias[i]).collect();
+        assert!(rel_err(&r.download(&dy, rows), &want) < 1e-3);
+        // Three matrices in one launch (the grid spans them), and gate/up with SwiGLU.
+        let (_d2, m2, e2) = tiled_q4_0(&mut r, 16, cols);
+        let (ya, yb, yc) = (r.zeros(rows), r.zeros(16), r.zeros(rows));
+        // SAFETY: sized above.
+        unsafe {
+            r.ops()
+                .gemv(
+                    &[
+                        GemvOut {
+                            w: &m,
+                            y: ya.ptr(),
+                            bias: 0,
+                        },
+                        GemvOut {
+                            w: &m2,
+                            y: yb.ptr(),
+                            bias: 0,
+                        },
+                        GemvOut {
+                            w: &m,
+                            y: yc.ptr(),
+                            bias: 0,
+                        },
+                    ],
+                    dx.ptr(),
+                    false,
+                    None,
+                )
+                .unwrap()
+        };
+        let want = cpu::matmul_t(&x, &exact, cols, rows);
+        assert!(rel_err(&r.download(&ya, rows), &want) < 1e-3);
+        assert!(rel_err(&r.download(&yb, 16), &cpu::matmul_t(&x, &e2, cols, 16)) < 1e-3);
+        assert!(rel_err(&r.download(&yc, rows), &want) < 1e-3);
+        let (_du, up, ue) = tiled_q4_0(&mut r, rows, cols);
+        let h = r.zeros(rows);
+        // SAFETY: sized above.
+        unsafe {
+            r.ops()
+                .gemv_swiglu(&m, &up, dx.ptr(), h.ptr(), Act::F32)
+                .unwrap()
+        };
+        let mut want = cpu::matmul_t(&x, &exact, cols, rows);
+        cpu::swiglu(&mut want, &cpu::matmul_t(&x, &ue, cols, rows));
+        let e = rel_err(&r.download(&h, rows), &want);
+        assert!(e < 1e-3, "{rows}x{cols} swiglu: {e}");
     }
 }

@@ -1,0 +1,160 @@
+//! Host side of `q4_tiles.cu`: Q4_0 matrices repacked on the device into tiles at load time,
+//! and the tensor-core GEMVs and dequantization that read them (see that file for the layout
+//! and why). The same `unsafe` contract as `layers.rs`.
+
+use hoist_cuda::DeviceBuf;
+
+use super::layers::{blocks, int, Act, GemvBatch, GemvOut, Mat, Ops, WType};
+use super::module::{args, ELEMENTWISE_THREADS};
+use super::GpuError;
+
+/// Shared memory a warp of a tiled GEMV stages per tile of 64 input values: two blocks' f16
+/// fragments (2 × 64 bytes) and their two (K, 2^e) pairs.
+const Q4T_TILE_SMEM_BYTES: usize = 144;
+
+/// Whether `m` can be tiled: Q4_0 with rows in groups of 16 and 64-value tiles, on a GPU with
+/// the tensor-core products (sm_80+), unless `HOIST_NO_Q4_TILES` keeps the file's layout (for
+/// comparison).
+pub(crate) fn tileable(ops: &Ops<'_>, m: &Mat) -> bool {
+    m.wtype == WType::Q4_0
+        && m.rows % 16 == 0
+        && m.cols % 64 == 0
+        && ops.k.tensor_cores
+        && std::env::var_os("HOIST_NO_Q4_TILES").is_none()
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Ops<'_> {
+    /// Repacks the Q4_0 matrix `m` in place into tiles (`tileable` must hold) through
+    /// `scratch` (at least `m.bytes()`), and marks it tiled. Queued on the stream: `scratch`
+    /// must outlive the work (synchronize before dropping it).
+    pub(crate) unsafe fn tile_q4_0(
+        &self,
+        m: &mut Mat,
+        scratch: &DeviceBuf,
+    ) -> Result<(), GpuError> {
+        assert!(
+            m.wtype == WType::Q4_0 && m.rows % 16 == 0 && m.cols % 64 == 0,
+            "{m:?} cannot be tiled"
+        );
+        // SAFETY: m is a live matrix of m.bytes() bytes (the caller's contract), distinct from
+        // scratch, which holds that many (asserted by the copy).
+        unsafe { scratch.copy_from_device_async(self.stream, m.ptr, m.bytes())? };
+        let (src, dst, rows, cols) = (scratch.ptr(), m.ptr, int(m.rows), int(m.cols));
+        let mut a = args![src, dst, rows, cols];
+        let grid = blocks(m.rows * m.cols / 32);
+        // SAFETY: the module's contract; the kernel reads scratch and writes m, both m.bytes().
+        unsafe {
+            self.k.launch(
+                self.k.q4_tile_repack,
+                (grid, 1),
+                ELEMENTWISE_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )?
+        };
+        m.wtype = WType::Q4_0Tiled;
+        Ok(())
+    }
+
+    /// `dst` = the tiled matrix `m` dequantized, as `out` (row-major).
+    pub(super) unsafe fn dequant_q4t(&self, m: &Mat, dst: u64, out: Act) -> Result<(), GpuError> {
+        let (src, rows, cols, o) = (m.ptr, int(m.rows), int(m.cols), out as i32);
+        let mut a = args![src, dst, rows, cols, o];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.q4_tile_dequant,
+                (blocks(m.rows * m.cols / 8), 1),
+                ELEMENTWISE_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// [`Ops::gemv`] for tiled matrices, `b` filled in by it: a block per row group, or with
+    /// the rotary embedding fused in, per rotation pair of row groups.
+    pub(super) unsafe fn gemv_q4t(
+        &self,
+        outs: &[GemvOut<'_>],
+        b: &GemvBatch,
+        x: u64,
+        accumulate: bool,
+    ) -> Result<(), GpuError> {
+        let cols = outs[0].w.cols;
+        let rows_a_block = if b.rope_hd != 0 { 32 } else { 16 };
+        let mut blocks = 0;
+        for o in outs {
+            assert!(
+                o.w.wtype == WType::Q4_0Tiled && o.w.cols == cols && o.w.rows % rows_a_block == 0,
+                "batched tiled GEMVs share their input width"
+            );
+            blocks += o.w.rows / rows_a_block;
+        }
+        let smem = self.q4t_smem(cols)?;
+        let (b, cols, acc) = (*b, int(cols), i32::from(accumulate));
+        let mut a = args![b, x, cols, acc];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.gemv_q4t,
+                (blocks as u32, 1),
+                32 * self.q4t_warps(),
+                smem,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// [`Ops::gemv_swiglu`] for tiled gate and up matrices: a block per 16 rows of both.
+    pub(super) unsafe fn gemv_swiglu_q4t(
+        &self,
+        gate: &Mat,
+        up: &Mat,
+        x: u64,
+        h: u64,
+        act: Act,
+    ) -> Result<(), GpuError> {
+        assert!(
+            gate.rows == up.rows && gate.cols == up.cols && gate.rows % 16 == 0,
+            "gate and up have one shape"
+        );
+        let smem = self.q4t_smem(gate.cols)?;
+        let (g, u, rows, cols, act) =
+            (gate.ptr, up.ptr, int(gate.rows), int(gate.cols), act as i32);
+        let mut a = args![g, u, x, h, rows, cols, act];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.gemv_swiglu_q4t,
+                ((gate.rows / 16) as u32, 1),
+                32 * self.q4t_warps(),
+                smem,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// Warps per block of the tiled GEMVs (`Q4T_WARPS` in q4_tiles.cu).
+    fn q4t_warps(&self) -> u32 {
+        self.k.gemv_shape.q4t_warps
+    }
+
+    /// Dynamic shared memory of a tiled GEMV over rows of `cols` values: each warp stages the
+    /// input of its share of the tiles (as `q4t_per_warp` in q4_tiles.cu).
+    fn q4t_smem(&self, cols: usize) -> Result<u32, GpuError> {
+        let warps = self.q4t_warps() as usize;
+        let bytes = warps * (cols / 64).div_ceil(warps) * Q4T_TILE_SMEM_BYTES;
+        if bytes > self.k.q4t_smem_bytes {
+            return Err(GpuError::Unsupported(format!(
+                "tiled Q4_0 rows of {cols} values do not fit the GPU's shared memory"
+            )));
+        }
+        Ok(bytes as u32)
+    }
+}
