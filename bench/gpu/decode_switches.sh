@@ -2,10 +2,10 @@
 # What each decode design switch is worth: decode tok/s and fraction of the copy bound on a
 # synthetic Llama-2-7B-shaped bf16 checkpoint (random bytes: speed only) with each switch in turn
 # off, then any settings in SWEEP (VAR=VALUE, one run each). With Q4=1 also on
-# a Q4_0 GGUF of the same shape, made by bench_speed.py's writer from a random transformers
-# model (needs torch and the gguf wheel), with Q4_SWEEP's settings (default: the quantized
-# GEMVs' warps per block). BASE=path runs another gpu_speed build (say, the
-# last commit's) first, for comparison. Carries: .carry/bin/{gpu_speed,make_checkpoint},
+# a Q4_0 GGUF of the same shape (bench/gpu/synthetic_q4.sh: bench_speed.py's writer, from a
+# random transformers model; needs torch and the gguf wheel; Q4_GGUF=path reuses a file), with
+# Q4_SWEEP's settings (default: the tiled GEMVs' warps per block and tiles per load).
+# BASE=path runs another gpu_speed build (say, the last commit's) first, for comparison. Carries: .carry/bin/{gpu_speed,make_checkpoint},
 # .whl/gguf-*.whl (Q4=1). Run from the repository root on the GPU machine.
 cd "$(dirname "$0")/../.." || exit 2
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib HOIST_KERNEL_CACHE=/var/tmp/hoist-kernels
@@ -36,11 +36,12 @@ run_set() {  # run_set MODEL SWITCHES: each VAR=VALUE turns one design choice of
 echo "== bf16 ($D)"
 run_set "$D" "HOIST_NO_FUSED_ROPE=1 HOIST_NO_PDL=1 HOIST_NO_GRAPHS=1 ${SWEEP:-}"
 if [ "${Q4:-0}" = 1 ]; then
-  Q=$(bash bench/gpu/synthetic_q4.sh) || exit 1
+  Q=$(bash bench/gpu/synthetic_q4.sh ${Q4_GGUF:-}) || exit 1
   echo "== Q4_0 ($Q)"
-  # Quantized models run without programmatic dependent launch (see Kernels::disable_pdl);
-  # HOIST_QUANTIZED_PDL=1 turns it on for them.
-  run_set "$Q" "HOIST_NO_FUSED_ROPE=1 HOIST_QUANTIZED_PDL=1 HOIST_NO_GRAPHS=1 ${Q4_SWEEP-HOIST_QGEMV_WARPS=8 HOIST_QGEMV_WARPS=32}"
+  # Q4_0 runs as tiles on tensor cores (q4_tiles.cu); HOIST_NO_Q4_TILES=1 keeps the file's
+  # layout and the CUDA-core GEMVs (which launch without programmatic dependent launch unless
+  # HOIST_QUANTIZED_PDL=1). The sweep: the tiled GEMVs' warps per block and tiles per load.
+  run_set "$Q" "HOIST_NO_Q4_TILES=1 HOIST_NO_FUSED_ROPE=1 HOIST_NO_PDL=1 HOIST_NO_GRAPHS=1 ${Q4_SWEEP-HOIST_Q4T_WARPS=4 HOIST_Q4T_WARPS=16 HOIST_Q4T_BATCH=2 HOIST_Q4T_BATCH=8}"
 fi
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "FAILED: ${FAILED[*]}"

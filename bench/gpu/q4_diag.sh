@@ -3,13 +3,14 @@
 # Q4_0 GGUF, the per-kernel profile (HOIST_PROFILE), then ncu's full report on the four GEMVs of
 # one decode layer (q/k/v, o, gate/up, down) with caches and clocks left as they run
 # (occupancy, registers, stall reasons, achieved DRAM bandwidth). Writes under $OUT.
-# Carries: .carry/bin/gpu_speed, .whl/gguf-*.whl. Run from the repository root.
+# Carries: .carry/bin/gpu_speed, .whl/gguf-*.whl. Q4_GGUF=path uses (or makes) that file; RUNS lists
+# NAME[,VAR=VALUE...] runs to compare. Run from the repository root.
 cd "$(dirname "$0")/../.." || exit 2
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib HOIST_KERNEL_CACHE=/var/tmp/hoist-kernels
 export PATH=$PATH:/usr/local/cuda/bin
 OUT=${OUT:-/tmp/hoist-out}
 mkdir -p "$OUT"
-Q=$(bash bench/gpu/synthetic_q4.sh) || exit 1
+Q=$(bash bench/gpu/synthetic_q4.sh ${Q4_GGUF:-}) || exit 1
 BIN=${BIN:-.carry/bin/gpu_speed}
 FAILED=()
 for s in ${RUNS:-"as_built"}; do  # RUNS: NAME[,VAR=VALUE...] items

@@ -77,22 +77,55 @@ extern "C" __global__ void q4_tile_repack(u64 src, u64 dst, int rows, int cols) 
     }
 }
 
-// dst = the tiled matrix src (rows x cols) dequantized, row-major, as `out_type`: a thread per
-// word (8 values). Grid-stride.
+// Stores v[0..8] as `out_type` at element o of dst (o a multiple of 8: 16-byte aligned).
+__device__ __forceinline__ void store8(u64 dst, usize o, const float* v, int out_type) {
+    if (out_type == 0) {
+        float4* d = (float4*)((float*)dst + o);
+        d[0] = make_float4(v[0], v[1], v[2], v[3]);
+        d[1] = make_float4(v[4], v[5], v[6], v[7]);
+        return;
+    }
+    u32 h[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        u16 a = out_type == 1 ? f_to_f16(v[2 * k]) : f_to_bf16(v[2 * k]);
+        u16 b = out_type == 1 ? f_to_f16(v[2 * k + 1]) : f_to_bf16(v[2 * k + 1]);
+        h[k] = (u32)a | ((u32)b << 16);
+    }
+    uint4 q;
+    q.x = h[0];
+    q.y = h[1];
+    q.z = h[2];
+    q.w = h[3];
+    *(uint4*)((u16*)dst + o) = q;
+}
+
+// dst = the tiled matrix src (rows x cols) dequantized, row-major, as `out_type` (rounded as
+// `convert` rounds): a thread per lane slot of a tile, as the GEMVs read it (16 bytes of
+// nibbles, 8 of scales: 32 values of 2 rows x 2 blocks). Grid-stride.
 extern "C" __global__ void q4_tile_dequant(u64 src, u64 dst, int rows, int cols, int out_type) {
     PDL_BEGIN();
     const u8* w = (const u8*)src;
-    int words = cols / 8;
-    long long n = (long long)rows * words;
+    int nt = cols / 64;
+    long long n = (long long)(rows / 16) * nt * 32;
+    usize scales = (usize)rows * (cols / 32) * 16;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        int r = (int)(i / words), k = (int)(i % words) * 8, j = k / QK, t = (k % QK) / 8;
-        u32 word = *(const u32*)(w + q4t_word(r, j, t, cols));
-        float d = f16_to_f(*(const u16*)(w + q4t_scale(r, j, rows, cols)));
+        int lane = (int)(i & 31), tile = (int)(i >> 5);
+        int rg = tile / nt, c = tile % nt, g = lane >> 2, t = lane & 3;
+        uint4 q = *(const uint4*)(w + (usize)i * 16);
+        uint2 sc = *(const uint2*)(w + scales + (usize)tile * 64 + g * 8);
+        u32 words[4] = {q.x, q.y, q.z, q.w};
+        u32 sw[2] = {sc.x, sc.y};
 #pragma unroll
-        for (int p = 0; p < 8; ++p) {
-            float v = d * (float)((int)((word >> (4 * p)) & 15u) - 8);
-            store_act(dst, (usize)r * cols + k + p, round_act(v, out_type), out_type);
+        for (int k = 0; k < 4; ++k) {  // (row g, block 0), (g + 8, 0), (g, 1), (g + 8, 1)
+            u32 half = (k & 1) ? sw[k >> 1] >> 16 : sw[k >> 1] & 0xffffu;
+            float d = f16_to_f((u16)half), v[8];
+#pragma unroll
+            for (int p = 0; p < 8; ++p)
+                v[p] = round_act(d * (float)((int)((words[k] >> (4 * p)) & 15u) - 8), out_type);
+            int row = rg * 16 + g + 8 * (k & 1), j = 2 * c + (k >> 1);
+            store8(dst, (usize)row * cols + 32 * j + 8 * t, v, out_type);
         }
     }
 }

@@ -66,7 +66,7 @@ impl Ops<'_> {
         unsafe {
             self.k.launch(
                 self.k.q4_tile_dequant,
-                (blocks(m.rows * m.cols / 8), 1),
+                (blocks(m.rows * m.cols / 32), 1),
                 ELEMENTWISE_THREADS,
                 0,
                 self.stream,
