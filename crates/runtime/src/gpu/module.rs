@@ -420,8 +420,9 @@ impl Kernels {
         let gemv_swiglu = get("gemv_swiglu")?;
         let gemv_q4t = get("gemv_q4t")?;
         let gemv_swiglu_q4t = get("gemv_swiglu_q4t")?;
-        // The tiled GEMVs' static shared memory (their cross-warp sums) is up to 2.2 KiB.
-        let q4t_smem_bytes = attention_smem_bytes.saturating_sub(2048);
+        // The tiled GEMVs' static shared memory (their cross-warp sums) is up to 3.2 KiB (16
+        // warps); the driver refuses a dynamic limit that leaves no room for it.
+        let q4t_smem_bytes = attention_smem_bytes.saturating_sub(4096);
         for (f, bytes) in [
             (gemv, attention_smem_bytes),
             (gemv_swiglu, attention_smem_bytes),
