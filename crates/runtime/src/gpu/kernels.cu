@@ -361,7 +361,8 @@ __device__ void attention_merge(const float* part, u64 out, u64 out_a, int heads
 // 0) merges the slices into out (see attention_merge). Causal with an optional sliding window
 // (0: none): the query at p sees keys max(0, p - window + 1)..=p. start: an int in device
 // memory. Dynamic shared memory: attention_groups(blockDim.x, hd) * hd partial sums, then one
-// slice's scores, max(ATTN_SLICE_KEYS, ceil(cap / ATTN_SPLITS)) floats.
+// slice's scores, max(ATTN_SLICE_KEYS, ceil(cap / ATTN_SPLITS)) floats; at least
+// (blockDim.x / 32) * (hd + 2) floats for heads the online path takes.
 __device__ __forceinline__ int attention_groups(int threads, int hd) {
     return (hd & 3) == 0 ? max(1, threads / (hd / 4)) : max(1, threads / hd);
 }
@@ -388,7 +389,56 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
     float* o = (float*)part + (((usize)t * heads + h) * ATTN_SPLITS + sp) * (hd + 2);
     float m = NEG_INF, sum = 0.f;
     int n = j1 - j0;
-    if (n > 0) {
+    int warps = blockDim.x >> 5;
+    // Heads of up to 256 values in float4s: each warp keeps its keys' running max, sum and
+    // weighted values (online softmax), loading a key's k and v together; one barrier merges
+    // the warps. (Fewer dependent memory round trips than scores, then softmax, then values.)
+    bool online = (hd & 3) == 0 && hd <= 256;
+    float* wacc = smem;                   // online: warps x hd weighted values
+    float* wms = smem + warps * hd;       // online: warps x (max, sum)
+    if (n > 0 && online) {
+        const float* qrow = (const float*)q + ((usize)t * heads + h) * hd;
+        const float* kb = (const float*)kcache + ((usize)kvh * cap + first + j0) * hd;
+        const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        int d0 = lane * 4, d1 = 128 + lane * 4;
+        bool has0 = d0 < hd, has1 = d1 < hd;
+        const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+        float4 q0 = has0 ? *(const float4*)(qrow + d0) : zero;
+        float4 q1 = has1 ? *(const float4*)(qrow + d1) : zero;
+        float mw = NEG_INF, sw = 0.f;
+        float4 a0 = zero, a1 = zero;
+#pragma unroll 2
+        for (int j = warp; j < n; j += warps) {
+            const float* kr = kb + (usize)j * hd;
+            const float* vr = vb + (usize)j * hd;
+            float4 k0 = has0 ? *(const float4*)(kr + d0) : zero;
+            float4 k1 = has1 ? *(const float4*)(kr + d1) : zero;
+            float4 v0 = has0 ? *(const float4*)(vr + d0) : zero;
+            float4 v1 = has1 ? *(const float4*)(vr + d1) : zero;
+            float dot = q0.x * k0.x + q0.y * k0.y + q0.z * k0.z + q0.w * k0.w + q1.x * k1.x +
+                        q1.y * k1.y + q1.z * k1.z + q1.w * k1.w;
+            float sc = warp_sum(dot) * scale;
+            float mn = fmaxf(mw, sc);
+            float c = expf(mw - mn), e = expf(sc - mn);  // mw = -inf at first: c = 0
+            sw = sw * c + e;
+            a0 = make_float4(a0.x * c + e * v0.x, a0.y * c + e * v0.y, a0.z * c + e * v0.z,
+                             a0.w * c + e * v0.w);
+            a1 = make_float4(a1.x * c + e * v1.x, a1.y * c + e * v1.y, a1.z * c + e * v1.z,
+                             a1.w * c + e * v1.w);
+            mw = mn;
+        }
+        if (has0) *(float4*)(wacc + warp * hd + d0) = a0;
+        if (has1) *(float4*)(wacc + warp * hd + d1) = a1;
+        if (lane == 0) {
+            wms[2 * warp] = mw;
+            wms[2 * warp + 1] = sw;
+        }
+        __syncthreads();
+        for (int w = 0; w < warps; ++w) m = fmaxf(m, wms[2 * w]);
+        // A warp without keys has max -inf and sum 0: its weight exp(-inf) is 0.
+        for (int w = 0; w < warps; ++w) sum += wms[2 * w + 1] * expf(wms[2 * w] - m);
+    } else if (n > 0) {
         const float* qrow = (const float*)q + ((usize)t * heads + h) * hd;
         const float* kb = (const float*)kcache + ((usize)kvh * cap + first + j0) * hd;
         const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
@@ -449,7 +499,11 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
     }
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float a = 0.f;
-        for (int k = 0; k < groups && n > 0; ++k) a += acc_part[k * hd + d];
+        if (online) {
+            for (int w = 0; w < warps && n > 0; ++w) a += wacc[w * hd + d] * expf(wms[2 * w] - m);
+        } else {
+            for (int k = 0; k < groups && n > 0; ++k) a += acc_part[k * hd + d];
+        }
         if (used == 1) {  // the only slice: the output itself
             usize i = ((usize)t * heads + h) * hd + d;
             float v = round_act(a / sum, act);

@@ -371,7 +371,9 @@ impl Ops<'_> {
         let per_group = if hd % 4 == 0 { hd / 4 } else { hd };
         let groups = (ATTN_THREADS as usize / per_group).max(1);
         let scores = ATTN_SLICE_KEYS.max(dims.capacity.div_ceil(ATTN_SPLITS));
-        let smem = (groups * hd + scores) * 4;
+        // The online path (hd a multiple of 4, at most 256): each warp's values, max and sum.
+        let online = (ATTN_THREADS as usize / 32) * (hd + 2);
+        let smem = (groups * hd + scores).max(online) * 4;
         if smem > self.k.attention_smem_bytes {
             return Err(GpuError::Unsupported(format!(
                 "a context of {} positions is longer than the attention kernel supports on this GPU; ask for a shorter context (--context)",
