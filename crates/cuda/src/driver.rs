@@ -337,7 +337,11 @@ impl DeviceBuf {
         src: u64,
         len: usize,
     ) -> Result<(), CudaError> {
-        assert!(len <= self.len, "{len} bytes into a {}-byte buffer", self.len);
+        assert!(
+            len <= self.len,
+            "{len} bytes into a {}-byte buffer",
+            self.len
+        );
         if len == 0 {
             return Ok(());
         }

@@ -5,7 +5,8 @@
 // the host as a 64-bit device address; every count is an `int` (the host checks ranges).
 //
 // Conventions (see gpu/mod.rs): activations are f32, row-major [tokens, features]; weights are
-// [out, in] row-major in their file type (wtype: 0 f32, 1 f16, 2 bf16, 3 Q8_0, 4 Q4_0);
+// [out, in] row-major in their file type (wtype: 0 f32, 1 f16, 2 bf16, 3 Q8_0, 4 Q4_0; 5 is Q4_0
+// repacked into tiles at load, read by q4_tiles.cu alone);
 // "act" is the float type GEMM inputs are rounded to (0 f32, 1 f16, 2 bf16).
 
 typedef unsigned char u8;

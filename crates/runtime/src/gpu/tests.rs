@@ -441,6 +441,64 @@ fn attention_kernel_and_cublas_path_match_reference() {
     }
 }
 
+/// Checks y = y0 + m·x + bias (the residual form) against the reference, on fresh y0 and bias.
+fn added_with_bias(r: &mut Rig, m: &Mat, exact: &[f32], x: &[f32], tol: f32) {
+    let (rows, cols) = (m.rows, m.cols);
+    let (bias, y0) = (r.randn(rows, 1.0), r.randn(rows, 1.0));
+    let (dx, db, dy) = (r.upload(x), r.upload(&bias), r.upload(&y0));
+    let out = GemvOut {
+        w: m,
+        y: dy.ptr(),
+        bias: db.ptr(),
+    };
+    // SAFETY: sized above.
+    unsafe { r.ops().gemv(&[out], dx.ptr(), true, None).unwrap() };
+    let prod = cpu::matmul_t(x, exact, cols, rows);
+    let want: Vec<f32> = (0..rows).map(|i| y0[i] + prod[i] + bias[i]).collect();
+    let e = rel_err(&r.download(&dy, rows), &want);
+    assert!(e < tol, "{:?} {rows}x{cols}: {e}", m.wtype);
+}
+
+/// Checks three GEMVs in one launch against their references: m, m2 (values `exact`), then m
+/// again with the bias `third_bias` (device address, values; 0 for none), all on input x (also
+/// at `dx`), within `tol`.
+fn three_at_once(
+    r: &Rig,
+    [m, m2]: [&Mat; 2],
+    [exact, e2]: [&[f32]; 2],
+    x: &[f32],
+    dx: u64,
+    third_bias: (u64, &[f32]),
+    tol: f32,
+) {
+    let (rows, rows2, cols) = (m.rows, m2.rows, m.cols);
+    let (ya, yb, yc) = (r.zeros(rows), r.zeros(rows2), r.zeros(rows));
+    let outs = [
+        GemvOut {
+            w: m,
+            y: ya.ptr(),
+            bias: 0,
+        },
+        GemvOut {
+            w: m2,
+            y: yb.ptr(),
+            bias: 0,
+        },
+        GemvOut {
+            w: m,
+            y: yc.ptr(),
+            bias: third_bias.0,
+        },
+    ];
+    // SAFETY: sized above; the caller's x and bias hold cols and rows values.
+    unsafe { r.ops().gemv(&outs, dx, false, None).unwrap() };
+    let want = cpu::matmul_t(x, exact, cols, rows);
+    assert!(rel_err(&r.download(&ya, rows), &want) < tol);
+    assert!(rel_err(&r.download(&yb, rows2), &cpu::matmul_t(x, e2, cols, rows2)) < tol);
+    let with_bias: Vec<f32> = want.iter().zip(third_bias.1).map(|(a, b)| a + b).collect();
+    assert!(rel_err(&r.download(&yc, rows), &with_bias) < tol);
+}
+
 #[test]
 fn gemv_matches_reference_for_every_type() {
     let Some(mut r) = rig("gemv_matches_reference_for_every_type") else {
@@ -453,39 +511,14 @@ fn gemv_matches_reference_for_every_type() {
             let (bytes, exact) = encode(t, &w);
             let x = r.randn(cols, 1.0);
             let bias = r.randn(rows, 1.0);
-            let y0 = r.randn(rows, 1.0);
-            let want_plain = cpu::matmul_t(&x, &exact, cols, rows);
-            let (dw, dx, db, dy) = (
-                r.upload_bytes(&bytes),
-                r.upload(&x),
-                r.upload(&bias),
-                r.upload(&y0),
-            );
+            let (dw, dx, db) = (r.upload_bytes(&bytes), r.upload(&x), r.upload(&bias));
             let m = Mat {
                 ptr: dw.ptr(),
                 wtype: t,
                 rows,
                 cols,
             };
-            // y = y0 + W·x + bias
-            // SAFETY: sized above.
-            unsafe {
-                r.ops()
-                    .gemv(
-                        &[GemvOut {
-                            w: &m,
-                            y: dy.ptr(),
-                            bias: db.ptr(),
-                        }],
-                        dx.ptr(),
-                        true,
-                        None,
-                    )
-                    .unwrap()
-            };
-            let want: Vec<f32> = (0..rows).map(|i| y0[i] + want_plain[i] + bias[i]).collect();
-            let e = rel_err(&r.download(&dy, rows), &want);
-            assert!(e < 1e-5, "{t:?} {rows}x{cols}: {e}");
+            added_with_bias(&mut r, &m, &exact, &x, 1e-5);
             // Three at once (q, k, v), the second one plain.
             let w2 = r.randn(7 * cols, 0.05);
             let (b2, e2) = encode(t, &w2);
@@ -496,38 +529,8 @@ fn gemv_matches_reference_for_every_type() {
                 rows: 7,
                 cols,
             };
-            let (ya, yb, yc) = (r.zeros(rows), r.zeros(7), r.zeros(rows));
-            // SAFETY: sized above.
-            unsafe {
-                r.ops()
-                    .gemv(
-                        &[
-                            GemvOut {
-                                w: &m,
-                                y: ya.ptr(),
-                                bias: 0,
-                            },
-                            GemvOut {
-                                w: &m2,
-                                y: yb.ptr(),
-                                bias: 0,
-                            },
-                            GemvOut {
-                                w: &m,
-                                y: yc.ptr(),
-                                bias: db.ptr(),
-                            },
-                        ],
-                        dx.ptr(),
-                        false,
-                        None,
-                    )
-                    .unwrap()
-            };
-            assert!(rel_err(&r.download(&ya, rows), &want_plain) < 1e-5);
-            assert!(rel_err(&r.download(&yb, 7), &cpu::matmul_t(&x, &e2, cols, 7)) < 1e-5);
-            let with_bias: Vec<f32> = want_plain.iter().zip(&bias).map(|(a, b)| a + b).collect();
-            assert!(rel_err(&r.download(&yc, rows), &with_bias) < 1e-5);
+            let third_bias = (db.ptr(), bias.as_slice());
+            three_at_once(&r, [&m, &m2], [&exact, &e2], &x, dx.ptr(), third_bias, 1e-5);
         }
     }
 }
@@ -813,61 +816,20 @@ fn tiled_q4_0_matches_reference() {
                 size(1)
             );
         }
-        // Added to y, with a bias.
-        let (bias, y0) = (r.randn(rows, 1.0), r.randn(rows, 1.0));
-        let (dx, db, dy) = (r.upload(&x), r.upload(&bias), r.upload(&y0));
-        // SAFETY: sized above.
-        unsafe {
-            r.ops()
-                .gemv(
-                    &[GemvOut {
-                        w: &m,
-                        y: dy.ptr(),
-                        bias: db.ptr(),
-                    }],
-                    dx.ptr(),
-                    true,
-                    None,
-                )
-                .unwrap()
-        };
-        let prod = cpu::matmul_t(&x, &exact, cols, rows);
-        let want: Vec<f32> = (0..rows).map(|i| y0[i] + prod[i] + bias[i]).collect();
-        assert!(rel_err(&r.download(&dy, rows), &want) < 1e-3);
+        added_with_bias(&mut r, &m, &exact, &x, 1e-3);
+        let dx = r.upload(&x);
         // Three matrices in one launch (the grid spans them), and gate/up with SwiGLU.
         let (_d2, m2, e2) = tiled_q4_0(&mut r, 16, cols);
-        let (ya, yb, yc) = (r.zeros(rows), r.zeros(16), r.zeros(rows));
-        // SAFETY: sized above.
-        unsafe {
-            r.ops()
-                .gemv(
-                    &[
-                        GemvOut {
-                            w: &m,
-                            y: ya.ptr(),
-                            bias: 0,
-                        },
-                        GemvOut {
-                            w: &m2,
-                            y: yb.ptr(),
-                            bias: 0,
-                        },
-                        GemvOut {
-                            w: &m,
-                            y: yc.ptr(),
-                            bias: 0,
-                        },
-                    ],
-                    dx.ptr(),
-                    false,
-                    None,
-                )
-                .unwrap()
-        };
-        let want = cpu::matmul_t(&x, &exact, cols, rows);
-        assert!(rel_err(&r.download(&ya, rows), &want) < 1e-3);
-        assert!(rel_err(&r.download(&yb, 16), &cpu::matmul_t(&x, &e2, cols, 16)) < 1e-3);
-        assert!(rel_err(&r.download(&yc, rows), &want) < 1e-3);
+        let zeros = vec![0f32; rows];
+        three_at_once(
+            &r,
+            [&m, &m2],
+            [&exact, &e2],
+            &x,
+            dx.ptr(),
+            (0, &zeros),
+            1e-3,
+        );
         let (_du, up, ue) = tiled_q4_0(&mut r, rows, cols);
         let h = r.zeros(rows);
         // SAFETY: sized above.
