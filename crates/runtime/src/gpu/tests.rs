@@ -353,8 +353,9 @@ fn attention_kernel_and_cublas_path_match_reference() {
         (4, 2, 64, 1, 31, 0),
         (4, 2, 64, 1, 32, 0),
         (6, 3, 30, 1, 100, 0),
-        // Heads of 256 values: two float4s a lane.
+        // Heads of 256 and 160 values: two float4s a lane, for some lanes only.
         (2, 1, 256, 1, 500, 0),
+        (2, 1, 160, 1, 77, 0),
     ] {
         let cap = start + n + 3;
         let total = start + n;
