@@ -445,7 +445,7 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
         const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
         // Scores: a warp per key, its lanes across the head (a row read whole by one
         // instruction), several keys' loads in flight per warp.
-        int warps = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll 4
         for (int j = warp; j < n; j += warps) {
             const float* kr = kb + (usize)j * hd;

@@ -135,6 +135,17 @@ pub(crate) struct FusedRope {
     pub interleaved: bool,
 }
 
+/// Whether decode can fuse the rotary embedding into the GEMV of these q, k and v matrices: all
+/// tiled Q4_0 or none (one kernel computes them), and head_dim even, for tiled ones a multiple
+/// of 32 (gemv_q4t pairs whole groups of 16 rows of a head).
+pub(crate) fn rope_fusable(qkv: [&Mat; 3], head_dim: usize) -> bool {
+    match qkv.map(|m| m.wtype == WType::Q4_0Tiled) {
+        [false, false, false] => head_dim % 2 == 0,
+        [true, true, true] => head_dim % 32 == 0,
+        _ => false,
+    }
+}
+
 /// Blocks for an element-wise kernel over `n` values (grid-stride beyond).
 pub(super) fn blocks(n: usize) -> u32 {
     n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 8192) as u32
@@ -572,9 +583,9 @@ impl Ops<'_> {
                     && outs[0].w.rows == d.heads * d.head_dim
                     && outs[1].w.rows == d.kv_heads * d.head_dim
                     && outs[2].w.rows == d.kv_heads * d.head_dim
-                    && d.head_dim % if tiled > 0 { 32 } else { 2 } == 0
+                    && rope_fusable([outs[0].w, outs[1].w, outs[2].w], d.head_dim)
                     && !accumulate,
-                "the fused rotary embedding takes q, k and v (head_dim even; tiled, a multiple of 32)"
+                "the fused rotary embedding takes q, k and v that `rope_fusable` accepts"
             );
             b.rope_hd = int(d.head_dim);
             b.rope_style = i32::from(r.interleaved);

@@ -18,7 +18,7 @@ use hoist_format::TensorTable;
 use hoist_io::PlanConfig;
 
 use super::blas::Blas;
-use super::layers::{Act, AttnDims, FusedRope, GemvOut, Mat, Ops, WType};
+use super::layers::{rope_fusable, Act, AttnDims, FusedRope, GemvOut, Mat, Ops, WType};
 use super::module::{default_cache_dir, Kernels};
 use super::GpuError;
 use crate::config::{ModelConfig, RopeStyle};
@@ -470,14 +470,18 @@ impl<'a> Builder<'a> {
     /// q4_tiles.cu), in place through one scratch buffer: gate and up only together (one
     /// kernel reads both), the output matrix unless it is the embedding table (the embedding
     /// kernel reads the file's layout).
+    /// `HOIST_NO_Q4_TILES` keeps the file's layout, for comparison.
     fn tile_q4_0(
         &self,
         layers: &mut [Layer],
         output: &mut Mat,
         tied: bool,
     ) -> Result<(), GpuError> {
+        if std::env::var_os("HOIST_NO_Q4_TILES").is_some() {
+            return Ok(());
+        }
         let ops = &self.ops;
-        let ok = |m: &Mat| super::q4_tiles::tileable(ops, m);
+        let ok = |m: &Mat| super::q4_tiles::tileable(ops.k, m);
         let mut targets: Vec<&mut Mat> = Vec::new();
         for l in layers.iter_mut() {
             let pair = ok(&l.gate) && ok(&l.up);
@@ -917,10 +921,8 @@ impl<'a> GpuSession<'a> {
                     b.vcache.ptr() + l as u64 * layer_cache,
                 ];
                 ops.rms_norm(b.x.ptr(), layer.attn_norm, b.xn.ptr(), xa, n, h, eps, act)?;
-                // One token without q/k norms: the rotary embedding rides in the q/k/v GEMV
-                // (tiled Q4_0: q, k and v all tiled, head_dim a multiple of 32; see gemv_q4t).
-                let tiled = [&layer.q, &layer.k, &layer.v].map(|w| w.wtype == WType::Q4_0Tiled);
-                let rope_fits = tiled == [false; 3] || (tiled == [true; 3] && c.head_dim % 32 == 0);
+                // One token without q/k norms: the rotary embedding rides in the q/k/v GEMV.
+                let rope_fits = rope_fusable([&layer.q, &layer.k, &layer.v], c.head_dim);
                 let rope = (!gemm_path && m.fused_rope && layer.qk_norm.is_none() && rope_fits)
                     .then_some(FusedRope {
                         inv_freq: m.inv_freq.ptr(),

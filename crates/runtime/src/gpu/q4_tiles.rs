@@ -5,7 +5,7 @@
 use hoist_cuda::DeviceBuf;
 
 use super::layers::{blocks, int, Act, GemvBatch, GemvOut, Mat, Ops, WType};
-use super::module::{args, ELEMENTWISE_THREADS};
+use super::module::{args, Kernels, ELEMENTWISE_THREADS};
 use super::GpuError;
 
 /// Shared memory a warp of a tiled GEMV stages per tile of 64 input values: two blocks' f16
@@ -13,14 +13,9 @@ use super::GpuError;
 const Q4T_TILE_SMEM_BYTES: usize = 144;
 
 /// Whether `m` can be tiled: Q4_0 with rows in groups of 16 and 64-value tiles, on a GPU with
-/// the tensor-core products (sm_80+), unless `HOIST_NO_Q4_TILES` keeps the file's layout (for
-/// comparison).
-pub(crate) fn tileable(ops: &Ops<'_>, m: &Mat) -> bool {
-    m.wtype == WType::Q4_0
-        && m.rows % 16 == 0
-        && m.cols % 64 == 0
-        && ops.k.tensor_cores
-        && std::env::var_os("HOIST_NO_Q4_TILES").is_none()
+/// the tensor-core products (sm_80+).
+pub(crate) fn tileable(k: &Kernels, m: &Mat) -> bool {
+    m.wtype == WType::Q4_0 && m.rows % 16 == 0 && m.cols % 64 == 0 && k.tensor_cores
 }
 
 #[allow(clippy::too_many_arguments)]
