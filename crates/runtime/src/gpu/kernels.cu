@@ -21,17 +21,24 @@ typedef unsigned long long usize; // no headers, so no usize
 // start before the previous one has finished; each kernel first lets the next one be scheduled,
 // then waits until the previous grid has completed and its writes are visible. Decode is a
 // chain of ~300 short kernels, and this hides most of the gap between them.
+// Kernels that read weights first (q4_tiles.cu) split the two: they start loading weights,
+// which no kernel writes, before they wait (PDL_LAUNCH, loads, then PDL_WAIT).
 #if __CUDA_ARCH__ >= 900
-#define PDL_BEGIN()                                                                             \
-    do {                                                                                        \
-        asm volatile("griddepcontrol.launch_dependents;");                                      \
-        asm volatile("griddepcontrol.wait;" ::: "memory");                                      \
-    } while (0)
+#define PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;")
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
 #else
-#define PDL_BEGIN() \
-    do {            \
+#define PDL_LAUNCH() \
+    do {             \
+    } while (0)
+#define PDL_WAIT() \
+    do {           \
     } while (0)
 #endif
+#define PDL_BEGIN()   \
+    do {              \
+        PDL_LAUNCH(); \
+        PDL_WAIT();   \
+    } while (0)
 
 #define W_F32 0
 #define W_F16 1
@@ -328,8 +335,15 @@ __device__ __forceinline__ int attention_slices(int len) {
 __device__ void attention_merge(const float* part, u64 out, u64 out_a, int heads, int hd,
                                 int act, int h, int t, int used) {
     const float* p = part + ((usize)t * heads + h) * ATTN_SPLITS * (hd + 2);
-    // Warp 0, a lane per slice, turns the slices' maxima and sums into merge weights.
+    // The merge is the kernel's tail: every thread first loads its value of every slice (its
+    // first d), in flight together with warp 0's loads of the slices' maxima and sums.
     __shared__ float weight[ATTN_SPLITS];
+    int d0 = threadIdx.x;
+    float vals[ATTN_SPLITS];
+#pragma unroll
+    for (int sp = 0; sp < ATTN_SPLITS; ++sp)
+        vals[sp] = sp < used && d0 < hd ? ld_cg(p + sp * (hd + 2) + 2 + d0) : 0.f;
+    // Warp 0, a lane per slice, turns the slices' maxima and sums into merge weights.
     if (threadIdx.x < 32) {
         int sp = threadIdx.x;
         bool live = sp < used;
@@ -343,9 +357,14 @@ __device__ void attention_merge(const float* part, u64 out, u64 out_a, int heads
     __syncthreads();
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float acc = 0.f;
+        if (d == d0) {
+#pragma unroll
+            for (int sp = 0; sp < ATTN_SPLITS; ++sp) acc += vals[sp] * weight[sp];
+        } else {
 #pragma unroll 8
-        for (int sp = 0; sp < ATTN_SPLITS; ++sp)
-            if (weight[sp] != 0.f) acc += ld_cg(p + sp * (hd + 2) + 2 + d) * weight[sp];
+            for (int sp = 0; sp < used; ++sp)
+                acc += ld_cg(p + sp * (hd + 2) + 2 + d) * weight[sp];
+        }
         usize o = ((usize)t * heads + h) * hd + d;
         float v = round_act(acc, act);
         ((float*)out)[o] = v;
@@ -366,6 +385,88 @@ __device__ void attention_merge(const float* part, u64 out, u64 out_a, int heads
 // (blockDim.x / 32) * (hd + 2) floats for heads the online path takes.
 __device__ __forceinline__ int attention_groups(int threads, int hd) {
     return (hd & 3) == 0 ? max(1, threads / (hd / 4)) : max(1, threads / hd);
+}
+
+// Whether heads of hd values take attention_grouped: 16 values a lane, hd / 16 lanes a key, a
+// whole number of keys a warp.
+__device__ __forceinline__ bool attention_grouped_fits(int hd) {
+    return hd % 16 == 0 && hd <= 512 && 32 % (hd / 16) == 0;
+}
+
+// One warp's keys of a slice (n keys at kb, vb), for heads attention_grouped_fits: G = 32 /
+// (hd / 16) keys at a time, each taken by hd / 16 lanes holding 16 of its values, so a score
+// sums over hd / 16 lanes, not 32 (measured on an H100, the float4 path issues ~60
+// instructions a key, stalled on each: the kernel was bound by the chain, not by memory), and
+// G keys' loads are in flight at once. Online softmax per key group, the groups then merged
+// by shuffles; the warp's max and sum go to wms[2 warp], wms[2 warp + 1], its weighted values
+// to wacc[warp hd ...].
+__device__ void attention_grouped(const float* qrow, const float* kb, const float* vb, int n,
+                                  int hd, float scale, float* wacc, float* wms) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    // Lane (sub, l) holds values 4 (l + i per) .. + 3 of its key, i < 4: each load of a key's
+    // lanes reads whole sectors.
+    int per = hd / 16, g = 32 / per, sub = lane / per, l = lane % per;
+    int dim[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) dim[i] = 4 * (l + i * per);
+    float4 q[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[i] = *(const float4*)(qrow + dim[i]);
+    float m = NEG_INF, s = 0.f, acc[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc[i] = 0.f;
+    for (int base = warp * g; base < n; base += warps * g) {
+        int j = base + sub;
+        bool live = j < n;
+        float4 k[4], v[4];
+        const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            k[i] = live ? *(const float4*)(kb + (usize)j * hd + dim[i]) : zero;
+            v[i] = live ? *(const float4*)(vb + (usize)j * hd + dim[i]) : zero;
+        }
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            dot += q[i].x * k[i].x + q[i].y * k[i].y + q[i].z * k[i].z + q[i].w * k[i].w;
+        for (int o = per / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (live) {
+            float sc = dot * scale, mn = fmaxf(m, sc);
+            float c = expf(m - mn), e = expf(sc - mn);  // m = -inf at first: c = 0
+            s = s * c + e;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                acc[4 * i] = acc[4 * i] * c + e * v[i].x;
+                acc[4 * i + 1] = acc[4 * i + 1] * c + e * v[i].y;
+                acc[4 * i + 2] = acc[4 * i + 2] * c + e * v[i].z;
+                acc[4 * i + 3] = acc[4 * i + 3] * c + e * v[i].w;
+            }
+            m = mn;
+        }
+    }
+    // The warp's key groups merged pairwise: a group without keys has max -inf, weight 0.
+    for (int o = per; o < 32; o <<= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        float mn = fmaxf(m, m2);
+        float c1 = m == NEG_INF ? 0.f : expf(m - mn), c2 = m2 == NEG_INF ? 0.f : expf(m2 - mn);
+        s = s * c1 + s2 * c2;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            float a2 = __shfl_xor_sync(0xffffffffu, acc[i], o);
+            acc[i] = acc[i] * c1 + a2 * c2;
+        }
+        m = mn;
+    }
+    if (sub == 0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            *(float4*)(wacc + warp * hd + dim[i]) =
+                make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
+        if (lane == 0) {
+            wms[2 * warp] = m;
+            wms[2 * warp + 1] = s;
+        }
+    }
 }
 
 extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 part, u64 start_at,
@@ -394,13 +495,16 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
     // Heads of up to 256 values in float4s: each warp keeps its keys' running max, sum and
     // weighted values (online softmax), loading a key's k and v together; one barrier merges
     // the warps. (Fewer dependent memory round trips than scores, then softmax, then values.)
+    // Head sizes attention_grouped takes spread a key over fewer lanes.
     bool online = (hd & 3) == 0 && hd <= 256;
     float* wacc = smem;                   // online: warps x hd weighted values
     float* wms = smem + warps * hd;       // online: warps x (max, sum)
-    if (n > 0 && online) {
-        const float* qrow = (const float*)q + ((usize)t * heads + h) * hd;
-        const float* kb = (const float*)kcache + ((usize)kvh * cap + first + j0) * hd;
-        const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
+    const float* qrow = (const float*)q + ((usize)t * heads + h) * hd;
+    const float* kb = (const float*)kcache + ((usize)kvh * cap + first + j0) * hd;
+    const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
+    if (n > 0 && online && attention_grouped_fits(hd)) {
+        attention_grouped(qrow, kb, vb, n, hd, scale, wacc, wms);
+    } else if (n > 0 && online) {
         int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         int d0 = lane * 4, d1 = 128 + lane * 4;
         bool has0 = d0 < hd, has1 = d1 < hd;
@@ -435,14 +539,13 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
             wms[2 * warp] = mw;
             wms[2 * warp + 1] = sw;
         }
+    }
+    if (n > 0 && online) {
         __syncthreads();
         for (int w = 0; w < warps; ++w) m = fmaxf(m, wms[2 * w]);
         // A warp without keys has max -inf and sum 0: its weight exp(-inf) is 0.
         for (int w = 0; w < warps; ++w) sum += wms[2 * w + 1] * expf(wms[2 * w] - m);
     } else if (n > 0) {
-        const float* qrow = (const float*)q + ((usize)t * heads + h) * hd;
-        const float* kb = (const float*)kcache + ((usize)kvh * cap + first + j0) * hd;
-        const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
         // Scores: a warp per key, its lanes across the head (a row read whole by one
         // instruction), several keys' loads in flight per warp.
         int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -427,11 +427,16 @@ impl Ops<'_> {
             q, kc, vc, part, start_at, heads, kvh, hd, cap, window, scale, counters, out, out_a,
             act
         ];
-        // SAFETY: the module's contract; shared memory checked above. Grid z: the key slices.
+        // Grid z: the most key slices a query of this capacity uses (attention_slices in
+        // kernels.cu), so that short contexts launch no blocks that would only return.
+        let splits = ATTN_SPLITS
+            .min(dims.capacity.div_ceil(ATTN_SLICE_KEYS))
+            .max(1);
+        // SAFETY: the module's contract; shared memory checked above.
         unsafe {
             self.k.launch3(
                 self.k.attention_split,
-                (heads as u32, int(n) as u32, ATTN_SPLITS as u32),
+                (heads as u32, int(n) as u32, splits as u32),
                 ATTN_THREADS,
                 smem as u32,
                 self.stream,

@@ -223,7 +223,11 @@ __device__ __forceinline__ int q4t_per_warp(int nt) { return (nt + Q4T_WARPS - 1
 // this warp's share of the columns, summed over the block into red[m][i] for row 16 rg_m + i
 // (valid after the function's closing barrier). Every thread of the block calls it. A warp
 // loads Q4T_BATCH tiles of each into registers, then uses them; its first loads are in
-// flight while it stages its share of the input. (One row group a block, short-lived blocks:
+// flight while it stages its share of the input. Those first loads are issued before the
+// kernel waits for the previous one (PDL_WAIT: the weights are no kernel's output; the input
+// is): launched early, the blocks fill the SMs the previous kernel's last wave leaves idle
+// with weight traffic. Only the caller's epilogue follows, after the closing barrier, so every
+// write comes after the wait. (One row group a block, short-lived blocks:
 // measured on an H200, blocks that stream several row groups with their loads alternating
 // between two register sets were slower, 368 against 382 tok/s.)
 template <int NM>
@@ -251,6 +255,7 @@ __device__ void q4t_rows(const u8* w0, int rg0, const u8* w1, int rg1, int rows,
     float acc[NM][2];
 #pragma unroll
     for (int m = 0; m < NM; ++m) acc[m][0] = acc[m][1] = 0.f;
+    if (c0 >= c1) PDL_WAIT();  // a warp without tiles
     for (int c = c0; c < c1; c += B) {
         uint4 wq[NM][B];
         uint2 sc[NM][B];
@@ -265,6 +270,7 @@ __device__ void q4t_rows(const u8* w0, int rg0, const u8* w1, int rg1, int rows,
             }
         }
         if (c == c0) {
+            PDL_WAIT();
             q4t_stage(x, 2 * c0, 2 * c1, frag, ks);
             __syncwarp();
         }
@@ -307,7 +313,7 @@ __device__ void q4t_rows(const u8* w0, int rg0, const u8* w1, int rg1, int rows,
 // where store_rope_pair sends them.
 extern "C" __global__ void __launch_bounds__(32 * Q4T_WARPS, Q4T_MIN_BLOCKS)
     gemv_q4t(GemvBatch b, u64 x, int cols, int accumulate) {
-    PDL_BEGIN();
+    PDL_LAUNCH();  // q4t_rows waits, once its first weights are on their way
     __shared__ float red[2][16];
     int p = blockIdx.x, m = 0, per = b.rope_hd ? 32 : 16;  // rows a block
     while (m < b.count && p >= b.rows[m] / per) p -= b.rows[m++] / per;
@@ -357,7 +363,7 @@ extern "C" __global__ void __launch_bounds__(32 * Q4T_WARPS, Q4T_MIN_BLOCKS)
 // As `gemv_swiglu` for tiled gate and up matrices: a block per row group of both.
 extern "C" __global__ void __launch_bounds__(32 * Q4T_WARPS, Q4T_MIN_BLOCKS)
     gemv_swiglu_q4t(u64 gate, u64 up, u64 x, u64 h, int rows, int cols, int act) {
-    PDL_BEGIN();
+    PDL_LAUNCH();  // q4t_rows waits, once its first weights are on their way
     __shared__ float red[2][16];
     int rg = blockIdx.x;
     q4t_rows<2>((const u8*)gate, rg, (const u8*)up, rg, rows, cols, (const float*)x, red);

@@ -353,8 +353,10 @@ fn attention_kernel_and_cublas_path_match_reference() {
         (4, 2, 64, 1, 31, 0),
         (4, 2, 64, 1, 32, 0),
         (6, 3, 30, 1, 100, 0),
-        // Heads of 256 and 160 values: two float4s a lane, for some lanes only.
+        // Keys over 16 lanes (256 values) and over one (16); 160 values: float4s, two for some
+        // lanes only.
         (2, 1, 256, 1, 500, 0),
+        (4, 2, 16, 1, 50, 0),
         (2, 1, 160, 1, 77, 0),
     ] {
         let cap = start + n + 3;
