@@ -88,8 +88,6 @@ pub(crate) struct Gemm {
     pub ldc: usize,
     pub alpha: f32,
     pub beta: f32,
-    /// Allow TF32 tensor cores for f32 operands (attention scores of 16-bit models).
-    pub tf32: bool,
 }
 
 impl Blas {
@@ -148,11 +146,7 @@ impl Blas {
                 sys::cublasOperation_t::CUBLAS_OP_N
             }
         };
-        let compute = if g.tf32 && g.a_type == Elem::F32 {
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
-        } else {
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
-        };
+        let compute = sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
         let (alpha, beta) = (g.alpha, g.beta);
         let i = |v: usize| v as i32;
         let b = batch.unwrap_or(Batch {

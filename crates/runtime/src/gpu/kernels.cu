@@ -107,6 +107,36 @@ __device__ __forceinline__ float load_w(const u8* w, usize i, int wtype) {
     }
 }
 
+// ---- KV cache elements ----------------------------------------------------------------------
+// The KV cache holds the activation type ("kv": 0 f32, 1 f16, 2 bf16): 16-bit models read half
+// the bytes per key in decode attention, whose time beyond its fixed cost is memory-bound.
+
+// Value i of the cache `c` of type kv, as f32.
+__device__ __forceinline__ float kv_load(const void* c, usize i, int kv) {
+    if (kv == 0) return ((const float*)c)[i];
+    u16 h = ((const u16*)c)[i];
+    return kv == 1 ? f16_to_f(h) : bf16_to_f(h);
+}
+
+// Two 16-bit values of one word (lo first) of type kv, as f32: one instruction each (the
+// halves are taken as registers, not masked out first).
+__device__ __forceinline__ float2 kv_pair(u32 w, int kv) {
+    if (kv == 2) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+    float lo, hi;
+    asm("{ .reg .f16 l, h; mov.b32 {l, h}, %2; cvt.f32.f16 %0, l; cvt.f32.f16 %1, h; }"
+        : "=f"(lo), "=f"(hi)
+        : "r"(w));
+    return make_float2(lo, hi);
+}
+
+// Values i..i+3 of the cache `c` (i a multiple of 4), as f32.
+__device__ __forceinline__ float4 kv_load4(const void* c, usize i, int kv) {
+    if (kv == 0) return *(const float4*)((const float*)c + i);
+    uint2 w = *(const uint2*)((const u16*)c + i);
+    float2 a = kv_pair(w.x, kv), b = kv_pair(w.y, kv);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
 // Sum (IS_MAX false) or maximum over a warp; every lane gets it.
 template <bool IS_MAX>
 __device__ __forceinline__ float warp_reduce(float v) {
@@ -270,10 +300,11 @@ extern "C" __global__ void swiglu(u64 g, u64 u, u64 h, u64 h_a, int act, long lo
 // For token t (grid: n x any blocks) at position start + t (start: an int in device memory, so that
 // a captured decode step serves every position): rotates q's heads in place and k's heads
 // into the key cache, copies v into the value cache. inv_freq: hd/2 f32. style 0: neox
-// (i, i + hd/2), 1: interleaved (2i, 2i + 1). Caches: [kv_heads][cap][hd] f32.
+// (i, i + hd/2), 1: interleaved (2i, 2i + 1). Caches: [kv_heads][cap][hd] of type kv. With
+// q_a != 0, the rotated q is also stored there as type kv (cuBLAS prefill attention reads it).
 extern "C" __global__ void rope_store(u64 q, u64 k, u64 v, u64 kcache, u64 vcache, u64 inv_freq,
                                       u64 start_at, int heads, int kv_heads, int hd, int cap,
-                                      int style) {
+                                      int style, int kv, u64 q_a) {
     PDL_BEGIN();
     int start = *(const int*)start_at;
     int t = blockIdx.x;
@@ -296,20 +327,26 @@ extern "C" __global__ void rope_store(u64 q, u64 k, u64 v, u64 kcache, u64 vcach
         if (head < heads) {
             float* h = qt + head * hd;
             float x0 = h[a], x1 = h[b];
-            h[a] = x0 * c - x1 * s;
-            h[b] = x1 * c + x0 * s;
+            float ra = x0 * c - x1 * s, rb = x1 * c + x0 * s;
+            h[a] = ra;
+            h[b] = rb;
+            if (q_a) {
+                usize o = ((usize)t * heads + head) * hd;
+                store_act(q_a, o + a, ra, kv);
+                store_act(q_a, o + b, rb, kv);
+            }
         } else {
             int kh = head - heads;
             const float* h = kt + kh * hd;
             float x0 = h[a], x1 = h[b];
-            float* dst = (float*)kcache + ((usize)kh * cap + pos) * hd;
-            dst[a] = x0 * c - x1 * s;
-            dst[b] = x1 * c + x0 * s;
+            usize dst = ((usize)kh * cap + pos) * hd;
+            store_act(kcache, dst + a, x0 * c - x1 * s, kv);
+            store_act(kcache, dst + b, x1 * c + x0 * s, kv);
         }
     }
     for (int i = i0; i < kv_heads * hd; i += stride) {
         int kh = i / hd, d = i % hd;
-        ((float*)vcache)[((usize)kh * cap + pos) * hd + d] = vt[i];
+        store_act(vcache, ((usize)kh * cap + pos) * hd + d, vt[i], kv);
     }
 }
 
@@ -393,54 +430,82 @@ __device__ __forceinline__ bool attention_grouped_fits(int hd) {
     return hd % 16 == 0 && hd <= 512 && 32 % (hd / 16) == 0;
 }
 
-// One warp's keys of a slice (n keys at kb, vb), for heads attention_grouped_fits: G = 32 /
-// (hd / 16) keys at a time, each taken by hd / 16 lanes holding 16 of its values, so a score
-// sums over hd / 16 lanes, not 32 (measured on an H100, the float4 path issues ~60
-// instructions a key, stalled on each: the kernel was bound by the chain, not by memory), and
-// G keys' loads are in flight at once. Online softmax per key group, the groups then merged
-// by shuffles; the warp's max and sum go to wms[2 warp], wms[2 warp + 1], its weighted values
-// to wacc[warp hd ...].
-__device__ void attention_grouped(const float* qrow, const float* kb, const float* vb, int n,
-                                  int hd, float scale, float* wacc, float* wms) {
+// VPL values (4 of an f32 cache, 8 of a 16-bit one: 16 bytes) at element i of cache c, as f32.
+template <int KV>
+__device__ __forceinline__ void kv_vec(const void* c, usize i, float* out) {
+    if (KV == 0) {
+        float4 f = *(const float4*)((const float*)c + i);
+        out[0] = f.x;
+        out[1] = f.y;
+        out[2] = f.z;
+        out[3] = f.w;
+    } else {
+        uint4 w = *(const uint4*)((const u16*)c + i);
+        u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            float2 p = kv_pair(words[k], KV);
+            out[2 * k] = p.x;
+            out[2 * k + 1] = p.y;
+        }
+    }
+}
+
+// One warp's keys of a slice (n keys from element `base` of the caches kc, vc, of type KV),
+// for heads attention_grouped_fits: G = 32 / (hd / 16) keys at a time, each taken by hd / 16
+// lanes holding 16 of its values, so a score sums over hd / 16 lanes, not 32 (measured on an
+// H100, the float4 path issues ~60 instructions a key, stalled on each: the kernel was bound
+// by the chain, not by memory), and G keys' loads are in flight at once. Online softmax per
+// key group, the groups then merged by shuffles; the warp's max and sum go to wms[2 warp],
+// wms[2 warp + 1], its weighted values to wacc[warp hd ...].
+template <int KV>
+__device__ void attention_grouped(const float* qrow, const void* kc, const void* vc, usize base,
+                                  int n, int hd, float scale, float* wacc, float* wms) {
+    constexpr int VPL = KV == 0 ? 4 : 8, LOADS = 16 / VPL;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    // Lane (sub, l) holds values 4 (l + i per) .. + 3 of its key, i < 4: each load of a key's
-    // lanes reads whole sectors.
+    // Lane (sub, l) holds values VPL (l + i per) .. + VPL - 1 of its key, i < LOADS: each load
+    // of a key's lanes reads whole sectors.
     int per = hd / 16, g = 32 / per, sub = lane / per, l = lane % per;
-    int dim[4];
+    int dim[LOADS];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) dim[i] = 4 * (l + i * per);
-    float4 q[4];
+    for (int i = 0; i < LOADS; ++i) dim[i] = VPL * (l + i * per);
+    float q[16], acc[16];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) q[i] = *(const float4*)(qrow + dim[i]);
-    float m = NEG_INF, s = 0.f, acc[16];
+    for (int i = 0; i < LOADS; ++i)
 #pragma unroll
-    for (int i = 0; i < 16; ++i) acc[i] = 0.f;
-    for (int base = warp * g; base < n; base += warps * g) {
-        int j = base + sub;
+        for (int e = 0; e < VPL; e += 4) {
+            float4 f = *(const float4*)(qrow + dim[i] + e);
+            q[i * VPL + e] = f.x;
+            q[i * VPL + e + 1] = f.y;
+            q[i * VPL + e + 2] = f.z;
+            q[i * VPL + e + 3] = f.w;
+        }
+    float m = NEG_INF, s = 0.f;
+#pragma unroll
+    for (int e = 0; e < 16; ++e) acc[e] = 0.f;
+    for (int b = warp * g; b < n; b += warps * g) {
+        int j = b + sub;
         bool live = j < n;
-        float4 k[4], v[4];
-        const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+        float k[16], v[16];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            k[i] = live ? *(const float4*)(kb + (usize)j * hd + dim[i]) : zero;
-            v[i] = live ? *(const float4*)(vb + (usize)j * hd + dim[i]) : zero;
+        for (int e = 0; e < 16; ++e) k[e] = v[e] = 0.f;
+        if (live) {
+#pragma unroll
+            for (int i = 0; i < LOADS; ++i) {
+                kv_vec<KV>(kc, base + (usize)j * hd + dim[i], k + i * VPL);
+                kv_vec<KV>(vc, base + (usize)j * hd + dim[i], v + i * VPL);
+            }
         }
         float dot = 0.f;
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-            dot += q[i].x * k[i].x + q[i].y * k[i].y + q[i].z * k[i].z + q[i].w * k[i].w;
+        for (int e = 0; e < 16; ++e) dot += q[e] * k[e];
         for (int o = per / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
         if (live) {
             float sc = dot * scale, mn = fmaxf(m, sc);
-            float c = expf(m - mn), e = expf(sc - mn);  // m = -inf at first: c = 0
-            s = s * c + e;
+            float c = expf(m - mn), w = expf(sc - mn);  // m = -inf at first: c = 0
+            s = s * c + w;
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                acc[4 * i] = acc[4 * i] * c + e * v[i].x;
-                acc[4 * i + 1] = acc[4 * i + 1] * c + e * v[i].y;
-                acc[4 * i + 2] = acc[4 * i + 2] * c + e * v[i].z;
-                acc[4 * i + 3] = acc[4 * i + 3] * c + e * v[i].w;
-            }
+            for (int e = 0; e < 16; ++e) acc[e] = acc[e] * c + w * v[e];
             m = mn;
         }
     }
@@ -451,17 +516,20 @@ __device__ void attention_grouped(const float* qrow, const float* kb, const floa
         float c1 = m == NEG_INF ? 0.f : expf(m - mn), c2 = m2 == NEG_INF ? 0.f : expf(m2 - mn);
         s = s * c1 + s2 * c2;
 #pragma unroll
-        for (int i = 0; i < 16; ++i) {
-            float a2 = __shfl_xor_sync(0xffffffffu, acc[i], o);
-            acc[i] = acc[i] * c1 + a2 * c2;
+        for (int e = 0; e < 16; ++e) {
+            float a2 = __shfl_xor_sync(0xffffffffu, acc[e], o);
+            acc[e] = acc[e] * c1 + a2 * c2;
         }
         m = mn;
     }
     if (sub == 0) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-            *(float4*)(wacc + warp * hd + dim[i]) =
-                make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
+        for (int i = 0; i < LOADS; ++i)
+#pragma unroll
+            for (int e = 0; e < VPL; e += 4)
+                *(float4*)(wacc + warp * hd + dim[i] + e) =
+                    make_float4(acc[i * VPL + e], acc[i * VPL + e + 1], acc[i * VPL + e + 2],
+                                acc[i * VPL + e + 3]);
         if (lane == 0) {
             wms[2 * warp] = m;
             wms[2 * warp + 1] = s;
@@ -472,7 +540,7 @@ __device__ void attention_grouped(const float* qrow, const float* kb, const floa
 extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 part, u64 start_at,
                                            int heads, int kv_heads, int hd, int cap, int window,
                                            float scale, u64 counters, u64 out, u64 out_a,
-                                           int act) {
+                                           int act, int kv) {
     PDL_BEGIN();
     extern __shared__ float smem[];
     __shared__ int last;
@@ -500,10 +568,13 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
     float* wacc = smem;                   // online: warps x hd weighted values
     float* wms = smem + warps * hd;       // online: warps x (max, sum)
     const float* qrow = (const float*)q + ((usize)t * heads + h) * hd;
-    const float* kb = (const float*)kcache + ((usize)kvh * cap + first + j0) * hd;
-    const float* vb = (const float*)vcache + ((usize)kvh * cap + first + j0) * hd;
+    const void* kc = (const void*)kcache;
+    const void* vc = (const void*)vcache;
+    usize kb = ((usize)kvh * cap + first + j0) * hd;  // the slice's first key, in elements
     if (n > 0 && online && attention_grouped_fits(hd)) {
-        attention_grouped(qrow, kb, vb, n, hd, scale, wacc, wms);
+        if (kv == 0) attention_grouped<0>(qrow, kc, vc, kb, n, hd, scale, wacc, wms);
+        else if (kv == 1) attention_grouped<1>(qrow, kc, vc, kb, n, hd, scale, wacc, wms);
+        else attention_grouped<2>(qrow, kc, vc, kb, n, hd, scale, wacc, wms);
     } else if (n > 0 && online) {
         int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         int d0 = lane * 4, d1 = 128 + lane * 4;
@@ -515,12 +586,11 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
         float4 a0 = zero, a1 = zero;
 #pragma unroll 2
         for (int j = warp; j < n; j += warps) {
-            const float* kr = kb + (usize)j * hd;
-            const float* vr = vb + (usize)j * hd;
-            float4 k0 = has0 ? *(const float4*)(kr + d0) : zero;
-            float4 k1 = has1 ? *(const float4*)(kr + d1) : zero;
-            float4 v0 = has0 ? *(const float4*)(vr + d0) : zero;
-            float4 v1 = has1 ? *(const float4*)(vr + d1) : zero;
+            usize r = kb + (usize)j * hd;
+            float4 k0 = has0 ? kv_load4(kc, r + d0, kv) : zero;
+            float4 k1 = has1 ? kv_load4(kc, r + d1, kv) : zero;
+            float4 v0 = has0 ? kv_load4(vc, r + d0, kv) : zero;
+            float4 v1 = has1 ? kv_load4(vc, r + d1, kv) : zero;
             float dot = q0.x * k0.x + q0.y * k0.y + q0.z * k0.z + q0.w * k0.w + q1.x * k1.x +
                         q1.y * k1.y + q1.z * k1.z + q1.w * k1.w;
             float sc = warp_sum(dot) * scale;
@@ -551,15 +621,15 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
         int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll 4
         for (int j = warp; j < n; j += warps) {
-            const float* kr = kb + (usize)j * hd;
+            usize r = kb + (usize)j * hd;
             float dot = 0.f;
             if ((hd & 3) == 0) {
                 for (int d = lane * 4; d < hd; d += 128) {
-                    float4 k4 = *(const float4*)(kr + d), q4 = *(const float4*)(qrow + d);
+                    float4 k4 = kv_load4(kc, r + d, kv), q4 = *(const float4*)(qrow + d);
                     dot += q4.x * k4.x + q4.y * k4.y + q4.z * k4.z + q4.w * k4.w;
                 }
             } else {
-                for (int d = lane; d < hd; d += 32) dot += qrow[d] * kr[d];
+                for (int d = lane; d < hd; d += 32) dot += qrow[d] * kv_load(kc, r + d, kv);
             }
             dot = warp_sum(dot);
             if (lane == 0) s[j] = dot * scale;
@@ -582,7 +652,7 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
 #pragma unroll 8
                 for (int j = g; j < n; j += groups) {
                     float w = s[j];
-                    float4 v = *(const float4*)(vb + (usize)j * hd + d);
+                    float4 v = kv_load4(vc, kb + (usize)j * hd + d, kv);
                     a.x += w * v.x;
                     a.y += w * v.y;
                     a.z += w * v.z;
@@ -595,7 +665,8 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
             if (g < groups) {
                 float a = 0.f;
 #pragma unroll 8
-                for (int j = g; j < n; j += groups) a += s[j] * vb[(usize)j * hd + d];
+                for (int j = g; j < n; j += groups)
+                    a += s[j] * kv_load(vc, kb + (usize)j * hd + d, kv);
                 acc_part[g * hd + d] = a;
             }
         }
@@ -639,9 +710,11 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
 
 // Softmax of score rows made by cuBLAS (grid: heads x rows): row (h, i) of `scores`
 // ([heads][rows][len] f32, already scaled) belongs to the query at position start + q0 + i
-// and sees keys max(0, p - window + 1)..=p of 0..len; the rest become 0.
+// and sees keys max(0, p - window + 1)..=p of 0..len; the rest become 0. With p_a != 0 the
+// probabilities also go there, in the same layout, as type kv (the KV cache's: cuBLAS multiplies
+// them by the values in that type).
 extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int start, int q0,
-                                          int window) {
+                                          int window, u64 p_a, int kv) {
     PDL_BEGIN();
     int h = blockIdx.x, i = blockIdx.y;
     float* s = (float*)scores + ((usize)h * rows + i) * len;
@@ -659,7 +732,12 @@ extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int sta
     }
     sum = block_sum(sum);
     float inv = 1.f / sum;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) s[j] *= inv;
+    usize row = ((usize)h * rows + i) * len;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+        float p = s[j] * inv;
+        s[j] = p;
+        if (p_a) store_act(p_a, row + j, p, kv);
+    }
 }
 
 // ---- matrix-vector products (decode) ---------------------------------------------------------
@@ -946,7 +1024,8 @@ struct GemvBatch {
     int count;
     int rope_hd;
     int rope_style;  // as rope_store's
-    int cap;         // positions of the caches ([kv_heads][cap][hd] f32)
+    int cap;         // positions of the caches ([kv_heads][cap][hd] of type kv)
+    int kv;          // the caches' element type (as rope_store's)
     u64 inv_freq;
     u64 start_at;
     u64 kcache;
@@ -971,10 +1050,10 @@ __device__ __forceinline__ void pair_rows(int p, int rope_hd, int style, int* r0
 __device__ void store_rope_pair(const GemvBatch& b, int m, int r0, int r1, float v0, float v1) {
     int hd = b.rope_hd, pos = *(const int*)b.start_at;
     int kvh = r0 / hd;
+    usize at = ((usize)kvh * b.cap + pos) * hd;
     if (m == 2) {
-        float* vc = (float*)b.vcache + ((usize)kvh * b.cap + pos) * hd;
-        vc[r0 % hd] = v0;
-        vc[r1 % hd] = v1;
+        store_act(b.vcache, at + r0 % hd, v0, b.kv);
+        store_act(b.vcache, at + r1 % hd, v1, b.kv);
         return;
     }
     int i = b.rope_style == 0 ? r0 % hd : (r0 % hd) / 2;
@@ -985,9 +1064,8 @@ __device__ void store_rope_pair(const GemvBatch& b, int m, int r0, int r1, float
         ((float*)b.y[0])[r0] = a;
         ((float*)b.y[0])[r1] = d;
     } else {
-        float* kc = (float*)b.kcache + ((usize)kvh * b.cap + pos) * hd;
-        kc[r0 % hd] = a;
-        kc[r1 % hd] = d;
+        store_act(b.kcache, at + r0 % hd, a, b.kv);
+        store_act(b.kcache, at + r1 % hd, d, b.kv);
     }
 }
 

@@ -115,6 +115,7 @@ pub(super) struct GemvBatch {
     pub rope_hd: i32,
     pub rope_style: i32,
     pub cap: i32,
+    pub kv: i32,
     pub inv_freq: u64,
     pub start_at: u64,
     pub kcache: u64,
@@ -326,7 +327,8 @@ impl Ops<'_> {
 
     /// Rotary embedding of `n` tokens' q (in place) and k (into the key cache), v copied into
     /// the value cache, at positions `start..start + n` where `start` is the i32 at device
-    /// address `start_at`.
+    /// address `start_at`. With `q_a` non-zero, the rotated q is also stored there in the
+    /// cache's type (what [`Ops::attention_blas`] reads).
     pub(crate) unsafe fn rope_store(
         &self,
         qkv: [u64; 3],
@@ -336,17 +338,19 @@ impl Ops<'_> {
         start_at: u64,
         dims: AttnDims,
         interleaved: bool,
+        q_a: u64,
     ) -> Result<(), GpuError> {
         let [q, k, v] = qkv;
         let [kc, vc] = cache;
-        let (heads, kvh, hd, cap, style) = (
+        let (heads, kvh, hd, cap, style, kv) = (
             int(dims.heads),
             int(dims.kv_heads),
             int(dims.head_dim),
             int(dims.capacity),
             i32::from(interleaved),
+            dims.cache as i32,
         );
-        let mut a = args![q, k, v, kc, vc, inv_freq, start_at, heads, kvh, hd, cap, style];
+        let mut a = args![q, k, v, kc, vc, inv_freq, start_at, heads, kvh, hd, cap, style, kv, q_a];
         // Work items of one token: the rotated pairs, and (by the same threads) the v copies.
         let items =
             ((dims.heads + dims.kv_heads) * dims.head_dim / 2).max(dims.kv_heads * dims.head_dim);
@@ -414,7 +418,7 @@ impl Ops<'_> {
     ) -> Result<(), GpuError> {
         let smem = self.attention_smem(dims)?;
         let [kc, vc] = cache;
-        let (heads, kvh, hd, cap, window, scale, act) = (
+        let (heads, kvh, hd, cap, window, scale, act, kv) = (
             int(dims.heads),
             int(dims.kv_heads),
             int(dims.head_dim),
@@ -422,10 +426,11 @@ impl Ops<'_> {
             int(dims.window),
             dims.scale(),
             act as i32,
+            dims.cache as i32,
         );
         let mut a = args![
             q, kc, vc, part, start_at, heads, kvh, hd, cap, window, scale, counters, out, out_a,
-            act
+            act, kv
         ];
         // Grid z: the most key slices a query of this capacity uses (attention_slices in
         // kernels.cu), so that short contexts launch no blocks that would only return.
@@ -448,24 +453,39 @@ impl Ops<'_> {
     /// Attention of `n` queries at `start..start + n` through cuBLAS: scores for `tile` queries
     /// at a time into `scores` (`heads * tile * (start + n)` f32), a causal softmax, then the
     /// weighted sum of values into `out` (f32, `[n, heads * head_dim]`), rounded to `act`
-    /// (and stored at `out_a` if non-zero).
+    /// (and stored at `out_a` if non-zero). A 16-bit cache is multiplied in its own type:
+    /// `q` is then read from `q.1` (as [`Ops::rope_store`] leaves it) and the probabilities
+    /// go through `scores.1` (`heads * tile * (start + n)` values); both are 0 for f32.
     pub(crate) unsafe fn attention_blas(
         &self,
-        q: u64,
+        q: (u64, u64),
         cache: [u64; 2],
         out: u64,
         out_a: u64,
         n: usize,
         start: usize,
         dims: AttnDims,
-        scores: u64,
+        scores: (u64, u64),
         tile: usize,
         act: Act,
     ) -> Result<(), GpuError> {
         assert!(tile > 0, "attention tile must hold a query");
         let (hd, heads, group) = (dims.head_dim, dims.heads, dims.heads / dims.kv_heads);
         let q_stride = heads * hd;
-        let tf32 = act != Act::F32;
+        let kv = dims.cache.elem();
+        let sixteen = dims.cache != Act::F32;
+        assert_eq!(
+            sixteen,
+            q.1 != 0 && scores.1 != 0,
+            "a 16-bit cache needs q and the probabilities in its type"
+        );
+        // q and the probabilities as cuBLAS reads them: their copies in the cache's type.
+        let (q_in, p_in) = if sixteen {
+            (q.1, scores.1)
+        } else {
+            (q.0, scores.0)
+        };
+        let (kv_bytes, scores) = (kv.bytes(), scores.0);
         let mut q0 = 0;
         while q0 < n {
             let rows = tile.min(n - q0);
@@ -479,16 +499,15 @@ impl Ops<'_> {
                     n: rows,
                     k: hd,
                     a: cache[0],
-                    a_type: Elem::F32,
+                    a_type: kv,
                     lda: hd,
-                    b: q + ((q0 * q_stride + g * hd) * 4) as u64,
-                    b_type: Elem::F32,
+                    b: q_in + ((q0 * q_stride + g * hd) * kv_bytes) as u64,
+                    b_type: kv,
                     ldb: q_stride,
                     c: scores + (g * rows * len * 4) as u64,
                     ldc: len,
                     alpha: dims.scale(),
                     beta: 0.0,
-                    tf32,
                 };
                 let batch = Batch {
                     count: int(dims.kv_heads),
@@ -500,7 +519,8 @@ impl Ops<'_> {
                 unsafe { self.gemm("cublas attention qk", &s, Some(batch))? };
             }
             let (r, l, st, q0i, w) = (int(rows), int(len), int(start), int(q0), int(dims.window));
-            let mut a = args![scores, r, l, st, q0i, w];
+            let (p_a, kv_code) = (if sixteen { p_in } else { 0 }, dims.cache as i32);
+            let mut a = args![scores, r, l, st, q0i, w, p_a, kv_code];
             // SAFETY: the module's contract.
             unsafe {
                 self.k.launch(
@@ -521,16 +541,15 @@ impl Ops<'_> {
                     n: rows,
                     k: len,
                     a: cache[1],
-                    a_type: Elem::F32,
+                    a_type: kv,
                     lda: hd,
-                    b: scores + (g * rows * len * 4) as u64,
-                    b_type: Elem::F32,
+                    b: p_in + (g * rows * len * kv_bytes) as u64,
+                    b_type: kv,
                     ldb: len,
                     c: out + ((q0 * q_stride + g * hd) * 4) as u64,
                     ldc: q_stride,
                     alpha: 1.0,
                     beta: 0.0,
-                    tf32,
                 };
                 let batch = Batch {
                     count: int(dims.kv_heads),
@@ -595,6 +614,7 @@ impl Ops<'_> {
             b.rope_hd = int(d.head_dim);
             b.rope_style = i32::from(r.interleaved);
             b.cap = int(d.capacity);
+            b.kv = d.cache as i32;
             (b.inv_freq, b.start_at) = (r.inv_freq, r.start_at);
             [b.kcache, b.vcache] = r.cache;
         }
@@ -751,7 +771,6 @@ impl Ops<'_> {
             ldc: w.rows,
             alpha: 1.0,
             beta,
-            tf32: false,
         };
         // SAFETY: the module's contract.
         unsafe { self.gemm("cublas linear", &g, None) }
@@ -768,6 +787,9 @@ pub(crate) struct AttnDims {
     pub capacity: usize,
     /// Sliding window (0: none).
     pub window: usize,
+    /// Element type of the KV cache: the activation type (16-bit models read half the bytes a
+    /// key in decode attention).
+    pub cache: Act,
 }
 
 impl AttnDims {

@@ -613,6 +613,10 @@ struct Buffers {
     kcache: DeviceBuf,
     vcache: DeviceBuf,
     scores: DeviceBuf,
+    /// q and the attention probabilities in the KV cache's type, for cuBLAS prefill attention
+    /// (16-bit caches only).
+    qa: Option<DeviceBuf>,
+    probs: Option<DeviceBuf>,
     /// The attention kernel's merge counters (zeroed here, left zero by each step).
     counters: DeviceBuf,
     /// Conversion target for matrices not of the activation type (prefill only).
@@ -645,8 +649,11 @@ impl<'a> GpuSession<'a> {
             c.intermediate_size,
             c.vocab_size,
         );
-        let tile = (SCORES_BUDGET_BYTES / (c.num_heads * context * 4)).clamp(1, chunk);
         let act_bytes = model.act.elem().bytes();
+        // 16-bit models keep the KV cache in their type; cuBLAS prefill attention then reads
+        // q and the probabilities in that type too (copies beside the f32 ones).
+        let copies = if model.act == Act::F32 { 0 } else { act_bytes };
+        let tile = (SCORES_BUDGET_BYTES / (c.num_heads * context * (4 + copies))).clamp(1, chunk);
         let widest = h.max(qd).max(inter);
         let scratch_values = model
             .layers
@@ -656,7 +663,7 @@ impl<'a> GpuSession<'a> {
             .filter(|m| m.wtype.elem() != Some(model.act.elem()))
             .map(|m| m.rows * m.cols)
             .max();
-        let cache_bytes = c.num_layers * c.num_kv_heads * context * c.head_dim * 4;
+        let cache_bytes = c.num_layers * c.num_kv_heads * context * c.head_dim * act_bytes;
         // The attention kernel's scratch sizes depend on these alone.
         let attn = AttnDims {
             heads: c.num_heads,
@@ -664,6 +671,7 @@ impl<'a> GpuSession<'a> {
             head_dim: c.head_dim,
             capacity: context,
             window: 0,
+            cache: model.act,
         };
         // Refused here rather than at the first decode step.
         model.ops().attention_smem(attn)?;
@@ -689,6 +697,8 @@ impl<'a> GpuSession<'a> {
             scratch_values.map_or(0, |v| v * act_bytes),
             chunk * vocab * 4,
             Ops::attention_counters(chunk, attn) * 4,
+            chunk * qd * copies,
+            c.num_heads * tile * context * copies,
         ];
         let needed: usize = sizes.iter().sum();
         let (free, _) = model.gpu.mem_info().map_err(GpuError::from)?;
@@ -726,6 +736,8 @@ impl<'a> GpuSession<'a> {
             logits: alloc(sizes[15])?,
             logits_rows: chunk,
             counters: alloc(sizes[16])?,
+            qa: alloc_some(sizes[17])?,
+            probs: alloc_some(sizes[18])?,
         };
         bufs.counters
             .zero_async(&model.stream)
@@ -879,12 +891,17 @@ impl<'a> GpuSession<'a> {
             head_dim: c.head_dim,
             capacity: self.capacity,
             window: c.sliding_window.unwrap_or(0),
+            cache: act,
         };
         // GEMM inputs: the activation-typed buffer, or the f32 buffer itself for f32 models.
         let xa = b.xa.as_ref().map_or(0, |x| x.ptr());
         let input = |f32_buf: u64| if xa == 0 { f32_buf } else { xa };
         let scratch = b.scratch.as_ref().map_or(0, |s| s.ptr());
-        let layer_cache = (c.num_kv_heads * self.capacity * c.head_dim * 4) as u64;
+        let layer_cache = (c.num_kv_heads * self.capacity * c.head_dim * act.elem().bytes()) as u64;
+        let (qa, probs) = (
+            b.qa.as_ref().map_or(0, |x| x.ptr()),
+            b.probs.as_ref().map_or(0, |x| x.ptr()),
+        );
         // Matrix products through cuBLAS: always for several tokens; for one only when asked
         // (`HOIST_DECODE_GEMV=cublas`, for comparison) and no weight needs converting.
         let gemm_path = n > 1 || m.blas_decode;
@@ -986,6 +1003,7 @@ impl<'a> GpuSession<'a> {
                         start_at,
                         dims,
                         m.rope_interleaved(),
+                        if n > 1 { qa } else { 0 },
                     )?;
                 }
                 if n == 1 {
@@ -1003,14 +1021,14 @@ impl<'a> GpuSession<'a> {
                     )?;
                 } else {
                     ops.attention_blas(
-                        b.q.ptr(),
+                        (b.q.ptr(), qa),
                         cache,
                         b.att.ptr(),
                         xa,
                         n,
                         start,
                         dims,
-                        b.scores.ptr(),
+                        (b.scores.ptr(), probs),
                         self.tile,
                         act,
                     )?;

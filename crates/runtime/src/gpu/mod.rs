@@ -13,8 +13,10 @@
 //!   the rotary embedding with the KV-cache store, reading Q8_0/Q4_0 directly, and a split-key
 //!   attention kernel whose last block per head merges the slices. Kernels read the position
 //!   from device memory, so one captured CUDA graph replays a whole decode step at any position.
-//! - Activations and the KV cache are f32; GEMM inputs are rounded to the weights' float type
-//!   (as transformers does for bf16/f16 models).
+//! - Activations are f32; GEMM inputs are rounded to the weights' float type (as transformers
+//!   does for bf16/f16 models), and the KV cache holds that type too (f16 for quantized
+//!   weights): decode attention's time beyond its fixed cost is memory-bound, and the cuBLAS
+//!   prefill attention multiplies q and the probabilities in it.
 //!
 //! Every kernel has a plain f32 twin in [`crate::cpu`]: the unit tests of this module check each
 //! against it where a GPU exists, `tests/gpu.rs` checks whole models against transformers'

@@ -72,6 +72,20 @@ impl Rig {
         self.upload(&vec![0f32; n])
     }
 
+    /// `n` values of a buffer of type `t`, as f32.
+    fn download_as(&self, b: &DeviceBuf, n: usize, t: Act) -> Vec<f32> {
+        let mut raw = vec![0u8; n * t.elem().bytes()];
+        b.read(&self.stream, &mut raw).expect("copy back");
+        match t {
+            Act::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Act::F16 => cpu::f16_to_f32(&raw),
+            Act::BF16 => cpu::bf16_to_f32(&raw),
+        }
+    }
+
     fn download(&self, b: &DeviceBuf, n: usize) -> Vec<f32> {
         let mut out = vec![0f32; n];
         // SAFETY: f32 has no invalid bit patterns; the view covers exactly `out`.
@@ -126,6 +140,21 @@ fn encode(t: WType, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
     };
     (bytes, exact)
 }
+
+/// `values` in the float type `t` (bytes, and the values they hold).
+fn encode_act(t: Act, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    encode(
+        match t {
+            Act::F32 => WType::F32,
+            Act::F16 => WType::F16,
+            Act::BF16 => WType::BF16,
+        },
+        values,
+    )
+}
+
+/// The KV cache types, with the relative error of one rounding to each (f32: none).
+const CACHE_TYPES: [(Act, f32); 3] = [(Act::F32, 0.0), (Act::F16, 1e-3), (Act::BF16, 8e-3)];
 
 const ALL_TYPES: [WType; 5] = [
     WType::F32,
@@ -280,60 +309,67 @@ fn rope_store_matches_reference() {
         return;
     };
     let (heads, kv_heads, hd, cap, n, start) = (4, 2, 64, 40, 5, 11);
-    for style in [crate::RopeStyle::Neox, crate::RopeStyle::Interleaved] {
-        let freqs = cpu::inv_freqs(hd, 10000.0, None);
-        let (q, k, v) = (
-            r.randn(n * heads * hd, 1.0),
-            r.randn(n * kv_heads * hd, 1.0),
-            r.randn(n * kv_heads * hd, 1.0),
-        );
-        let rope = cpu::Rope::from_inv_freqs(style, &freqs, start + n);
-        let (mut wq, mut wk) = (q.clone(), k.clone());
-        for t in 0..n {
-            rope.apply(&mut wq[t * heads * hd..][..heads * hd], start + t);
-            rope.apply(&mut wk[t * kv_heads * hd..][..kv_heads * hd], start + t);
+    for (cache, round) in CACHE_TYPES {
+        for style in [crate::RopeStyle::Neox, crate::RopeStyle::Interleaved] {
+            let freqs = cpu::inv_freqs(hd, 10000.0, None);
+            let (q, k, v) = (
+                r.randn(n * heads * hd, 1.0),
+                r.randn(n * kv_heads * hd, 1.0),
+                r.randn(n * kv_heads * hd, 1.0),
+            );
+            let rope = cpu::Rope::from_inv_freqs(style, &freqs, start + n);
+            let (mut wq, mut wk) = (q.clone(), k.clone());
+            for t in 0..n {
+                rope.apply(&mut wq[t * heads * hd..][..heads * hd], start + t);
+                rope.apply(&mut wk[t * kv_heads * hd..][..kv_heads * hd], start + t);
+            }
+            let (dq, dk, dv, df) = (r.upload(&q), r.upload(&k), r.upload(&v), r.upload(&freqs));
+            // f32-sized buffers hold any cache type; the 16-bit q copy is asked for 16-bit caches.
+            let (kc, vc) = (r.zeros(kv_heads * cap * hd), r.zeros(kv_heads * cap * hd));
+            let qa = r.zeros(n * heads * hd);
+            let qa_ptr = if cache == Act::F32 { 0 } else { qa.ptr() };
+            let dims = AttnDims {
+                heads,
+                kv_heads,
+                head_dim: hd,
+                capacity: cap,
+                window: 0,
+                cache,
+            };
+            let interleaved = style == crate::RopeStyle::Interleaved;
+            let start_at = r.upload_bytes(&(start as i32).to_le_bytes());
+            // SAFETY: sized above.
+            unsafe {
+                r.ops()
+                    .rope_store(
+                        [dq.ptr(), dk.ptr(), dv.ptr()],
+                        [kc.ptr(), vc.ptr()],
+                        df.ptr(),
+                        n,
+                        start_at.ptr(),
+                        dims,
+                        interleaved,
+                        qa_ptr,
+                    )
+                    .unwrap()
+            };
+            let what = format!("{style:?}, {cache:?} cache");
+            assert!(rel_err(&r.download(&dq, q.len()), &wq) < 1e-5, "{what}: q");
+            if qa_ptr != 0 {
+                let e = rel_err(&r.download_as(&qa, q.len(), cache), &wq);
+                assert!(e < 1e-5 + round, "{what}: q copy {e}");
+            }
+            let mut full_k = vec![0f32; (start + n) * kv_heads * hd];
+            full_k[start * kv_heads * hd..].copy_from_slice(&wk);
+            let mut full_v = vec![0f32; (start + n) * kv_heads * hd];
+            full_v[start * kv_heads * hd..].copy_from_slice(&v);
+            let want_k = to_gpu_cache(&full_k, kv_heads, hd, cap);
+            let want_v = encode_act(cache, &to_gpu_cache(&full_v, kv_heads, hd, cap)).1;
+            let e = rel_err(&r.download_as(&kc, want_k.len(), cache), &want_k);
+            assert!(e < 1e-5 + round, "{what}: k {e}");
+            // v is copied: rounded once, exactly as the reference rounds it.
+            assert_eq!(r.download_as(&vc, want_v.len(), cache), want_v, "{what}: v");
         }
-        let (dq, dk, dv, df) = (r.upload(&q), r.upload(&k), r.upload(&v), r.upload(&freqs));
-        let (kc, vc) = (r.zeros(kv_heads * cap * hd), r.zeros(kv_heads * cap * hd));
-        let dims = AttnDims {
-            heads,
-            kv_heads,
-            head_dim: hd,
-            capacity: cap,
-            window: 0,
-        };
-        let interleaved = style == crate::RopeStyle::Interleaved;
-        // SAFETY: sized above.
-        let start_at = r.upload_bytes(&(start as i32).to_le_bytes());
-        // SAFETY: sized above.
-        unsafe {
-            r.ops()
-                .rope_store(
-                    [dq.ptr(), dk.ptr(), dv.ptr()],
-                    [kc.ptr(), vc.ptr()],
-                    df.ptr(),
-                    n,
-                    start_at.ptr(),
-                    dims,
-                    interleaved,
-                )
-                .unwrap()
-        };
-        assert!(
-            rel_err(&r.download(&dq, q.len()), &wq) < 1e-5,
-            "{style:?} q"
-        );
-        let mut full_k = vec![0f32; (start + n) * kv_heads * hd];
-        full_k[start * kv_heads * hd..].copy_from_slice(&wk);
-        let mut full_v = vec![0f32; (start + n) * kv_heads * hd];
-        full_v[start * kv_heads * hd..].copy_from_slice(&v);
-        let want_k = to_gpu_cache(&full_k, kv_heads, hd, cap);
-        let want_v = to_gpu_cache(&full_v, kv_heads, hd, cap);
-        assert!(
-            rel_err(&r.download(&kc, want_k.len()), &want_k) < 1e-5,
-            "{style:?} k"
-        );
-        assert_eq!(r.download(&vc, want_v.len()), want_v, "{style:?} v");
     }
 }
 
@@ -362,84 +398,93 @@ fn attention_kernel_and_cublas_path_match_reference() {
         let cap = start + n + 3;
         let total = start + n;
         let q = r.randn(n * heads * hd, 1.0);
-        let keys = r.randn(total * kv_heads * hd, 1.0);
-        let values = r.randn(total * kv_heads * hd, 1.0);
-        let want = cpu::attention(
-            &q,
-            &keys,
-            &values,
-            start,
-            heads,
-            kv_heads,
-            hd,
-            (window > 0).then_some(window),
-        );
-        let dq = r.upload(&q);
-        let (kc, vc) = (
-            r.upload(&to_gpu_cache(&keys, kv_heads, hd, cap)),
-            r.upload(&to_gpu_cache(&values, kv_heads, hd, cap)),
-        );
-        let dims = AttnDims {
-            heads,
-            kv_heads,
-            head_dim: hd,
-            capacity: cap,
-            window,
-        };
-        let part = r.zeros(Ops::attention_part_values(n, dims));
-        let counters = r.zeros(Ops::attention_counters(n, dims));
-        let start_at = r.upload_bytes(&(start as i32).to_le_bytes());
-        // Twice: the first call must leave its merge counters ready for the second.
-        for call in 0..2 {
-            let out = r.zeros(q.len());
-            // SAFETY: sized above.
-            unsafe {
-                r.ops()
-                    .attention(
-                        dq.ptr(),
-                        [kc.ptr(), vc.ptr()],
-                        part.ptr(),
-                        counters.ptr(),
-                        start_at.ptr(),
-                        out.ptr(),
-                        0,
-                        n,
-                        dims,
-                        Act::F32,
-                    )
-                    .unwrap()
-            };
-            let e = rel_err(&r.download(&out, q.len()), &want);
-            assert!(
-                e < 1e-5,
-                "kernel heads {heads}/{kv_heads} n {n} call {call}: {e}"
+        // Every cache type, the reference on the values the cache holds.
+        for (cache, round) in CACHE_TYPES {
+            let keys = encode_act(cache, &r.randn(total * kv_heads * hd, 1.0)).1;
+            let values = encode_act(cache, &r.randn(total * kv_heads * hd, 1.0)).1;
+            let want = cpu::attention(
+                &q,
+                &keys,
+                &values,
+                start,
+                heads,
+                kv_heads,
+                hd,
+                (window > 0).then_some(window),
             );
-        }
-        for tile in [1, 4, n] {
-            let scores = r.zeros(heads * tile * cap);
-            let out = r.zeros(q.len());
-            // SAFETY: scores holds heads·tile·cap values.
-            unsafe {
-                r.ops()
-                    .attention_blas(
-                        dq.ptr(),
-                        [kc.ptr(), vc.ptr()],
-                        out.ptr(),
-                        0,
-                        n,
-                        start,
-                        dims,
-                        scores.ptr(),
-                        tile,
-                        Act::F32,
-                    )
-                    .unwrap()
+            let dims = AttnDims {
+                heads,
+                kv_heads,
+                head_dim: hd,
+                capacity: cap,
+                window,
+                cache,
             };
-            let e = rel_err(&r.download(&out, q.len()), &want);
-            assert!(
-                e < 1e-5,
-                "cuBLAS heads {heads}/{kv_heads} n {n} tile {tile}: {e}"
+            let what = format!("heads {heads}/{kv_heads} hd {hd} n {n}, {cache:?} cache");
+            let dq = r.upload(&q);
+            let (kc, vc) = (
+                r.upload_bytes(&encode_act(cache, &to_gpu_cache(&keys, kv_heads, hd, cap)).0),
+                r.upload_bytes(&encode_act(cache, &to_gpu_cache(&values, kv_heads, hd, cap)).0),
             );
+            let part = r.zeros(Ops::attention_part_values(n, dims));
+            let counters = r.zeros(Ops::attention_counters(n, dims));
+            let start_at = r.upload_bytes(&(start as i32).to_le_bytes());
+            // Twice: the first call must leave its merge counters ready for the second.
+            for call in 0..2 {
+                let out = r.zeros(q.len());
+                // SAFETY: sized above.
+                unsafe {
+                    r.ops()
+                        .attention(
+                            dq.ptr(),
+                            [kc.ptr(), vc.ptr()],
+                            part.ptr(),
+                            counters.ptr(),
+                            start_at.ptr(),
+                            out.ptr(),
+                            0,
+                            n,
+                            dims,
+                            Act::F32,
+                        )
+                        .unwrap()
+                };
+                let e = rel_err(&r.download(&out, q.len()), &want);
+                assert!(e < 1e-5, "kernel, {what}, call {call}: {e}");
+            }
+            // cuBLAS reads q and the probabilities in the cache's type: one rounding each (the
+            // probabilities' error adds up over the keys, but at random signs).
+            let sixteen = cache != Act::F32;
+            let qa = r.upload_bytes(&encode_act(cache, &q).0);
+            for tile in [1, 4, n] {
+                let scores = r.zeros(heads * tile * cap);
+                let probs = r.zeros(heads * tile * cap);
+                let out = r.zeros(q.len());
+                let (q_in, p_in) = if sixteen {
+                    ((dq.ptr(), qa.ptr()), (scores.ptr(), probs.ptr()))
+                } else {
+                    ((dq.ptr(), 0), (scores.ptr(), 0))
+                };
+                // SAFETY: scores and probs hold heads·tile·cap values.
+                unsafe {
+                    r.ops()
+                        .attention_blas(
+                            q_in,
+                            [kc.ptr(), vc.ptr()],
+                            out.ptr(),
+                            0,
+                            n,
+                            start,
+                            dims,
+                            p_in,
+                            tile,
+                            Act::F32,
+                        )
+                        .unwrap()
+                };
+                let e = rel_err(&r.download(&out, q.len()), &want);
+                assert!(e < 1e-5 + 3.0 * round, "cuBLAS, {what}, tile {tile}: {e}");
+            }
         }
     }
 }
@@ -549,10 +594,17 @@ fn gemv_with_fused_rope_matches_reference() {
             continue;
         }
         // Tiled Q4_0: the file's Q4_0, tiled on the device; inputs in f16 (see q4_tiles.cu).
-        let (file_type, tol) = match t {
-            WType::Q4_0Tiled => (WType::Q4_0, 1e-3),
-            _ => (t, 1e-5),
+        // Each weight type writes another cache type, as its model would (Q8_0: f32 here).
+        let (file_type, tol, cache) = match t {
+            WType::Q4_0Tiled => (WType::Q4_0, 1e-3, Act::F16),
+            WType::BF16 => (t, 1e-5, Act::BF16),
+            _ => (t, 1e-5, Act::F32),
         };
+        let cache_tol = tol
+            + CACHE_TYPES
+                .iter()
+                .find(|c| c.0 == cache)
+                .map_or(0.0, |c| c.1);
         for style in [crate::RopeStyle::Neox, crate::RopeStyle::Interleaved] {
             let x = r.randn(cols, 1.0);
             let mut mats = Vec::new();
@@ -603,6 +655,7 @@ fn gemv_with_fused_rope_matches_reference() {
                     head_dim: hd,
                     capacity: cap,
                     window: 0,
+                    cache,
                 },
                 interleaved: style == crate::RopeStyle::Interleaved,
             };
@@ -630,10 +683,10 @@ fn gemv_with_fused_rope_matches_reference() {
                 to_gpu_cache(&full_k, kv_heads, hd, cap),
                 to_gpu_cache(&full_v, kv_heads, hd, cap),
             );
-            let e = rel_err(&r.download(&kc, want_k.len()), &want_k);
-            assert!(e < tol, "{what} k: {e}");
-            let e = rel_err(&r.download(&vc, want_v.len()), &want_v);
-            assert!(e < tol, "{what} v: {e}");
+            let e = rel_err(&r.download_as(&kc, want_k.len(), cache), &want_k);
+            assert!(e < cache_tol, "{what} k: {e}");
+            let e = rel_err(&r.download_as(&vc, want_v.len(), cache), &want_v);
+            assert!(e < cache_tol, "{what} v: {e}");
         }
     }
 }
