@@ -153,6 +153,25 @@ fn encode_act(t: Act, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
     )
 }
 
+/// Attention geometry of a test cache.
+fn dims(
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    cap: usize,
+    window: usize,
+    cache: Act,
+) -> AttnDims {
+    AttnDims {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        capacity: cap,
+        window,
+        cache,
+    }
+}
+
 /// The KV cache types, with the relative error of one rounding to each (f32: none).
 const CACHE_TYPES: [(Act, f32); 3] = [(Act::F32, 0.0), (Act::F16, 1e-3), (Act::BF16, 8e-3)];
 
@@ -328,14 +347,7 @@ fn rope_store_matches_reference() {
             let (kc, vc) = (r.zeros(kv_heads * cap * hd), r.zeros(kv_heads * cap * hd));
             let qa = r.zeros(n * heads * hd);
             let qa_ptr = if cache == Act::F32 { 0 } else { qa.ptr() };
-            let dims = AttnDims {
-                heads,
-                kv_heads,
-                head_dim: hd,
-                capacity: cap,
-                window: 0,
-                cache,
-            };
+            let dims = dims(heads, kv_heads, hd, cap, 0, cache);
             let interleaved = style == crate::RopeStyle::Interleaved;
             let start_at = r.upload_bytes(&(start as i32).to_le_bytes());
             // SAFETY: sized above.
@@ -412,14 +424,7 @@ fn attention_kernel_and_cublas_path_match_reference() {
                 hd,
                 (window > 0).then_some(window),
             );
-            let dims = AttnDims {
-                heads,
-                kv_heads,
-                head_dim: hd,
-                capacity: cap,
-                window,
-                cache,
-            };
+            let dims = dims(heads, kv_heads, hd, cap, window, cache);
             let what = format!("heads {heads}/{kv_heads} hd {hd} n {n}, {cache:?} cache");
             let dq = r.upload(&q);
             let (kc, vc) = (
@@ -649,14 +654,7 @@ fn gemv_with_fused_rope_matches_reference() {
                 inv_freq: df.ptr(),
                 start_at: start_at.ptr(),
                 cache: [kc.ptr(), vc.ptr()],
-                dims: AttnDims {
-                    heads,
-                    kv_heads,
-                    head_dim: hd,
-                    capacity: cap,
-                    window: 0,
-                    cache,
-                },
+                dims: dims(heads, kv_heads, hd, cap, 0, cache),
                 interleaved: style == crate::RopeStyle::Interleaved,
             };
             let outs: Vec<GemvOut> = m
