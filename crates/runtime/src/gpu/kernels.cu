@@ -711,8 +711,8 @@ extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 pa
 // Softmax of score rows made by cuBLAS (grid: heads x rows): row (h, i) of `scores`
 // ([heads][rows][len] f32, already scaled) belongs to the query at position start + q0 + i
 // and sees keys max(0, p - window + 1)..=p of 0..len; the rest become 0. With p_a != 0 the
-// probabilities also go there, in the same layout, as type kv (the KV cache's: cuBLAS multiplies
-// them by the values in that type).
+// probabilities go there instead, in the same layout, as type kv (the KV cache's: cuBLAS
+// multiplies them by the values in that type); `scores` then keeps the exponentials.
 extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int start, int q0,
                                           int window, u64 p_a, int kv) {
     PDL_BEGIN();
@@ -735,8 +735,8 @@ extern "C" __global__ void causal_softmax(u64 scores, int rows, int len, int sta
     usize row = ((usize)h * rows + i) * len;
     for (int j = threadIdx.x; j < len; j += blockDim.x) {
         float p = s[j] * inv;
-        s[j] = p;
         if (p_a) store_act(p_a, row + j, p, kv);
+        else s[j] = p;
     }
 }
 

@@ -897,7 +897,8 @@ impl<'a> GpuSession<'a> {
         let xa = b.xa.as_ref().map_or(0, |x| x.ptr());
         let input = |f32_buf: u64| if xa == 0 { f32_buf } else { xa };
         let scratch = b.scratch.as_ref().map_or(0, |s| s.ptr());
-        let layer_cache = (c.num_kv_heads * self.capacity * c.head_dim * act.elem().bytes()) as u64;
+        let layer_cache =
+            (c.num_kv_heads * self.capacity * c.head_dim * dims.cache.elem().bytes()) as u64;
         let (qa, probs) = (
             b.qa.as_ref().map_or(0, |x| x.ptr()),
             b.probs.as_ref().map_or(0, |x| x.ptr()),
