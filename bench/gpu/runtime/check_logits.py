@@ -16,9 +16,12 @@ unambiguous: see make_models.py; --random-prompts draws unselected ones instead)
 3. Metrics: rel = max|hoist - ref| / max|ref| over all rows (and the worst row, and the worst
    prefill / decode rows); greedy agreement: hoist greedy[j] == argmax(ref row n-1+j).
    For bf16 cases also transformers' own generate() (greedy, KV cache) vs hoist's tokens.
+   Also hoist's greedy decoding with the arg-max on the GPU (`device_greedy`, what
+   `hoist run --temperature 0` runs) vs its host loop's tokens: the same kernels, so identical.
 
 Pass: hf-f32 rel <= 1e-3 and greedy identical; hf-bf16 rel <= 2e-2 and greedy identical on
-all 3 prompts; GGUF rel <= 2e-2 (greedy agreement reported, not required). The last line is
+all 3 prompts; GGUF rel <= 2e-2 (greedy agreement reported, not required); every case: device
+greedy identical to the host loop's. The last line is
 `N passed, N failed`; exit status 1 when any case failed. JSON summary: $OUT/logits.json
 (or OUTDIR/logits.json when $OUT is unset).
 """
@@ -216,6 +219,7 @@ def main():
                 ref = teacher_forced(model, ids + greedy[:-1], device)
                 m = compare(h, ref, len(ids), greedy, steps)
                 m["hoist_greedy"] = greedy
+                m["device_greedy_equal"] = rp.get("device_greedy") == greedy
                 if p.get("greedy_fp32") is not None:
                     m["selection_fp32_greedy_equal"] = p["greedy_fp32"] == greedy
                 if kind in LOW_PRECISION and not args.no_generate:
@@ -247,7 +251,8 @@ def main():
             total = sum(m["greedy_steps"] for m in ps)
             rel_ok = rel <= TOL[kind]
             greedy_ok = agree == total
-            ok = rel_ok and (greedy_ok or not GREEDY_REQUIRED[kind])
+            device_ok = all(m["device_greedy_equal"] for m in ps)
+            ok = rel_ok and (greedy_ok or not GREEDY_REQUIRED[kind]) and device_ok
             entry.update(rel=rel, greedy_agree=agree, greedy_steps=total, rel_ok=rel_ok, greedy_ok=greedy_ok)
             line = (f"{'PASS' if ok else 'FAIL'} {name:18s} {kind:10s} rel {rel:.2e} (tol {TOL[kind]:.0e}; "
                     f"worst: prompt {ps.index(worst)} row {worst['worst_row']} = {worst['worst_row_is']}; "
@@ -256,6 +261,8 @@ def main():
             if kind in LOW_PRECISION and not args.no_generate:
                 gens = [m.get("hf_generate_equal") for m in ps]
                 line += f", hf generate equal {sum(bool(g) for g in gens)}/{len(gens)}"
+            if not device_ok:
+                line += ", FAIL: device greedy != host loop greedy"
             if not all(m["own_argmax_consistent"] for m in ps):
                 line += ", NOTE: hoist greedy != argmax of its own logits"
             mism = [m["first_mismatch"] for m in ps if m["first_mismatch"]]

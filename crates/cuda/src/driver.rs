@@ -325,6 +325,45 @@ impl DeviceBuf {
         stream.synchronize()
     }
 
+    /// Queues a copy of the first `len` bytes of this buffer to `dst` at `dst_offset` on
+    /// `stream`, without waiting.
+    ///
+    /// # Safety
+    /// `dst` must outlive the copy and its bytes `dst_offset..dst_offset + len` must be neither
+    /// read nor written by the host until the copy has run (wait on an event recorded after it).
+    pub unsafe fn read_to_pinned_async(
+        &self,
+        stream: &Stream,
+        dst: &PinnedBuf,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        assert!(
+            len <= self.len
+                && dst_offset
+                    .checked_add(len)
+                    .is_some_and(|end| end <= dst.len),
+            "{len} bytes of a {}-byte buffer to {dst_offset} of {} pinned bytes",
+            self.len,
+            dst.len
+        );
+        if len == 0 {
+            return Ok(());
+        }
+        self.gpu.make_current()?;
+        // SAFETY: both ranges lie inside live allocations (checked above); the destination is
+        // pinned (so the copy is truly asynchronous) and left alone by the host until the copy
+        // has run (the caller's contract).
+        check("cuMemcpyDtoHAsync", self.gpu.ordinal, unsafe {
+            sys::cuMemcpyDtoHAsync_v2(
+                dst.ptr.as_ptr().add(dst_offset) as *mut c_void,
+                self.ptr,
+                len,
+                stream.raw,
+            )
+        })
+    }
+
     /// Queues a copy of `len` bytes from device address `src` to the start of this buffer on
     /// `stream`.
     ///

@@ -34,7 +34,7 @@ use hoist_io::{Backend, EngineConfig, LoadReport};
 use serde::Serialize;
 
 pub use cufile::{cufile_status, CufileStatus};
-pub use driver::{driver_library, DeviceBuf, Gpu, PinnedAlloc, Stream};
+pub use driver::{driver_library, DeviceBuf, Event, Gpu, PinnedAlloc, PinnedBuf, Stream};
 pub use error::CudaError;
 pub use tensors::{DestLayout, GpuTensor, GpuTensors, Verification, PACKED_ALIGN_BYTES};
 

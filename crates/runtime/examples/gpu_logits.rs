@@ -8,7 +8,8 @@
 //! PROMPTS.json is a list of token-id lists. For prompt `i` of `n` tokens, `DIR/p{i}.f32` holds
 //! little-endian f32 logits `[n + S - 1, vocab]`: every prompt position (one prefill), then the
 //! decode steps that fed greedy tokens `0..S-1` one at a time (row `n - 1 + j` predicts greedy
-//! token `j`). `DIR/result.json` lists `n`, the greedy tokens and the file of each prompt.
+//! token `j`). `DIR/result.json` lists `n`, the greedy tokens, `device_greedy` (the same decode
+//! again with the arg-max taken on the GPU) and the file of each prompt.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -61,10 +62,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             greedy.push(argmax(&next));
             rows.extend(next);
         }
+        // The same decode with the arg-max on the device (`hoist run --temperature 0`).
+        session.clear();
+        session.forward(prompt, false)?;
+        let mut device_greedy = vec![greedy[0]];
+        session.decode_greedy(greedy[0], steps - 1, &mut |t| {
+            device_greedy.push(t);
+            true
+        })?;
         let file = format!("p{i}.f32");
         let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(out.join(&file), bytes)?;
-        results.push(serde_json::json!({"n": prompt.len(), "greedy": greedy, "file": file}));
+        results.push(serde_json::json!({
+            "n": prompt.len(),
+            "greedy": greedy,
+            "device_greedy": device_greedy,
+            "file": file,
+        }));
     }
     let result = serde_json::json!({
         "vocab": vocab,

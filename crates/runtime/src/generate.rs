@@ -14,6 +14,23 @@ use crate::RuntimeError;
 pub trait LogitsModel {
     /// Appends `tokens` to the sequence and returns the logits after the last one.
     fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError>;
+
+    /// Greedy decoding inside the model, for models that choose faster than the host can
+    /// (the GPU runtime: [`crate::gpu::GpuSession::decode_greedy`]): feeds `first`, then
+    /// each arg-max ([`crate::sampler::argmax`]) of the logits after it, handing every chosen
+    /// token to `next`, which returns whether to go on (a refused token is not fed); at most
+    /// `max_feeds` tokens are fed, `first` included. Returns the tokens fed, or `None`
+    /// (having fed nothing) when the model has no such path: the caller then feeds tokens one
+    /// by one through [`LogitsModel::next_logits`], to the same result.
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        max_feeds: usize,
+        next: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Result<usize, RuntimeError>> {
+        let _ = (first, max_feeds, next);
+        None
+    }
 }
 
 /// A [`CpuModel`] with a KV cache, as a [`LogitsModel`].
@@ -106,6 +123,10 @@ pub fn generate(
 /// KV cache, in order): only `prompt` is fed (it must not be empty), but the repetition
 /// penalty covers `cached` too, so the result is that of [`generate`] over `cached` followed
 /// by `prompt` on an empty model.
+///
+/// Every chosen token but the last is fed to the model. When the choice is the plain arg-max
+/// (temperature 0, no repetition penalty) and the model can decode greedily itself
+/// ([`LogitsModel::decode_greedy`]), it does, with the same result.
 pub fn generate_after(
     model: &mut dyn LogitsModel,
     tokenizer: &Tokenizer,
@@ -121,51 +142,133 @@ pub fn generate_after(
     let mut context = Vec::with_capacity(cached.len() + prompt.len());
     context.extend_from_slice(cached);
     context.extend_from_slice(prompt);
-    let mut tokens = Vec::new();
-    let mut text = String::new();
-    let mut stream = TextStream::new();
-    let mut stops = StopStrings::new(options.stop_strings.iter().cloned());
-    let mut emit = |t: &str, text: &mut String| {
-        if !t.is_empty() {
-            on_text(t);
-            text.push_str(t);
-        }
+    let mut out = Output {
+        tokenizer,
+        options,
+        tokens: Vec::new(),
+        text: String::new(),
+        stream: TextStream::new(),
+        stops: StopStrings::new(options.stop_strings.iter().cloned()),
+        on_text,
     };
-    let stop = loop {
-        if tokens.len() >= options.max_tokens {
-            break StopReason::MaxTokens;
+    let stop = 'decode: {
+        if options.max_tokens == 0 {
+            break 'decode StopReason::MaxTokens;
         }
-        let next = sampler.sample(&logits, &context);
-        tokens.push(next);
+        let mut next = sampler.sample(&logits, &context);
         context.push(next);
-        if options.stop_tokens.contains(&next) {
-            break StopReason::Eos(next);
+        if let Some(stop) = out.accept(next)? {
+            break 'decode stop;
         }
-        if let Some(piece) = stream.push(tokenizer, next)? {
-            match stops.push(&piece) {
-                StopCheck::Emit(t) => emit(&t, &mut text),
-                StopCheck::Stop { text: t, stop } => {
-                    emit(&t, &mut text);
-                    break StopReason::StopString(stop);
-                }
-            }
+        if let Some(stop) = on_model(model, &sampler, next, &mut out)? {
+            break 'decode stop;
         }
-        if tokens.len() < options.max_tokens {
+        loop {
             logits = model.next_logits(&[next])?;
+            next = sampler.sample(&logits, &context);
+            context.push(next);
+            if let Some(stop) = out.accept(next)? {
+                break 'decode stop;
+            }
         }
     };
     if !matches!(stop, StopReason::StopString(_)) {
         // Bytes of an unfinished character, then text held for a possible stop string.
-        let rest = stream.finish(tokenizer)?;
-        match stops.push(&rest) {
-            StopCheck::Emit(t) => emit(&format!("{t}{}", stops.flush()), &mut text),
+        let rest = out.stream.finish(tokenizer)?;
+        match out.stops.push(&rest) {
+            StopCheck::Emit(t) => {
+                let t = format!("{t}{}", out.stops.flush());
+                out.emit(&t);
+            }
             StopCheck::Stop { text: t, stop: s } => {
-                emit(&t, &mut text);
-                return finish(tokens, text, StopReason::StopString(s), start, prefill);
+                out.emit(&t);
+                return finish(
+                    out.tokens,
+                    out.text,
+                    StopReason::StopString(s),
+                    start,
+                    prefill,
+                );
             }
         }
     }
-    finish(tokens, text, stop, start, prefill)
+    finish(out.tokens, out.text, stop, start, prefill)
+}
+
+/// Decodes on the model itself after `first` (already accepted) when the sampler's choice is
+/// the plain arg-max and the model can: `Some` with the reason it stopped, or `None` when the
+/// host loop is to run instead (nothing was fed).
+fn on_model(
+    model: &mut dyn LogitsModel,
+    sampler: &Sampler,
+    first: u32,
+    out: &mut Output<'_>,
+) -> Result<Option<StopReason>, RuntimeError> {
+    if !sampler.params().picks_argmax() {
+        return Ok(None);
+    }
+    let (mut stop, mut failed) = (None, None);
+    let max_feeds = out.options.max_tokens - out.tokens.len();
+    let mut next = |t: u32| match out.accept(t) {
+        Ok(None) => true,
+        Ok(Some(s)) => {
+            stop = Some(s);
+            false
+        }
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    };
+    let Some(decoded) = model.decode_greedy(first, max_feeds, &mut next) else {
+        return Ok(None);
+    };
+    decoded?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    // The model stops on its own only after `max_feeds` tokens, where `accept` says MaxTokens.
+    Ok(Some(stop.unwrap_or(StopReason::MaxTokens)))
+}
+
+/// What the loop has produced so far, and the checks each chosen token goes through.
+struct Output<'a> {
+    tokenizer: &'a Tokenizer,
+    options: &'a GenerateOptions,
+    tokens: Vec<u32>,
+    text: String,
+    stream: TextStream,
+    stops: StopStrings,
+    on_text: &'a mut dyn FnMut(&str),
+}
+
+impl Output<'_> {
+    /// Takes the next chosen token: streams its text and returns why generation ends with it,
+    /// or `None` when it is to be fed to the model.
+    fn accept(&mut self, next: u32) -> Result<Option<StopReason>, RuntimeError> {
+        self.tokens.push(next);
+        if self.options.stop_tokens.contains(&next) {
+            return Ok(Some(StopReason::Eos(next)));
+        }
+        if let Some(piece) = self.stream.push(self.tokenizer, next)? {
+            match self.stops.push(&piece) {
+                StopCheck::Emit(t) => self.emit(&t),
+                StopCheck::Stop { text: t, stop } => {
+                    self.emit(&t);
+                    return Ok(Some(StopReason::StopString(stop)));
+                }
+            }
+        }
+        Ok((self.tokens.len() >= self.options.max_tokens).then_some(StopReason::MaxTokens))
+    }
+
+    /// Shows `t` (if any) and keeps it.
+    fn emit(&mut self, t: &str) {
+        if !t.is_empty() {
+            (self.on_text)(t);
+            self.text.push_str(t);
+        }
+    }
 }
 
 fn finish(

@@ -7,6 +7,10 @@
 //! [`StopStrings`] watches decoded text as it streams and holds back any tail that could be the
 //! start of a stop string, so a stop string split across tokens is never shown.
 
+mod select;
+
+pub use select::argmax;
+
 /// Sampling settings are out of range.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("sampling setting {name} = {value} is out of range ({range})")]
@@ -52,6 +56,12 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Whether the choice is the plain arg-max of the logits (temperature 0, no repetition
+    /// penalty): what a model may compute itself ([`crate::generate::LogitsModel::decode_greedy`]).
+    pub fn picks_argmax(&self) -> bool {
+        self.temperature == 0.0 && self.repetition_penalty == 1.0
+    }
+
     /// Checks every setting's range.
     pub fn validate(&self) -> Result<(), SamplerError> {
         let err = |name, value, range| Err(SamplerError { name, value, range });
@@ -69,20 +79,6 @@ impl SamplingParams {
         }
         Ok(())
     }
-}
-
-/// The index of the largest logit, the lowest index on ties; NaNs are never chosen unless
-/// every logit is NaN (then 0).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > best_v {
-            best = i;
-            best_v = v;
-        }
-    }
-    best as u32
 }
 
 /// `transformers`' repetition penalty over the distinct tokens of `context`.
@@ -108,23 +104,22 @@ pub fn distribution(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
     if p.temperature == 0.0 {
         return Vec::new();
     }
-    let mut items: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.is_finite())
-        .map(|(i, &l)| (i as u32, l / p.temperature))
-        .collect();
+    // Descending probability, ties by token id: a total order (ids are distinct), so picking
+    // the top k first and sorting only those gives what sorting everything would.
+    let mut items = if p.top_k > 0 {
+        select::top_k_scaled(logits, p.temperature, p.top_k)
+    } else {
+        logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, &l)| (i as u32, l / p.temperature))
+            .collect()
+    };
     if items.is_empty() {
         return items;
     }
-    // Descending probability, ties by token id: a total order (ids are distinct), so picking
-    // the top k first and sorting only those gives what sorting everything would.
-    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if p.top_k > 0 && p.top_k < items.len() {
-        items.select_nth_unstable_by(p.top_k - 1, cmp);
-        items.truncate(p.top_k);
-    }
-    items.sort_by(cmp);
+    items.sort_by(select::rank);
     let max = items[0].1;
     let mut sum = 0f64;
     for it in items.iter_mut() {
@@ -223,8 +218,11 @@ impl Sampler {
     /// The next token for `logits`, given the tokens already in the context (for the
     /// repetition penalty).
     pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> u32 {
-        let mut logits = logits.to_vec();
-        apply_repetition_penalty(&mut logits, context, self.params.repetition_penalty);
+        // A copy only when the penalty changes logits (a vocabulary is up to 600 KB).
+        let mut logits = std::borrow::Cow::Borrowed(logits);
+        if self.params.repetition_penalty != 1.0 {
+            apply_repetition_penalty(logits.to_mut(), context, self.params.repetition_penalty);
+        }
         let dist = distribution(&logits, &self.params);
         if dist.is_empty() {
             return argmax(&logits);

@@ -243,3 +243,143 @@ fn a_session_clears_and_refuses_an_impossible_context() {
     let err = CpuSession::new(&model, 1 << 60).unwrap_err().to_string();
     assert!(err.contains(&(1usize << 60).to_string()), "{err}");
 }
+
+/// A scripted model that can also decode greedily "itself", recording every token fed.
+struct Recorder {
+    script: Vec<u32>,
+    at: usize,
+    vocab: usize,
+    /// Whether `decode_greedy` is offered.
+    device: bool,
+    device_calls: usize,
+    fed: Vec<u32>,
+}
+
+impl Recorder {
+    fn new(script: &[u32], vocab: usize, device: bool) -> Recorder {
+        Recorder {
+            script: script.to_vec(),
+            at: 0,
+            vocab,
+            device,
+            device_calls: 0,
+            fed: Vec::new(),
+        }
+    }
+
+    /// Feeds `token` (after the prompt) and returns the script's next token.
+    fn feed(&mut self, token: u32) -> u32 {
+        assert_eq!(token, self.script[self.at - 1], "fed back the chosen token");
+        self.fed.push(token);
+        self.at += 1;
+        self.script[self.at - 1]
+    }
+}
+
+impl LogitsModel for Recorder {
+    fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+        let next = if self.at == 0 {
+            self.at = 1;
+            self.script[0]
+        } else {
+            assert_eq!(tokens.len(), 1);
+            self.feed(tokens[0])
+        };
+        // Certain even at a temperature above 0 (the script is followed on every path).
+        let mut l = vec![0.0; self.vocab];
+        l[next as usize] = 100.0;
+        Ok(l)
+    }
+
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        max_feeds: usize,
+        next: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Result<usize, RuntimeError>> {
+        if !self.device {
+            return None;
+        }
+        self.device_calls += 1;
+        assert!(max_feeds > 0);
+        let (mut input, mut fed) = (first, 0);
+        loop {
+            let out = self.feed(input);
+            fed += 1;
+            if !next(out) || fed == max_feeds {
+                return Some(Ok(fed));
+            }
+            input = out;
+        }
+    }
+}
+
+#[test]
+fn greedy_decoding_on_the_model_gives_what_the_host_loop_gives() {
+    let tok = Tokenizer::from_hf_dir(&fixtures().join("tokenizer")).unwrap();
+    let script = tok
+        .encode("Hello, world! café 🙂 end of the script", false)
+        .unwrap();
+    let cases: Vec<(usize, Vec<&str>, Vec<u32>)> = vec![
+        (script.len(), vec![], vec![]),
+        (1, vec![], vec![]),
+        (2, vec![], vec![]),
+        (5, vec![], vec![]),
+        (script.len(), vec!["o, w"], vec![]),
+        (script.len(), vec!["🙂"], vec![]),
+        (script.len(), vec![], vec![script[0]]),
+        (script.len(), vec![], vec![script[4]]),
+    ];
+    for (max_tokens, stops, stop_tokens) in cases {
+        let opts = GenerateOptions {
+            max_tokens,
+            stop_strings: stops.iter().map(|s| s.to_string()).collect(),
+            stop_tokens: stop_tokens.clone(),
+            ..Default::default()
+        };
+        let run = |device: bool| {
+            let mut m = Recorder::new(&script, tok.vocab_size(), device);
+            let mut streamed = String::new();
+            let g = generate(&mut m, &tok, &[0], &opts, &mut |t| streamed.push_str(t)).unwrap();
+            assert_eq!(streamed, g.text);
+            (g, m)
+        };
+        let (host, hm) = run(false);
+        let (dev, dm) = run(true);
+        let case = format!("max {max_tokens}, stops {stops:?}, stop tokens {stop_tokens:?}");
+        assert_eq!(
+            (&dev.tokens, &dev.text, &dev.stop),
+            (&host.tokens, &host.text, &host.stop),
+            "{case}"
+        );
+        // Every chosen token but the last is fed, on either path.
+        assert_eq!(hm.fed, host.tokens[..host.tokens.len() - 1], "{case}");
+        assert_eq!(dm.fed, hm.fed, "{case}");
+        // The first token comes from the prompt's logits; the model decodes the rest unless
+        // the first already ends generation.
+        let ends_at_first = host.tokens.len() == 1;
+        assert_eq!(dm.device_calls, usize::from(!ends_at_first), "{case}");
+    }
+
+    // Sampling, or a repetition penalty, keeps the choice on the host.
+    for sampling in [
+        SamplingParams {
+            temperature: 0.5,
+            ..Default::default()
+        },
+        SamplingParams {
+            repetition_penalty: 1.2,
+            ..Default::default()
+        },
+    ] {
+        let opts = GenerateOptions {
+            max_tokens: 6,
+            sampling,
+            ..Default::default()
+        };
+        let mut m = Recorder::new(&script, tok.vocab_size(), true);
+        let g = generate(&mut m, &tok, &[0], &opts, &mut |_| {}).unwrap();
+        assert_eq!(m.device_calls, 0, "{sampling:?}");
+        assert_eq!(g.tokens.len(), 6);
+    }
+}

@@ -144,3 +144,98 @@ fn context_errors_are_clear() {
         }
     }
 }
+
+/// Greedy decoding on the device chooses what the host's arg-max over each step's logits
+/// chooses, feeds exactly the tokens it accepted (the steps queued past a stop leave no trace),
+/// and stops with a clear error at a full cache.
+#[test]
+fn device_greedy_decoding_matches_the_host_loop() {
+    if !gpu_or_skip("device_greedy_decoding_matches_the_host_loop") {
+        return;
+    }
+    let steps = 24;
+    let g = fixtures().join("gguf");
+    for (model, reference) in [
+        (
+            fixtures().join("llama"),
+            fixtures().join("llama/reference.json"),
+        ),
+        (
+            g.join("qwen3-q4_0.gguf"),
+            g.join("qwen3-q4_0.ref/reference.json"),
+        ),
+    ] {
+        let m = GpuModel::load(&model, &GpuOptions::default()).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
+        let prompt = ids(&meta, "prompt");
+        let name = model.display();
+
+        // The host loop: logits back every step, arg-max there.
+        let mut s = m.session(prompt.len() + steps + 1).unwrap();
+        let first = argmax(&s.forward(&prompt, false).unwrap());
+        let mut host = vec![first];
+        for _ in 0..steps {
+            let l = s.forward(&[*host.last().unwrap()], false).unwrap();
+            host.push(argmax(&l));
+        }
+
+        // All steps on the device.
+        s.clear();
+        s.forward(&prompt, false).unwrap();
+        let mut device = vec![first];
+        let fed = s
+            .decode_greedy(first, steps, &mut |t| {
+                device.push(t);
+                true
+            })
+            .unwrap();
+        assert_eq!(fed, steps, "{name}");
+        assert_eq!(device, host, "{name}: tokens");
+        assert_eq!(s.len(), prompt.len() + steps, "{name}");
+
+        // A stop after 5 tokens: 5 fed, though more steps were queued; the next step on the
+        // host path sees exactly the host loop's state (fed another token than the one chosen,
+        // so that a step queued past the stop could not have written the same cache entry).
+        let other = (host[5] + 1) % m.config().vocab_size as u32;
+        let mut r = m.session(prompt.len() + steps + 1).unwrap();
+        r.forward(&prompt, false).unwrap();
+        for &t in &host[..5] {
+            r.forward(&[t], false).unwrap();
+        }
+        let want = r.forward(&[other], false).unwrap();
+        drop(r);
+        s.clear();
+        s.forward(&prompt, false).unwrap();
+        let mut seen = 0;
+        let fed = s
+            .decode_greedy(first, steps, &mut |_| {
+                seen += 1;
+                seen < 5
+            })
+            .unwrap();
+        assert_eq!((fed, seen), (5, 5), "{name}");
+        assert_eq!(s.len(), prompt.len() + 5, "{name}");
+        let l = s.forward(&[other], false).unwrap();
+        assert_eq!(l, want, "{name}: logits after a stop");
+
+        // A cache with room for 3 more tokens: they are fed, then the error.
+        let mut s = m.session(prompt.len() + 3).unwrap();
+        s.forward(&prompt, false).unwrap();
+        let mut got = Vec::new();
+        let err = s
+            .decode_greedy(first, steps, &mut |t| {
+                got.push(t);
+                true
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("context full"), "{name}: {err}");
+        assert_eq!(got, host[1..4], "{name}");
+        assert_eq!(s.len(), prompt.len() + 3, "{name}");
+        let err = s.decode_greedy(u32::MAX, 1, &mut |_| true).unwrap_err();
+        assert!(
+            err.to_string().contains("outside the vocabulary"),
+            "{name}: {err}"
+        );
+    }
+}

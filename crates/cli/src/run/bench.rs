@@ -65,14 +65,28 @@ fn table(
         (
             "decode",
             format!(
-                "{:.1} tok/s over {} tokens: {} of the {:.1} tok/s the memory bandwidth allows \
-                 ({:.0} GB/s device copy, {} read per token)",
+                "{:.1} tok/s over {} greedy tokens: {} of the {:.1} tok/s the memory bandwidth \
+                 allows ({:.0} GB/s device copy, {} read per token)",
                 r.decode_tokens_per_s,
                 r.decode_tokens,
                 pct(r.decode_fraction_of_bound),
                 r.decode_bound_tokens_per_s,
                 r.d2d_gbps,
                 human_bytes(r.weight_bytes_per_token)
+            ),
+        ),
+        (
+            "sampling",
+            format!(
+                "{:.1} tok/s ({}) with each step's logits on the host, as sampling at \
+                 temperature > 0 decodes{}",
+                r.decode_host_tokens_per_s,
+                pct(r.decode_host_fraction_of_bound),
+                if r.decode_paths_agree {
+                    ""
+                } else {
+                    "; WARNING: the two paths chose different tokens"
+                }
             ),
         ),
         (

@@ -363,4 +363,36 @@ impl LogitsModel for Session<'_> {
             }
         }
     }
+
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        max_feeds: usize,
+        next: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Result<usize, RuntimeError>> {
+        let Inner::Gpu(s) = &mut self.inner else {
+            return None;
+        };
+        // The tokens fed: `first`, then each one `next` accepts, up to what the model fed.
+        let mut chosen = vec![first];
+        let r = s.decode_greedy(first, max_feeds, &mut |t| {
+            chosen.push(t);
+            next(t)
+        });
+        match r {
+            Ok(fed) => {
+                self.cached.extend_from_slice(&chosen[..fed]);
+                debug_assert_eq!(
+                    self.cached.len(),
+                    s.len(),
+                    "cached tokens vs cache positions"
+                );
+                Some(Ok(fed))
+            }
+            Err(e) => {
+                self.clear();
+                Some(Err(e))
+            }
+        }
+    }
 }

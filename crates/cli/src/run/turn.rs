@@ -160,6 +160,20 @@ impl LogitsModel for Timed<'_, '_> {
         self.calls += 1;
         self.session.next_logits(tokens)
     }
+
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        max_feeds: usize,
+        next: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Result<usize, RuntimeError>> {
+        // Called right after the first token is chosen, as `next_logits`'s second call is.
+        if self.calls == 1 {
+            self.first_token = Some(Instant::now());
+        }
+        self.calls += 1;
+        self.session.decode_greedy(first, max_feeds, next)
+    }
 }
 
 /// Text streamed to stdout, flushed piece by piece. A closed pipe (`| head`) ends the output

@@ -22,11 +22,19 @@ pub struct SpeedReport {
     pub decode_bound_tokens_per_s: f64,
     /// Decode tokens timed.
     pub decode_tokens: usize,
-    /// Decode tokens per second measured (each step: one token in, logits back on the host,
-    /// the arg-max chosen there).
+    /// Greedy decode tokens per second as `hoist run --temperature 0` decodes: the arg-max
+    /// taken on the GPU, steps queued ahead of the host, which reads each token as it comes
+    /// ([`super::GpuSession::decode_greedy`]).
     pub decode_tokens_per_s: f64,
     /// `decode_tokens_per_s / decode_bound_tokens_per_s`.
     pub decode_fraction_of_bound: f64,
+    /// Decode tokens per second with each step's logits copied to the host and the arg-max
+    /// chosen there before the next step starts: the path of sampling at temperature > 0.
+    pub decode_host_tokens_per_s: f64,
+    /// `decode_host_tokens_per_s / decode_bound_tokens_per_s`.
+    pub decode_host_fraction_of_bound: f64,
+    /// Whether both decode paths chose the same tokens (they run the same kernels).
+    pub decode_paths_agree: bool,
     /// Prompt tokens of the timed prefill.
     pub prefill_tokens: usize,
     /// Seconds of the prefill (median of the timed runs; last position's logits on the host).
@@ -118,15 +126,28 @@ pub fn measure(
     }
     let prefill_seconds = median(prefill);
 
-    let mut next = argmax(&logits);
-    // One untimed step first: it captures the decode graph (the capacity has room for it).
-    logits = session.forward(&[next], false)?;
-    next = argmax(&logits);
+    // Both decode paths start from the same prefill: one untimed step first (it captures the
+    // path's graph; the capacity has room for it), then `decode_tokens` timed ones.
+    let first = argmax(&logits);
+    let mut host_tokens = Vec::with_capacity(decode_tokens + 1);
+    logits = session.forward(&[first], false)?;
+    host_tokens.push(argmax(&logits));
     let t = Instant::now();
     for _ in 0..decode_tokens {
-        logits = session.forward(&[next], false)?;
-        next = argmax(&logits);
+        logits = session.forward(&[host_tokens[host_tokens.len() - 1]], false)?;
+        host_tokens.push(argmax(&logits));
     }
+    let host_seconds = t.elapsed().as_secs_f64();
+
+    session.truncate(prompt_tokens);
+    session.decode_greedy(first, 1, &mut |_| true)?;
+    session.truncate(prompt_tokens);
+    let mut device_tokens = Vec::with_capacity(decode_tokens);
+    let t = Instant::now();
+    session.decode_greedy(first, decode_tokens, &mut |token| {
+        device_tokens.push(token);
+        true
+    })?;
     let decode_seconds = t.elapsed().as_secs_f64();
 
     // The same products as the prefill: its chunks of at most MAX_CHUNK_TOKENS tokens.
@@ -160,6 +181,7 @@ pub fn measure(
     let bytes = model.weight_bytes_per_token();
     let bound = d2d * 1e9 / bytes as f64;
     let decode_rate = decode_tokens as f64 / decode_seconds;
+    let host_rate = decode_tokens as f64 / host_seconds;
     Ok(SpeedReport {
         d2d_gbps: d2d,
         weight_bytes_per_token: bytes,
@@ -167,6 +189,9 @@ pub fn measure(
         decode_tokens,
         decode_tokens_per_s: decode_rate,
         decode_fraction_of_bound: decode_rate / bound,
+        decode_host_tokens_per_s: host_rate,
+        decode_host_fraction_of_bound: host_rate / bound,
+        decode_paths_agree: host_tokens[..decode_tokens] == device_tokens[..],
         prefill_tokens: prompt_tokens,
         prefill_seconds,
         prefill_tokens_per_s: prompt_tokens as f64 / prefill_seconds,

@@ -10,7 +10,8 @@ use hoist_format::{DType, GgmlType};
 
 use super::blas::{Batch, Blas, Elem, Gemm};
 use super::module::{
-    args, Kernels, ATTN_SLICE_KEYS, ATTN_SPLITS, ATTN_THREADS, ELEMENTWISE_THREADS, ROW_THREADS,
+    args, Kernels, ARGMAX_THREADS, ATTN_SLICE_KEYS, ATTN_SPLITS, ATTN_THREADS, ELEMENTWISE_THREADS,
+    ROW_THREADS,
 };
 use super::GpuError;
 
@@ -318,6 +319,30 @@ impl Ops<'_> {
                 self.k.swiglu,
                 (blocks(n), 1),
                 ELEMENTWISE_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
+    /// Greedy decoding's hand-over on the device: `ids[0]` becomes the arg-max of the `vocab`
+    /// f32 logits at `logits` (as [`crate::sampler::argmax`]) and `ids[1]` (the position) grows
+    /// by one, so the next captured step runs on without the host.
+    pub(crate) unsafe fn argmax_next(
+        &self,
+        logits: u64,
+        vocab: usize,
+        ids: u64,
+    ) -> Result<(), GpuError> {
+        let vocab = int(vocab);
+        let mut a = args![logits, vocab, ids];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.argmax_next,
+                (1, 1),
+                ARGMAX_THREADS,
                 0,
                 self.stream,
                 &mut a,

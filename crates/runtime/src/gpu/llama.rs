@@ -28,6 +28,8 @@ use crate::generate::LogitsModel;
 use crate::weights::{LayerTensor, WeightId, WeightMap, WeightSource};
 use crate::RuntimeError;
 
+mod greedy;
+
 /// Most tokens one prefill step processes; longer prompts run in chunks of this size.
 pub const MAX_CHUNK_TOKENS: usize = 512;
 /// Longest context a session holds (positions).
@@ -564,6 +566,10 @@ pub struct GpuSession<'a> {
     graphs: bool,
     /// The captured one-token step.
     graph: Option<Graph>,
+    /// The captured one-token step followed by the device's arg-max ([`GpuSession::decode_greedy`]).
+    greedy_graph: Option<Graph>,
+    /// Pinned slots and events of [`GpuSession::decode_greedy`], made on its first use.
+    greedy: Option<greedy::Slots>,
 }
 
 /// A captured and instantiated CUDA graph.
@@ -755,6 +761,8 @@ impl<'a> GpuSession<'a> {
             graphs: model.kernels.profile.is_none()
                 && std::env::var_os("HOIST_NO_GRAPHS").is_none(),
             graph: None,
+            greedy_graph: None,
+            greedy: None,
         })
     }
 
@@ -822,7 +830,7 @@ impl<'a> GpuSession<'a> {
             // Decode: one captured graph replays every launch of the step (the same for every
             // position), which saves the launch gaps of ~260 small kernels per token.
             if self.graph.is_none() {
-                self.graph = Some(self.capture()?);
+                self.graph = Some(self.capture(false)?);
             }
             if let Some(g) = &self.graph {
                 g.launch(&m.gpu, &m.stream)?;
@@ -835,8 +843,9 @@ impl<'a> GpuSession<'a> {
         Ok(rows)
     }
 
-    /// Records the one-token step into a CUDA graph.
-    fn capture(&self) -> Result<Graph, GpuError> {
+    /// Records the one-token step into a CUDA graph; with `greedy`, followed by the arg-max
+    /// that feeds the next step ([`Ops::argmax_next`]).
+    fn capture(&self, greedy: bool) -> Result<Graph, GpuError> {
         let m = self.model;
         let stream = m.stream.raw();
         m.gpu.make_current()?;
@@ -847,7 +856,11 @@ impl<'a> GpuSession<'a> {
                 sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
             )
         })?;
-        let recorded = self.record(1, false, true);
+        let recorded = if greedy {
+            self.record_greedy()
+        } else {
+            self.record(1, false, true).map(drop)
+        };
         let mut graph: sys::CUgraph = std::ptr::null_mut();
         // SAFETY: ends the capture begun above, whatever `record` did.
         let ended = unsafe { sys::cuStreamEndCapture(stream, &mut graph) };
@@ -1099,6 +1112,11 @@ impl<'a> GpuSession<'a> {
         self.len = 0;
     }
 
+    /// Forgets the positions from `len` on (the next token goes to position `len`).
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Runs only the prefill's matrix products for `n` tokens (cuBLAS, the model's shapes and
     /// types; quantized weights use their conversion buffer as it is): the yardstick of
     /// [`super::bench`]. Waits for them.
@@ -1179,5 +1197,14 @@ impl GpuModel {
 impl LogitsModel for GpuSession<'_> {
     fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
         self.forward(tokens, false)
+    }
+
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        max_feeds: usize,
+        next: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Result<usize, RuntimeError>> {
+        Some(GpuSession::decode_greedy(self, first, max_feeds, next))
     }
 }

@@ -21,6 +21,8 @@ const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("q4_tiles.
 pub(crate) const ROW_THREADS: u32 = 256;
 /// Threads per block of the element-wise kernels.
 pub(crate) const ELEMENTWISE_THREADS: u32 = 256;
+/// Threads of `argmax_next`'s one block; must equal `ARGMAX_THREADS` in kernels.cu.
+pub(crate) const ARGMAX_THREADS: u32 = 1024;
 /// GEMV shape: warps per block and unrolling of the 16-bit/f32 loop, passed to NVRTC as
 /// `-DGEMV_WARPS` / `-DGEMV_UNROLL` (part of the cache key), and warps per block of the GEMVs
 /// on quantized weights (the host's alone: those kernels read it from the block size).
@@ -127,6 +129,7 @@ pub(crate) struct Kernels {
     pub(crate) rope_store: sys::CUfunction,
     pub(crate) attention_split: sys::CUfunction,
     pub(crate) causal_softmax: sys::CUfunction,
+    pub(crate) argmax_next: sys::CUfunction,
     pub(crate) gemv: sys::CUfunction,
     pub(crate) gemv_swiglu: sys::CUfunction,
     pub(crate) gemv_q4t: sys::CUfunction,
@@ -451,6 +454,7 @@ impl Kernels {
             rope_store: get("rope_store")?,
             attention_split,
             causal_softmax: get("causal_softmax")?,
+            argmax_next: get("argmax_next")?,
             gemv,
             gemv_swiglu,
             gemv_q4t,
@@ -549,6 +553,7 @@ impl Kernels {
             (self.rope_store, "rope_store"),
             (self.attention_split, "attention_split"),
             (self.causal_softmax, "causal_softmax"),
+            (self.argmax_next, "argmax_next"),
             (self.gemv, "gemv"),
             (self.gemv_swiglu, "gemv_swiglu"),
             (self.gemv_q4t, "gemv_q4t"),

@@ -898,3 +898,51 @@ fn tiled_q4_0_matches_reference() {
         assert!(e < 1e-3, "{rows}x{cols} swiglu: {e}");
     }
 }
+
+#[test]
+fn argmax_next_matches_the_host_argmax() {
+    let Some(mut r) = rig("argmax_next_matches_the_host_argmax") else {
+        return;
+    };
+    // Vocabularies off and on the float4 grid, up to Llama 3's; ties, NaN and -inf planted.
+    for vocab in [1, 3, 4, 5, 1000, 32_000, 32_003, 128_256] {
+        for case in 0..4 {
+            let mut logits = r.randn(vocab, 8.0);
+            let pick = |r: &mut Rig| (r.rng.next_u64() % vocab as u64) as usize;
+            match case {
+                // The maximum twice: the first index wins.
+                1 => {
+                    let (a, b) = (pick(&mut r), pick(&mut r));
+                    logits[a] = 100.0;
+                    logits[b] = 100.0;
+                }
+                // NaN never wins, wherever it sits.
+                2 => {
+                    for _ in 0..4 {
+                        let i = pick(&mut r);
+                        logits[i] = f32::NAN;
+                    }
+                }
+                // Nothing above -inf: token 0.
+                3 => logits.iter_mut().for_each(|l| *l = f32::NEG_INFINITY),
+                _ => {}
+            }
+            let want = crate::sampler::argmax(&logits);
+            let (l, ids) = (
+                r.upload(&logits),
+                r.upload_bytes(super::llama::bytes_of(&[-1i32, 41])),
+            );
+            // SAFETY: `vocab` logits and two i32s, uploaded above.
+            unsafe { r.ops().argmax_next(l.ptr(), vocab, ids.ptr()).unwrap() };
+            let mut got = [0u8; 8];
+            ids.read(&r.stream, &mut got).unwrap();
+            let token = i32::from_le_bytes([got[0], got[1], got[2], got[3]]);
+            let position = i32::from_le_bytes([got[4], got[5], got[6], got[7]]);
+            assert_eq!(
+                (token, position),
+                (want as i32, 42),
+                "vocab {vocab}, case {case}"
+            );
+        }
+    }
+}
