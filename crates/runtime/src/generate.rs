@@ -172,27 +172,14 @@ pub fn generate_after(
             }
         }
     };
-    if !matches!(stop, StopReason::StopString(_)) {
-        // Bytes of an unfinished character, then text held for a possible stop string.
-        let rest = out.stream.finish(tokenizer)?;
-        match out.stops.push(&rest) {
-            StopCheck::Emit(t) => {
-                let t = format!("{t}{}", out.stops.flush());
-                out.emit(&t);
-            }
-            StopCheck::Stop { text: t, stop: s } => {
-                out.emit(&t);
-                return finish(
-                    out.tokens,
-                    out.text,
-                    StopReason::StopString(s),
-                    start,
-                    prefill,
-                );
-            }
-        }
-    }
-    finish(out.tokens, out.text, stop, start, prefill)
+    let stop = out.finish(stop)?;
+    Ok(Generation {
+        tokens: out.tokens,
+        text: out.text,
+        stop,
+        prefill,
+        decode: start.elapsed().saturating_sub(prefill),
+    })
 }
 
 /// Decodes on the model itself after `first` (already accepted) when the sampler's choice is
@@ -262,6 +249,27 @@ impl Output<'_> {
         Ok((self.tokens.len() >= self.options.max_tokens).then_some(StopReason::MaxTokens))
     }
 
+    /// After generation ended for `stop`: shows the text still held (bytes of an unfinished
+    /// character, text that could have begun a stop string) unless a stop string ended it, and
+    /// returns the final reason (a stop string completed by that text).
+    fn finish(&mut self, stop: StopReason) -> Result<StopReason, RuntimeError> {
+        if matches!(stop, StopReason::StopString(_)) {
+            return Ok(stop);
+        }
+        let rest = self.stream.finish(self.tokenizer)?;
+        match self.stops.push(&rest) {
+            StopCheck::Emit(t) => {
+                let t = format!("{t}{}", self.stops.flush());
+                self.emit(&t);
+                Ok(stop)
+            }
+            StopCheck::Stop { text: t, stop: s } => {
+                self.emit(&t);
+                Ok(StopReason::StopString(s))
+            }
+        }
+    }
+
     /// Shows `t` (if any) and keeps it.
     fn emit(&mut self, t: &str) {
         if !t.is_empty() {
@@ -269,20 +277,4 @@ impl Output<'_> {
             self.text.push_str(t);
         }
     }
-}
-
-fn finish(
-    tokens: Vec<u32>,
-    text: String,
-    stop: StopReason,
-    start: Instant,
-    prefill: Duration,
-) -> Result<Generation, RuntimeError> {
-    Ok(Generation {
-        tokens,
-        text,
-        stop,
-        prefill,
-        decode: start.elapsed().saturating_sub(prefill),
-    })
 }

@@ -154,10 +154,7 @@ struct Timed<'s, 'm> {
 
 impl LogitsModel for Timed<'_, '_> {
     fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
-        if self.calls == 1 {
-            self.first_token = Some(Instant::now());
-        }
-        self.calls += 1;
+        self.count_call();
         self.session.next_logits(tokens)
     }
 
@@ -168,11 +165,18 @@ impl LogitsModel for Timed<'_, '_> {
         next: &mut dyn FnMut(u32) -> bool,
     ) -> Option<Result<usize, RuntimeError>> {
         // Called right after the first token is chosen, as `next_logits`'s second call is.
+        self.count_call();
+        self.session.decode_greedy(first, max_feeds, next)
+    }
+}
+
+impl Timed<'_, '_> {
+    /// Counts a model call; the second comes right after the first token was chosen.
+    fn count_call(&mut self) {
         if self.calls == 1 {
             self.first_token = Some(Instant::now());
         }
         self.calls += 1;
-        self.session.decode_greedy(first, max_feeds, next)
     }
 }
 

@@ -29,7 +29,7 @@
 //! `HOIST_DECODE_GEMV=cublas` (decode products through cuBLAS, for comparison);
 //! `bench/gpu/decode_switches.sh` measures each. `HOIST_GEMV_WARPS`, `HOIST_GEMV_UNROLL` and
 //! `HOIST_QGEMV_WARPS` change the GEMVs' shape, for tuning (see `module::GemvShape`).
-//! Models with quantized weights launch without programmatic dependent launch (see
+//! Models with Q8_0 or untiled Q4_0 weights launch without programmatic dependent launch (see
 //! `Kernels::disable_pdl`; `HOIST_QUANTIZED_PDL` keeps it on). Q4_0 matrices are repacked
 //! into tiles at load time for tensor-core GEMVs (`q4_tiles`; `HOIST_NO_Q4_TILES` keeps the
 //! file's layout and the CUDA-core GEMVs, `HOIST_Q4T_BATCH` and `HOIST_Q4T_MIN_BLOCKS` tune

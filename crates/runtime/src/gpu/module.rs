@@ -1,6 +1,6 @@
 //! The kernels of `kernels.cu`: compiled by NVRTC for the device's architecture on first use,
-//! cached on disk as a cubin keyed by (source, NVRTC options: architecture and GEMV shape), and launched
-//! through the driver API.
+//! cached on disk as a cubin keyed by (source, NVRTC options: architecture and GEMV shape),
+//! and launched through the driver API.
 //!
 //! With a cached cubin, NVRTC is not even loaded: a warm start pays only `cuModuleLoadData`.
 
