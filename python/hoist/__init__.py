@@ -214,8 +214,11 @@ def load_file(
         filter: a glob (``"model.layers.0.*"``) or a list of globs; only matching tensors are
             read. Each glob must match something.
         framework: ``"pt"`` for torch tensors, ``"np"`` for numpy arrays (CPU only).
-        backend: ``"auto"`` (default: buffered reads for cached ranges, io_uring O_DIRECT for
-            the rest), ``"uring"``, ``"pread"`` or ``"mmap"``.
+        backend: ``"auto"`` (default: per chunk, a pool of buffered ``pread`` threads for
+            ranges in the page cache (mmap-window copies with 8 threads or more, which
+            measured faster there), io_uring O_DIRECT for the rest, the ``pread`` pool where
+            O_DIRECT or io_uring is refused), ``"uring"``, ``"pread"`` or ``"mmap"`` (each
+            forces one method).
         threads: buffered reader threads (default: one per core).
 
     Returns:

@@ -1,7 +1,7 @@
 //! `hoist bench`: every hoist backend against baseline loaders on one checkpoint, warm or cold,
 //! each run verified against the others by a checksum of all loaded bytes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -21,11 +21,15 @@ pub struct Args {
     /// Synthetic layout: tiny, small, qwen3-0.6b, mixtral-mini, llama-7b.
     #[arg(long, value_name = "NAME", conflicts_with = "path")]
     synthetic: Option<String>,
-    /// Directory for the synthetic checkpoint (reused when it already holds the same one).
-    #[arg(long, value_name = "DIR")]
+    /// Directory for the synthetic checkpoint [default: hoist-synthetic-NAME in the temp
+    /// directory]. It must be new, empty, or one hoist made (marked by .hoist-synthetic.json);
+    /// hoist refuses any other, so it never writes over a real checkpoint. A finished one of the
+    /// same layout is reused.
+    #[arg(long, value_name = "DIR", conflicts_with = "path")]
     dir: Option<PathBuf>,
-    /// Delete the synthetic checkpoint afterwards.
-    #[arg(long)]
+    /// Remove the synthetic checkpoint afterwards: only the files hoist wrote, then the
+    /// directory if hoist created it and nothing else is in it.
+    #[arg(long, conflicts_with = "path")]
     clean: bool,
     /// Evict the files from the page cache before every run.
     #[arg(long)]
@@ -86,12 +90,23 @@ struct Run {
     rss_growth_bytes: Option<u64>,
 }
 
+/// Runs `hoist bench`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        (1..=MAX_REPEAT).contains(&a.repeat),
-        "--repeat must be between 1 and {MAX_REPEAT}"
-    );
-    let (root, synthetic_dir, label) = checkpoint(&a)?;
+    // Everything that can be refused is, before a synthetic checkpoint costs any writing.
+    let target = validate(&a)?;
+    if let Device::Cuda(n) = a.device {
+        hoist_cuda::probe(n).with_context(|| format!("{} is not usable", a.device))?;
+    }
+    let (root, synthetic_dir, label) = match target {
+        Target::Given(p) => {
+            let label = p.display().to_string();
+            (p, None, label)
+        }
+        Target::Synthetic(preset, dir) => {
+            let (root, label) = make_synthetic(&a, &preset, &dir)?;
+            (root, Some(dir), label)
+        }
+    };
     let table =
         TensorTable::open(&root).with_context(|| format!("cannot benchmark {}", root.display()))?;
     let selection: Vec<usize> = (0..table.tensors.len()).collect();
@@ -102,7 +117,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             [Backend::Mmap, Backend::Pread, Backend::Uring, Backend::Auto].map(Loader::Hoist),
         ),
         Device::Cuda(n) => {
-            hoist_cuda::probe(n).with_context(|| format!("{} is not usable", a.device))?;
             use hoist_cuda::GpuPath;
             loaders.extend(
                 [Backend::Mmap, Backend::Pread, Backend::Uring]
@@ -136,7 +150,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
     }
+    let bar = crate::util::steps_bar((loaders.len() * a.repeat) as u64);
     if !a.cold {
+        bar.set_message("priming the page cache");
         baselines::sequential_read(&table).context("priming the page cache")?;
     }
     let mut results = Vec::new();
@@ -145,6 +161,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut skipped: Vec<(String, String)> = Vec::new();
     'loaders: for loader in loaders {
         let mut runs = Vec::with_capacity(a.repeat);
+        bar.set_message(loader.name());
         for _ in 0..a.repeat {
             if a.cold {
                 eviction_failed |= crate::load::evict(&table, false)?;
@@ -165,9 +182,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 Some(_) => {}
             }
             runs.push(r);
+            bar.inc(1);
         }
         results.push((loader, runs));
     }
+    bar.finish_and_clear();
     let median = |runs: &[Run]| {
         let mut s: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
         s.sort_by(f64::total_cmp);
@@ -250,8 +269,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     if let Some(dir) = synthetic_dir {
         if a.clean {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot remove {}", dir.display()))?;
+            let removal = hoist_synth::remove_checkpoint(&dir)
+                .context("cannot remove the synthetic checkpoint")?;
+            if !a.json && !removal.kept.is_empty() {
+                println!(
+                    "removed the synthetic checkpoint from {}; left what hoist did not write: {}",
+                    dir.display(),
+                    removal.kept.join(", ")
+                );
+            }
         } else if !a.json {
             println!(
                 "synthetic checkpoint kept at {} for the next run (--clean removes it)",
@@ -262,10 +288,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The checkpoint to measure: the path given, or a synthetic one (made or reused).
-fn checkpoint(a: &Args) -> anyhow::Result<(PathBuf, Option<PathBuf>, String)> {
+/// What `bench` measures.
+enum Target {
+    /// The checkpoint given.
+    Given(PathBuf),
+    /// A synthetic checkpoint of this preset, made or reused in this directory.
+    Synthetic(hoist_synth::Preset, PathBuf),
+}
+
+/// Checks every argument; returns what to measure.
+fn validate(a: &Args) -> anyhow::Result<Target> {
+    anyhow::ensure!(
+        (1..=MAX_REPEAT).contains(&a.repeat),
+        "--repeat must be between 1 and {MAX_REPEAT}"
+    );
+    a.tuning.plan_config(&a.device)?;
+    a.tuning.engine_config(crate::BackendArg::Auto, &a.device)?;
+    if let Device::Cuda(n) = a.device {
+        a.tuning.gpu_config(n)?;
+    }
     if let Some(p) = &a.path {
-        return Ok((p.clone(), None, p.display().to_string()));
+        return Ok(Target::Given(p.clone()));
     }
     let name = a.synthetic.as_deref().unwrap_or(DEFAULT_SYNTHETIC);
     let preset = hoist_synth::preset(name).with_context(|| {
@@ -275,32 +318,48 @@ fn checkpoint(a: &Args) -> anyhow::Result<(PathBuf, Option<PathBuf>, String)> {
             names.join(", ")
         )
     })?;
+    // Not hoist-synth-NAME, the directories of earlier versions, whose marker listed no files:
+    // hoist would refuse to reuse them.
     let dir = a
         .dir
         .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("hoist-synth-{name}")));
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("hoist-synthetic-{name}")));
+    Ok(Target::Synthetic(preset, dir))
+}
+
+/// Writes (or reuses) the synthetic checkpoint in `dir`; returns the path to open and a label.
+fn make_synthetic(
+    a: &Args,
+    preset: &hoist_synth::Preset,
+    dir: &Path,
+) -> anyhow::Result<(PathBuf, String)> {
+    let name = preset.name;
     let size = preset.spec.total_bytes();
     if !a.json {
         eprintln!(
-            "synthetic checkpoint '{name}' ({}) in {} (made once, then reused)",
+            "synthetic checkpoint '{name}' ({}) in {}",
             human_bytes(size),
             dir.display()
         );
     }
     let t = Instant::now();
-    let root =
-        hoist_synth::write_checkpoint(&preset.spec, &dir, SYNTH_SEED).with_context(|| {
-            format!(
-                "cannot write the synthetic checkpoint into {}",
-                dir.display()
-            )
-        })?;
-    if !a.json && t.elapsed().as_secs_f64() > 1.0 {
-        eprintln!("wrote it in {:.1} s", t.elapsed().as_secs_f64());
+    let bar = crate::util::bytes_bar(size, &format!("writing synthetic checkpoint '{name}'"));
+    let prepared =
+        hoist_synth::prepare_checkpoint(&preset.spec, dir, SYNTH_SEED, &mut |b| bar.inc(b))
+            .with_context(|| format!("synthetic checkpoint '{name}'"))?;
+    bar.finish_and_clear();
+    if !a.json {
+        if prepared.reused {
+            eprintln!("reusing it (written by an earlier run)");
+        } else {
+            eprintln!(
+                "wrote it in {:.1} s (later runs reuse it)",
+                t.elapsed().as_secs_f64()
+            );
+        }
     }
     Ok((
-        root,
-        Some(dir),
+        prepared.root,
         format!("synthetic {name} ({})", preset.description),
     ))
 }

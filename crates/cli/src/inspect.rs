@@ -1,6 +1,7 @@
 //! `hoist inspect`: the tensor table and metadata of a checkpoint.
 
 use std::collections::BTreeMap;
+use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -24,37 +25,51 @@ pub struct Args {
 /// Longest metadata value shown in the table view; token lists run to 150k entries.
 const MAX_META_CHARS: usize = 120;
 
+/// Runs `hoist inspect`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let table = TensorTable::open(&a.path)
         .with_context(|| format!("cannot inspect {}", a.path.display()))?;
     let selection = table.select(&a.filter)?;
-    if a.json {
-        let tensors: Vec<_> = selection.iter().map(|&i| &table.tensors[i]).collect();
-        let doc = serde_json::json!({
-            "root": table.root,
-            "files": table.files,
-            "tensors": tensors,
-            "skipped": table.skipped,
-            "metadata": table.metadata,
-            "summary": summary(&table, &selection),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    match a.json {
+        true => write_json(&mut out, &table, &selection),
+        false => write_table(&mut out, &table, &selection),
     }
+    .and_then(|()| out.flush())
+    .context("cannot write to stdout")
+}
+
+fn write_json(out: &mut impl Write, table: &TensorTable, selection: &[usize]) -> io::Result<()> {
+    let tensors: Vec<_> = selection.iter().map(|&i| &table.tensors[i]).collect();
+    let doc = serde_json::json!({
+        "root": table.root,
+        "files": table.files,
+        "tensors": tensors,
+        "skipped": table.skipped,
+        "metadata": table.metadata,
+        "summary": summary(table, selection),
+    });
+    serde_json::to_writer_pretty(&mut *out, &doc)?;
+    writeln!(out)
+}
+
+fn write_table(out: &mut impl Write, table: &TensorTable, selection: &[usize]) -> io::Result<()> {
     let name_w = selection
         .iter()
         .map(|&i| table.tensors[i].name.len())
         .max()
         .unwrap_or(4)
         .clamp(4, 80);
-    println!(
+    writeln!(
+        out,
         "{:<name_w$}  {:<8} {:<22} {:>12}  {:>4}  {:>14}",
         "name", "dtype", "shape", "bytes", "file", "offset"
-    );
-    for &i in &selection {
+    )?;
+    for &i in selection {
         let t = &table.tensors[i];
         let shape = format!("{:?}", t.shape);
-        println!(
+        writeln!(
+            out,
             "{:<name_w$}  {:<8} {:<22} {:>12}  {:>4}  {:>14}",
             t.name,
             t.dtype.name(),
@@ -62,33 +77,35 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             t.len,
             t.file,
             t.offset
-        );
+        )?;
     }
-    println!();
-    let s = summary(&table, &selection);
-    println!("tensors:    {}", s["tensors"]);
-    println!(
+    writeln!(out)?;
+    let s = summary(table, selection);
+    writeln!(out, "tensors:    {}", s["tensors"])?;
+    writeln!(
+        out,
         "bytes:      {} ({})",
         s["bytes"],
         human_bytes(s["bytes"].as_u64().unwrap_or(0))
-    );
-    println!("parameters: {}", s["parameters"]);
-    println!("dtypes:     {}", s["dtypes"]);
+    )?;
+    writeln!(out, "parameters: {}", s["parameters"])?;
+    writeln!(out, "dtypes:     {}", s["dtypes"])?;
     for (i, f) in table.files.iter().enumerate() {
-        println!(
-            "file {i}:     {} ({}, {:?})",
+        writeln!(
+            out,
+            "file {i}:     {} ({}, {})",
             f.path.display(),
             human_bytes(f.size_bytes),
             f.format
-        );
+        )?;
     }
     for sk in &table.skipped {
-        println!("skipped:    {} ({})", sk.name, sk.reason);
+        writeln!(out, "skipped:    {} ({})", sk.name, sk.reason)?;
     }
     if !table.metadata.is_empty() {
-        println!("metadata:");
+        writeln!(out, "metadata:")?;
         for (k, v) in &table.metadata {
-            println!("  {k} = {}", short(v));
+            writeln!(out, "  {k} = {}", short(v))?;
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `hoist load`: load a checkpoint into host or GPU memory and report the rate, the methods
 //! that ran and the memory it took.
 
+use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -59,6 +60,7 @@ pub struct Outcome {
     pub extra: Vec<(&'static str, serde_json::Value, String)>,
 }
 
+/// Runs `hoist load`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let table =
@@ -115,7 +117,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             o?
         }
     };
-    print(&a, &outcome, parse_seconds, &table.skipped)
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    print(&mut out, &a, &outcome, parse_seconds, &table.skipped)
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
 }
 
 /// Evicts every file of `table` from the page cache; says so when some stayed (returns whether).
@@ -139,11 +144,12 @@ pub fn evict(table: &TensorTable, warn: bool) -> anyhow::Result<bool> {
 }
 
 fn print(
+    out: &mut impl Write,
     a: &Args,
     o: &Outcome,
     parse_seconds: f64,
     skipped: &[hoist_format::SkippedTensor],
-) -> anyhow::Result<()> {
+) -> io::Result<()> {
     let peak_rss = peak_rss_bytes();
     let backend = hoist_io::Backend::from(a.backend).name();
     if a.json {
@@ -179,13 +185,14 @@ fn print(
                 .collect();
             doc["checksums"] = sums.into();
         }
-        println!("{}", serde_json::to_string(&doc)?);
-        return Ok(());
+        serde_json::to_writer(&mut *out, &doc)?;
+        return writeln!(out);
     }
     for (n, c) in &o.checksums {
-        println!("{c}  {n}");
+        writeln!(out, "{c}  {n}")?;
     }
-    println!(
+    writeln!(
+        out,
         "loaded {} tensors, {} to {} in {:.3} s: {:.2} GB/s (header parse {:.1} ms)",
         o.tensors,
         human_bytes(o.bytes),
@@ -193,25 +200,26 @@ fn print(
         o.seconds,
         gbps(o.bytes, o.seconds),
         parse_seconds * 1e3
-    );
-    println!("backend {backend}: {}", o.io.methods_summary());
+    )?;
+    writeln!(out, "backend {backend}: {}", o.io.methods_summary())?;
     for (_, _, line) in &o.extra {
         if !line.is_empty() {
-            println!("{line}");
+            writeln!(out, "{line}")?;
         }
     }
     for sk in skipped {
-        println!("skipped: tensor '{}' ({})", sk.name, sk.reason);
+        writeln!(out, "skipped: tensor '{}' ({})", sk.name, sk.reason)?;
     }
     for n in &o.io.notes {
-        println!("note: {n}");
+        writeln!(out, "note: {n}")?;
     }
     if let Some(p) = peak_rss {
-        println!(
+        writeln!(
+            out,
             "peak host RSS {} (tensors {})",
             human_bytes(p),
             human_bytes(o.bytes)
-        );
+        )?;
     }
     Ok(())
 }

@@ -8,15 +8,29 @@ mod load;
 mod run;
 mod util;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
 
-/// Moves LLM weights from storage into memory as fast as the hardware allows.
+/// `--version`: the package version and the commit it was built from (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("HOIST_GIT_COMMIT"),
+    ")"
+);
+
+/// Inspect, load and benchmark LLM checkpoints; run Llama-family models on the GPU.
 #[derive(Parser, Debug)]
-#[command(name = "hoist", version, about, long_about = None)]
+#[command(name = "hoist", version = VERSION, long_about = None)]
 struct Cli {
+    /// Debug logs on stderr (HOIST_LOG, when set, decides instead: e.g. HOIST_LOG=trace).
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,11 +51,13 @@ enum Command {
 /// `--backend` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
-    /// Buffered reads for cached ranges, io_uring O_DIRECT for the rest.
+    /// Per chunk: buffered pread pool for ranges in the page cache (mmap-window copies into host
+    /// memory with 8 threads or more), io_uring O_DIRECT for the rest (the pread pool where
+    /// O_DIRECT or io_uring is refused).
     Auto,
-    /// io_uring for everything.
+    /// io_uring for everything (O_DIRECT where the filesystem allows it).
     Uring,
-    /// Buffered pread thread pool.
+    /// Buffered pread thread pool for everything.
     Pread,
     /// memcpy out of read-only 4 MiB mapping windows.
     Mmap,
@@ -204,11 +220,25 @@ pub type CheckpointPath = PathBuf;
 fn main() -> ExitCode {
     // First: `hoist run` reports time to first token from process start.
     let start = std::time::Instant::now();
-    let cli = Cli::parse();
+    end_quietly_on_closed_pipe();
+    let matches = Cli::command().get_matches();
+    if let Err(e) = refuse_gpu_flags_on_cpu(&matches) {
+        e.exit();
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `run` keeps its own -v/--verbose (clap does not hand it the global one: same id); it
+    // turns the debug logs on too.
+    let verbose = cli.verbose || matches!(&cli.command, Command::Run(a) if a.verbose);
+    let env_filter = std::env::var("HOIST_LOG").ok();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HOIST_LOG"))
+        .with_env_filter(log_filter(env_filter.as_deref(), verbose))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+    tracing::debug!(
+        args = ?std::env::args_os().skip(1).collect::<Vec<_>>(),
+        "hoist {VERSION}"
+    );
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Load(a) => load::run(a),
@@ -218,17 +248,148 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the outermost context first, then each cause.
-            let mut msg = e.to_string();
-            for cause in e.chain().skip(1) {
-                let c = cause.to_string();
-                if !msg.contains(&c) {
-                    msg.push_str(": ");
-                    msg.push_str(&c);
-                }
-            }
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Restores the default action of SIGPIPE, which the Rust runtime sets to "ignore".
+///
+/// Ignored, a write to a closed pipe (`hoist inspect m | head -1`) fails with EPIPE, and every
+/// `println!` in any subcommand or library then panics. Restored, the kernel ends the process
+/// at that write, silently, as it ends `cat`, `grep` or `seq`: the shell sees status 141 and
+/// prints nothing, and `set -o pipefail` scripts see what they see from those tools. This
+/// covers every write in one place, where a fallible writer would have to be threaded through
+/// every print of every subcommand. The C libraries loaded at run time (CUDA, cuFile, NVRTC)
+/// expect this default: it is what every C program starts with.
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: runs first in `main`, before any thread exists or any signal handler is set;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Ids of the flags that only steer GPU loads (`Tuning`'s fields).
+const GPU_ONLY_ARGS: [&str; 3] = ["gpu_path", "gpu_layout", "ring_mib"];
+
+/// `load` and `bench` with `--device cpu` refuse flags that only steer GPU loads (they would
+/// be silently ignored), before any work. Only flags given on the command line count.
+fn refuse_gpu_flags_on_cpu(matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+    let Some((name @ ("load" | "bench"), sub)) = matches.subcommand() else {
+        return Ok(());
+    };
+    if !matches!(sub.try_get_one::<Device>("device"), Ok(Some(Device::Cpu))) {
+        return Ok(());
+    }
+    let given: Vec<String> = GPU_ONLY_ARGS
+        .iter()
+        .filter(|id| sub.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    let verb = match given.len() {
+        0 => return Ok(()),
+        1 => "applies",
+        _ => "apply",
+    };
+    let msg = format!(
+        "{} {verb} only to GPU loads (--device cuda:N), not to --device cpu; leave {} out or load onto a GPU",
+        given.join(" and "),
+        if given.len() == 1 { "it" } else { "them" },
+    );
+    let mut cmd = Cli::command();
+    cmd.build();
+    Err(match cmd.find_subcommand_mut(name) {
+        Some(sub_cmd) => sub_cmd.error(clap::error::ErrorKind::ArgumentConflict, msg),
+        None => cmd.error(clap::error::ErrorKind::ArgumentConflict, msg),
+    })
+}
+
+/// The log filter: `HOIST_LOG` when set (it always decides); else, with `-v`, debug for hoist's
+/// own crates (targets `hoist`, `hoist_io`, …: a directive's target matches as a prefix) and
+/// warnings from the rest; else warnings only.
+fn log_filter(hoist_log: Option<&str>, verbose: bool) -> EnvFilter {
+    match hoist_log.filter(|v| !v.trim().is_empty()) {
+        Some(directives) => EnvFilter::builder().parse_lossy(directives),
+        None if verbose => EnvFilter::new("warn,hoist=debug"),
+        None => EnvFilter::new("warn"),
+    }
+}
+
+/// An error and its causes on one line, outermost first. A cause already contained in the
+/// line is left out; so is a cause's leading `NAME: ` when the line already names NAME (a
+/// context "cannot load m.gguf" and a cause "m.gguf: bad magic" read "cannot load m.gguf: bad
+/// magic"), since hoist's library errors start with the file they concern.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if msg.contains(&c) {
+            continue;
+        }
+        let rest = match c.split_once(": ") {
+            Some((head, rest)) if names(&msg, head) => rest,
+            _ => &c,
+        };
+        msg.push_str(": ");
+        msg.push_str(rest);
+    }
+    msg
+}
+
+/// Whether `line` holds `name` as a whole word (bounded by spaces, colons or the ends).
+fn names(line: &str, name: &str) -> bool {
+    let boundary = |c: Option<char>| c.is_none_or(|c| c == ' ' || c == ':');
+    !name.is_empty()
+        && line.match_indices(name).any(|(i, _)| {
+            boundary(line[..i].chars().next_back())
+                && boundary(line[i + name.len()..].chars().next())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Panics on clap misconfiguration, e.g. a global -v clashing with `run`'s own.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_verbose_stays_runs_own() {
+        let cli = Cli::try_parse_from(["hoist", "run", "m", "-v"]).unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert!(a.verbose);
+        let cli = Cli::try_parse_from(["hoist", "inspect", "m", "--verbose"]).unwrap();
+        assert!(cli.verbose);
+    }
+
+    #[test]
+    fn default_filter_shows_warnings_and_hoist_log_wins() {
+        assert_eq!(log_filter(None, false).to_string(), "warn");
+        assert_eq!(log_filter(Some(" "), false).to_string(), "warn");
+        assert_eq!(log_filter(None, true).to_string(), "hoist=debug,warn");
+        assert_eq!(log_filter(Some("error"), true).to_string(), "error");
+    }
+
+    #[test]
+    fn one_line_names_a_path_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(io)
+            .context("m.gguf: cannot read")
+            .context("cannot inspect m.gguf");
+        assert_eq!(
+            one_line(&e),
+            "cannot inspect m.gguf: cannot read: entity not found"
+        );
+        let e = anyhow::anyhow!("d/b.safetensors: truncated").context("cannot load d");
+        assert_eq!(one_line(&e), "cannot load d: d/b.safetensors: truncated");
+        let e = anyhow::anyhow!("m: bad").context("loading m.gguf failed");
+        assert_eq!(one_line(&e), "loading m.gguf failed: m: bad");
     }
 }

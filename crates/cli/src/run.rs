@@ -6,11 +6,13 @@
 //!   session that remembers which tokens its KV cache holds.
 //! - [`turn`]: one reply: feed what the KV cache lacks, generate, time it.
 //! - [`oneshot`]: `--prompt`, streamed or as one JSON object.
-//! - [`chat`]: the interactive loop.
+//! - [`chat`]: the interactive loop and its commands.
+//! - [`input`]: the chat's stdin lines and Ctrl-C.
 //! - [`bench`]: speed against the GPU's limits (`--benchmark`).
 
 mod bench;
 mod chat;
+mod input;
 mod model;
 mod oneshot;
 mod turn;

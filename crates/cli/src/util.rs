@@ -57,11 +57,47 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// A bar on stderr for `total` units drawn with `template` (indicatif's syntax), or a hidden one
+/// (drawing nothing) when stderr is not a terminal, so logs and pipes stay clean.
+fn stderr_bar(total: u64, template: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    // Cleared however it ends, an error included, so the error line starts a clean line.
+    let bar = indicatif::ProgressBar::new(total).with_finish(indicatif::ProgressFinish::AndClear);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// A bar on stderr for a job of `total_bytes` (advance it with `inc(bytes)`); draws nothing when
+/// stderr is not a terminal.
+pub fn bytes_bar(total_bytes: u64, label: &str) -> indicatif::ProgressBar {
+    let bar = stderr_bar(
+        total_bytes,
+        "{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
+/// A bar on stderr for `total_steps` steps, its message naming the current one; draws nothing
+/// when stderr is not a terminal.
+pub fn steps_bar(total_steps: u64) -> indicatif::ProgressBar {
+    stderr_bar(total_steps, "[{bar:30}] {pos}/{len} {msg} ({elapsed})")
+}
+
 /// A progress bar on stderr fed from a byte counter; nothing when stderr is not a terminal.
 pub struct Progress {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How often the bar reads the counter.
+const PROGRESS_TICK: Duration = Duration::from_millis(100);
 
 impl Progress {
     /// Starts displaying `counter` against `total_bytes` if stderr is a terminal and `enabled`.
@@ -75,18 +111,14 @@ impl Progress {
         if !enabled || !std::io::stderr().is_terminal() {
             return Progress { stop, thread: None };
         }
-        let bar = indicatif::ProgressBar::new(total_bytes);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.set_message(label.to_string());
+        let bar = bytes_bar(total_bytes, label);
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
+            while !s.load(Ordering::Acquire) {
                 bar.set_position(counter.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
+                // Parked rather than slept: Drop unparks it, so ending the bar never adds a
+                // tick to the load time the caller measures.
+                std::thread::park_timeout(PROGRESS_TICK);
             }
             bar.finish_and_clear();
         });
@@ -99,8 +131,9 @@ impl Progress {
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }

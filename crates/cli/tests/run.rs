@@ -2,10 +2,13 @@
 //! what the runtime library generates for the same prompt and settings, seeds repeat, the chat
 //! loop keeps its history and KV cache, and bad input is a clear error.
 
+mod common;
+
 use std::ffi::OsStr;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{fixtures, hoist_with_stdin, model_dir, stderr, success};
 
 use hoist_runtime::chat::{ChatTemplate, Message};
 use hoist_runtime::cpu::CpuModel;
@@ -13,58 +16,8 @@ use hoist_runtime::generate::{generate, CpuSession, GenerateOptions, Generation}
 use hoist_runtime::sampler::{SamplingParams, StopReason};
 use hoist_runtime::tokenizer::Tokenizer;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures")
-}
-
-/// The Llama fixture (weights and config) with the fixture tokenizer beside it: its 288 tokens
-/// are exactly the model's vocabulary. `with_config` false leaves out tokenizer_config.json
-/// (no chat template, no BOS).
-fn model_dir(with_config: bool) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let f = fixtures();
-    let mut files = vec![
-        f.join("llama/config.json"),
-        f.join("llama/model.safetensors"),
-        f.join("tokenizer/tokenizer.json"),
-    ];
-    if with_config {
-        files.push(f.join("tokenizer/tokenizer_config.json"));
-    }
-    for src in files {
-        std::fs::copy(&src, dir.path().join(src.file_name().unwrap())).unwrap();
-    }
-    dir
-}
-
-fn hoist_with_stdin<S: AsRef<OsStr>>(args: &[S], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the hoist binary runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
 fn hoist<S: AsRef<OsStr>>(args: &[S]) -> Output {
     hoist_with_stdin(args, "")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn success(out: &Output) -> String {
-    assert!(out.status.success(), "hoist failed: {}", stderr(out));
-    String::from_utf8(out.stdout.clone()).expect("UTF-8 stdout")
 }
 
 /// A run that must fail with one `error:` line containing every one of `needles`.
@@ -201,7 +154,9 @@ fn json_reports_text_tokens_stop_and_timings() {
         let (stop, token) = match g.stop {
             StopReason::Eos(id) => ("eos", serde_json::json!(id)),
             StopReason::MaxTokens => ("max_tokens", serde_json::Value::Null),
-            StopReason::StopString(_) => unreachable!("no stop strings"),
+            StopReason::StopString(_) | StopReason::Cancelled => {
+                unreachable!("no stop strings, nothing cancels")
+            }
         };
         assert_eq!((&doc["stop"], &doc["stop_token"]), (&stop.into(), &token));
         stops.push(doc["stop"].clone());

@@ -173,7 +173,9 @@ fn gpu(ordinal: usize) -> Result<(Arc<Gpu>, f64), CudaError> {
     let g = std::panic::catch_unwind(|| Gpu::open(ordinal))
         .map_err(|p| CudaError::NoDriver(panic_text(&p)))??;
     open.push((ordinal, g.clone()));
-    Ok((g, t.elapsed().as_secs_f64()))
+    let seconds = t.elapsed().as_secs_f64();
+    tracing::debug!(ordinal, device = %g.name(), seconds, "CUDA context opened");
+    Ok((g, seconds))
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -327,6 +329,12 @@ pub fn load_to_gpu(
         });
     }
     let dest = Destinations::alloc(&g, &plan, gpu_config.dest)?;
+    tracing::debug!(
+        layout = %gpu_config.dest.name(),
+        allocated_bytes = dest.allocated_bytes(),
+        seconds = start.elapsed().as_secs_f64(),
+        "device buffers allocated"
+    );
     if let Some(byte) = gpu_config.poison {
         for p in 0..plan.placements.len() {
             // SAFETY: each placement's bytes lie inside its allocation.
@@ -405,6 +413,16 @@ pub fn load_to_gpu(
             }
         }
     };
+    tracing::debug!(
+        asked = %gpu_config.path.name(),
+        path = %chosen.name(),
+        reason = path_reason.as_str(),
+        "GPU path"
+    );
+    if gpu_config.path == GpuPath::Cufile && cufile.library && !cufile.nvidia_fs {
+        // Asked for by name, so say what it costs: compatibility mode is a slower ring.
+        tracing::warn!("cuFile asked for, but nvidia-fs is not loaded: it runs in compatibility mode (not direct), slower than --gpu-path ring");
+    }
     let mut chosen = chosen;
     let mut path_reason = path_reason;
     let mut setup_seconds = start.elapsed().as_secs_f64();
@@ -439,6 +457,7 @@ pub fn load_to_gpu(
             }
             // `auto` chose cuFile and cuFile refused before reading anything: take the ring.
             Err(CudaError::Cufile { what, reason }) if gpu_config.path == GpuPath::Auto => {
+                tracing::info!(what = %what, reason = reason.as_str(), "cuFile refused; falling back to the ring");
                 chosen = GpuPath::Ring;
                 path_reason = format!("ring: cuFile failed to {what} ({reason})");
             }
@@ -459,6 +478,15 @@ pub fn load_to_gpu(
                 &on_placement,
             )?;
             setup_seconds = start.elapsed().as_secs_f64();
+            tracing::debug!(
+                ring_bytes = sink.ring_bytes(),
+                slots = sink.slots(),
+                slot_bytes = plan.config.chunk_bytes,
+                streams = gpu_config.streams,
+                pinned = %gpu_config.pinned.name(),
+                setup_seconds,
+                "pinned staging ring ready"
+            );
             let result = hoist_io::execute(&plan, &sink, engine);
             let drained = sink.drain();
             let io = result?;
@@ -470,6 +498,16 @@ pub fn load_to_gpu(
     g.synchronize()?;
     let seconds = start.elapsed().as_secs_f64();
     let (free_after, _) = g.mem_info()?;
+    tracing::debug!(
+        path = %path,
+        tensor_bytes = plan.tensor_bytes(),
+        seconds,
+        setup_seconds,
+        context_seconds,
+        gbps = plan.tensor_bytes() as f64 / seconds.max(1e-9) / 1e9,
+        methods = io.methods_summary(),
+        "GPU load finished"
+    );
     let report = GpuLoadReport {
         io,
         path,

@@ -1,9 +1,12 @@
 //! Element types of both formats and the byte length they give a shape.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// A tensor's element type: a safetensors dtype, or a ggml type from a GGUF file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+///
+/// Serializes as its [`DType::name`] (`"BF16"`, `"F8_E4M3"`, `"Q4_0"`), the name a user sees in
+/// the table and in the file formats' own tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     /// Boolean, one byte per element.
     Bool,
@@ -146,6 +149,12 @@ pub fn element_count(dims: &[u64]) -> Option<u64> {
     dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
 }
 
+impl Serialize for DType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 impl std::fmt::Display for DType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -267,6 +276,15 @@ mod tests {
         );
         assert_eq!(DType::Ggml(GgmlType(9999)).byte_len(32), None);
         assert_eq!(DType::Ggml(GgmlType::BF16).bits(), Some(16));
+    }
+
+    #[test]
+    fn serializes_as_the_name_users_see() {
+        let json = |d: DType| serde_json::to_value(d).unwrap();
+        assert_eq!(json(DType::Ggml(GgmlType::Q4_0)), "Q4_0");
+        assert_eq!(json(DType::Ggml(GgmlType::F32)), "F32");
+        assert_eq!(json(DType::F8E4M3), "F8_E4M3");
+        assert_eq!(json(DType::BF16), "BF16");
     }
 
     #[test]

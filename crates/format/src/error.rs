@@ -16,6 +16,15 @@ pub enum FormatError {
         #[source]
         source: std::io::Error,
     },
+    /// The path is not a regular file (a FIFO, a device, a socket, a directory where a file is
+    /// expected): refused before any read, since reading a FIFO or a device can block forever.
+    #[error("{path}: not a regular file ({kind}); checkpoints are read from regular files")]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead (`"a FIFO"`).
+        kind: &'static str,
+    },
     /// The path is neither a safetensors file, a GGUF file, an index, nor a directory holding
     /// one of them.
     #[error("{path}: not a checkpoint: {reason}")]

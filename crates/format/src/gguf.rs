@@ -11,7 +11,6 @@
 //! (default 32), the data section.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
@@ -33,8 +32,7 @@ const MAX_META_VALUES: u64 = 1 << 22;
 
 /// Opens and parses a GGUF file's header with buffered reads.
 pub(crate) fn parse_gguf(path: &Path) -> Result<TensorTable, FormatError> {
-    let f = File::open(path).map_err(|e| io_err(path, e))?;
-    let size_bytes = f.metadata().map_err(|e| io_err(path, e))?.len();
+    let (f, size_bytes) = crate::open::open_regular(path)?;
     parse_gguf_from(path, BufReader::with_capacity(1 << 20, f), size_bytes)
 }
 
@@ -53,7 +51,7 @@ pub(crate) fn parse_gguf_from(
     };
     let magic = s.bytes(4, || "the GGUF magic".into())?;
     if magic != b"GGUF" {
-        return Err(s.invalid(format!("bad magic {magic:02x?}, expected \"GGUF\"")));
+        return Err(bad_magic(path, &magic));
     }
     let version = s.u32(|| "the GGUF version".into())?;
     match version {
@@ -73,7 +71,7 @@ pub(crate) fn parse_gguf_from(
     let n_tensors = s.u64(|| "the tensor count".into())?;
     let n_kv = s.u64(|| "the key/value count".into())?;
     // Smallest key/value: empty key (8), type (4), one-byte value (1).
-    s.need(n_kv.saturating_mul(13), || format!("{n_kv} key/values"))?;
+    s.count_fits(n_kv, 13, "key/value")?;
 
     let mut metadata = BTreeMap::new();
     let mut alignment = DEFAULT_ALIGNMENT;
@@ -98,12 +96,24 @@ pub(crate) fn parse_gguf_from(
     }
 
     // Smallest tensor info: empty name (8), n_dims (4), type (4), offset (8).
-    s.need(n_tensors.saturating_mul(24), || {
-        format!("{n_tensors} tensor infos")
-    })?;
+    s.count_fits(n_tensors, 24, "tensor")?;
     let mut raw = Vec::with_capacity(initial_capacity(n_tensors));
     for i in 0..n_tensors {
-        raw.push(read_tensor_info(&mut s, i)?);
+        let info = read_tensor_info(&mut s, i).map_err(|e| match e {
+            // A count that lies high sends the reader past the real infos, into padding and
+            // tensor data, where a "length" is any 8 bytes: say what is wrong, not the absurd
+            // size such a length implies.
+            FormatError::Truncated {
+                what, have_bytes, ..
+            } => FormatError::InvalidHeader {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "tensor count {n_tensors} is larger than the file can hold: {what} would run past the end of the file ({have_bytes} bytes); {CORRUPT_HINT}"
+                ),
+            },
+            other => other,
+        })?;
+        raw.push(info);
     }
     let header_end = s.pos;
     let data_offset = header_end
@@ -136,6 +146,24 @@ pub(crate) fn parse_gguf_from(
         format: FileFormat::Gguf { version, alignment },
     };
     TensorTable::from_parts(path.to_path_buf(), vec![file], tensors, metadata, skipped)
+}
+
+/// What to do about a header whose counts or lengths do not fit its file.
+const CORRUPT_HINT: &str =
+    "the file is truncated or its header corrupt (re-download or re-convert it)";
+
+/// The error for a file whose first four bytes are not `GGUF`: they are shown as text (escaped
+/// where not printable) and in hex, as a user compares them with a file dump.
+pub(crate) fn bad_magic(path: &Path, magic: &[u8]) -> FormatError {
+    let hex: Vec<String> = magic.iter().map(|b| format!("{b:02x}")).collect();
+    FormatError::InvalidHeader {
+        path: path.to_path_buf(),
+        reason: format!(
+            "bad magic \"{}\" ({}), expected \"GGUF\"",
+            magic.escape_ascii(),
+            hex.join(" ")
+        ),
+    }
 }
 
 /// A tensor info as stored, before its size is known.
@@ -347,6 +375,20 @@ impl<R: Read> Src<'_, R> {
         }
     }
 
+    /// Checks that `count` entries of at least `min_bytes` each (a `what` count read from the
+    /// header) fit in the bytes left and under the header limit, before any is read.
+    fn count_fits(&self, count: u64, min_bytes: u64, what: &str) -> Result<(), FormatError> {
+        let left_bytes = self.size.saturating_sub(self.pos);
+        let most = left_bytes / min_bytes;
+        if count > most {
+            return Err(self.invalid(format!(
+                "{what} count {count} is larger than the file can hold (at most {most} in the {left_bytes} bytes left); {CORRUPT_HINT}"
+            )));
+        }
+        // Cannot overflow: count <= left_bytes / min_bytes.
+        self.need(count * min_bytes, || format!("{count} {what} entries"))
+    }
+
     /// Checks that `n` more header bytes exist in the file and stay under the header limit.
     fn need(&self, n: u64, what: impl FnOnce() -> String) -> Result<(), FormatError> {
         let end = self.pos.saturating_add(n);
@@ -485,9 +527,46 @@ mod tests {
     fn huge_counts_do_not_allocate() {
         let mut b = file(None, 0);
         b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(parse(&b), Err(FormatError::Truncated { .. })));
+        let e = parse(&b).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "key/value count {} is larger than the file can hold",
+                u64::MAX
+            )),
+            "{e}"
+        );
         let mut b = file(None, 0);
         b[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(matches!(parse(&b), Err(FormatError::Truncated { .. })));
+        let e = parse(&b).unwrap_err().to_string();
+        assert!(
+            e.contains("tensor count 1099511627776 is larger than the file can hold"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tensor_count_that_lies_a_little_names_the_count() {
+        // One real tensor info; the count says three, so the second and third are read from
+        // the padding and the data, whose bytes make an absurd name length.
+        let mut b = file(None, 0);
+        let data_start = b.len() - 32;
+        b[data_start..].fill(0xee);
+        b[8..16].copy_from_slice(&3u64.to_le_bytes());
+        let e = parse(&b).unwrap_err().to_string();
+        assert!(
+            e.contains("tensor count 3 is larger than the file can hold") && !e.contains("needs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_magic_is_text_and_hex() {
+        let mut b = file(None, 0);
+        b[..4].copy_from_slice(b"GG\x00\xff");
+        let e = parse(&b).unwrap_err().to_string();
+        assert!(
+            e.contains(r#"bad magic "GG\x00\xff" (47 47 00 ff), expected "GGUF""#),
+            "{e}"
+        );
     }
 }

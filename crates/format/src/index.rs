@@ -33,8 +33,7 @@ pub(crate) struct ShardIndex {
 
 /// Opens an index file and every shard it names.
 pub(crate) fn parse_index(path: &Path) -> Result<TensorTable, FormatError> {
-    let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
-    let size = f.metadata().map_err(|e| io_err(path, e))?.len();
+    let (f, size) = crate::open::open_regular(path)?;
     if size > MAX_HEADER_BYTES {
         return Err(FormatError::HeaderTooLarge {
             path: path.to_path_buf(),
@@ -52,7 +51,9 @@ pub(crate) fn parse_index(path: &Path) -> Result<TensorTable, FormatError> {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     resolve(path, &index, |shard, i| {
         let p = dir.join(shard);
-        if !p.is_file() {
+        // Only an absent shard is "missing"; one that is there but is not a regular file (or
+        // cannot be read) gets its own error from the parser.
+        if matches!(p.try_exists(), Ok(false)) {
             return Err(FormatError::MissingShard {
                 index: path.to_path_buf(),
                 shard: shard.to_owned(),

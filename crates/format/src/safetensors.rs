@@ -4,7 +4,6 @@
 //! size before any tensor is trusted. Duplicate keys in the JSON are refused (see [`crate::json`]).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -19,8 +18,7 @@ pub(crate) type Parsed = (SourceFile, Vec<TensorInfo>, BTreeMap<String, MetaValu
 
 /// Parses one safetensors file's header; `file_index` is what its tensors' `file` field gets.
 pub(crate) fn parse_safetensors(path: &Path, file_index: usize) -> Result<Parsed, FormatError> {
-    let f = File::open(path).map_err(|e| io_err(path, e))?;
-    let size_bytes = f.metadata().map_err(|e| io_err(path, e))?.len();
+    let (f, size_bytes) = crate::open::open_regular(path)?;
     parse_safetensors_from(path, file_index, f, size_bytes)
 }
 

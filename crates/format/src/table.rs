@@ -22,6 +22,18 @@ pub enum FileFormat {
     },
 }
 
+impl std::fmt::Display for FileFormat {
+    /// `safetensors`, or `GGUF v3, alignment 32`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileFormat::Safetensors => f.write_str("safetensors"),
+            FileFormat::Gguf { version, alignment } => {
+                write!(f, "GGUF v{version}, alignment {alignment}")
+            }
+        }
+    }
+}
+
 /// One file of a checkpoint.
 #[derive(Clone, Debug, Serialize)]
 pub struct SourceFile {
@@ -233,5 +245,20 @@ impl TensorTable {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_display_for_people() {
+        let gguf = FileFormat::Gguf {
+            version: 3,
+            alignment: 32,
+        };
+        assert_eq!(gguf.to_string(), "GGUF v3, alignment 32");
+        assert_eq!(FileFormat::Safetensors.to_string(), "safetensors");
     }
 }

@@ -81,11 +81,11 @@ const CASES: &[(&str, &str)] = &[
     ("gguf_truncated_header.gguf", "truncated"),
     (
         "gguf_huge_kv_count.gguf",
-        "truncated: 1152921504606846976 key/values",
+        "key/value count 1152921504606846976 is larger than the file can hold",
     ),
     (
         "gguf_huge_tensor_count.gguf",
-        "truncated: 1099511627776 tensor infos",
+        "tensor count 1099511627776 is larger than the file can hold",
     ),
     (
         "gguf_huge_string_length.gguf",

@@ -41,8 +41,14 @@ pub fn load_host(
     engine_config: &EngineConfig,
     on_tensor: Option<&OnTensor<'_>>,
 ) -> Result<(Vec<HostTensor>, LoadReport), LoadError> {
+    let start = std::time::Instant::now();
     let plan = Plan::new(table, selection, plan_config)?;
     let sink = HostSink::new(table, &plan, on_tensor)?;
+    tracing::debug!(
+        buffer_bytes = plan.buffer_bytes(),
+        seconds = start.elapsed().as_secs_f64(),
+        "host buffers reserved"
+    );
     let report = execute(&plan, &sink, engine_config)?;
     Ok((sink.into_tensors(), report))
 }

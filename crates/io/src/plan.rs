@@ -231,7 +231,34 @@ impl Plan {
             });
         }
         plan.split_chunks(table);
+        plan.log();
         Ok(plan)
+    }
+
+    /// The plan at `debug` (counts and bytes), each region at `trace`.
+    fn log(&self) {
+        tracing::debug!(
+            files = self.files.len(),
+            regions = self.regions.len(),
+            chunks = self.chunks.len(),
+            tensors = self.placements.len(),
+            empty_tensors = self.empty.len(),
+            tensor_bytes = self.tensor_bytes(),
+            read_bytes = self.read_bytes(),
+            chunk_bytes = self.config.chunk_bytes,
+            align_bytes = self.config.align_bytes,
+            "read plan"
+        );
+        for (i, r) in self.regions.iter().enumerate() {
+            tracing::trace!(
+                region = i,
+                file = %self.files[r.file].path.display(),
+                start = r.start,
+                end = r.end,
+                tensors = r.placements.len(),
+                "plan region"
+            );
+        }
     }
 
     fn split_chunks(&mut self, table: &TensorTable) {

@@ -54,9 +54,10 @@ pub trait Sink: Sync {
     }
 
     /// Whether the sink hands out the same few buffers again and again (a staging ring) rather
-    /// than fresh destination memory. `auto` copies cached chunks out of mmap windows into fresh
-    /// memory, but reads them with buffered `pread` into reused, already-faulted buffers: each
-    /// measured faster in its case (docs/BENCHMARKS.md).
+    /// than fresh destination memory. `auto` picks its method for cached chunks by this answer
+    /// ([`crate::engine::auto_cached_into_fresh_memory`] or
+    /// [`crate::engine::AUTO_CACHED_INTO_REUSED_BUFFERS`], as measured in docs/BENCHMARKS.md),
+    /// since page faults on fresh memory change which copy is cheaper.
     fn reuses_buffers(&self) -> bool {
         false
     }

@@ -3,6 +3,7 @@
 //!
 //! It runs over any [`LogitsModel`]: the CPU reference here, the GPU runtime later.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cpu::{CpuModel, ForwardError, KvCache};
@@ -135,6 +136,22 @@ pub fn generate_after(
     options: &GenerateOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, RuntimeError> {
+    let never = AtomicBool::new(false);
+    generate_cancellable(model, tokenizer, cached, prompt, options, &never, on_text)
+}
+
+/// [`generate_after`] that another thread can stop (a Ctrl-C handler): once `cancel` is set,
+/// generation ends with [`StopReason::Cancelled`], keeping what it produced. It is checked as
+/// each token is chosen, so it stops within one decode step; a prompt being fed is fed first.
+pub fn generate_cancellable(
+    model: &mut dyn LogitsModel,
+    tokenizer: &Tokenizer,
+    cached: &[u32],
+    prompt: &[u32],
+    options: &GenerateOptions,
+    cancel: &AtomicBool,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation, RuntimeError> {
     let mut sampler = Sampler::new(options.sampling)?;
     let start = Instant::now();
     let mut logits = model.next_logits(prompt)?;
@@ -149,6 +166,7 @@ pub fn generate_after(
         text: String::new(),
         stream: TextStream::new(),
         stops: StopStrings::new(options.stop_strings.iter().cloned()),
+        cancel,
         on_text,
     };
     let stop = 'decode: {
@@ -226,6 +244,7 @@ struct Output<'a> {
     text: String,
     stream: TextStream,
     stops: StopStrings,
+    cancel: &'a AtomicBool,
     on_text: &'a mut dyn FnMut(&str),
 }
 
@@ -246,7 +265,13 @@ impl Output<'_> {
                 }
             }
         }
-        Ok((self.tokens.len() >= self.options.max_tokens).then_some(StopReason::MaxTokens))
+        if self.tokens.len() >= self.options.max_tokens {
+            return Ok(Some(StopReason::MaxTokens));
+        }
+        Ok(self
+            .cancel
+            .load(Ordering::Relaxed)
+            .then_some(StopReason::Cancelled))
     }
 
     /// After generation ended for `stop`: shows the text still held (bytes of an unfinished
@@ -275,6 +300,116 @@ impl Output<'_> {
         if !t.is_empty() {
             (self.on_text)(t);
             self.text.push_str(t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Always the same next token, with or without a greedy path of its own.
+    struct Repeat {
+        token: u32,
+        vocab: usize,
+        device_greedy: bool,
+        fed: usize,
+    }
+
+    impl LogitsModel for Repeat {
+        fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+            self.fed += tokens.len();
+            let mut logits = vec![0.0; self.vocab];
+            logits[self.token as usize] = 1.0;
+            Ok(logits)
+        }
+
+        fn decode_greedy(
+            &mut self,
+            first: u32,
+            max_feeds: usize,
+            next: &mut dyn FnMut(u32) -> bool,
+        ) -> Option<Result<usize, RuntimeError>> {
+            if !self.device_greedy {
+                return None;
+            }
+            // Feeds `first`, then each token `next` accepts, as the GPU session does.
+            let _ = first;
+            let mut fed = 0;
+            loop {
+                fed += 1;
+                if !next(self.token) || fed == max_feeds {
+                    self.fed += fed;
+                    return Some(Ok(fed));
+                }
+            }
+        }
+    }
+
+    fn tokenizer() -> Tokenizer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
+        Tokenizer::from_hf_dir(&dir).unwrap()
+    }
+
+    #[test]
+    fn a_cancel_flag_ends_generation_at_the_next_token() {
+        let tok = tokenizer();
+        // A token with text of its own, so that each one streams a piece.
+        let token = tok.encode("hello", false).unwrap()[0];
+        let options = GenerateOptions {
+            max_tokens: 1000,
+            ..Default::default()
+        };
+        for device_greedy in [false, true] {
+            let mut model = Repeat {
+                token,
+                vocab: tok.vocab_size(),
+                device_greedy,
+                fed: 0,
+            };
+            let cancel = AtomicBool::new(false);
+            let mut pieces = 0;
+            let g = generate_cancellable(
+                &mut model,
+                &tok,
+                &[],
+                &[1, 2],
+                &options,
+                &cancel,
+                &mut |_| {
+                    pieces += 1;
+                    if pieces == 3 {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                g.stop,
+                StopReason::Cancelled,
+                "device greedy {device_greedy}"
+            );
+            assert_eq!(g.tokens.len(), 3, "device greedy {device_greedy}");
+            assert!(!g.text.is_empty());
+            // The prompt, and every chosen token but the last.
+            assert_eq!(model.fed, 2 + 2, "device greedy {device_greedy}");
+
+            // Set before it starts: the prompt is fed and one token chosen.
+            let mut model = Repeat { fed: 0, ..model };
+            let g = generate_cancellable(
+                &mut model,
+                &tok,
+                &[],
+                &[1, 2],
+                &options,
+                &cancel,
+                &mut |_| {},
+            )
+            .unwrap();
+            assert_eq!(
+                (g.stop, g.tokens.len(), model.fed),
+                (StopReason::Cancelled, 1, 2)
+            );
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`weights`]: one naming of a model's tensors ([`WeightId`]) for both sources, and the check
 //!   that a checkpoint holds every tensor with the shape the configuration implies.
 //! - [`cpu`]: reference kernels (f32) and the reference forward pass.
+//! - [`quant`]: GGUF tensors (plain, legacy, k-quant and IQ4 block types) dequantized to f32.
 //! - [`tokenizer`]: `tokenizer.json`, or a tokenizer rebuilt from GGUF metadata.
 //! - [`chat`]: chat templates rendered with minijinja.
 //! - [`sampler`]: greedy and stochastic sampling, repetition penalty, stop strings.
@@ -25,6 +26,7 @@ mod device;
 mod error;
 pub mod generate;
 pub mod gpu;
+pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
 pub mod weights;

@@ -248,6 +248,9 @@ pub enum StopReason {
     StopString(String),
     /// The token limit was reached.
     MaxTokens,
+    /// The caller's cancel flag was set ([`crate::generate::generate_cancellable`]): Ctrl-C in
+    /// `hoist run`'s chat.
+    Cancelled,
 }
 
 /// What [`StopStrings::push`] decided.

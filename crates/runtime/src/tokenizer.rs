@@ -71,7 +71,8 @@ pub struct Tokenizer {
     /// post-processor does it itself).
     add_bos: bool,
     add_eos: bool,
-    chat_template: Option<String>,
+    /// The chat template's source, and where it came from (a file, and the key in it).
+    chat_template: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -89,6 +90,19 @@ fn lib_err(context: impl Into<String>) -> impl FnOnce(tokenizers::Error) -> Toke
     move |e| TokenizerError::Library {
         context,
         message: e.to_string(),
+    }
+}
+
+/// The `chat_template` of `tokenizer_config.json`: a string, or a list of named templates of
+/// which "default" is the one.
+fn config_template(tc: &serde_json::Value) -> Option<String> {
+    match tc.get("chat_template")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
     }
 }
 
@@ -146,14 +160,23 @@ impl Tokenizer {
                 }
             }
         }
-        let chat_template = match tc.get("chat_template") {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            // A list of named templates: take "default".
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
-            _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        // transformers 5 saves the template as chat_template.jinja, and where both exist the
+        // file replaces the config's key when transformers loads the tokenizer.
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = match std::fs::read_to_string(&jinja) {
+            Ok(source) => Some((source, jinja.display().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                config_template(&tc).map(|source| {
+                    let origin = dir.join("tokenizer_config.json");
+                    (source, format!("{} chat_template", origin.display()))
+                })
+            }
+            Err(source) => {
+                return Err(TokenizerError::Io {
+                    path: jinja,
+                    source,
+                })
+            }
         };
         Ok(Tokenizer {
             inner,
@@ -229,7 +252,10 @@ impl Tokenizer {
                 .unwrap_or(add_bos_default),
             add_eos: m.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
             chat_template: match meta.get("tokenizer.chat_template") {
-                Some(MetaValue::String(s)) => Some(s.clone()),
+                Some(MetaValue::String(s)) => Some((
+                    s.clone(),
+                    format!("{} tokenizer.chat_template", path.display()),
+                )),
                 _ => None,
             },
         })
@@ -294,7 +320,17 @@ impl Tokenizer {
 
     /// The chat template shipped with the tokenizer, if any.
     pub fn chat_template(&self) -> Option<&str> {
-        self.chat_template.as_deref()
+        self.chat_template
+            .as_ref()
+            .map(|(source, _)| source.as_str())
+    }
+
+    /// Where [`Tokenizer::chat_template`] came from, for messages: `DIR/chat_template.jinja`,
+    /// `DIR/tokenizer_config.json chat_template` or `FILE.gguf tokenizer.chat_template`.
+    pub fn chat_template_origin(&self) -> Option<&str> {
+        self.chat_template
+            .as_ref()
+            .map(|(_, origin)| origin.as_str())
     }
 
     /// The underlying `tokenizers` tokenizer.
@@ -608,5 +644,51 @@ mod tests {
             .collect();
         // "bc" (-2) before "ab" (-3) before the two ways to make "abc" (-4, by left id).
         assert_eq!(m, vec![("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c")]);
+    }
+
+    #[test]
+    fn the_chat_template_and_where_it_came_from() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::copy(
+            fixtures.join("tokenizer/tokenizer.json"),
+            d.join("tokenizer.json"),
+        )
+        .unwrap();
+        let tok = Tokenizer::from_hf_dir(d).unwrap();
+        assert_eq!(
+            (tok.chat_template(), tok.chat_template_origin()),
+            (None, None)
+        );
+
+        let config = d.join("tokenizer_config.json");
+        std::fs::copy(fixtures.join("tokenizer/tokenizer_config.json"), &config).unwrap();
+        let tok = Tokenizer::from_hf_dir(d).unwrap();
+        assert!(tok.chat_template().is_some_and(|t| t.contains("messages")));
+        let origin = format!("{} chat_template", config.display());
+        assert_eq!(tok.chat_template_origin(), Some(origin.as_str()));
+
+        // transformers 5's file wins over the config's key, as transformers loads it.
+        let jinja = d.join("chat_template.jinja");
+        std::fs::write(&jinja, "{{ 'from the file' }}").unwrap();
+        let tok = Tokenizer::from_hf_dir(d).unwrap();
+        assert_eq!(tok.chat_template(), Some("{{ 'from the file' }}"));
+        let origin = jinja.display().to_string();
+        assert_eq!(tok.chat_template_origin(), Some(origin.as_str()));
+
+        // A file there that cannot be read is an error naming it, not a silent fallback.
+        std::fs::remove_file(&jinja).unwrap();
+        std::fs::create_dir(&jinja).unwrap();
+        match Tokenizer::from_hf_dir(d) {
+            Err(TokenizerError::Io { path, .. }) => assert_eq!(path, jinja),
+            other => panic!("{other:?}"),
+        }
+
+        let gguf = fixtures.join("gguf/llama-q8_0.gguf");
+        let table = hoist_format::TensorTable::open(&gguf).unwrap();
+        let tok = Tokenizer::from_gguf(&table.metadata, &gguf).unwrap();
+        let origin = format!("{} tokenizer.chat_template", gguf.display());
+        assert_eq!(tok.chat_template_origin(), Some(origin.as_str()));
     }
 }

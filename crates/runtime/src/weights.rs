@@ -20,7 +20,7 @@
 
 use std::path::PathBuf;
 
-use hoist_format::{DType, FileFormat, GgmlType, TensorTable};
+use hoist_format::{DType, FileFormat, TensorTable};
 
 use crate::config::{ArchFamily, ModelConfig};
 
@@ -49,8 +49,8 @@ pub enum WeightError {
         /// Shape in the checkpoint.
         found: Vec<u64>,
     },
-    /// A tensor's element type is not one the runtime reads.
-    #[error("{}: tensor '{name}' has dtype {dtype}; supported: F32, F16, BF16, Q8_0, Q4_0", path.display())]
+    /// A tensor's element type is not one the runtime reads (on any device).
+    #[error("{}: tensor '{name}' has dtype {dtype}, which hoist cannot read; supported: {}", path.display(), crate::quant::supported_names())]
     Dtype {
         /// The checkpoint.
         path: PathBuf,
@@ -241,13 +241,14 @@ impl WeightSource {
     }
 }
 
-/// The element types the runtime reads.
+/// The element types the runtime reads: every one the CPU reference converts to f32 (the GPU
+/// runtime reads a subset and checks it itself).
 pub fn supported_dtype(d: DType) -> bool {
-    matches!(d, DType::F32 | DType::F16 | DType::BF16)
-        || matches!(
-            d,
-            DType::Ggml(g) if [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0].contains(&g)
-        )
+    match d {
+        DType::F32 | DType::F16 | DType::BF16 => true,
+        DType::Ggml(g) => crate::quant::supports(g),
+        _ => false,
+    }
 }
 
 /// Every tensor a model needs, resolved to its index in a [`TensorTable`].
@@ -339,6 +340,7 @@ pub fn gguf_permutes_qk(arch: ArchFamily) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hoist_format::GgmlType;
 
     #[test]
     fn names() {
@@ -357,7 +359,10 @@ mod tests {
     fn dtypes() {
         assert!(supported_dtype(DType::BF16));
         assert!(supported_dtype(DType::Ggml(GgmlType::Q4_0)));
-        assert!(!supported_dtype(DType::Ggml(GgmlType(12))), "Q4_K not yet");
+        assert!(supported_dtype(DType::Ggml(GgmlType(12))), "Q4_K");
+        assert!(supported_dtype(DType::Ggml(GgmlType(14))), "Q6_K");
+        assert!(!supported_dtype(DType::Ggml(GgmlType(16))), "IQ2_XXS");
+        assert!(!supported_dtype(DType::Ggml(GgmlType(9999))), "unknown");
         assert!(!supported_dtype(DType::I64));
     }
 }

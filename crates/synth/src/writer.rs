@@ -4,34 +4,34 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::error::{io_err, SynthError};
+use crate::marker::{inspect_dir, remove_own_files, DirState, MarkedFile, Marker};
 use crate::{fill_random, ModelSpec, TensorSpec};
-
-/// File that marks a directory as a finished synthetic checkpoint (and records its layout), so a
-/// benchmark can reuse it instead of writing gigabytes again.
-pub const MARKER_FILE_NAME: &str = "hoist-synth.json";
 
 /// Bytes handed to the writer at a time.
 const WRITE_CHUNK_BYTES: usize = 8 << 20;
 
-/// Writing a synthetic checkpoint failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SynthError {
-    /// Creating or writing a file failed.
-    #[error("{path}: cannot write: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
-    },
+/// Suffix of a file being written; it is renamed to its name once complete, so an interrupted
+/// write never leaves a file that looks finished.
+pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Where `path` is written before it is complete.
+pub(crate) fn partial_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(PARTIAL_SUFFIX);
+    PathBuf::from(s)
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
-    move |source| SynthError::Io {
-        path: path.to_path_buf(),
-        source,
+/// Writes `bytes` to `path` through its temporary and a rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
+    let tmp = partial_path(path);
+    let result = std::fs::write(&tmp, bytes)
+        .map_err(io_err(&tmp, "write"))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err(path, "write")));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
+    result
 }
 
 /// Writes one safetensors file holding `tensors` in the given order, their bytes produced by
@@ -64,13 +64,15 @@ pub fn write_safetensors(
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
-    let tmp = path.with_extension("partial");
+    let tmp = partial_path(path);
     let result = (|| {
-        let mut w =
-            BufWriter::with_capacity(WRITE_CHUNK_BYTES, File::create(&tmp).map_err(io_err(&tmp))?);
+        let mut w = BufWriter::with_capacity(
+            WRITE_CHUNK_BYTES,
+            File::create(&tmp).map_err(io_err(&tmp, "write"))?,
+        );
         w.write_all(&(json.len() as u64).to_le_bytes())
-            .map_err(io_err(&tmp))?;
-        w.write_all(&json).map_err(io_err(&tmp))?;
+            .map_err(io_err(&tmp, "write"))?;
+        w.write_all(&json).map_err(io_err(&tmp, "write"))?;
         let mut buf = vec![0u8; WRITE_CHUNK_BYTES];
         for (i, t) in tensors.iter().enumerate() {
             let len = t.byte_len();
@@ -78,13 +80,15 @@ pub fn write_safetensors(
             while done < len {
                 let n = (len - done).min(WRITE_CHUNK_BYTES as u64) as usize;
                 fill(i, done, &mut buf[..n]);
-                w.write_all(&buf[..n]).map_err(io_err(&tmp))?;
+                w.write_all(&buf[..n]).map_err(io_err(&tmp, "write"))?;
                 done += n as u64;
             }
         }
-        let f = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))
+        let f = w
+            .into_inner()
+            .map_err(|e| io_err(&tmp, "write")(e.into_error()))?;
+        f.sync_all().map_err(io_err(&tmp, "write"))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path, "write"))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -92,32 +96,97 @@ pub fn write_safetensors(
     result
 }
 
+/// A synthetic checkpoint ready to load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    /// Path to open: `model.safetensors`, or the directory for shards.
+    pub root: PathBuf,
+    /// Whether a finished checkpoint of the same layout and seed was there already.
+    pub reused: bool,
+}
+
 /// Writes `spec` into `dir` with random contents keyed by `seed`, as `model.safetensors` or as
-/// hub-style shards with `model.safetensors.index.json`. Returns the path to open (the file, or
-/// the directory for shards). Reuses a finished checkpoint of the same layout and seed.
-pub fn write_checkpoint(spec: &ModelSpec, dir: &Path, seed: u64) -> Result<PathBuf, SynthError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let marker_path = dir.join(MARKER_FILE_NAME);
-    let marker = format!("{{\"layout\":\"{spec:?}\",\"seed\":{seed}}}");
+/// hub-style shards with `model.safetensors.index.json`, and marks it as hoist's
+/// ([`crate::MARKER_FILE_NAME`], written last, listing the files). `on_bytes` is told the bytes
+/// of tensor data produced as it goes, for progress displays.
+///
+/// `dir` must be missing, empty, or a checkpoint written here: a finished one of the same layout
+/// and seed is reused; another (or an interrupted one) has exactly its own files replaced.
+/// Anything else is refused before a byte is written ([`SynthError::NotOurs`],
+/// [`SynthError::Changed`]); files others added to a marked directory are left alone.
+pub fn prepare_checkpoint(
+    spec: &ModelSpec,
+    dir: &Path,
+    seed: u64,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<Prepared, SynthError> {
     let tensors = spec.tensors();
     let shards = split_shards(&tensors, spec.max_shard_bytes);
-    let root = if shards.len() == 1 {
-        dir.join("model.safetensors")
-    } else {
-        dir.to_path_buf()
-    };
-    if std::fs::read_to_string(&marker_path).is_ok_and(|m| m == marker) {
-        return Ok(root);
-    }
-    let _ = std::fs::remove_file(&marker_path);
     let n = shards.len();
+    let shard_names: Vec<String> = (0..n)
+        .map(|s| match n {
+            1 => "model.safetensors".to_string(),
+            _ => format!("model-{:05}-of-{:05}.safetensors", s + 1, n),
+        })
+        .collect();
+    let mut names = shard_names.clone();
+    if n > 1 {
+        names.push(hoist_format::INDEX_FILE_NAME.to_string());
+    }
+    let root = match n {
+        1 => dir.join(&shard_names[0]),
+        _ => dir.to_path_buf(),
+    };
+    let layout = format!("{spec:?}");
+
+    let created_dir = match inspect_dir(dir)? {
+        DirState::Missing => true,
+        DirState::Empty => false,
+        DirState::Synthetic { marker, others } => {
+            let same = marker.complete && marker.layout == layout && marker.seed == seed;
+            if same && intact(dir, &marker)? {
+                return Ok(Prepared { root, reused: true });
+            }
+            // The new layout's files must not land on files someone else put here.
+            let clash: Vec<&str> = names
+                .iter()
+                .filter(|n| others.contains(n))
+                .map(String::as_str)
+                .collect();
+            if !clash.is_empty() {
+                return Err(SynthError::NotOurs {
+                    dir: dir.to_path_buf(),
+                    entries: clash.join(", "),
+                });
+            }
+            remove_own_files(dir, &marker, false)?;
+            marker.created_dir
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io_err(dir, "write"))?;
+    // First an incomplete marker naming the files to come, so an interrupted write is known to
+    // be hoist's (and redone); the complete one, with sizes, goes last.
+    let mut marker = Marker {
+        preset: crate::presets()
+            .into_iter()
+            .find(|p| &p.spec == spec)
+            .map(|p| p.name.to_string()),
+        layout,
+        seed,
+        complete: false,
+        created_dir,
+        files: names
+            .iter()
+            .map(|name| MarkedFile {
+                name: name.clone(),
+                bytes: None,
+            })
+            .collect(),
+    };
+    marker.write(dir)?;
+
     let mut weight_map = serde_json::Map::new();
-    for (s, range) in shards.iter().enumerate() {
-        let name = if n == 1 {
-            "model.safetensors".to_string()
-        } else {
-            format!("model-{:05}-of-{:05}.safetensors", s + 1, n)
-        };
+    for (range, name) in shards.iter().zip(&shard_names) {
         let mut part: Vec<TensorSpec> = tensors[range.clone()].to_vec();
         // safetensors' writer orders a file's tensors by name.
         part.sort_by(|a, b| a.name.cmp(&b.name));
@@ -129,10 +198,13 @@ pub fn write_checkpoint(spec: &ModelSpec, dir: &Path, seed: u64) -> Result<PathB
             .map(|t| tensors.iter().position(|x| x.name == t.name).unwrap_or(0) as u64)
             .collect();
         write_safetensors(
-            &dir.join(&name),
+            &dir.join(name),
             &part,
             &[("format", "pt")],
-            |i, off, buf| fill_random(buf, seed, stream_of[i], off),
+            |i, off, buf| {
+                fill_random(buf, seed, stream_of[i], off);
+                on_bytes(buf.len() as u64);
+            },
         )?;
     }
     if n > 1 {
@@ -141,11 +213,34 @@ pub fn write_checkpoint(spec: &ModelSpec, dir: &Path, seed: u64) -> Result<PathB
             "weight_map": weight_map,
         });
         let p = dir.join(hoist_format::INDEX_FILE_NAME);
-        std::fs::write(&p, serde_json::to_vec_pretty(&index).unwrap_or_default())
-            .map_err(io_err(&p))?;
+        write_atomic(&p, index.to_string().as_bytes())?;
     }
-    std::fs::write(&marker_path, marker).map_err(io_err(&marker_path))?;
-    Ok(root)
+    for f in &mut marker.files {
+        let p = dir.join(&f.name);
+        f.bytes = Some(std::fs::metadata(&p).map_err(io_err(&p, "read"))?.len());
+    }
+    marker.complete = true;
+    marker.write(dir)?;
+    Ok(Prepared {
+        root,
+        reused: false,
+    })
+}
+
+/// Whether every file `marker` lists is in `dir` as hoist wrote it; [`SynthError::Changed`]
+/// where one was replaced.
+fn intact(dir: &Path, marker: &Marker) -> Result<bool, SynthError> {
+    for f in &marker.files {
+        if !crate::marker::still_ours(dir, f)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// [`prepare_checkpoint`] without progress; returns the path to open.
+pub fn write_checkpoint(spec: &ModelSpec, dir: &Path, seed: u64) -> Result<PathBuf, SynthError> {
+    prepare_checkpoint(spec, dir, seed, &mut |_| {}).map(|p| p.root)
 }
 
 /// Splits tensors (in module order) into shards of at most `max_bytes`, as `save_pretrained`
@@ -172,6 +267,7 @@ fn split_shards(tensors: &[TensorSpec], max_bytes: Option<u64>) -> Vec<std::ops:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MARKER_FILE_NAME;
 
     #[test]
     fn tiny_checkpoint_round_trips_through_the_parser() {

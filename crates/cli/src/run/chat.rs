@@ -3,18 +3,57 @@
 //!
 //! Each turn re-renders the whole conversation with the chat template; when the new tokens
 //! extend those already in the KV cache (the usual case: the previous prompt, then the reply),
-//! only the new ones are run. `/reset` forgets the conversation, `/exit` or end of input ends.
+//! only the new ones are run. A line that begins with `/` is a command ([`HELP`]). Ctrl-C stops
+//! the reply being generated (what it said so far stays in the conversation); at the prompt it
+//! says how to quit, and a second Ctrl-C in a row quits (with stdin not a terminal, there is no
+//! prompt to come back to: the first one quits).
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::AtomicBool;
 
-use anyhow::Context;
 use hoist_runtime::chat::Message;
 
+use super::input::{Event, Input};
 use super::model::{Checkpoint, Session};
 use super::turn::{self, Stdout, Turn};
 use super::{default_context, load, system_messages, Loaded, Settings};
 
-/// Runs the chat until end of input or `/exit`.
+/// What `/help` prints.
+pub const HELP: &str = "\
+commands:
+  /help, /?         this list
+  /reset, /clear    forget the conversation (a --system message stays)
+  /bye, /exit       end the chat
+keys:
+  Ctrl-C            stop the reply being generated; at the prompt, twice in a row ends the chat
+  Ctrl-D            end the chat
+A line that begins with / is a command; begin it with a space to send it as a message.";
+
+/// A line of the chat that is a command, not a message.
+#[derive(Debug, PartialEq, Eq)]
+enum Command<'a> {
+    Help,
+    Reset,
+    Bye,
+    /// An unknown command: its first word.
+    Unknown(&'a str),
+}
+
+/// The command `line` is, or `None` for a message: commands begin with `/` right away, so a
+/// message that starts with `/` is sent with a space before it.
+fn command(line: &str) -> Option<Command<'_>> {
+    if !line.starts_with('/') {
+        return None;
+    }
+    Some(match line.trim_end() {
+        "/help" | "/?" => Command::Help,
+        "/reset" | "/clear" => Command::Reset,
+        "/bye" | "/exit" => Command::Bye,
+        other => Command::Unknown(other.split_whitespace().next().unwrap_or(other)),
+    })
+}
+
+/// Runs the chat until end of input, `/bye` or Ctrl-C twice at the prompt.
 pub fn run(s: &Settings) -> anyhow::Result<()> {
     let a = &s.args;
     let ck = Checkpoint::open(&a.model, a.raw)?;
@@ -29,36 +68,54 @@ pub fn run(s: &Settings) -> anyhow::Result<()> {
         a.context.unwrap_or_else(|| default_context(config))
     })?;
     let mut session = model.session(context)?;
-    let stdin = std::io::stdin();
-    let tty = stdin.is_terminal();
+    let tty = std::io::stdin().is_terminal();
     if tty {
         eprintln!(
-            "chatting with {} (one message per line; /reset starts over, /exit or Ctrl-D quits)",
+            "chatting with {} (one message per line; /help lists the commands, /bye or Ctrl-D \
+             quits)",
             a.model.display()
         );
     }
-    let mut input = stdin.lock();
+    // Ctrl-C is caught from here on: during the load it still ends the process at once.
+    let input = Input::start();
     let mut out = Stdout::default();
     let mut failed = 0usize;
     let mut turns = 0u64;
+    // Ctrl-C presses at the prompt since the last line.
+    let mut interrupts = 0;
     loop {
         if tty {
             eprint!("> ");
             // The prompt is a nicety: a closed stderr must not end the chat.
             let _ = std::io::stderr().flush();
         }
-        let mut line = String::new();
-        if input.read_line(&mut line).context("cannot read stdin")? == 0 {
-            if tty {
-                eprintln!();
+        let text = match input.next() {
+            Event::Line(text) => text,
+            Event::End => {
+                if tty {
+                    eprintln!();
+                }
+                break;
             }
-            break;
-        }
-        let text = line.trim_end_matches(['\n', '\r']);
-        match text.trim() {
-            "" => continue,
-            "/exit" => break,
-            "/reset" => {
+            Event::Failed(e) => return Err(anyhow::Error::new(e).context("cannot read stdin")),
+            Event::Interrupt => {
+                eprintln!();
+                if !tty || interrupts > 0 {
+                    break;
+                }
+                interrupts += 1;
+                eprintln!("(Ctrl-C again, /bye or Ctrl-D quits; /help lists the commands)");
+                continue;
+            }
+        };
+        interrupts = 0;
+        match command(&text) {
+            Some(Command::Help) => {
+                eprintln!("{HELP}");
+                continue;
+            }
+            Some(Command::Bye) => break,
+            Some(Command::Reset) => {
                 history.truncate(kept);
                 session.clear();
                 // A new conversation: its turns count (and vary the seed) from 0 again.
@@ -66,21 +123,35 @@ pub fn run(s: &Settings) -> anyhow::Result<()> {
                 eprintln!("(conversation reset)");
                 continue;
             }
-            _ => {}
+            Some(Command::Unknown(name)) => {
+                eprintln!(
+                    "unknown command {name}: /help lists the commands (begin a message with a \
+                     space to send one that starts with /)"
+                );
+                continue;
+            }
+            None if text.trim().is_empty() => continue,
+            None => {}
         }
         history.push(Message::new("user", text));
-        match reply(
-            s,
-            &ck,
-            &mut session,
-            &history,
-            &stop_tokens,
-            turns,
-            &mut out,
-        ) {
+        let r = input.generating(|cancel| {
+            reply(
+                s,
+                &ck,
+                &mut session,
+                &history,
+                &stop_tokens,
+                turns,
+                cancel,
+                &mut out,
+            )
+        });
+        match r {
             Ok(Some(turn)) => {
                 turns += 1;
                 out.write("\n");
+                // A reply stopped by Ctrl-C stays as far as it went: it is what the user saw,
+                // and what the KV cache holds.
                 history.push(Message::new("assistant", turn.generation.text.as_str()));
                 if turn.context_full {
                     eprintln!(
@@ -113,8 +184,10 @@ pub fn run(s: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One reply to the conversation `history` (ending with the user's message), streamed; `None`
-/// when the conversation no longer fits the context (said on stderr).
+/// One reply to the conversation `history` (ending with the user's message), streamed until it
+/// ends or `cancel` is set; `None` when the conversation no longer fits the context (said on
+/// stderr).
+#[allow(clippy::too_many_arguments)]
 fn reply(
     s: &Settings,
     ck: &Checkpoint,
@@ -122,6 +195,7 @@ fn reply(
     history: &[Message],
     stop_tokens: &[u32],
     turn: u64,
+    cancel: &AtomicBool,
     out: &mut Stdout,
 ) -> anyhow::Result<Option<Turn>> {
     let ids = ck.encode(history)?;
@@ -134,8 +208,26 @@ fn reply(
         );
         return Ok(None);
     }
-    let t = turn::run(session, ck, &ids, s, stop_tokens, turn, &mut |t| {
+    let t = turn::run(session, ck, &ids, s, stop_tokens, turn, cancel, &mut |t| {
         out.write(t)
     })?;
     Ok(Some(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_begin_with_a_slash() {
+        assert_eq!(command("/help"), Some(Command::Help));
+        assert_eq!(command("/? "), Some(Command::Help));
+        assert_eq!(command("/bye"), Some(Command::Bye));
+        assert_eq!(command("/exit"), Some(Command::Bye));
+        assert_eq!(command("/clear"), Some(Command::Reset));
+        assert_eq!(command("/by e"), Some(Command::Unknown("/by")));
+        assert_eq!(command(" /bye"), None, "a space first: a message");
+        assert_eq!(command("hi /bye"), None);
+        assert_eq!(command(""), None);
+    }
 }

@@ -2,18 +2,21 @@
 //! device, and a session that remembers which tokens its KV cache holds.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use hoist_format::TensorTable;
 use hoist_runtime::chat::{ChatTemplate, Message};
+use hoist_runtime::cpu::model::hf_config_path;
 use hoist_runtime::cpu::CpuModel;
 use hoist_runtime::generate::{CpuSession, LogitsModel};
 use hoist_runtime::gpu::{GpuModel, GpuOptions, GpuSession, LoadStats};
 use hoist_runtime::tokenizer::Tokenizer;
-use hoist_runtime::{ModelConfig, RuntimeError, WeightSource};
+use hoist_runtime::{ModelConfig, RuntimeError, WeightMap, WeightSource};
 
-use crate::util::human_bytes;
+use crate::util::{human_bytes, Progress};
 use crate::Device;
 
 /// Fails with what to do instead when `device` cannot run the model.
@@ -43,7 +46,7 @@ pub struct Checkpoint {
     pub tokenizer: Tokenizer,
     /// The chat template; `None`: raw mode (the prompt is tokenized as is).
     pub template: Option<ChatTemplate>,
-    /// Where the template came from, or why there is none.
+    /// Where the template came from (file, and key), or why there is none.
     pub template_origin: String,
 }
 
@@ -52,7 +55,7 @@ impl Checkpoint {
     /// directory, a file in one, or a GGUF file). Without `raw`, a model without a chat template
     /// falls back to raw mode with a note on stderr.
     pub fn open(path: &Path, raw: bool) -> anyhow::Result<Checkpoint> {
-        let (tokenizer, origin) = if path.is_dir() {
+        let tokenizer = if path.is_dir() {
             hf_tokenizer(path)?
         } else {
             let table = TensorTable::open(path)
@@ -67,11 +70,9 @@ impl Checkpoint {
                          GGUF file that embeds one, as llama.cpp's converter writes it",
                         path.display()
                     );
-                    let tok = Tokenizer::from_gguf(&table.metadata, path).with_context(|| {
+                    Tokenizer::from_gguf(&table.metadata, path).with_context(|| {
                         format!("cannot read the tokenizer of {}", path.display())
-                    })?;
-                    let origin = format!("{} tokenizer.chat_template", path.display());
-                    (tok, origin)
+                    })?
                 }
                 WeightSource::HuggingFace => {
                     // `model.safetensors` has the parent "": the current directory.
@@ -83,6 +84,11 @@ impl Checkpoint {
                 }
             }
         };
+        // The tokenizer knows which file (and key) its template came from.
+        let origin = tokenizer
+            .chat_template_origin()
+            .unwrap_or_default()
+            .to_string();
         let template = match raw {
             true => None,
             false => match ChatTemplate::for_tokenizer(&tokenizer, &origin) {
@@ -181,21 +187,16 @@ impl Checkpoint {
     }
 }
 
-/// The tokenizer of a Hugging Face directory, and the name of its chat template's source.
-fn hf_tokenizer(dir: &Path) -> anyhow::Result<(Tokenizer, String)> {
+/// The tokenizer of a Hugging Face directory.
+fn hf_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
     anyhow::ensure!(
         dir.join("tokenizer.json").is_file(),
         "{} has no tokenizer.json; hoist run needs the model's Hugging Face tokenizer \
          (tokenizer.json, and tokenizer_config.json for the chat template) next to its weights",
         dir.display()
     );
-    let tok = Tokenizer::from_hf_dir(dir)
-        .with_context(|| format!("cannot read the tokenizer of {}", dir.display()))?;
-    let origin = format!(
-        "{} chat_template",
-        dir.join("tokenizer_config.json").display()
-    );
-    Ok((tok, origin))
+    Tokenizer::from_hf_dir(dir)
+        .with_context(|| format!("cannot read the tokenizer of {}", dir.display()))
 }
 
 /// A model on its device.
@@ -208,7 +209,7 @@ pub enum Model {
 
 impl Model {
     /// Loads the model at `path` onto `device`, saying so on stderr first (a large model takes
-    /// seconds); returns it with the seconds the load took.
+    /// seconds) with a progress bar on a terminal; returns it with the seconds the load took.
     pub fn load(path: &Path, device: &Device) -> anyhow::Result<(Model, f64)> {
         let t0 = Instant::now();
         let model = match *device {
@@ -217,10 +218,13 @@ impl Model {
                     "warning: --device cpu runs the f32 CPU reference: slow, for tiny models and tests"
                 );
                 eprintln!("loading {} onto cpu …", path.display());
-                Model::Cpu(Box::new(
-                    CpuModel::load(path)
-                        .with_context(|| format!("cannot load {}", path.display()))?,
-                ))
+                let context = || format!("cannot load {}", path.display());
+                let w = Weights::open(path).with_context(context)?;
+                let (counter, bar) = w.counted();
+                let model = CpuModel::from_table_with_progress(&w.table, w.config, Some(counter));
+                // Cleared before an error is printed.
+                drop(bar);
+                Model::Cpu(Box::new(model.with_context(context)?))
             }
             Device::Cuda(n) => Model::Gpu(Box::new(load_gpu(path, n)?)),
         };
@@ -261,16 +265,58 @@ impl Model {
     }
 }
 
-/// Loads the model at `path` onto `cuda:ordinal`, saying so on stderr first.
+/// Loads the model at `path` onto `cuda:ordinal`, saying so on stderr first, with a progress
+/// bar on a terminal. The caller checked that the GPU exists ([`check_device`]).
 pub fn load_gpu(path: &Path, ordinal: usize) -> anyhow::Result<GpuModel> {
     let device = Device::Cuda(ordinal);
     eprintln!("loading {} onto {device} …", path.display());
+    let context = || format!("cannot load {} onto {device}", path.display());
+    let w = Weights::open(path).with_context(context)?;
+    let (counter, bar) = w.counted();
     let options = GpuOptions {
         ordinal,
+        progress: Some(counter),
         ..Default::default()
     };
-    GpuModel::load(path, &options)
-        .with_context(|| format!("cannot load {} onto {device}", path.display()))
+    let model = GpuModel::from_table(&w.table, w.config, &options);
+    // Cleared before an error is printed.
+    drop(bar);
+    model.with_context(context)
+}
+
+/// A checkpoint's tensors and model configuration, before its weights are read.
+struct Weights {
+    table: TensorTable,
+    config: ModelConfig,
+    /// Bytes of the tensors the model reads.
+    bytes: u64,
+}
+
+impl Weights {
+    /// Parses the checkpoint at `path` (a GGUF file, or a Hugging Face directory or file in one
+    /// with its `config.json`) and finds the tensors the model needs.
+    fn open(path: &Path) -> Result<Weights, RuntimeError> {
+        let table = TensorTable::open(path)?;
+        let config = match WeightSource::of(&table) {
+            WeightSource::Gguf => ModelConfig::from_gguf(&table)?,
+            WeightSource::HuggingFace => ModelConfig::from_hf_file(&hf_config_path(path))?,
+        };
+        let map = WeightMap::resolve(&table, &config)?;
+        let bytes = map.selection().iter().map(|&i| table.tensors[i].len).sum();
+        Ok(Weights {
+            table,
+            config,
+            bytes,
+        })
+    }
+
+    /// A byte counter for the load, and the bar on stderr that shows it (drawing nothing when
+    /// stderr is not a terminal) until dropped.
+    fn counted(&self) -> (Arc<AtomicU64>, Progress) {
+        let counter = Arc::new(AtomicU64::new(0));
+        let bar = Progress::start(counter.clone(), self.bytes, "loading", true);
+        (counter, bar)
+    }
 }
 
 /// One line about a GPU load, for `--verbose`.

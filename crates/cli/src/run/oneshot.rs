@@ -1,6 +1,8 @@
 //! `hoist run MODEL --prompt TEXT`: one reply, streamed to stdout (or one JSON object with
 //! `--json`), then one line of timings on stderr.
 
+use std::sync::atomic::AtomicBool;
+
 use anyhow::Context;
 use hoist_runtime::chat::Message;
 
@@ -42,11 +44,22 @@ pub fn run(s: &Settings, prompt: &str) -> anyhow::Result<()> {
     let mut session = model.session(context)?;
     let mut out = Stdout::default();
     let streaming = !a.json;
-    let turn = turn::run(&mut session, &ck, &ids, s, &stop_tokens, 0, &mut |t| {
-        if streaming {
-            out.write(t);
-        }
-    })
+    // No Ctrl-C handler here: Ctrl-C ends a one-shot run as it ends any command.
+    let never = AtomicBool::new(false);
+    let turn = turn::run(
+        &mut session,
+        &ck,
+        &ids,
+        s,
+        &stop_tokens,
+        0,
+        &never,
+        &mut |t| {
+            if streaming {
+                out.write(t);
+            }
+        },
+    )
     .with_context(|| format!("generation with {} failed", a.model.display()))?;
     if streaming {
         out.write("\n");
@@ -77,7 +90,8 @@ pub fn run(s: &Settings, prompt: &str) -> anyhow::Result<()> {
         let (stop_token, stop_string) = match &g.stop {
             hoist_runtime::sampler::StopReason::Eos(id) => (Some(*id), None),
             hoist_runtime::sampler::StopReason::StopString(st) => (None, Some(st.clone())),
-            hoist_runtime::sampler::StopReason::MaxTokens => (None, None),
+            hoist_runtime::sampler::StopReason::MaxTokens
+            | hoist_runtime::sampler::StopReason::Cancelled => (None, None),
         };
         let doc = serde_json::json!({
             "model": a.model,

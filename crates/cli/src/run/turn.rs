@@ -1,9 +1,10 @@
 //! One reply: feed what the KV cache lacks, generate, and time it.
 
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use hoist_runtime::generate::{generate_after, Generation, LogitsModel};
+use hoist_runtime::generate::{generate_cancellable, Generation, LogitsModel};
 use hoist_runtime::sampler::StopReason;
 use hoist_runtime::RuntimeError;
 
@@ -34,14 +35,15 @@ impl Turn {
         self.fed as f64 / self.generation.prefill.as_secs_f64().max(1e-9)
     }
 
-    /// Why the reply ended, as a JSON value: `eos`, `stop_string`, `max_tokens` or
-    /// `context_full`.
+    /// Why the reply ended, as a JSON value: `eos`, `stop_string`, `max_tokens`,
+    /// `context_full` or `cancelled`.
     pub fn stop_label(&self) -> &'static str {
         match self.generation.stop {
             StopReason::Eos(_) => "eos",
             StopReason::StopString(_) => "stop_string",
             StopReason::MaxTokens if self.context_full => "context_full",
             StopReason::MaxTokens => "max_tokens",
+            StopReason::Cancelled => "cancelled",
         }
     }
 
@@ -52,6 +54,7 @@ impl Turn {
             StopReason::StopString(s) => format!("stop string {s:?}"),
             StopReason::MaxTokens if self.context_full => "context full".into(),
             StopReason::MaxTokens => "--max-tokens".into(),
+            StopReason::Cancelled => "Ctrl-C".into(),
         }
     }
 
@@ -100,8 +103,10 @@ fn tokens(n: usize) -> String {
 }
 
 /// Generates the reply to `ids` (the whole conversation, rendered) on `session`, feeding only
-/// what its cache lacks; `on_text` receives the reply's text as it is produced. The caller
-/// checks that `ids` leaves room in the cache; the reply is cut to what room is left.
+/// what its cache lacks; `on_text` receives the reply's text as it is produced, and `cancel`
+/// (set by Ctrl-C) ends it early. The caller checks that `ids` leaves room in the cache; the
+/// reply is cut to what room is left.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     session: &mut Session<'_>,
     ck: &Checkpoint,
@@ -109,6 +114,7 @@ pub fn run(
     settings: &Settings,
     stop_tokens: &[u32],
     turn: u64,
+    cancel: &AtomicBool,
     on_text: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Turn> {
     let started = Instant::now();
@@ -129,7 +135,15 @@ pub fn run(
         first_token: None,
     };
     let (head, new) = ids.split_at(cached);
-    let generation = generate_after(&mut timed, &ck.tokenizer, head, new, &options, on_text)?;
+    let generation = generate_cancellable(
+        &mut timed,
+        &ck.tokenizer,
+        head,
+        new,
+        &options,
+        cancel,
+        on_text,
+    )?;
     let finished = Instant::now();
     let context_full = generation.stop == StopReason::MaxTokens && max_tokens < settings.max_tokens;
     Ok(Turn {

@@ -13,6 +13,8 @@ use crate::plan::Plan;
 pub struct OpenFiles {
     buffered: Vec<File>,
     direct: Vec<Option<File>>,
+    /// `path (error)` of each file whose O_DIRECT descriptor was refused.
+    refused: Vec<String>,
 }
 
 impl OpenFiles {
@@ -50,7 +52,17 @@ impl OpenFiles {
                 refused.join(", ")
             ));
         }
-        Ok(OpenFiles { buffered, direct })
+        Ok(OpenFiles {
+            buffered,
+            direct,
+            refused,
+        })
+    }
+
+    /// `path (error)` of each file whose O_DIRECT descriptor was refused (empty when none was
+    /// asked for).
+    pub fn direct_refused(&self) -> &[String] {
+        &self.refused
     }
 
     /// The buffered descriptor of file `i`.

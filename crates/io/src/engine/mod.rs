@@ -3,27 +3,34 @@
 //! Each chunk is routed to one method:
 //! - **io_uring + O_DIRECT** on dedicated threads, tens of reads in flight, fixed files (and
 //!   fixed buffers where the sink offers long-lived ones): for ranges not in the page cache;
+//! - **buffered `pread`** on a pool of threads: for ranges already in the page cache, whether
+//!   the sink reuses its buffers ([`AUTO_CACHED_INTO_REUSED_BUFFERS`], a pinned staging ring) or,
+//!   with fewer than [`AUTO_MMAP_MIN_THREADS`] readers, lands in fresh memory (host loads); when
+//!   asked for; or where O_DIRECT is refused;
 //! - **mmap + memcpy** through 4 MiB windows (populated in one call, unmapped at once, so RSS
-//!   stays bounded) on a pool of threads: for ranges already in the page cache when the sink's
-//!   destinations are fresh memory, where it measured faster than buffered `pread`;
-//! - **buffered `pread`** on the same pool: for cached ranges when the sink reuses its buffers
-//!   (a pinned staging ring, where it measured faster than mmap), when asked for, or where
-//!   O_DIRECT is refused;
+//!   stays bounded) on the same pool: for cached ranges into fresh memory with
+//!   [`AUTO_MMAP_MIN_THREADS`] readers or more ([`auto_cached_into_fresh_memory`]); when asked for;
 //! - **`pread` + O_DIRECT** on the same pool: where io_uring is refused (seccomp, old kernel).
 //!
 //! `auto` asks `mincore` which chunks are resident, and falls back (once, reported) when io_uring
-//! or O_DIRECT is refused. The report says how many bytes each method moved.
+//! or O_DIRECT is refused. The report says how many bytes each method moved. At `debug` level the
+//! engine logs its configuration, each route (method, chunks, bytes, reason), fallbacks and each
+//! method's bytes, seconds and GB/s; per-chunk routes at `trace`.
 
 mod files;
 mod pread;
+#[cfg(test)]
+mod tests;
 mod uring;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
+use tracing::{debug, info, trace, warn};
 
 use crate::plan::Plan;
 use crate::residency::FileResidency;
@@ -35,8 +42,9 @@ pub use files::OpenFiles;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// Per chunk: copies out of the page cache for cached ranges, io_uring O_DIRECT for the rest,
-    /// with fallbacks.
+    /// Per chunk: copies out of the page cache for cached ranges (buffered `pread`, or mmap
+    /// windows into fresh memory with many readers: [`auto_cached_into_fresh_memory`]), io_uring
+    /// O_DIRECT for the rest, with fallbacks.
     Auto,
     /// io_uring for everything (O_DIRECT where the filesystem allows it).
     Uring,
@@ -45,6 +53,30 @@ pub enum Backend {
     /// memcpy out of read-only 4 MiB mapping windows from a thread pool for everything.
     Mmap,
 }
+
+/// Reader threads from which `auto` copies cached chunks into fresh memory out of mmap windows
+/// rather than with buffered `pread`.
+///
+/// Measured with `crates/io/examples/host_route.rs` (paired rounds, docs/BENCHMARKS.md, "auto's
+/// host route", 2026-12-02): with 2 threads `pread` won on the 2-core dev box (6-26% at the
+/// median) and tied on the 16-core H200 host (2 and 4 threads: 0.98-1.05); from 8 threads mmap
+/// won there (pread/mmap 0.96 at 8, 0.86-0.99 at 16), page faults spreading over more cores.
+pub const AUTO_MMAP_MIN_THREADS: usize = 8;
+
+/// `auto`'s method for chunks already in the page cache when the sink's destinations are fresh
+/// memory (every host load), read by `threads` reader threads: the one place that decides it
+/// (see [`AUTO_MMAP_MIN_THREADS`]).
+pub fn auto_cached_into_fresh_memory(threads: usize) -> Method {
+    if threads >= AUTO_MMAP_MIN_THREADS {
+        Method::Mmap
+    } else {
+        Method::PreadBuffered
+    }
+}
+
+/// `auto`'s method for cached chunks when the sink reuses a few buffers (a pinned staging ring,
+/// GPU loads): buffered `pread` measured faster than mmap copies there (docs/BENCHMARKS.md).
+pub const AUTO_CACHED_INTO_REUSED_BUFFERS: Method = Method::PreadBuffered;
 
 impl Backend {
     /// Every backend, in the order reports list them.
@@ -94,6 +126,10 @@ impl Method {
             Method::PreadDirect => "pread-direct",
             Method::Mmap => "mmap",
         }
+    }
+
+    fn slot(self) -> usize {
+        Method::ALL.iter().position(|&m| m == self).unwrap_or(0)
     }
 
     fn uses_uring(self) -> bool {
@@ -230,6 +266,12 @@ struct Run<'a> {
     abort: AtomicBool,
     error: Mutex<Option<IoError>>,
     bytes: [AtomicU64; Method::ALL.len()],
+    /// When the threads started; the span fields below count nanoseconds from here.
+    start: Instant,
+    /// Per method: when its first chunk was taken (u64::MAX until then).
+    first_ns: [AtomicU64; Method::ALL.len()],
+    /// Per method: when its last chunk landed.
+    last_ns: [AtomicU64; Method::ALL.len()],
 }
 
 impl Run<'_> {
@@ -243,9 +285,18 @@ impl Run<'_> {
         self.abort.load(Ordering::Acquire)
     }
 
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A thread takes a chunk to read with `method` (for the method's timing).
+    fn begin(&self, method: Method) {
+        self.first_ns[method.slot()].fetch_min(self.now_ns(), Ordering::Relaxed);
+    }
+
     fn done(&self, method: Method, bytes: u64) {
-        self.bytes[Method::ALL.iter().position(|&m| m == method).unwrap_or(0)]
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.bytes[method.slot()].fetch_add(bytes, Ordering::Relaxed);
+        self.last_ns[method.slot()].fetch_max(self.now_ns(), Ordering::Relaxed);
         if let Some(p) = self.progress {
             p.fetch_add(bytes, Ordering::Relaxed);
         }
@@ -290,18 +341,20 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
     let mut notes = Vec::new();
     let want_direct = matches!(config.backend, Backend::Auto | Backend::Uring);
     let files = OpenFiles::open(plan, want_direct, &mut notes)?;
+    log_direct_refusals(files.direct_refused(), config.backend);
 
-    // Cached chunks: copies out of mmap windows into fresh memory, buffered reads into reused
-    // staging buffers (see `Sink::reuses_buffers`).
-    let cached_method = if sink.reuses_buffers() {
-        Method::PreadBuffered
-    } else {
-        Method::Mmap
-    };
-    let mut routes = route(plan, &files, config.backend, &mut notes, cached_method);
+    let reuses_buffers = sink.reuses_buffers();
+    let mut routes = route(
+        plan,
+        &files,
+        config.backend,
+        &mut notes,
+        reuses_buffers,
+        config.threads,
+    );
     // Bring up the rings before any thread starts, so a refusal reroutes instead of failing.
     let mut rings = Vec::new();
-    if routes.iter().any(|(_, m)| m.uses_uring()) {
+    if routes.iter().any(|(_, m, _)| m.uses_uring()) {
         for _ in 0..config.uring_threads.clamp(1, 16) {
             match uring::Ring::new(queue_depth, &files, sink) {
                 Ok(r) => rings.push(r),
@@ -309,24 +362,32 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
                     return Err(IoError::UringUnavailable(e))
                 }
                 Err(e) => {
+                    // auto chose io_uring on its own; the pool still reads everything.
+                    info!(error = %e, "io_uring unavailable; reading with a pread thread pool instead");
                     notes.push(format!(
                         "io_uring unavailable ({e}); reading with a pread thread pool instead"
                     ));
                     rings.clear();
-                    for (_, m) in routes.iter_mut() {
-                        *m = match *m {
+                    for (_, m, why) in routes.iter_mut() {
+                        let pooled = match *m {
                             Method::UringDirect => Method::PreadDirect,
                             Method::UringBuffered => Method::PreadBuffered,
                             other => other,
                         };
+                        if pooled != *m {
+                            (*m, *why) = (pooled, Reason::UringRefused);
+                        }
                     }
                     break;
                 }
             }
         }
     }
-    let (ring_work, pool_work): (Vec<_>, Vec<_>) =
-        routes.into_iter().partition(|(_, m)| m.uses_uring());
+    log_routes(plan, config.backend, &routes);
+    let (ring_work, pool_work): (Vec<_>, Vec<_>) = routes
+        .into_iter()
+        .map(|(i, m, _)| (i, m))
+        .partition(|(_, m)| m.uses_uring());
     let run = Run {
         plan,
         sink,
@@ -335,6 +396,9 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
         abort: AtomicBool::new(false),
         error: Mutex::new(None),
         bytes: Default::default(),
+        start: Instant::now(),
+        first_ns: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+        last_ns: Default::default(),
     };
     let ring_queue = Queue::new(ring_work);
     let pool_queue = Queue::new(pool_work);
@@ -343,6 +407,15 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
     } else {
         threads.min(pool_queue.items.len())
     };
+    debug!(
+        backend = %config.backend.name(),
+        pool_threads,
+        uring_rings = rings.len(),
+        queue_depth,
+        sink_reuses_buffers = reuses_buffers,
+        setup_seconds = start.elapsed().as_secs_f64(),
+        "engine starting"
+    );
     std::thread::scope(|s| {
         for ring in rings.drain(..) {
             let (run, q) = (&run, &ring_queue);
@@ -360,6 +433,23 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
     if let Some(e) = run.error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
+    for (i, m) in Method::ALL.iter().enumerate() {
+        let bytes = run.bytes[i].load(Ordering::Relaxed);
+        if bytes == 0 {
+            continue;
+        }
+        // The method's span, from its first chunk taken to its last landed; methods run side
+        // by side, so their spans overlap.
+        let first = run.first_ns[i].load(Ordering::Relaxed);
+        let seconds = run.last_ns[i].load(Ordering::Relaxed).saturating_sub(first) as f64 / 1e9;
+        debug!(
+            method = %m.name(),
+            bytes,
+            seconds,
+            gbps = gbps(bytes, seconds),
+            "method finished"
+        );
+    }
     let bytes_by_method: Vec<(&'static str, u64)> = Method::ALL
         .iter()
         .zip(run.bytes.iter())
@@ -368,31 +458,134 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
         .collect();
     let read_bytes = bytes_by_method.iter().map(|m| m.1).sum();
     debug_assert_eq!(read_bytes, plan.read_bytes());
-    Ok(LoadReport {
+    let report = LoadReport {
         read_bytes,
         bytes_by_method,
         notes,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    };
+    debug!(
+        backend = %config.backend.name(),
+        read_bytes,
+        seconds = report.seconds,
+        gbps = gbps(read_bytes, report.seconds),
+        methods = report.methods_summary(),
+        "load finished"
+    );
+    Ok(report)
+}
+
+/// Decimal GB per second, 0 for an instant.
+fn gbps(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / seconds / 1e9
+    } else {
+        0.0
+    }
+}
+
+/// Files read through the page cache because O_DIRECT was refused: a warning when io_uring was
+/// asked for (its cold-read speed comes from O_DIRECT), routine for `auto`.
+fn log_direct_refusals(refused: &[String], backend: Backend) {
+    if refused.is_empty() {
+        return;
+    }
+    let refused = refused.join(", ");
+    if backend == Backend::Uring {
+        warn!(files = %refused, "O_DIRECT refused; io_uring reads these through the page cache, slower for data not cached");
+    } else {
+        debug!(files = %refused, "O_DIRECT refused; not-cached chunks of these are read buffered");
+    }
+}
+
+/// One debug line per (method, reason): how many chunks and bytes took that road.
+fn log_routes(plan: &Plan, backend: Backend, routes: &[(usize, Method, Reason)]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return; // the grouping below is only for the log
+    }
+    let mut groups: BTreeMap<(Method, Reason), (usize, u64)> = BTreeMap::new();
+    for &(i, m, why) in routes {
+        let c = &plan.chunks[i];
+        trace!(
+            chunk = i,
+            file = %plan.files[c.file].path.display(),
+            offset = c.file_offset,
+            len = c.len,
+            method = %m.name(),
+            reason = why.text(),
+            "chunk route"
+        );
+        let g = groups.entry((m, why)).or_default();
+        g.0 += 1;
+        g.1 += c.need;
+    }
+    for ((m, why), (chunks, bytes)) in groups {
+        debug!(
+            backend = %backend.name(),
+            method = %m.name(),
+            chunks,
+            bytes,
+            reason = why.text(),
+            "route"
+        );
+    }
+}
+
+/// Why a chunk took its method (for the logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Reason {
+    /// `--backend uring|pread|mmap`.
+    Asked,
+    /// `--backend uring`, but the filesystem refused O_DIRECT.
+    AskedNoDirect,
+    /// In the page cache, landing in fresh memory.
+    CachedFresh,
+    /// In the page cache, landing in reused buffers.
+    CachedReused,
+    /// Not in the page cache.
+    Cold,
+    /// Not in the page cache, and the filesystem refused O_DIRECT.
+    ColdNoDirect,
+    /// Residency could not be asked.
+    ResidencyUnknown,
+    /// io_uring was refused at setup; the pool took its chunks.
+    UringRefused,
+}
+
+impl Reason {
+    fn text(self) -> &'static str {
+        match self {
+            Reason::Asked => "asked for",
+            Reason::AskedNoDirect => "asked for; O_DIRECT refused, so through the page cache",
+            Reason::CachedFresh => "in the page cache; fresh destination memory",
+            Reason::CachedReused => "in the page cache; the sink reuses its buffers",
+            Reason::Cold => "not in the page cache",
+            Reason::ColdNoDirect => "not in the page cache; O_DIRECT refused, so buffered",
+            Reason::ResidencyUnknown => "page-cache residency unknown; read as not cached",
+            Reason::UringRefused => "io_uring refused; pread thread pool",
+        }
+    }
 }
 
 /// Pages sampled per chunk to judge whether it is in the page cache.
 const RESIDENCY_PROBES: u64 = 4;
 
-/// Chooses each chunk's method before the run; `auto` consults page-cache residency.
+/// Chooses each chunk's method (and why) before the run; `auto` consults page-cache residency.
 fn route(
     plan: &Plan,
     files: &OpenFiles,
     backend: Backend,
     notes: &mut Vec<String>,
-    cached_method: Method,
-) -> Vec<(usize, Method)> {
+    reuses_buffers: bool,
+    threads: usize,
+) -> Vec<(usize, Method, Reason)> {
     let mut residency: Vec<Option<FileResidency>> = Vec::with_capacity(plan.files.len());
     if backend == Backend::Auto {
         for (i, f) in plan.files.iter().enumerate() {
             match FileResidency::new(files.buffered(i)) {
                 Ok(r) => residency.push(Some(r)),
                 Err(e) => {
+                    debug!(file = %f.path.display(), error = %e, "cannot query page-cache residency; reading it as not cached");
                     notes.push(format!(
                         "{}: cannot query page-cache residency ({e}); reading it direct",
                         f.path.display()
@@ -402,38 +595,37 @@ fn route(
             }
         }
     }
-    let uring_method = |file: usize| {
-        if files.direct(file).is_some() {
-            Method::UringDirect
-        } else {
-            Method::UringBuffered
-        }
+    let (cached_method, cached_reason) = if reuses_buffers {
+        (AUTO_CACHED_INTO_REUSED_BUFFERS, Reason::CachedReused)
+    } else {
+        (auto_cached_into_fresh_memory(threads), Reason::CachedFresh)
     };
     plan.chunks
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let m = match backend {
-                Backend::Mmap => Method::Mmap,
-                Backend::Pread => Method::PreadBuffered,
-                Backend::Uring => uring_method(c.file),
+            let direct = files.direct(c.file).is_some();
+            let (m, why) = match backend {
+                Backend::Mmap => (Method::Mmap, Reason::Asked),
+                Backend::Pread => (Method::PreadBuffered, Reason::Asked),
+                Backend::Uring if direct => (Method::UringDirect, Reason::Asked),
+                Backend::Uring => (Method::UringBuffered, Reason::AskedNoDirect),
                 Backend::Auto => {
-                    let cached = residency[c.file].as_mut().is_some_and(|r| {
+                    let cached = residency[c.file].as_mut().map(|r| {
                         r.probably_resident(c.file_offset, c.need, RESIDENCY_PROBES)
                             .unwrap_or(false)
                     });
-                    if cached {
-                        cached_method
-                    } else if files.direct(c.file).is_none() {
+                    match (cached, direct) {
+                        (Some(true), _) => (cached_method, cached_reason),
                         // Without O_DIRECT a cold read goes through the cache anyway; a buffered
                         // pread pool is the simpler road there.
-                        Method::PreadBuffered
-                    } else {
-                        Method::UringDirect
+                        (_, false) => (Method::PreadBuffered, Reason::ColdNoDirect),
+                        (None, true) => (Method::UringDirect, Reason::ResidencyUnknown),
+                        (Some(false), true) => (Method::UringDirect, Reason::Cold),
                     }
                 }
             };
-            (i, m)
+            (i, m, why)
         })
         .collect()
 }

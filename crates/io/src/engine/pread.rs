@@ -19,6 +19,7 @@ pub(super) fn drain(run: &Run<'_>, queue: &Queue) {
 }
 
 fn one(run: &Run<'_>, index: usize, method: Method) -> Result<(), IoError> {
+    run.begin(method);
     let chunk = &run.plan.chunks[index];
     let staging = run
         .sink

@@ -54,7 +54,11 @@ impl Ring {
             // SAFETY: the sink promises these buffers outlive the load (registered_buffers'
             // contract); the ring is dropped when this load ends. A refusal (memlock limits) just
             // means plain reads.
-            fixed_buffers = unsafe { ring.submitter().register_buffers(&iovecs) }.is_ok();
+            let registered = unsafe { ring.submitter().register_buffers(&iovecs) };
+            if let Err(e) = &registered {
+                tracing::debug!(error = %e, buffers = iovecs.len(), "io_uring refused the sink's fixed buffers; plain reads");
+            }
+            fixed_buffers = registered.is_ok();
         }
         Ok(Ring {
             ring,
@@ -79,6 +83,7 @@ impl Ring {
                 let Some((index, method)) = waiting.take().or_else(|| queue.pop()) else {
                     break;
                 };
+                run.begin(method);
                 let chunk = &run.plan.chunks[index];
                 let idle = free.len() == qd;
                 let got = if idle {

@@ -1,24 +1,23 @@
-//! Element conversions to f32: bf16, f16, and ggml's Q8_0 and Q4_0 blocks.
-//!
-//! ggml block layouts (little-endian, 32 elements per block):
-//! - Q8_0, 34 bytes: `d: f16`, then 32 × `i8`; element `j` is `q[j] · d`.
-//! - Q4_0, 18 bytes: `d: f16`, then 16 bytes of nibbles; the low nibble of byte `j` is element
-//!   `j`, the high nibble element `j + 16`; each is `(q − 8) · d`.
+//! Element conversions to f32: bf16, f16, and (through [`crate::quant`]) every GGUF type the
+//! CPU reads; and ggml's Q8_0 and Q4_0 quantizers.
 //!
 //! The quantizers mirror ggml's reference ones (`quantize_row_q8_0_ref`, `…_q4_0_ref`); they
-//! are here so tests can make quantized weights, and for the GPU kernels' checks.
+//! are here so tests can make quantized weights, and for the GPU kernels' checks. Block
+//! layouts: [`crate::quant::legacy`].
 
 use half::{bf16, f16};
-use hoist_format::{DType, GgmlType, TensorInfo};
+use hoist_format::{DType, TensorInfo};
 
+pub use crate::quant::legacy::{dequantize_q4_0, dequantize_q8_0};
+use crate::quant::{self, QuantError};
 use crate::weights::WeightError;
 
 /// Elements in a Q8_0 or Q4_0 block.
-pub const QK: usize = 32;
+pub const QK: usize = quant::legacy::QK;
 /// Bytes in a Q8_0 block.
-pub const Q8_0_BLOCK_BYTES: usize = 34;
+pub const Q8_0_BLOCK_BYTES: usize = quant::legacy::Q8_0_BYTES;
 /// Bytes in a Q4_0 block.
-pub const Q4_0_BLOCK_BYTES: usize = 18;
+pub const Q4_0_BLOCK_BYTES: usize = quant::legacy::Q4_0_BYTES;
 
 fn halves(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
     bytes
@@ -42,28 +41,6 @@ pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
-}
-
-/// Q8_0 blocks to f32 (a trailing partial block is ignored; callers check lengths).
-pub fn dequantize_q8_0(bytes: &[u8]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(bytes.len() / Q8_0_BLOCK_BYTES * QK);
-    for block in bytes.chunks_exact(Q8_0_BLOCK_BYTES) {
-        let d = f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32();
-        out.extend(block[2..].iter().map(|&q| f32::from(q as i8) * d));
-    }
-    out
-}
-
-/// Q4_0 blocks to f32 (a trailing partial block is ignored; callers check lengths).
-pub fn dequantize_q4_0(bytes: &[u8]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(bytes.len() / Q4_0_BLOCK_BYTES * QK);
-    for block in bytes.chunks_exact(Q4_0_BLOCK_BYTES) {
-        let d = f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32();
-        let qs = &block[2..];
-        out.extend(qs.iter().map(|&b| (f32::from(b & 0x0f) - 8.0) * d));
-        out.extend(qs.iter().map(|&b| (f32::from(b >> 4) - 8.0) * d));
-    }
-    out
 }
 
 /// ggml's reference Q8_0 quantizer: `d = max|x| / 127`, `q = round(x / d)`. `x.len()` must be
@@ -99,7 +76,8 @@ pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// A loaded tensor's bytes as f32, whatever its (supported) element type.
+/// A loaded tensor's bytes as f32, whatever its (supported) element type: safetensors' float
+/// types here, every GGUF type through [`quant::dequantize`].
 pub fn tensor_to_f32(info: &TensorInfo, bytes: &[u8]) -> Result<Vec<f32>, WeightError> {
     let elements = info.elements();
     let bad = || WeightError::Bytes {
@@ -112,11 +90,19 @@ pub fn tensor_to_f32(info: &TensorInfo, bytes: &[u8]) -> Result<Vec<f32>, Weight
         return Err(bad());
     }
     let out = match info.dtype {
-        DType::F32 | DType::Ggml(GgmlType::F32) => f32_from_le(bytes),
-        DType::F16 | DType::Ggml(GgmlType::F16) => f16_to_f32(bytes),
-        DType::BF16 | DType::Ggml(GgmlType::BF16) => bf16_to_f32(bytes),
-        DType::Ggml(GgmlType::Q8_0) => dequantize_q8_0(bytes),
-        DType::Ggml(GgmlType::Q4_0) => dequantize_q4_0(bytes),
+        DType::F32 => f32_from_le(bytes),
+        DType::F16 => f16_to_f32(bytes),
+        DType::BF16 => bf16_to_f32(bytes),
+        DType::Ggml(ty) => {
+            let elems = usize::try_from(elements).map_err(|_| bad())?;
+            quant::dequantize(ty, bytes, elems).map_err(|e| match e {
+                QuantError::Unsupported { .. } => WeightError::Convert {
+                    name: info.name.clone(),
+                    dtype: info.dtype,
+                },
+                QuantError::PartialBlock { .. } | QuantError::Length { .. } => bad(),
+            })?
+        }
         dtype => {
             return Err(WeightError::Convert {
                 name: info.name.clone(),
@@ -133,6 +119,7 @@ pub fn tensor_to_f32(info: &TensorInfo, bytes: &[u8]) -> Result<Vec<f32>, Weight
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hoist_format::GgmlType;
     use proptest::prelude::*;
 
     #[test]

@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use hoist_format::TensorTable;
 use hoist_io::{EngineConfig, HostTensor, PlanConfig};
@@ -101,12 +103,26 @@ impl CpuModel {
 
     /// Loads the tensors `config` implies from `table` and converts them to f32.
     pub fn from_table(table: &TensorTable, config: ModelConfig) -> Result<CpuModel, RuntimeError> {
+        CpuModel::from_table_with_progress(table, config, None)
+    }
+
+    /// [`CpuModel::from_table`] that adds the bytes it reads to `progress` as they land, for a
+    /// progress display (the read engine's counter, [`EngineConfig::progress`]).
+    pub fn from_table_with_progress(
+        table: &TensorTable,
+        config: ModelConfig,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<CpuModel, RuntimeError> {
         let map = WeightMap::resolve(table, &config)?;
+        let engine = EngineConfig {
+            progress,
+            ..EngineConfig::default()
+        };
         let (tensors, _) = hoist_io::load_host(
             table,
             &map.selection(),
             PlanConfig::default(),
-            &EngineConfig::default(),
+            &engine,
             None,
         )?;
         Ok(CpuModel::from_host_tensors(config, &map, &tensors)?)

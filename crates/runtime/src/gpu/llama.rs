@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,6 +46,9 @@ pub struct GpuOptions {
     /// Where compiled kernels are cached; `None`: `$HOIST_KERNEL_CACHE`, else
     /// `$XDG_CACHE_HOME/hoist/kernels`, else `~/.cache/hoist/kernels`.
     pub kernel_cache: Option<PathBuf>,
+    /// Counts weight bytes as they are read, for a progress display (the read engine's counter,
+    /// [`hoist_io::EngineConfig::progress`]); `None`: not counted.
+    pub progress: Option<Arc<AtomicU64>>,
 }
 
 /// What loading a model took.
@@ -118,10 +122,42 @@ pub struct GpuModel {
     gpu: Arc<Gpu>,
 }
 
+/// The weight types the kernels read ([`WType::of`]), for messages.
+const GPU_DTYPES: &str = "F32, F16, BF16, Q8_0 and Q4_0";
+
 fn unsupported_dtype(name: &str, dtype: hoist_format::DType) -> GpuError {
     GpuError::Unsupported(format!(
-        "tensor {name} is {dtype:?}; the GPU runtime reads f32, f16, bf16, Q8_0 and Q4_0 weights"
+        "tensor {name} is {dtype}; the GPU runtime reads {GPU_DTYPES} weights (--device cpu reads more)"
     ))
+}
+
+/// Refuses, before any device work, a model with tensors of a type the kernels do not read
+/// (all of them are types the CPU reference reads: [`WeightMap::resolve`] checked that):
+/// names the first such tensor and every such type.
+fn check_dtypes(table: &TensorTable, map: &WeightMap) -> Result<(), GpuError> {
+    let mut first = None;
+    let mut types: Vec<&str> = Vec::new();
+    for info in map.selection().into_iter().map(|i| &table.tensors[i]) {
+        if WType::of(info.dtype).is_none() {
+            first.get_or_insert(info);
+            if !types.contains(&info.dtype.name()) {
+                types.push(info.dtype.name());
+            }
+        }
+    }
+    let Some(info) = first else { return Ok(()) };
+    let others = match types.as_slice() {
+        [_, rest @ ..] if !rest.is_empty() => {
+            format!(" (the model also has {} tensors)", rest.join(", "))
+        }
+        _ => String::new(),
+    };
+    Err(GpuError::Unsupported(format!(
+        "{}: tensor '{}' has dtype {}{others}, which the GPU runtime has no kernels for (it reads {GPU_DTYPES}); run this model with --device cpu (the f32 CPU reference: slow, for small models)",
+        table.root.display(),
+        info.name,
+        info.dtype,
+    )))
 }
 
 impl GpuModel {
@@ -144,6 +180,7 @@ impl GpuModel {
     ) -> Result<GpuModel, RuntimeError> {
         let start = Instant::now();
         let map = WeightMap::resolve(table, &config)?;
+        check_dtypes(table, &map)?;
         let gpu = hoist_cuda::open_device(options.ordinal).map_err(GpuError::from)?;
         let context_seconds = start.elapsed().as_secs_f64();
 
@@ -174,7 +211,10 @@ impl GpuModel {
                 chunk_bytes: hoist_cuda::DEFAULT_GPU_CHUNK_BYTES,
                 ..Default::default()
             },
-            &hoist_cuda::recommended_engine_config(),
+            &hoist_io::EngineConfig {
+                progress: options.progress.clone(),
+                ..hoist_cuda::recommended_engine_config()
+            },
             &hoist_cuda::GpuConfig {
                 ordinal: options.ordinal,
                 ..Default::default()
