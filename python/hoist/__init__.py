@@ -204,6 +204,7 @@ def load_file(
     framework: str = "pt",
     backend: str = "auto",
     threads: Optional[int] = None,
+    cache: str = "auto",
 ) -> Dict[str, Any]:
     """Loads a checkpoint's tensors.
 
@@ -216,10 +217,15 @@ def load_file(
         framework: ``"pt"`` for torch tensors, ``"np"`` for numpy arrays (CPU only).
         backend: ``"auto"`` (default: per chunk, a pool of buffered ``pread`` threads for
             ranges in the page cache (mmap-window copies with 8 threads or more, which
-            measured faster there), io_uring O_DIRECT for the rest, the ``pread`` pool where
-            O_DIRECT or io_uring is refused), ``"uring"``, ``"pread"`` or ``"mmap"`` (each
+            measured faster there), io_uring for the rest (O_DIRECT or buffered: see
+            ``cache``), the ``pread`` pool where O_DIRECT or io_uring is refused), ``"uring"``, ``"pread"`` or ``"mmap"`` (each
             forces one method).
         threads: buffered reader threads (default: one per core).
+        cache: whether data read from disk stays in the page cache, so that the next load of
+            the same files is fast: ``"keep"`` (buffered reads), ``"bypass"`` (O_DIRECT:
+            nothing cached, nothing else evicted; backends ``"auto"`` and ``"uring"`` only,
+            ``"pread"`` and ``"mmap"`` always read through the cache) or ``"auto"`` (default:
+            keep when the bytes fit in MemAvailable minus 10% of MemTotal, at least 2 GiB).
 
     Returns:
         ``{name: tensor}`` in file order. Tensors own their memory (no copy was made; freed
@@ -241,7 +247,7 @@ def load_file(
     _check(fw, cuda)
     table = _hoist.Table(_paths(paths))
     indices = table.select(_filters(filter))
-    raws = table.load(indices, cuda, _bf16_as_u16(fw), backend, threads)
+    raws = table.load(indices, cuda, _bf16_as_u16(fw), backend, threads, cache)
     conv = _converter(fw)
     return {r.name: conv(r) for r in raws}
 
@@ -255,6 +261,7 @@ def iter_tensors(
     backend: str = "auto",
     threads: Optional[int] = None,
     gpu_batch_bytes: int = _GPU_BATCH_BYTES,
+    cache: str = "auto",
 ) -> Iterator[Tuple[str, Any]]:
     """Yields ``(name, tensor)`` for each tensor of a checkpoint as soon as it is loaded.
 
@@ -271,14 +278,14 @@ def iter_tensors(
     _check(fw, cuda)
     table = _hoist.Table(_paths(paths))
     indices = table.select(_filters(filter))
-    return _iterate(table, indices, cuda, fw, backend, threads, max(1, int(gpu_batch_bytes)))
+    return _iterate(table, indices, cuda, fw, backend, threads, max(1, int(gpu_batch_bytes)), cache)
 
 
 def _iterate(table: Any, indices: List[int], cuda: Optional[int], fw: str, backend: str,
-             threads: Optional[int], batch_bytes: int) -> Iterator[Tuple[str, Any]]:
+             threads: Optional[int], batch_bytes: int, cache: str) -> Iterator[Tuple[str, Any]]:
     conv = _converter(fw)
     if cuda is None:
-        for raw in table.stream(indices, None, _bf16_as_u16(fw), backend, threads):
+        for raw in table.stream(indices, None, _bf16_as_u16(fw), backend, threads, cache):
             yield raw.name, conv(raw)
         return
     infos = table.infos()
@@ -288,11 +295,11 @@ def _iterate(table: Any, indices: List[int], cuda: Optional[int], fw: str, backe
         batch.append(i)
         size += infos[i][3]
         if size >= batch_bytes:
-            for raw in table.load(batch, cuda, False, backend, threads):
+            for raw in table.load(batch, cuda, False, backend, threads, cache):
                 yield raw.name, conv(raw)
             batch, size = [], 0
     if batch:
-        for raw in table.load(batch, cuda, False, backend, threads):
+        for raw in table.load(batch, cuda, False, backend, threads, cache):
             yield raw.name, conv(raw)
 
 
@@ -352,6 +359,7 @@ class safe_open:
         *,
         backend: str = "auto",
         threads: Optional[int] = None,
+        cache: str = "auto",
     ) -> None:
         self._framework = _framework(framework)
         self._cuda = _device(device)
@@ -359,6 +367,7 @@ class safe_open:
         self._table = _hoist.Table(_paths(filename))
         self._backend = backend
         self._threads = threads
+        self._cache_policy = cache
         self._infos = [
             TensorInfo(n, d, tuple(s), b, str(f), o, g) for (n, d, s, b, f, o, g) in self._table.infos()
         ]
@@ -450,5 +459,6 @@ class safe_open:
 
     def _load(self, indices: List[int]) -> List[Any]:
         return self._table.load(
-            indices, self._cuda, _bf16_as_u16(self._framework), self._backend, self._threads
+            indices, self._cuda, _bf16_as_u16(self._framework), self._backend, self._threads,
+            self._cache_policy,
         )

@@ -55,6 +55,7 @@ class Table:
         bf16_as_u16: bool = False,
         backend: str = "auto",
         threads: Optional[int] = None,
+        cache: str = "auto",
     ) -> List[Tensor]: ...
     def stream(
         self,
@@ -63,6 +64,7 @@ class Table:
         bf16_as_u16: bool = False,
         backend: str = "auto",
         threads: Optional[int] = None,
+        cache: str = "auto",
     ) -> Stream: ...
 
 def cuda_status(ordinal: int) -> Tuple[bool, str]: ...

@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use hoist_format::{DType, FileFormat, MetaValue, TensorInfo, TensorTable};
-use hoist_io::{Backend, EngineConfig, HostTensor, PlanConfig};
+use hoist_io::{Backend, CachePolicy, EngineConfig, HostTensor, PlanConfig};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -257,9 +257,18 @@ fn backend_of(name: &str) -> PyResult<Backend> {
         })
 }
 
-fn engine_config(backend: &str, threads: Option<usize>) -> PyResult<EngineConfig> {
+fn cache_of(name: &str) -> PyResult<CachePolicy> {
+    CachePolicy::from_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown cache policy {name:?}; use one of auto, keep, bypass"
+        ))
+    })
+}
+
+fn engine_config(backend: &str, threads: Option<usize>, cache: &str) -> PyResult<EngineConfig> {
     let mut c = EngineConfig {
         backend: backend_of(backend)?,
+        cache: cache_of(cache)?,
         ..EngineConfig::default()
     };
     if let Some(n) = threads {
@@ -479,7 +488,7 @@ impl Table {
 
     /// Loads the tensors at `indices` onto `cuda` (a GPU ordinal) or host memory (None), with
     /// the GIL released; returns them in file order.
-    #[pyo3(signature = (indices, cuda=None, bf16_as_u16=false, backend="auto", threads=None))]
+    #[pyo3(signature = (indices, cuda=None, bf16_as_u16=false, backend="auto", threads=None, cache="auto"))]
     fn load(
         &self,
         py: Python<'_>,
@@ -488,8 +497,9 @@ impl Table {
         bf16_as_u16: bool,
         backend: &str,
         threads: Option<usize>,
+        cache: &str,
     ) -> PyResult<Vec<Tensor>> {
-        let engine = engine_config(backend, threads)?;
+        let engine = engine_config(backend, threads, cache)?;
         let device = Device::from_arg(cuda);
         let table = self.table.clone();
         let r = py.detach(move || {
@@ -517,7 +527,7 @@ impl Table {
 
     /// Starts loading the tensors at `indices` on a background thread; the returned iterator
     /// yields each as it completes.
-    #[pyo3(signature = (indices, cuda=None, bf16_as_u16=false, backend="auto", threads=None))]
+    #[pyo3(signature = (indices, cuda=None, bf16_as_u16=false, backend="auto", threads=None, cache="auto"))]
     fn stream(
         &self,
         py: Python<'_>,
@@ -526,8 +536,9 @@ impl Table {
         bf16_as_u16: bool,
         backend: &str,
         threads: Option<usize>,
+        cache: &str,
     ) -> PyResult<Stream> {
-        let engine = engine_config(backend, threads)?;
+        let engine = engine_config(backend, threads, cache)?;
         if let Some(n) = cuda {
             // Checked up front so that the error comes from this call, not the first item.
             gpu_check(n).map_err(|e| e.into_py(py))?;

@@ -112,6 +112,69 @@ def test_single_file_every_tensor_matches(single, backend):
     _same_as_reference(got, [single])
 
 
+
+def _cached_share(path: str) -> float:
+    """Share of ``path``'s pages in the page cache (mincore over an untouched mapping)."""
+    import ctypes
+    import mmap
+
+    size = os.path.getsize(path)
+    page = mmap.PAGESIZE
+    pages = (size + page - 1) // page
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        vec = ctypes.create_string_buffer(pages)
+        try:
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec.raw) / pages
+
+
+def _evict(path: str) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return _cached_share(path) < 0.01
+
+
+@pytest.mark.parametrize("backend", ["auto", "uring", "pread"])
+@pytest.mark.parametrize("cache", ["auto", "keep", "bypass"])
+def test_cache_policies_load_the_same_bytes(single, backend, cache):
+    _same_as_reference(hoist.load_file(single, framework="np", backend=backend, cache=cache), [single])
+    got = dict(hoist.iter_tensors(single, framework="np", backend=backend, cache=cache))
+    _same_as_reference(got, [single])
+    with hoist.safe_open(single, "np", backend=backend, cache=cache) as f:
+        _same(f.get_tensor("big.f32"), st_load_file(single)["big.f32"])
+
+
+def test_cache_keep_leaves_the_file_cached_and_bypass_does_not(single):
+    if not _evict(single):
+        pytest.skip("eviction from the page cache does not take on this filesystem (tmpfs?)")
+    hoist.load_file(single, framework="np", cache="keep")
+    assert _cached_share(single) >= 0.9
+    assert _evict(single)
+    try:
+        os.close(os.open(single, os.O_RDONLY | os.O_DIRECT))
+    except OSError:
+        return  # no O_DIRECT here: bypass reads through the cache too
+    hoist.load_file(single, framework="np", cache="bypass")
+    # The header is read through the cache; the data (20 MiB of it) is not.
+    assert _cached_share(single) <= 0.05
+
 def test_dict_in_file_order(single):
     got = hoist.load_file(single, framework="np")
     with st_safe_open(single, "np") as f:
@@ -473,6 +536,8 @@ def test_bad_arguments(single):
         hoist.load_file(single, framework="np", device="cuda:0")
     with pytest.raises(ValueError, match="backend"):
         hoist.load_file(single, framework="np", backend="floppy")
+    with pytest.raises(ValueError, match="cache"):
+        hoist.load_file(single, framework="np", cache="sometimes")
     with pytest.raises(TypeError):
         hoist.load_file(12, framework="np")
     with pytest.raises(ValueError):

@@ -414,7 +414,12 @@ fn run_once(
                 .iter()
                 .map(|t| hash_of(&t.info.name, t.bytes()))
                 .collect();
-            (seconds, named, report.methods_summary())
+            let methods = format!(
+                "{}; cache {}",
+                report.methods_summary(),
+                report.cache.policy.name()
+            );
+            (seconds, named, methods)
         }
         Loader::Gpu(n, path, backend) => {
             let device = Device::Cuda(n);

@@ -170,6 +170,7 @@ fn print(
             "backend": backend,
             "methods": methods,
             "notes": o.io.notes,
+            "cache": o.io.cache,
             "peak_rss_bytes": peak_rss,
             "cold": a.cold,
             "skipped": skipped,
@@ -202,6 +203,7 @@ fn print(
         parse_seconds * 1e3
     )?;
     writeln!(out, "backend {backend}: {}", o.io.methods_summary())?;
+    writeln!(out, "cache: {}", o.io.cache.summary())?;
     for (_, _, line) in &o.extra {
         if !line.is_empty() {
             writeln!(out, "{line}")?;

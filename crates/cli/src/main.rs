@@ -63,6 +63,28 @@ pub enum BackendArg {
     Mmap,
 }
 
+/// `--cache` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CacheArg {
+    /// Keep when the bytes to read fit in MemAvailable minus the headroom, else bypass.
+    Auto,
+    /// Read data not yet cached through the page cache, so the next load is a warm one.
+    Keep,
+    /// Read data not yet cached with O_DIRECT, past the page cache (backends auto and uring;
+    /// pread and mmap always read through the cache, and the report says so).
+    Bypass,
+}
+
+impl From<CacheArg> for hoist_io::CachePolicy {
+    fn from(c: CacheArg) -> Self {
+        match c {
+            CacheArg::Auto => hoist_io::CachePolicy::Auto,
+            CacheArg::Keep => hoist_io::CachePolicy::Keep,
+            CacheArg::Bypass => hoist_io::CachePolicy::Bypass,
+        }
+    }
+}
+
 impl From<BackendArg> for hoist_io::Backend {
     fn from(b: BackendArg) -> Self {
         match b {
@@ -87,6 +109,14 @@ pub struct Tuning {
     /// io_uring reads in flight.
     #[arg(long, default_value_t = 32, value_name = "N")]
     queue_depth: usize,
+    /// Whether data read from disk stays in the page cache, so that the next load of the same
+    /// files is fast: keep (buffered reads), bypass (O_DIRECT, nothing cached or evicted), or
+    /// auto (keep when the bytes fit in MemAvailable minus --cache-headroom-gib).
+    #[arg(long, value_enum, default_value_t = CacheArg::Auto, value_name = "POLICY")]
+    cache: CacheArg,
+    /// Memory --cache auto leaves free, GiB [default: 10% of MemTotal, at least 2].
+    #[arg(long, value_name = "GIB")]
+    cache_headroom_gib: Option<f64>,
     /// GPU loads: how bytes reach the device (auto, ring, cufile, mapped).
     #[arg(long, default_value = "auto", value_name = "PATH", value_parser = parse_gpu_path)]
     gpu_path: hoist_cuda::GpuPath,
@@ -119,6 +149,10 @@ fn parse_gpu_layout(s: &str) -> Result<hoist_cuda::DestLayout, String> {
 
 /// Most pinned ring memory accepted (MiB): pinned memory is taken from the host for good.
 pub const MAX_RING_MIB: u64 = 64 << 10;
+
+/// Largest `--cache-headroom-gib` accepted (1 PiB): past any machine's memory, so every value
+/// that means something fits, and the conversion to bytes cannot overflow.
+pub const MAX_CACHE_HEADROOM_GIB: f64 = (1u64 << 20) as f64;
 
 impl Tuning {
     fn plan_config(&self, device: &Device) -> anyhow::Result<hoist_io::PlanConfig> {
@@ -162,6 +196,14 @@ impl Tuning {
             hoist_io::engine::MAX_QUEUE_DEPTH
         );
         c.queue_depth = self.queue_depth;
+        c.cache = self.cache.into();
+        if let Some(gib) = self.cache_headroom_gib {
+            anyhow::ensure!(
+                gib.is_finite() && (0.0..=MAX_CACHE_HEADROOM_GIB).contains(&gib),
+                "--cache-headroom-gib must be between 0 and {MAX_CACHE_HEADROOM_GIB}"
+            );
+            c.cache_headroom_bytes = Some((gib * (1u64 << 30) as f64) as u64);
+        }
         Ok(c)
     }
 

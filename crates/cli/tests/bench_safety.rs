@@ -3,38 +3,20 @@
 //! before writing anything, and draws progress bars only on a terminal. End to end through the
 //! binary.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-fn hoist(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args(args)
-        .output()
-        .expect("the hoist binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "hoist failed: {}", stderr(out));
-}
+use common::{assert_error_line, bench_tiny, hoist, stderr, success};
 
 /// A refusal: exit status 1, and the last stderr line is one `error:` line naming `dir`.
 fn assert_refused(out: &Output, dir: &Path, why: &str) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let last = err.trim_end().lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with("error: ") && last.contains(dir.to_str().unwrap()) && last.contains(why),
-        "expected one error line naming {} and '{why}': {err}",
-        dir.display()
-    );
-    assert!(!err.contains("panicked"), "{err}");
+    let dir = dir.to_str().expect("temp paths are UTF-8");
+    assert_error_line(out, "bench", &[dir, why]);
 }
 
 /// Every file under `dir` (relative name → bytes), to prove a directory was left untouched.
@@ -52,22 +34,6 @@ fn names(dir: &Path) -> Vec<String> {
     snapshot(dir).into_keys().collect()
 }
 
-/// `bench --synthetic tiny --repeat 1 --json --dir DIR` plus `extra`.
-fn bench_tiny(dir: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "bench",
-        "--synthetic",
-        "tiny",
-        "--repeat",
-        "1",
-        "--json",
-        "--dir",
-        dir.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    hoist(&args)
-}
-
 #[test]
 fn clean_never_removes_a_users_files() {
     let tmp = tempfile::tempdir().unwrap();
@@ -83,10 +49,10 @@ fn clean_never_removes_a_users_files() {
     // A file the user adds to a hoist-made checkpoint directory survives --clean, and so does
     // the directory holding it.
     let made = tmp.path().join("made");
-    assert_ok(&bench_tiny(&made, &[]));
+    success(&bench_tiny(&made, &[]));
     std::fs::write(made.join("config.json"), b"{}").unwrap();
     let out = bench_tiny(&made, &["--clean"]);
-    assert_ok(&out);
+    success(&out);
     assert_eq!(names(&made), ["config.json"]);
     assert_eq!(std::fs::read(made.join("config.json")).unwrap(), b"{}");
 }
@@ -160,7 +126,7 @@ fn bad_arguments_are_refused_before_anything_is_written() {
 fn a_hoist_made_directory_is_reused_and_clean_removes_exactly_its_files() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("synth");
-    assert_ok(&bench_tiny(&dir, &[]));
+    success(&bench_tiny(&dir, &[]));
     let made = snapshot(&dir);
     let mut expected: Vec<&str> = vec![
         ".hoist-synthetic.json",
@@ -188,17 +154,17 @@ fn a_hoist_made_directory_is_reused_and_clean_removes_exactly_its_files() {
             .collect()
     };
     let first = mtimes(&dir);
-    assert_ok(&bench_tiny(&dir, &[]));
+    success(&bench_tiny(&dir, &[]));
     assert_eq!(mtimes(&dir), first, "the checkpoint was rewritten");
     assert_eq!(snapshot(&dir), made);
 
     // hoist created the directory, so --clean removes it once it holds nothing else.
-    assert_ok(&bench_tiny(&dir, &["--clean"]));
+    success(&bench_tiny(&dir, &["--clean"]));
     assert!(!dir.exists(), "{:?}", dir.exists().then(|| names(&dir)));
 
     // An empty directory the user made is kept, empty.
     std::fs::create_dir(&dir).unwrap();
-    assert_ok(&bench_tiny(&dir, &["--clean"]));
+    success(&bench_tiny(&dir, &["--clean"]));
     assert!(dir.is_dir());
     assert!(names(&dir).is_empty(), "{:?}", names(&dir));
 }
@@ -278,7 +244,7 @@ fn progress_bars_draw_on_a_terminal_and_nothing_elsewhere() {
 
     // stderr piped: the same run draws no bar (no carriage returns, no escape sequences).
     let out = hoist(&args);
-    assert_ok(&out);
+    success(&out);
     let err = stderr(&out);
     assert!(
         !err.contains('\r') && !err.contains('\x1b') && !err.contains("writing synthetic"),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,9 @@ use hoist_runtime::chat::ChatTemplate;
 use hoist_runtime::tokenizer::Tokenizer;
 use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 
-use common::{hoist_with_stdin, model_dir, stderr, success};
+use common::{
+    cpu_args, greedy_args, hoist, hoist_with_stdin, model_dir, stderr, stdout_json, success,
+};
 
 /// The chat's prompt, at the start of a line (the terminal ends lines with CR LF).
 const PROMPT: &str = "\n> ";
@@ -36,7 +39,7 @@ struct Terminal {
 }
 
 impl Terminal {
-    fn start(args: &[&str]) -> Terminal {
+    fn start<S: AsRef<OsStr>>(args: &[S]) -> Terminal {
         let pair = native_pty_system()
             .openpty(PtySize {
                 rows: 24,
@@ -119,12 +122,26 @@ impl Terminal {
         self.writer.flush().unwrap();
     }
 
-    /// Waits for the process to end; its exit code.
-    fn wait(&mut self) -> u32 {
+    /// Ctrl-C at the prompt: says how to quit, and does not quit.
+    fn interrupt_at_prompt(&mut self) {
+        self.send("\x03");
+        self.expect("Ctrl-C again");
+        self.expect(PROMPT);
+    }
+
+    /// Waits for the process to end, and checks that it succeeded.
+    fn wait_success(&mut self) {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status.exit_code();
+                let code = status.exit_code();
+                assert_eq!(
+                    code,
+                    0,
+                    "exit code {code}; the terminal showed:\n{}",
+                    self.text_from(0)
+                );
+                return;
             }
             assert!(
                 start.elapsed() < EXPECT_TIMEOUT,
@@ -147,20 +164,22 @@ impl Drop for Terminal {
 
 /// Arguments of a greedy CPU chat on `model` whose replies run until interrupted: a context and
 /// a token limit far beyond what a test waits for.
-fn long_chat_args(model: &str) -> Vec<&str> {
-    vec![
-        "run",
-        model,
-        "--device",
-        "cpu",
-        "--temperature",
-        "0",
-        "--context",
-        "100000",
-        "--max-tokens",
-        "100000",
-        "-v",
-    ]
+fn long_chat_args(model: &str) -> Vec<String> {
+    greedy_args(model, 100000, &["--context", "100000", "-v"])
+}
+
+/// A CPU run of `model` that answers "hi" with one token, then `extra`.
+fn one_token_args(model: &str, extra: &[&str]) -> Vec<String> {
+    let one_token = ["--prompt", "hi", "--max-tokens", "1"];
+    cpu_args(model, &[&one_token[..], extra].concat())
+}
+
+/// Rewrites the JSON file at `path` with `edit`.
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
 }
 
 /// [`model_dir`] without end tokens: its replies go on until stopped.
@@ -170,11 +189,9 @@ fn endless_model_dir() -> tempfile::TempDir {
         ("config.json", "eos_token_id"),
         ("tokenizer_config.json", "eos_token"),
     ] {
-        let path = dir.path().join(file);
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        v.as_object_mut().unwrap().remove(key).unwrap();
-        std::fs::write(&path, v.to_string()).unwrap();
+        edit_json(&dir.path().join(file), |v| {
+            v.as_object_mut().unwrap().remove(key).unwrap();
+        });
     }
     dir
 }
@@ -228,13 +245,10 @@ fn chat_help_ctrl_c_and_bye_through_a_terminal() {
     assert!(count_after(&turn, "generated ") > 0, "{turn}");
     t.expect(PROMPT);
 
-    // Ctrl-C at the prompt says how to quit, and does not quit.
-    t.send("\x03");
-    t.expect("Ctrl-C again");
-    t.expect(PROMPT);
+    t.interrupt_at_prompt();
 
     t.send("/bye\r");
-    assert_eq!(t.wait(), 0, "{}", t.text_from(0));
+    t.wait_success();
 }
 
 #[test]
@@ -243,29 +257,18 @@ fn ctrl_c_twice_at_the_prompt_ends_the_chat() {
     let m = dir.path().to_str().unwrap();
     let mut t = Terminal::start(&long_chat_args(m));
     t.expect(PROMPT);
+    t.interrupt_at_prompt();
     t.send("\x03");
-    t.expect("Ctrl-C again");
-    t.expect(PROMPT);
-    t.send("\x03");
-    assert_eq!(t.wait(), 0, "{}", t.text_from(0));
+    t.wait_success();
 }
 
 #[test]
 fn the_load_shows_progress_on_a_terminal_only() {
     let dir = model_dir(true);
     let m = dir.path().to_str().unwrap();
-    let args = [
-        "run",
-        m,
-        "--device",
-        "cpu",
-        "--prompt",
-        "hi",
-        "--max-tokens",
-        "1",
-    ];
+    let args = one_token_args(m, &[]);
     let mut t = Terminal::start(&args);
-    assert_eq!(t.wait(), 0, "{}", t.text_from(0));
+    t.wait_success();
     // The reader thread may still be draining the terminal.
     let shown = t.expect("first token");
     // The bar shows the bytes against the weights' total (the fixture's are some hundred KiB)
@@ -277,7 +280,7 @@ fn the_load_shows_progress_on_a_terminal_only() {
     );
 
     // Not a terminal: no bar, no escape codes.
-    let out = hoist_with_stdin(&args, "");
+    let out = hoist(&args);
     success(&out);
     let err = stderr(&out);
     assert!(!err.contains("loading [") && !err.contains('\x1b'), "{err}");
@@ -287,16 +290,7 @@ fn the_load_shows_progress_on_a_terminal_only() {
 fn chat_commands_are_not_sent_to_the_model() {
     let dir = model_dir(true);
     let m = dir.path().to_str().unwrap();
-    let args = [
-        "run",
-        m,
-        "--device",
-        "cpu",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "3",
-    ];
+    let args = greedy_args(m, 3, &[]);
     // /bye ends the chat before the next line.
     let out = hoist_with_stdin(&args, "/help\n/nonsense\n/bye\nHello there\n");
     assert_eq!(success(&out), "", "no message reached the model");
@@ -311,14 +305,13 @@ fn chat_commands_are_not_sent_to_the_model() {
     assert!(!success(&out).is_empty(), "{}", stderr(&out));
 }
 
-/// The fixture tokenizer's chat template and its config without it.
+/// The fixture tokenizer's chat template, taken out of its config.
 fn split_template(dir: &Path) -> String {
-    let config_path = dir.join("tokenizer_config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    let template = config["chat_template"].as_str().unwrap().to_string();
-    config.as_object_mut().unwrap().remove("chat_template");
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    let mut template = String::new();
+    edit_json(&dir.join("tokenizer_config.json"), |config| {
+        let taken = config.as_object_mut().unwrap().remove("chat_template");
+        template = taken.unwrap().as_str().unwrap().to_string();
+    });
     template
 }
 
@@ -333,19 +326,9 @@ fn template_origin(err: &str) -> &str {
 fn verbose_names_the_chat_template_file_it_came_from() {
     let dir = model_dir(true);
     let m = dir.path().to_str().unwrap();
-    let args = [
-        "run",
-        m,
-        "--device",
-        "cpu",
-        "--prompt",
-        "hi",
-        "--max-tokens",
-        "1",
-        "-v",
-    ];
+    let args = one_token_args(m, &["-v"]);
     // From tokenizer_config.json.
-    let out = hoist_with_stdin(&args, "");
+    let out = hoist(&args);
     success(&out);
     let config = dir.path().join("tokenizer_config.json");
     assert_eq!(
@@ -357,7 +340,7 @@ fn verbose_names_the_chat_template_file_it_came_from() {
     let template = split_template(dir.path());
     let jinja = dir.path().join("chat_template.jinja");
     std::fs::write(&jinja, &template).unwrap();
-    let out = hoist_with_stdin(&args, "");
+    let out = hoist(&args);
     success(&out);
     assert_eq!(template_origin(&stderr(&out)), jinja.display().to_string());
 }
@@ -368,11 +351,9 @@ fn chat_template_jinja_wins_over_the_config_as_in_transformers() {
     let m = dir.path().to_str().unwrap();
     let config_template = split_template(dir.path());
     // Put the template back in the config, and a different one in the file.
-    let config_path = dir.path().join("tokenizer_config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config["chat_template"] = config_template.clone().into();
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    edit_json(&dir.path().join("tokenizer_config.json"), |config| {
+        config["chat_template"] = config_template.clone().into();
+    });
     let file_template = format!("{{{{ 'Be brief.' }}}}{config_template}");
     let jinja = dir.path().join("chat_template.jinja");
     std::fs::write(&jinja, &file_template).unwrap();
@@ -392,22 +373,8 @@ fn chat_template_jinja_wins_over_the_config_as_in_transformers() {
         prompt_tokens(&config_template)
     );
 
-    let out = hoist_with_stdin(
-        &[
-            "run",
-            m,
-            "--device",
-            "cpu",
-            "--prompt",
-            "hi",
-            "--max-tokens",
-            "1",
-            "--json",
-            "-v",
-        ],
-        "",
-    );
-    let doc: serde_json::Value = serde_json::from_str(&success(&out)).unwrap();
+    let out = hoist(&one_token_args(m, &["--json", "-v"]));
+    let doc = stdout_json(&out);
     assert_eq!(doc["prompt_tokens"], prompt_tokens(&file_template));
     assert_eq!(template_origin(&stderr(&out)), jinja.display().to_string());
 }

@@ -1,41 +1,17 @@
 //! End-to-end tests through the `hoist` binary.
 
+mod common;
+
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn hoist(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args(args)
-        .output()
-        .expect("the hoist binary runs")
-}
+use common::python::{python_with, run_script};
+use common::{bench_tiny, hoist, stdout_json};
 
-fn stdout_json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "hoist failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
-}
-
-/// Python with safetensors, numpy, gguf and xxhash, or None (a skip, unless
-/// HOIST_REQUIRE_PYTHON is set, as CI sets it).
+/// Python with the packages tests/independent.py uses, or None (a skip).
 fn python() -> Option<&'static str> {
-    let ok = Command::new("python3")
-        .args(["-c", "import safetensors, numpy, gguf, xxhash"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some("python3");
-    }
-    assert!(
-        std::env::var_os("HOIST_REQUIRE_PYTHON").is_none(),
-        "HOIST_REQUIRE_PYTHON is set but python3 lacks safetensors/numpy/gguf/xxhash"
-    );
-    eprintln!("skipping: python3 lacks the reference packages (pip install safetensors numpy gguf xxhash)");
-    None
+    python_with(&["safetensors", "numpy", "gguf", "xxhash"])
 }
 
 fn script() -> PathBuf {
@@ -45,17 +21,7 @@ fn script() -> PathBuf {
 /// Checkpoints written by the reference libraries (tests/independent.py make), fresh random data.
 fn independent_checkpoints(py: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let made = Command::new(py)
-        .arg(script())
-        .arg("make")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    run_script(py, &script(), &[OsStr::new("make"), dir.path().as_os_str()]);
     dir
 }
 
@@ -71,18 +37,9 @@ fn load_and_inspect_agree_with_independent_readers() {
     ];
     for (path, reference) in cases {
         let p = dir.path().join(path);
-        let sums = Command::new(py)
-            .arg(script())
-            .arg("sums")
-            .arg(dir.path().join(reference))
-            .output()
-            .unwrap();
-        assert!(
-            sums.status.success(),
-            "{}",
-            String::from_utf8_lossy(&sums.stderr)
-        );
-        let want: BTreeMap<String, String> = serde_json::from_slice(&sums.stdout).unwrap();
+        let reference = dir.path().join(reference);
+        let sums = run_script(py, &script(), &[OsStr::new("sums"), reference.as_os_str()]);
+        let want: BTreeMap<String, String> = serde_json::from_slice(&sums).unwrap();
         for backend in ["auto", "uring", "pread", "mmap"] {
             let doc = stdout_json(&hoist(&[
                 "load",
@@ -224,20 +181,8 @@ fn filters_load_a_layer() {
 fn bench_runs_every_loader_on_a_synthetic_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     for cold in [false, true] {
-        let mut args = vec![
-            "bench",
-            "--synthetic",
-            "tiny",
-            "--repeat",
-            "1",
-            "--json",
-            "--dir",
-            dir.path().to_str().unwrap(),
-        ];
-        if cold {
-            args.push("--cold");
-        }
-        let doc = stdout_json(&hoist(&args));
+        let extra: &[&str] = if cold { &["--cold"] } else { &[] };
+        let doc = stdout_json(&bench_tiny(dir.path(), extra));
         let rows = doc["results"].as_array().unwrap();
         assert_eq!(rows.len(), 6);
         assert!(rows

@@ -1,16 +1,20 @@
 //! End-to-end tests of what `hoist` prints: closed pipes, non-regular files, names of types and
 //! formats, error lines, flags that do not apply, `--verbose`, `--version` and `--help`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hoist_format::DType;
 use hoist_synth::gguf::GgufTensor;
 use hoist_synth::TensorSpec;
+
+use common::{stderr, stdout_json};
 
 fn hoist() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hoist"));
@@ -23,8 +27,14 @@ fn run(args: &[&str]) -> Output {
     hoist().args(args).output().expect("the hoist binary runs")
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// Starts `hoist args` with stdout and stderr piped.
+fn spawn(args: &[&str]) -> Child {
+    hoist()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the hoist binary runs")
 }
 
 fn stdout(out: &Output) -> String {
@@ -71,15 +81,19 @@ fn small_gguf() -> Vec<u8> {
     hoist_synth::gguf::gguf_bytes(&[], &tensors, 32).0
 }
 
+/// [`small_gguf`], changed by `edit`, written as `dir/m.gguf`.
+fn gguf_file(dir: &Path, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let path = dir.join("m.gguf");
+    let mut bytes = small_gguf();
+    edit(&mut bytes);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 /// Runs `hoist args`, reads one line of its stdout, then closes the pipe while it still has
 /// more to write; returns the exit status and stderr.
 fn first_line_then_close(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = hoist()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(args);
     let mut line = String::new();
     {
         let mut r = BufReader::new(child.stdout.take().unwrap());
@@ -160,8 +174,11 @@ fn a_full_stdout_is_an_error_not_a_panic() {
     }
 }
 
-/// Waits at most `limit` for `child`; kills it and fails when it takes longer.
-fn wait_within(mut child: std::process::Child, limit: Duration, what: &str) -> Output {
+/// Runs `hoist args`, output captured; kills it and fails when it takes longer than 20 s (as it
+/// would, waiting on a FIFO).
+fn run_unless_hung(args: &[&str]) -> Output {
+    let limit = Duration::from_secs(20);
+    let mut child = spawn(args);
     let start = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -170,7 +187,7 @@ fn wait_within(mut child: std::process::Child, limit: Duration, what: &str) -> O
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} still running after {limit:?}: it hangs");
+            panic!("hoist {args:?} still running after {limit:?}: it hangs");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -190,13 +207,7 @@ fn a_fifo_is_refused_not_waited_on() {
         let fifo = dir.path().join(name);
         mkfifo(&fifo);
         for cmd in ["inspect", "load"] {
-            let child = hoist()
-                .args([cmd, s(&fifo)])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let out = wait_within(child, Duration::from_secs(20), &format!("{cmd} {name}"));
+            let out = run_unless_hung(&[cmd, s(&fifo)]);
             let err = stderr(&out);
             assert_eq!(out.status.code(), Some(1), "{cmd} {name}: {err}");
             assert!(
@@ -219,13 +230,7 @@ fn a_fifo_shard_is_refused_not_waited_on() {
     .unwrap();
     let shard = dir.path().join("a.safetensors");
     mkfifo(&shard);
-    let child = hoist()
-        .args(["inspect", s(dir.path())])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_within(child, Duration::from_secs(20), "inspect a FIFO shard");
+    let out = run_unless_hung(&["inspect", s(dir.path())]);
     let err = stderr(&out);
     assert!(
         err.contains(s(&shard)) && err.contains("not a regular file"),
@@ -236,8 +241,7 @@ fn a_fifo_shard_is_refused_not_waited_on() {
 #[test]
 fn json_dtypes_are_type_names() {
     let dir = tempfile::tempdir().unwrap();
-    let gguf = dir.path().join("m.gguf");
-    std::fs::write(&gguf, small_gguf()).unwrap();
+    let gguf = gguf_file(dir.path(), |_| {});
     let st = dir.path().join("m.safetensors");
     let specs =
         [("e4m3", "F8_E4M3"), ("bf", "BF16"), ("e8m0", "F8_E8M0")].map(|(n, d)| TensorSpec {
@@ -254,9 +258,7 @@ fn json_dtypes_are_type_names() {
             vec![("e4m3", "F8_E4M3"), ("bf", "BF16"), ("e8m0", "F8_E8M0")],
         ),
     ] {
-        let out = run(&["inspect", s(path), "--json"]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let doc = stdout_json(&run(&["inspect", s(path), "--json"]));
         for (name, dtype) in want {
             let t = doc["tensors"]
                 .as_array()
@@ -272,8 +274,7 @@ fn json_dtypes_are_type_names() {
 #[test]
 fn file_formats_are_printed_for_people() {
     let dir = tempfile::tempdir().unwrap();
-    let gguf = dir.path().join("m.gguf");
-    std::fs::write(&gguf, small_gguf()).unwrap();
+    let gguf = gguf_file(dir.path(), |_| {});
     let out = run(&["inspect", s(&gguf)]);
     let text = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -289,10 +290,7 @@ fn file_formats_are_printed_for_people() {
 #[test]
 fn bad_magic_is_shown_as_text_and_hex() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("m.gguf");
-    let mut bytes = small_gguf();
-    bytes[3] = b'X';
-    std::fs::write(&p, &bytes).unwrap();
+    let p = gguf_file(dir.path(), |bytes| bytes[3] = b'X');
     let err = stderr(&run(&["inspect", s(&p)]));
     assert!(err.contains(r#"bad magic "GGUX" (47 47 55 58)"#), "{err}");
 
@@ -326,12 +324,11 @@ fn error_lines_name_the_path_once() {
 #[test]
 fn a_lying_tensor_count_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("m.gguf");
-    let mut bytes = small_gguf();
     // Two tensor infos are there; the header claims five, so the parser reads on into the
     // padding and the 0xee data bytes.
-    bytes[8..16].copy_from_slice(&5u64.to_le_bytes());
-    std::fs::write(&p, &bytes).unwrap();
+    let p = gguf_file(dir.path(), |bytes| {
+        bytes[8..16].copy_from_slice(&5u64.to_le_bytes())
+    });
     for cmd in ["inspect", "load"] {
         let err = stderr(&run(&[cmd, s(&p)]));
         assert!(

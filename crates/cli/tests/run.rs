@@ -6,9 +6,12 @@ mod common;
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{fixtures, hoist_with_stdin, model_dir, stderr, success};
+use common::{
+    assert_error_line, cpu_args, fixtures, greedy_args, hoist, hoist_with_stdin, model_dir, stderr,
+    stdout_json, success,
+};
 
 use hoist_runtime::chat::{ChatTemplate, Message};
 use hoist_runtime::cpu::CpuModel;
@@ -16,38 +19,9 @@ use hoist_runtime::generate::{generate, CpuSession, GenerateOptions, Generation}
 use hoist_runtime::sampler::{SamplingParams, StopReason};
 use hoist_runtime::tokenizer::Tokenizer;
 
-fn hoist<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    hoist_with_stdin(args, "")
-}
-
 /// A run that must fail with one `error:` line containing every one of `needles`.
 fn fails_with<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S], needles: &[&str]) {
-    let out = hoist(args);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-    let last = err.trim_end().lines().last().unwrap_or_default();
-    assert!(last.starts_with("error: "), "{args:?}: {err}");
-    for n in needles {
-        assert!(last.contains(n), "{args:?}: {n:?} not in {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
-}
-
-/// `run MODEL --device cpu` then `extra`.
-fn cpu_args(model: &str, extra: &[&str]) -> Vec<String> {
-    ["run", model, "--device", "cpu"]
-        .iter()
-        .chain(extra)
-        .map(|a| a.to_string())
-        .collect()
-}
-
-/// A greedy CPU run of at most `max_tokens` tokens: `run MODEL --device cpu --temperature 0
-/// --max-tokens N` then `extra`.
-fn greedy_args(model: &str, max_tokens: usize, extra: &[&str]) -> Vec<String> {
-    let n = max_tokens.to_string();
-    let greedy = ["--temperature", "0", "--max-tokens", n.as_str()];
-    cpu_args(model, &[&greedy[..], extra].concat())
+    assert_error_line(&hoist(args), &format!("{args:?}"), needles);
 }
 
 /// What the runtime library generates on the CPU for `ids`, as `hoist run` should.
@@ -96,10 +70,6 @@ fn greedy() -> SamplingParams {
     SamplingParams::default()
 }
 
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_str(&success(out)).expect("stdout is one JSON object")
-}
-
 fn u32s(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -140,7 +110,7 @@ fn json_reports_text_tokens_stop_and_timings() {
     let m = dir.path().to_str().unwrap();
     let mut stops = Vec::new();
     for (prompt, max_tokens) in [("hi", 8usize), ("The lazy dog", 8)] {
-        let doc = json(&hoist(&greedy_args(
+        let doc = stdout_json(&hoist(&greedy_args(
             m,
             max_tokens,
             &["--seed", "11", "--prompt", prompt, "--json"],
@@ -184,7 +154,7 @@ fn seeds_make_sampling_reproducible() {
     let dir = model_dir(true);
     let m = dir.path().to_str().unwrap();
     let run = |seed: u64| {
-        json(&hoist(&cpu_args(
+        stdout_json(&hoist(&cpu_args(
             m,
             &[
                 "--raw",
@@ -233,7 +203,7 @@ fn seeds_make_sampling_reproducible() {
 #[test]
 fn gguf_with_embedded_tokenizer_gets_bos_as_llama_cpp_adds_it() {
     let model = fixtures().join("gguf/llama-q8_0.gguf");
-    let doc = json(&hoist(&greedy_args(
+    let doc = stdout_json(&hoist(&greedy_args(
         model.to_str().unwrap(),
         6,
         &["--prompt", "hi", "--json"],
@@ -376,7 +346,7 @@ fn one_shot_replies_stop_where_an_explicit_context_ends() {
     let dir = model_dir(true);
     let m = dir.path().to_str().unwrap();
     let ids = chat_ids(dir.path(), &[Message::new("user", "hi")]);
-    let doc = json(&hoist(&greedy_args(
+    let doc = stdout_json(&hoist(&greedy_args(
         m,
         8,
         &[
@@ -407,7 +377,7 @@ fn a_model_without_chat_template_falls_back_to_raw() {
     let dir = model_dir(false);
     let m = dir.path().to_str().unwrap();
     let out = hoist(&greedy_args(m, 6, &["--prompt", "hi", "--json"]));
-    let doc = json(&out);
+    let doc = stdout_json(&out);
     assert!(
         stderr(&out).contains("has no chat template"),
         "{}",
@@ -567,7 +537,7 @@ fn stop_strings_end_the_reply_unprinted() {
     let (at, _) = chars[chars.len() / 2];
     let stop: String = full[at..].chars().take(2).collect();
     let cut = full.find(&stop).unwrap();
-    let doc = json(&hoist(&greedy_args(
+    let doc = stdout_json(&hoist(&greedy_args(
         m,
         8,
         &[
@@ -597,7 +567,7 @@ fn the_system_message_starts_the_conversation() {
     ];
     let ids = chat_ids(dir.path(), &messages);
     let g = library_generate(dir.path(), &ids, 6, greedy());
-    let doc = json(&hoist(&greedy_args(
+    let doc = stdout_json(&hoist(&greedy_args(
         m,
         6,
         &["--prompt", "hi", "--system", "Be brief.", "--json"],
@@ -611,7 +581,7 @@ fn the_system_message_starts_the_conversation() {
         &["--prompt", "hi", "--system", "Be brief.", "--raw", "--json"],
     ));
     let raw = tokenizer_of(dir.path()).encode("hi", true).unwrap();
-    assert_eq!(json(&out)["prompt_tokens"], raw.len());
+    assert_eq!(stdout_json(&out)["prompt_tokens"], raw.len());
     assert!(
         stderr(&out).contains("--system is ignored in raw mode"),
         "{}",

@@ -100,6 +100,8 @@ pub fn recommended_engine_config() -> EngineConfig {
         queue_depth: 32,
         uring_threads: 2,
         progress: None,
+        // The page-cache policy of every load: auto unless the caller says otherwise.
+        ..EngineConfig::default()
     }
 }
 
@@ -289,12 +291,31 @@ fn cached_fraction(plan: &Plan) -> f64 {
     cached as f64 / probed.max(1) as f64
 }
 
-fn single_method_report(method: &'static str, bytes: u64, since: Instant) -> LoadReport {
+/// The report of a path that reads everything one way; `keeps` says whether that way leaves
+/// the bytes in the page cache (which the engine's cache policy cannot change), `why` why.
+fn single_method_report(
+    method: &'static str,
+    bytes: u64,
+    since: Instant,
+    asked: hoist_io::CachePolicy,
+    keeps: bool,
+    why: &str,
+) -> LoadReport {
+    use hoist_io::CachePolicy;
     LoadReport {
         read_bytes: bytes,
         bytes_by_method: vec![(method, bytes)],
         notes: Vec::new(),
         seconds: since.elapsed().as_secs_f64(),
+        cache: hoist_io::CacheDecision {
+            asked,
+            policy: if keeps {
+                CachePolicy::Keep
+            } else {
+                CachePolicy::Bypass
+            },
+            reason: why.to_string(),
+        },
     }
 }
 
@@ -439,7 +460,14 @@ pub fn load_to_gpu(
         let t = Instant::now();
         let bytes = mapped::load(&g, &plan, &dest, engine.threads, &finish)?;
         result = Some((
-            single_method_report("page-cache-mapped", bytes, t),
+            single_method_report(
+                "page-cache-mapped",
+                bytes,
+                t,
+                engine.cache,
+                true,
+                "GPU path mapped reads through the page cache",
+            ),
             "mapped",
             0,
             0,
@@ -453,7 +481,15 @@ pub fn load_to_gpu(
                 } else {
                     "cufile-compat"
                 };
-                result = Some((single_method_report(method, bytes, t), method, 0, 0));
+                let report = single_method_report(
+                    method,
+                    bytes,
+                    t,
+                    engine.cache,
+                    false,
+                    "GPU path cufile reads with O_DIRECT",
+                );
+                result = Some((report, method, 0, 0));
             }
             // `auto` chose cuFile and cuFile refused before reading anything: take the ring.
             Err(CudaError::Cufile { what, reason }) if gpu_config.path == GpuPath::Auto => {

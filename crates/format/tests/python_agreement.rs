@@ -2,18 +2,13 @@
 //! packages (tests/py_agree.py) must parse to the tensors those writers were given, with byte
 //! ranges whose file contents are exactly the tensors' bytes.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::python::{python_with, run_script};
 use hoist_format::{FileFormat, MetaValue, TensorTable};
 use serde_json::Value;
-
-fn python_ready() -> bool {
-    Command::new("python3")
-        .args(["-c", "import safetensors, numpy, gguf"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -21,23 +16,12 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn tables_agree_with_python_writers() {
-    if !python_ready() {
-        println!("skipping: pip install safetensors numpy gguf (python3 cannot import them)");
+    let Some(py) = python_with(&["safetensors", "numpy", "gguf"]) else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py_agree.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "py_agree.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&run_script(py, &script, &[dir.path()])).unwrap();
     let mut checked = 0;
     for file in report.as_array().unwrap() {
         let path = file["path"].as_str().unwrap();

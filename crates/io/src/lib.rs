@@ -5,12 +5,14 @@
 //! [`sink::Sink`]; [`host::HostSink`] is the sink whose destinations are final host buffers.
 //! [`load_host`] puts the three together.
 
+pub mod cache;
 pub mod engine;
 pub mod host;
 pub mod plan;
 pub mod residency;
 pub mod sink;
 
+pub use cache::{CacheDecision, CachePolicy};
 pub use engine::{execute, Backend, EngineConfig, IoError, LoadReport, Method};
 pub use host::{HostBuf, HostSink, HostTensor, OnTensor};
 pub use plan::{Plan, PlanConfig};

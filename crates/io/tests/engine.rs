@@ -7,7 +7,7 @@ use std::sync::Mutex;
 mod common;
 
 use hoist_format::TensorTable;
-use hoist_io::{load_host, Backend, EngineConfig, IoError, LoadError, PlanConfig};
+use hoist_io::{load_host, Backend, CachePolicy, EngineConfig, IoError, LoadError, PlanConfig};
 
 /// Checks that every loaded tensor equals the file's bytes at the table's offsets.
 fn assert_matches_file(table: &TensorTable, loaded: &[hoist_io::HostTensor]) {
@@ -36,6 +36,13 @@ fn configs() -> Vec<EngineConfig> {
                 queue_depth,
                 uring_threads: 1,
                 progress: None,
+                // Both cold routes of auto and uring: past the cache and through it.
+                cache: if threads == 1 {
+                    CachePolicy::Bypass
+                } else {
+                    CachePolicy::Keep
+                },
+                cache_headroom_bytes: None,
             });
         }
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 mod common;
 
 use hoist_format::TensorTable;
-use hoist_io::{load_host, Backend, EngineConfig, LoadReport, PlanConfig};
+use hoist_io::{load_host, Backend, CachePolicy, EngineConfig, LoadReport, PlanConfig};
 use tracing::Level;
 
 /// A `MakeWriter` that appends every formatted event to one shared buffer.
@@ -45,6 +45,8 @@ fn logged_load(path: &Path, backend: Backend, level: Level) -> (LoadReport, Stri
     let all: Vec<usize> = (0..table.tensors.len()).collect();
     let cfg = EngineConfig {
         backend,
+        // O_DIRECT is only opened (and refused) when cold ranges bypass the page cache.
+        cache: CachePolicy::Bypass,
         ..EngineConfig::default()
     };
     let plan = PlanConfig {

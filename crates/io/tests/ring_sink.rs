@@ -139,6 +139,7 @@ fn a_bounded_ring_delivers_every_byte() {
             queue_depth: 16,
             uring_threads: 2,
             progress: None,
+            ..EngineConfig::default()
         };
         execute(&plan, &sink, &cfg).unwrap();
         assert!(sink.max_in_use.load(Ordering::SeqCst) <= slot_count);
@@ -185,6 +186,7 @@ fn a_failing_read_under_a_full_ring_errors_without_hanging() {
                 queue_depth: 8,
                 uring_threads: 2,
                 progress: None,
+                ..EngineConfig::default()
             };
             let err = execute(&plan, &sink, &cfg).unwrap_err();
             tx.send((backend, err.to_string(), sink.in_use.load(Ordering::SeqCst)))

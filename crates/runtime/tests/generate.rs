@@ -2,10 +2,12 @@
 //! equals the transformers reference, stop tokens and stop strings end it, seeds repeat.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hoist_runtime::cpu::CpuModel;
 use hoist_runtime::generate::{
-    generate, generate_after, CpuSession, GenerateOptions, Generation, LogitsModel,
+    generate, generate_after, generate_cancellable, CpuSession, GenerateOptions, Generation,
+    LogitsModel,
 };
 use hoist_runtime::sampler::{SamplingParams, StopReason};
 use hoist_runtime::tokenizer::Tokenizer;
@@ -381,5 +383,45 @@ fn greedy_decoding_on_the_model_gives_what_the_host_loop_gives() {
         let g = generate(&mut m, &tok, &[0], &opts, &mut |_| {}).unwrap();
         assert_eq!(m.device_calls, 0, "{sampling:?}");
         assert_eq!(g.tokens.len(), 6);
+    }
+}
+
+#[test]
+fn a_cancel_flag_ends_generation_at_the_next_token() {
+    let tok = Tokenizer::from_hf_dir(&fixtures().join("tokenizer")).unwrap();
+    // A token with text of its own, so that each one streams a piece.
+    let token = tok.encode("hello", false).unwrap()[0];
+    let options = GenerateOptions {
+        max_tokens: 1000,
+        ..Default::default()
+    };
+    let script = vec![token; options.max_tokens + 1];
+    for device in [false, true] {
+        let cancel = AtomicBool::new(false);
+        let run = |on_text: &mut dyn FnMut(&str)| {
+            let mut m = Recorder::new(&script, tok.vocab_size(), device);
+            let g = generate_cancellable(&mut m, &tok, &[], &[1, 2], &options, &cancel, on_text);
+            (g.unwrap(), m)
+        };
+        let mut pieces = 0;
+        let (g, m) = run(&mut |_| {
+            pieces += 1;
+            if pieces == 3 {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        });
+        assert_eq!(g.stop, StopReason::Cancelled, "device {device}");
+        assert_eq!(g.tokens.len(), 3, "device {device}");
+        assert!(!g.text.is_empty());
+        // Every chosen token but the last.
+        assert_eq!(m.fed.len(), 2, "device {device}");
+
+        // Set before it starts: the prompt is fed and one token chosen.
+        let (g, m) = run(&mut |_| {});
+        assert_eq!(
+            (g.stop, g.tokens.len(), m.fed.len()),
+            (StopReason::Cancelled, 1, 0),
+            "device {device}"
+        );
     }
 }

@@ -134,6 +134,25 @@ fn tensor_bytes(t: &str, elems: u64, norm: bool, seed: u64) -> Vec<u8> {
     }
 }
 
+/// A tensor to write: name, shape, ggml type id, data.
+type Tensor = (String, Vec<u64>, u32, Vec<u8>);
+
+/// Writes `tensors` as the tiny Llama's GGUF file `dir/file`; returns its path.
+fn write_model(dir: &Path, file: &str, tensors: &[Tensor]) -> PathBuf {
+    let specs: Vec<GgufTensor<'_>> = tensors
+        .iter()
+        .map(|(name, shape, ggml_type, data)| GgufTensor {
+            name,
+            shape,
+            ggml_type: *ggml_type,
+            data,
+        })
+        .collect();
+    let path = dir.join(file);
+    write_gguf(&path, &metadata(), &specs, 32).unwrap();
+    path
+}
+
 /// Writes the tiny Llama with each tensor in the type `type_of(name, is_norm)` gives, and the
 /// same model with every tensor in F32 holding the dequantized values. Returns both paths.
 fn write_pair(dir: &Path, type_of: impl Fn(&str, bool) -> &'static str) -> (PathBuf, PathBuf) {
@@ -149,21 +168,10 @@ fn write_pair(dir: &Path, type_of: impl Fn(&str, bool) -> &'static str) -> (Path
         mixed.push((name.clone(), shape.clone(), ty(t).0, bytes));
         reference.push((name, shape, GgmlType::F32.0, f32_bytes));
     }
-    let write = |file: &str, tensors: &[(String, Vec<u64>, u32, Vec<u8>)]| {
-        let specs: Vec<GgufTensor<'_>> = tensors
-            .iter()
-            .map(|(name, shape, ggml_type, data)| GgufTensor {
-                name,
-                shape,
-                ggml_type: *ggml_type,
-                data,
-            })
-            .collect();
-        let path = dir.join(file);
-        write_gguf(&path, &metadata(), &specs, 32).unwrap();
-        path
-    };
-    (write("mixed.gguf", &mixed), write("f32.gguf", &reference))
+    (
+        write_model(dir, "mixed.gguf", &mixed),
+        write_model(dir, "f32.gguf", &reference),
+    )
 }
 
 const PROMPT: [u32; 7] = [1, 5, 9, 33, 2, 60, 17];
@@ -198,6 +206,15 @@ fn check_mix(label: &str, type_of: impl Fn(&str, bool) -> &'static str) {
         hi - lo > 1e-3,
         "{label}: logits all near {lo}: the model is degenerate"
     );
+}
+
+/// Why the GPU refuses the model at `path`; it must refuse (before opening a device).
+fn gpu_refusal(path: &Path) -> RuntimeError {
+    let table = TensorTable::open(path).unwrap();
+    let config = ModelConfig::from_gguf(&table).unwrap();
+    GpuModel::from_table(&table, config, &GpuOptions::default())
+        .err()
+        .expect("refused")
 }
 
 fn is_one_of(name: &str, suffixes: &[&str]) -> bool {
@@ -282,17 +299,7 @@ fn a_type_nothing_reads_is_one_error_naming_the_tensor() {
         };
         tensors.push((name, shape, t.0, bytes));
     }
-    let specs: Vec<GgufTensor<'_>> = tensors
-        .iter()
-        .map(|(name, shape, ggml_type, data)| GgufTensor {
-            name,
-            shape,
-            ggml_type: *ggml_type,
-            data,
-        })
-        .collect();
-    let path = dir.path().join("iq2.gguf");
-    write_gguf(&path, &metadata(), &specs, 32).unwrap();
+    let path = write_model(dir.path(), "iq2.gguf", &tensors);
 
     // Refused while resolving the weights, before anything is loaded.
     let e = CpuModel::load(&path).unwrap_err();
@@ -312,11 +319,7 @@ fn a_type_nothing_reads_is_one_error_naming_the_tensor() {
     assert_eq!(msg.lines().count(), 1, "{msg}");
 
     // The GPU path gives the same error (checked before any device is opened).
-    let table = TensorTable::open(&path).unwrap();
-    let config = ModelConfig::from_gguf(&table).unwrap();
-    let e = GpuModel::from_table(&table, config, &GpuOptions::default())
-        .err()
-        .expect("refused");
+    let e = gpu_refusal(&path);
     assert!(
         matches!(&e, RuntimeError::Weights(WeightError::Dtype { name, .. }) if name == "blk.1.ffn_down.weight"),
         "{e:?}"
@@ -332,12 +335,8 @@ fn the_gpu_refuses_types_it_has_no_kernels_for_before_opening_a_device() {
         _ if name.ends_with("attn_q.weight") => "Q4_K",
         _ => "Q4_0",
     });
-    let table = TensorTable::open(&mixed).unwrap();
-    let config = ModelConfig::from_gguf(&table).unwrap();
     // Without a GPU, anything but this error would be "no GPU": the check comes first.
-    let e = GpuModel::from_table(&table, config, &GpuOptions::default())
-        .err()
-        .expect("refused");
+    let e = gpu_refusal(&mixed);
     let RuntimeError::Gpu(GpuError::Unsupported(msg)) = &e else {
         panic!("expected the GPU's dtype error, got {e:?}");
     };

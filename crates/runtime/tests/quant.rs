@@ -1,31 +1,17 @@
 //! The CPU dequantizers against gguf-py's `gguf.quants.dequantize`, bit for bit, on random and
 //! extreme blocks (tests/quant_ref.py writes them), and their behaviour on arbitrary bytes.
 
+// The format crate's tests hold the one copy of the reference-Python helpers.
+#[path = "../../format/tests/common/python.rs"]
+mod python;
+
 use std::path::Path;
-use std::process::Command;
 
 use hoist_format::GgmlType;
 use hoist_runtime::quant::{dequantize, QuantError, QUANTIZED};
 use proptest::prelude::*;
+use python::{python_with, run_script};
 use serde_json::Value;
-
-/// Python with numpy and gguf, or None (a skip, unless HOIST_REQUIRE_PYTHON is set, as CI
-/// sets it).
-fn python() -> Option<&'static str> {
-    let ok = Command::new("python3")
-        .args(["-c", "import numpy, gguf"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some("python3");
-    }
-    assert!(
-        std::env::var_os("HOIST_REQUIRE_PYTHON").is_none(),
-        "HOIST_REQUIRE_PYTHON is set but python3 lacks numpy/gguf"
-    );
-    eprintln!("skipping: python3 lacks the reference packages (pip install numpy gguf)");
-    None
-}
 
 fn ty(name: &str) -> GgmlType {
     GgmlType::from_name(name).unwrap_or_else(|| panic!("no ggml type {name}"))
@@ -42,20 +28,12 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn dequantizers_equal_gguf_py_bitwise() {
-    let Some(py) = python() else { return };
+    let Some(py) = python_with(&["numpy", "gguf"]) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/quant_ref.py");
-    let out = Command::new(py)
-        .arg(&script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "quant_ref.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&run_script(py, &script, &[dir.path()])).unwrap();
     let mut covered = Vec::new();
     for entry in report.as_array().unwrap() {
         let name = entry["type"].as_str().unwrap();

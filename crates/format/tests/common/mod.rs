@@ -6,6 +6,9 @@
 #[path = "../../../synth/src/gguf.rs"]
 pub mod gguf_writer;
 
+/// The reference Python, also shared with the runtime and CLI tests (by path).
+pub mod python;
+
 /// A safetensors file from a raw JSON header and `data_len` zero bytes of data.
 pub fn st_raw(header: &[u8], data_len: usize) -> Vec<u8> {
     let mut out = (header.len() as u64).to_le_bytes().to_vec();

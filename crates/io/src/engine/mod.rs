@@ -2,7 +2,10 @@
 //!
 //! Each chunk is routed to one method:
 //! - **io_uring + O_DIRECT** on dedicated threads, tens of reads in flight, fixed files (and
-//!   fixed buffers where the sink offers long-lived ones): for ranges not in the page cache;
+//!   fixed buffers where the sink offers long-lived ones): for ranges not in the page cache
+//!   when the cache policy bypasses it ([`crate::cache`]); **io_uring buffered** the same way
+//!   when it keeps them cached ([`KEEP_COLD_METHOD`]), or for `--backend uring` where O_DIRECT
+//!   is refused;
 //! - **buffered `pread`** on a pool of threads: for ranges already in the page cache, whether
 //!   the sink reuses its buffers ([`AUTO_CACHED_INTO_REUSED_BUFFERS`], a pinned staging ring) or,
 //!   with fewer than [`AUTO_MMAP_MIN_THREADS`] readers, lands in fresh memory (host loads); when
@@ -12,9 +15,11 @@
 //!   [`AUTO_MMAP_MIN_THREADS`] readers or more ([`auto_cached_into_fresh_memory`]); when asked for;
 //! - **`pread` + O_DIRECT** on the same pool: where io_uring is refused (seccomp, old kernel).
 //!
-//! `auto` asks `mincore` which chunks are resident, and falls back (once, reported) when io_uring
-//! or O_DIRECT is refused. The report says how many bytes each method moved. At `debug` level the
-//! engine logs its configuration, each route (method, chunks, bytes, reason), fallbacks and each
+//! The cache policy (`auto` unless asked: keep when the bytes fit in MemAvailable less a
+//! headroom) is decided once per load, logged and reported. `auto` asks `mincore` which chunks
+//! are resident, and falls back (once, reported) when io_uring or O_DIRECT is refused. The
+//! report says how many bytes each method moved. At `debug` level the engine logs the cache
+//! policy, its configuration, each route (method, chunks, bytes, reason), fallbacks and each
 //! method's bytes, seconds and GB/s; per-chunk routes at `trace`.
 
 mod files;
@@ -32,6 +37,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tracing::{debug, info, trace, warn};
 
+use crate::cache::{CacheDecision, CachePolicy, MemInfo};
 use crate::plan::Plan;
 use crate::residency::FileResidency;
 use crate::sink::{Sink, SinkError};
@@ -73,6 +79,19 @@ pub fn auto_cached_into_fresh_memory(threads: usize) -> Method {
         Method::PreadBuffered
     }
 }
+
+/// `auto`'s method for chunks not in the page cache when the cache policy keeps what is read
+/// ([`CachePolicy::Keep`]).
+///
+/// io_uring buffered reads: their concurrency is the queue depth, where the `pread` pool's is its
+/// thread count (one per core), and a cold buffered read waits on the disk. Measured 2026-12-02
+/// with paired cold loads (`hoist load --cold`, files evicted, 1.5 GB synthetic qwen3-0.6b,
+/// 16 MiB chunks, rounds interleaved; GB/s, median of the runs in brackets): on the 2-core dev
+/// box io_uring buffered (queue depth 32) ran 0.89-2.38 (1.55, 8 runs) against 0.61-0.99 (0.98)
+/// for the 2-thread `pread` pool and 1.27-1.85 (1.47) with 16 threads, O_DIRECT 1.82-2.46
+/// (1.96); on the 16-core H200 host they tied: 1.72-2.11 (1.88) against 1.77-2.07 (1.92) for 16
+/// threads, O_DIRECT 1.79-2.19 (2.09).
+pub const KEEP_COLD_METHOD: Method = Method::UringBuffered;
 
 /// `auto`'s method for cached chunks when the sink reuses a few buffers (a pinned staging ring,
 /// GPU loads): buffered `pread` measured faster than mmap copies there (docs/BENCHMARKS.md).
@@ -154,6 +173,10 @@ pub struct EngineConfig {
     pub uring_threads: usize,
     /// Bytes committed so far, for progress displays (updated as chunks land).
     pub progress: Option<Arc<AtomicU64>>,
+    /// Whether cold ranges stay in the page cache ([`CachePolicy`]; `auto` by default).
+    pub cache: CachePolicy,
+    /// Memory `auto` leaves free, bytes; `None`: [`crate::cache::default_headroom_bytes`].
+    pub cache_headroom_bytes: Option<u64>,
 }
 
 /// Largest pool and queue sizes accepted: past these, threads and in-flight reads only
@@ -171,6 +194,8 @@ impl Default for EngineConfig {
             queue_depth: 32,
             uring_threads: 1,
             progress: None,
+            cache: CachePolicy::Auto,
+            cache_headroom_bytes: None,
         }
     }
 }
@@ -186,6 +211,8 @@ pub struct LoadReport {
     pub notes: Vec<String>,
     /// Wall-clock seconds of the engine run.
     pub seconds: f64,
+    /// The page-cache policy that ran, and why.
+    pub cache: CacheDecision,
 }
 
 impl LoadReport {
@@ -339,7 +366,21 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
     let threads = config.threads.clamp(1, MAX_THREADS);
     let queue_depth = config.queue_depth.clamp(1, MAX_QUEUE_DEPTH);
     let mut notes = Vec::new();
-    let want_direct = matches!(config.backend, Backend::Auto | Backend::Uring);
+    let cache = crate::cache::decide(
+        config.cache,
+        config.backend,
+        plan.read_bytes(),
+        config.cache_headroom_bytes,
+        MemInfo::read,
+    );
+    debug!(
+        asked = %cache.asked.name(),
+        policy = %cache.policy.name(),
+        reason = %cache.reason,
+        "cache policy"
+    );
+    // Keeping the cache needs no O_DIRECT descriptors (nor their probe reads).
+    let want_direct = matches!(config.backend, Backend::Auto | Backend::Uring) && !cache.keeps();
     let files = OpenFiles::open(plan, want_direct, &mut notes)?;
     log_direct_refusals(files.direct_refused(), config.backend);
 
@@ -351,6 +392,7 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
         &mut notes,
         reuses_buffers,
         config.threads,
+        cache.keeps(),
     );
     // Bring up the rings before any thread starts, so a refusal reroutes instead of failing.
     let mut rings = Vec::new();
@@ -463,6 +505,7 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, config: &EngineConfig) -> Result<Lo
         bytes_by_method,
         notes,
         seconds: start.elapsed().as_secs_f64(),
+        cache,
     };
     debug!(
         backend = %config.backend.name(),
@@ -538,12 +581,16 @@ enum Reason {
     Asked,
     /// `--backend uring`, but the filesystem refused O_DIRECT.
     AskedNoDirect,
+    /// `--backend uring` with the cache policy keep: through the page cache.
+    AskedKeep,
     /// In the page cache, landing in fresh memory.
     CachedFresh,
     /// In the page cache, landing in reused buffers.
     CachedReused,
     /// Not in the page cache.
     Cold,
+    /// Not in the page cache, and the cache policy keeps what is read (or residency unknown).
+    ColdKeep,
     /// Not in the page cache, and the filesystem refused O_DIRECT.
     ColdNoDirect,
     /// Residency could not be asked.
@@ -557,9 +604,11 @@ impl Reason {
         match self {
             Reason::Asked => "asked for",
             Reason::AskedNoDirect => "asked for; O_DIRECT refused, so through the page cache",
+            Reason::AskedKeep => "asked for; cache policy keep, so through the page cache",
             Reason::CachedFresh => "in the page cache; fresh destination memory",
             Reason::CachedReused => "in the page cache; the sink reuses its buffers",
             Reason::Cold => "not in the page cache",
+            Reason::ColdKeep => "not in the page cache; cache policy keep, so buffered",
             Reason::ColdNoDirect => "not in the page cache; O_DIRECT refused, so buffered",
             Reason::ResidencyUnknown => "page-cache residency unknown; read as not cached",
             Reason::UringRefused => "io_uring refused; pread thread pool",
@@ -578,6 +627,7 @@ fn route(
     notes: &mut Vec<String>,
     reuses_buffers: bool,
     threads: usize,
+    keep_cache: bool,
 ) -> Vec<(usize, Method, Reason)> {
     let mut residency: Vec<Option<FileResidency>> = Vec::with_capacity(plan.files.len());
     if backend == Backend::Auto {
@@ -608,6 +658,7 @@ fn route(
             let (m, why) = match backend {
                 Backend::Mmap => (Method::Mmap, Reason::Asked),
                 Backend::Pread => (Method::PreadBuffered, Reason::Asked),
+                Backend::Uring if keep_cache => (Method::UringBuffered, Reason::AskedKeep),
                 Backend::Uring if direct => (Method::UringDirect, Reason::Asked),
                 Backend::Uring => (Method::UringBuffered, Reason::AskedNoDirect),
                 Backend::Auto => {
@@ -617,6 +668,7 @@ fn route(
                     });
                     match (cached, direct) {
                         (Some(true), _) => (cached_method, cached_reason),
+                        _ if keep_cache => (KEEP_COLD_METHOD, Reason::ColdKeep),
                         // Without O_DIRECT a cold read goes through the cache anyway; a buffered
                         // pread pool is the simpler road there.
                         (_, false) => (Method::PreadBuffered, Reason::ColdNoDirect),
