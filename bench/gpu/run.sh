@@ -1,31 +1,47 @@
 #!/usr/bin/env bash
-# Side-by-side GPU benchmark, for the GPU machine (root, no Rust there): uses binaries built
-# elsewhere and carried in $HOIST_BIN (default .carry/bin: gpu_load, make_checkpoint,
-# gpu_selftest) and peer wheels in .whl/ (see docs/BENCHMARKS.md, section GPU).
-#
-#   bench/gpu/run.sh [CHECKPOINT...]    CHECKPOINT: llama-7b, qwen3-0.6b, mixtral-mini (all three
-#                                        by default). Env: HOIST_DATA (checkpoint folder, on the
-#                                        disk under test), OUT (results), BENCH_ARGS (more
-#                                        arguments to bench.py, e.g. --cufile).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-BIN=${HOIST_BIN:-.carry/bin}
-DATA=${HOIST_DATA:-/var/tmp/hoist-bench}
-OUT=${OUT:-/tmp/hoist-bench-out}
-mkdir -p "$DATA" "$OUT"
-export PYTHONUNBUFFERED=1
-# cuFile (libcufile.so) lives in the toolkit, off the default library path.
-export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# The one entry point of the GPU machine's suites: bench/gpu/run.sh SUITE [ARGS...]
+# (bench/gpu/README.md: what each suite checks, what it carries, how long it runs).
+# Results go to $OUT/SUITE (OUT defaults to /tmp/hoist-out); the exit status is the suite's.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+# suite -> script under suites/ and the arguments it is given first.
+declare -A SCRIPT=(
+  [probe]=probe.sh
+  [correctness]=correctness.sh
+  [load]=load.sh
+  [cache]=cache.sh
+  [route]=route.sh
+  [python]=python.sh
+  [layout]=layout.sh
+  [tune]=tune.sh
+  [runtime-smoke]=runtime_smoke.sh
+  [logits]="runtime.sh logits"
+  [speed]="runtime.sh speed"
+  [q4-diag]=q4_diag.sh
+  [decode-switches]=decode_switches.sh
+  [ncu]=ncu.sh
+)
+ORDER="probe correctness load cache route python layout tune runtime-smoke logits speed q4-diag decode-switches ncu"
+
+usage() {
+  echo "usage: bench/gpu/run.sh SUITE [ARGS...]   (see bench/gpu/README.md)"
+  echo "suites: $ORDER"
+}
+
+suite=${1:-}
+if [ -z "$suite" ] || [ "$suite" = -h ] || [ "$suite" = --help ]; then usage; exit 0; fi
+if [ -z "${SCRIPT[$suite]:-}" ]; then
+  echo "bench/gpu/run.sh: unknown suite '$suite'" >&2
+  usage >&2
+  exit 2
 fi
-ckpts=("$@")
-[ ${#ckpts[@]} -eq 0 ] && ckpts=(llama-7b qwen3-0.6b mixtral-mini)
-args=()
-for c in "${ckpts[@]}"; do
-  p=$("$BIN/make_checkpoint" "$c" "$DATA/$c")
-  args+=(--ckpt "$c=$p")
-done
-sync
-python3 bench/gpu/bench.py --bin "$BIN" --out "$OUT" "${args[@]}" ${BENCH_ARGS:-}
+shift
+read -r -a cmd <<< "${SCRIPT[$suite]}"
+export OUT="${OUT:-/tmp/hoist-out}/$suite"
+mkdir -p "$OUT"
+t0=$(date +%s)
+bash "$HERE/suites/${cmd[0]}" "${cmd[@]:1}" "$@"
+rc=$?
+echo "== suite $suite: exit $rc, $(( $(date +%s) - t0 )) s; results in $OUT"
+exit $rc

@@ -1,6 +1,6 @@
-//! Runs the GPU correctness matrix (see `hoist_cuda::selftest`): `gpu_selftest DIR [ORDINAL]`.
-//! Prints one line per case and a JSON summary last; exits 0 only if every case passed, and
-//! 0 with one "skipped" line where there is no GPU.
+//! Runs the GPU correctness matrix (see `hoist_testkit::selftest`):
+//! `gpu_selftest DIR [ORDINAL]`. Prints one line per case and a JSON summary last; exits 0
+//! only if every case passed, and 0 with one "skipped" line where there is no GPU.
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,7 +20,7 @@ fn main() {
             info.name, info.driver_version, info.cufile.summary
         ),
     }
-    let results = match hoist_cuda::selftest::run(&dir, ordinal) {
+    let results = match hoist_testkit::selftest::run(&dir, ordinal) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gpu_selftest: {e}");

@@ -10,7 +10,7 @@ fn main() {
     };
     let dir = std::path::Path::new(dir);
     if preset == "fixtures" {
-        match hoist_cuda::fixtures::write_fixtures(dir) {
+        match hoist_testkit::fixtures::write_fixtures(dir) {
             Ok(f) => f
                 .iter()
                 .for_each(|f| println!("{} {}", f.name, f.path.display())),

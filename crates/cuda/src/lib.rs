@@ -16,10 +16,8 @@
 mod cufile;
 mod driver;
 mod first_error;
-pub mod fixtures;
 mod mapped;
 mod ring;
-pub mod selftest;
 mod tensors;
 
 mod error;

@@ -8,7 +8,7 @@ fn fixtures_reach_the_gpu_byte_exact() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let results = hoist_cuda::selftest::run(dir.path(), 0).unwrap();
+    let results = hoist_testkit::selftest::run(dir.path(), 0).unwrap();
     let failed: Vec<_> = results.iter().filter(|r| !r.ok).collect();
     assert!(failed.is_empty(), "{failed:#?}");
 }
@@ -41,7 +41,7 @@ fn no_gpu_is_an_error_not_a_panic() {
 #[test]
 fn fixtures_parse() {
     let dir = tempfile::tempdir().unwrap();
-    for f in hoist_cuda::fixtures::write_fixtures(dir.path()).unwrap() {
+    for f in hoist_testkit::fixtures::write_fixtures(dir.path()).unwrap() {
         let t =
             hoist_format::TensorTable::open(&f.path).unwrap_or_else(|e| panic!("{}: {e}", f.name));
         assert!(t.tensors.len() >= 3, "{}", f.name);

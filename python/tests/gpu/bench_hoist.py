@@ -1,6 +1,6 @@
 """Times ``hoist.load_file(PATH, device=...)`` in this process and prints one JSON line per run,
-in the format of bench/gpu/peer.py (loader, seconds, bytes, tensors, gbps, not_on_cuda0), so that
-bench/gpu/bench.py can run it as one more loader. Seconds run from just before the call to
+in the format of bench/gpu/suites/peer.py (loader, seconds, bytes, tensors, gbps, not_on_cuda0), so that
+bench/gpu/suites/bench.py can run it as one more loader. Seconds run from just before the call to
 after ``torch.cuda.synchronize()``, the CUDA context already up (torch's and hoist's: the same
 primary context).
 

@@ -9,13 +9,15 @@ use hoist_cuda::Stream;
 use hoist_format::{DType, GgmlType};
 
 use super::blas::{Batch, Blas, Elem, Gemm};
+use super::kernels::{Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK, XS_PAD};
 use super::module::{
     args, Kernels, ARGMAX_THREADS, ATTN_SLICE_KEYS, ATTN_SPLITS, ATTN_THREADS, ELEMENTWISE_THREADS,
     ROW_THREADS,
 };
 use super::GpuError;
 
-/// Weight element types the kernels read (the codes of `kernels.cu`).
+/// Weight element types the kernels read: the discriminants are the kernels' type codes, passed
+/// to them as `-DW_F32=0`… (see `kernels/mod.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WType {
     F32 = 0,
@@ -23,7 +25,7 @@ pub(crate) enum WType {
     BF16 = 2,
     Q8_0 = 3,
     Q4_0 = 4,
-    /// Q4_0 repacked on the device into tiles for the tensor-core GEMVs (see q4_tiles.cu);
+    /// Q4_0 repacked on the device into tiles for the tensor-core GEMVs (see kernels/q4_tiles.cu);
     /// never a file's type.
     Q4_0Tiled = 5,
 }
@@ -56,13 +58,13 @@ impl WType {
         match self {
             WType::F32 => elements * 4,
             WType::F16 | WType::BF16 => elements * 2,
-            WType::Q8_0 => elements / 32 * 34,
-            WType::Q4_0 | WType::Q4_0Tiled => elements / 32 * 18,
+            WType::Q8_0 => elements / QK * Q8_BLOCK_BYTES,
+            WType::Q4_0 | WType::Q4_0Tiled => elements / QK * Q4_BLOCK_BYTES,
         }
     }
 }
 
-/// The type GEMM inputs are rounded to (the codes of `kernels.cu`).
+/// The type GEMM inputs are rounded to (the kernels' `act` codes, see `kernels/common.cuh`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Act {
     F32 = 0,
@@ -103,7 +105,7 @@ pub(crate) struct GemvOut<'a> {
     pub bias: u64,
 }
 
-/// #[repr(C)] twin of `GemvBatch` in kernels.cu.
+/// #[repr(C)] twin of `GemvBatch` in kernels/gemv.cuh.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct GemvBatch {
@@ -124,7 +126,7 @@ pub(super) struct GemvBatch {
 }
 
 /// The rotary embedding and KV-cache store of [`Ops::rope_store`], fused into the q/k/v GEMV of
-/// one token (see `GemvBatch` in kernels.cu): q is rotated in place of its output, k and v go
+/// one token (see `GemvBatch` in kernels/gemv.cuh): q is rotated in place of its output, k and v go
 /// straight into the caches (k's output buffer is not written).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FusedRope {
@@ -406,7 +408,7 @@ impl Ops<'_> {
     /// Dynamic shared memory of the attention kernel for `dims`; an error when the context is
     /// longer than this GPU's shared memory allows (sessions check it when they are made).
     pub(crate) fn attention_smem(&self, dims: AttnDims) -> Result<usize, GpuError> {
-        // As `attention_groups` in kernels.cu: threads per group are hd / 4 (or hd).
+        // As `attention_groups` in kernels/attention.cu: threads per group are hd / 4 (or hd).
         let hd = dims.head_dim;
         let per_group = if hd % 4 == 0 { hd / 4 } else { hd };
         let groups = (ATTN_THREADS as usize / per_group).max(1);
@@ -458,7 +460,7 @@ impl Ops<'_> {
             act, kv
         ];
         // Grid z: the most key slices a query of this capacity uses (attention_slices in
-        // kernels.cu), so that short contexts launch no blocks that would only return.
+        // kernels/attention.cu), so that short contexts launch no blocks that would only return.
         let splits = ATTN_SPLITS
             .min(dims.capacity.div_ceil(ATTN_SLICE_KEYS))
             .max(1);
@@ -744,8 +746,8 @@ impl Ops<'_> {
         if !quantized {
             return Ok(0);
         }
-        // As `xs_index` in kernels.cu: 4 floats of padding per 32 values.
-        let bytes = (cols + cols / 32 * 4 + 4) * 4;
+        // As `xs_index` in kernels/gemv.cu: XS_PAD floats of padding per QK values.
+        let bytes = (cols + cols / QK * XS_PAD + XS_PAD) * 4;
         if bytes > self.k.attention_smem_bytes {
             return Err(GpuError::Unsupported(format!(
                 "quantized rows of {cols} values do not fit the GPU's shared memory"

@@ -509,7 +509,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Repacks the Q4_0 matrices that can be into tiles for the tensor-core GEMVs (see
-    /// q4_tiles.cu), in place through one scratch buffer: gate and up only together (one
+    /// kernels/q4_tiles.cu), in place through one scratch buffer: gate and up only together (one
     /// kernel reads both), the output matrix unless it is the embedding table (the embedding
     /// kernel reads the file's layout).
     /// `HOIST_NO_Q4_TILES` keeps the file's layout, for comparison.

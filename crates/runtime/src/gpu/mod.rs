@@ -3,9 +3,10 @@
 //! - Weights reach the device through hoist's GPU path ([`hoist_cuda::load_to_gpu`], packed
 //!   layout): the load's allocations *are* the runtime's weight buffers, nothing is copied twice
 //!   and no host copy of the model is made.
-//! - Kernels are CUDA C (`kernels.cu`), compiled at run time by NVRTC for the device's own
-//!   architecture and cached on disk as a cubin keyed by source hash and architecture; a warm
-//!   start does not load NVRTC at all.
+//! - Kernels are CUDA C, one file per op family under `kernels/` with shared headers, compiled
+//!   at run time by NVRTC for the device's own architecture (constants shared with the host
+//!   passed as `-D` options) and cached on disk as a cubin keyed by the sources, options and
+//!   architecture; a warm start does not load NVRTC at all.
 //! - Prefill (several tokens) runs its matrix products on cuBLAS (`cublasGemmEx`, f32
 //!   accumulation; quantized weights are dequantized to f16 first) and attention as two batched
 //!   cuBLAS products around a causal softmax.
@@ -35,9 +36,11 @@
 //! file's layout and the CUDA-core GEMVs, `HOIST_Q4T_BATCH` and `HOIST_Q4T_MIN_BLOCKS` tune
 //! them).
 
+// A shipped feature (`hoist run --benchmark`), not test harness, so it stays in the library.
 pub mod bench;
 mod blas;
 mod error;
+mod kernels;
 mod layers;
 mod llama;
 mod module;

@@ -1,5 +1,6 @@
-//! The kernels of `kernels.cu`: compiled by NVRTC for the device's architecture on first use,
-//! cached on disk as a cubin keyed by (source, NVRTC options: architecture and GEMV shape),
+//! The kernels of `kernels/` (one CUDA C file per op family, see [`super::kernels`]): compiled
+//! by NVRTC for the device's architecture on first use as one program, cached on disk as a cubin
+//! keyed by (every source file, NVRTC options: architecture, shared constants and GEMV shape),
 //! and launched through the driver API.
 //!
 //! With a cached cubin, NVRTC is not even loaded: a warm start pays only `cuModuleLoadData`.
@@ -14,19 +15,17 @@ use hoist_cuda::{Gpu, Stream};
 
 use super::GpuError;
 
-/// The CUDA C source: the kernels, then the tiled Q4_0 GEMVs (which use kernels.cu's helpers).
-const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("q4_tiles.cu"));
+use super::kernels::{main_source, FILES};
+pub(crate) use super::kernels::{ARGMAX_THREADS, ATTN_SLICE_KEYS, ATTN_SPLITS};
 
 /// Threads per block of the row kernels (norms, attention, softmax).
 pub(crate) const ROW_THREADS: u32 = 256;
 /// Threads per block of the element-wise kernels.
 pub(crate) const ELEMENTWISE_THREADS: u32 = 256;
-/// Threads of `argmax_next`'s one block; must equal `ARGMAX_THREADS` in kernels.cu.
-pub(crate) const ARGMAX_THREADS: u32 = 1024;
 /// GEMV shape: warps per block and unrolling of the 16-bit/f32 loop, passed to NVRTC as
 /// `-DGEMV_WARPS` / `-DGEMV_UNROLL` (part of the cache key), and warps per block of the GEMVs
 /// on quantized weights (the host's alone: those kernels read it from the block size).
-/// The tiled Q4_0 GEMVs (q4_tiles.cu) take `-DQ4T_WARPS` (warps per block, splitting 16
+/// The tiled Q4_0 GEMVs (kernels/q4_tiles.cu) take `-DQ4T_WARPS` (warps per block, splitting 16
 /// rows' columns), `-DQ4T_BATCH` (tiles a warp loads before using them) and `-DQ4T_MIN_BLOCKS`
 /// (resident blocks per SM their registers are cut for).
 /// Defaults measured best on an H200 (the tiled ones on an H100); `HOIST_GEMV_WARPS` (1, 2, 4,
@@ -109,10 +108,6 @@ impl GemvShape {
         ]
     }
 }
-/// Most key slices per query of `attention_split`; must equal `ATTN_SPLITS` in kernels.cu.
-pub(crate) const ATTN_SPLITS: usize = 32;
-/// Fewest keys per slice of `attention_split`; must equal `ATTN_SLICE_KEYS` in kernels.cu.
-pub(crate) const ATTN_SLICE_KEYS: usize = 32;
 /// Threads per block of `attention_split`.
 pub(crate) const ATTN_THREADS: u32 = 128;
 
@@ -151,7 +146,7 @@ pub(crate) struct Kernels {
     /// The GEMV shape the module was compiled with.
     pub(crate) gemv_shape: GemvShape,
     /// Launch with programmatic dependent launch (compute capability 9.0 and newer, unless
-    /// `HOIST_NO_PDL` is set): see `PDL_BEGIN` in kernels.cu.
+    /// `HOIST_NO_PDL` is set): see `PDL_BEGIN` in kernels/common.cuh.
     pdl: bool,
 }
 
@@ -237,7 +232,7 @@ fn nvrtc_version() -> Result<(i32, i32), GpuError> {
 }
 
 /// NVRTC's options for `arch` and `shape` (also part of the cache key).
-fn options(arch: &str, shape: GemvShape) -> Vec<String> {
+pub(super) fn options(arch: &str, shape: GemvShape) -> Vec<String> {
     let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
@@ -247,22 +242,53 @@ fn options(arch: &str, shape: GemvShape) -> Vec<String> {
         "--prec-sqrt=true".to_string(),
         "--ftz=false".to_string(),
     ];
+    o.extend(super::kernels::defines());
     o.extend(shape.defines());
     o
 }
 
-/// Compiles `SOURCE` for `arch` into a cubin.
+/// Compiles the kernels for `arch` into a cubin.
 fn compile(arch: &str, shape: GemvShape) -> Result<Vec<u8>, GpuError> {
+    compile_source(arch, &main_source(), &options(arch, shape))
+}
+
+/// Compiles `main` (which includes files of [`FILES`] by name) with `options` into a cubin.
+fn compile_source(arch: &str, main: &str, options: &[String]) -> Result<Vec<u8>, GpuError> {
     let fail = |log: String| GpuError::Compile {
         arch: arch.to_string(),
         log,
     };
-    let src = CString::new(SOURCE).map_err(|e| fail(e.to_string()))?;
-    let prog = nvrtc::create_program(&src, Some(c"hoist_kernels.cu"))
-        .map_err(|e| fail(format!("{e:?}")))?;
-    let options = options(arch, shape);
+    let c_string = |s: &str| CString::new(s).map_err(|e| fail(e.to_string()));
+    let src = c_string(main)?;
+    // Every file is an NVRTC header, found by its include name: no include path on disk.
+    let names = FILES
+        .iter()
+        .map(|(name, _)| c_string(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bodies = FILES
+        .iter()
+        .map(|(_, body)| c_string(body))
+        .collect::<Result<Vec<_>, _>>()?;
+    let name_ptrs: Vec<*const std::ffi::c_char> = names.iter().map(|n| n.as_ptr()).collect();
+    let body_ptrs: Vec<*const std::ffi::c_char> = bodies.iter().map(|b| b.as_ptr()).collect();
+    let mut prog: nvrtc_sys::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: out-pointer to a local; every string is NUL-terminated and outlives the call (NVRTC
+    // copies them); both arrays hold FILES.len() pointers.
+    let created = unsafe {
+        nvrtc_sys::nvrtcCreateProgram(
+            &mut prog,
+            src.as_ptr(),
+            c"hoist_kernels.cu".as_ptr(),
+            FILES.len() as i32,
+            body_ptrs.as_ptr(),
+            name_ptrs.as_ptr(),
+        )
+    };
+    if created != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(fail(format!("nvrtcCreateProgram: {created:?}")));
+    }
     // SAFETY: prog was just created and is destroyed below, once.
-    let compiled = unsafe { nvrtc::compile_program(prog, &options) };
+    let compiled = unsafe { nvrtc::compile_program(prog, options) };
     let result = match compiled {
         Ok(()) => cubin(prog).map_err(fail),
         Err(e) => {
@@ -298,13 +324,31 @@ fn cubin(prog: nvrtc_sys::nvrtcProgram) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Where the cubin of (`arch`, `shape`, this source) is cached in `dir`. The key needs no NVRTC
-/// (a warm start does not load it): the source and the NVRTC options (architecture, GEMV shape).
+/// Where the cubin of (`arch`, `shape`, these sources) is cached in `dir`. The key needs no
+/// NVRTC (a warm start does not load it).
 fn cache_file(dir: &Path, arch: &str, shape: GemvShape) -> PathBuf {
-    let key = xxhash_rust::xxh3::xxh3_128(
-        format!("{}\n{SOURCE}", options(arch, shape).join(" ")).as_bytes(),
-    );
+    let key = cache_key(&options(arch, shape), &main_source(), &FILES);
     dir.join(format!("hoist-{arch}-{key:032x}.cubin"))
+}
+
+/// Hash of what the cubin depends on: the NVRTC options (architecture, shared constants, GEMV
+/// shape), the main source and every file's name and contents (each length-prefixed, so that
+/// no two inputs run together).
+fn cache_key(options: &[String], main: &str, files: &[(&str, &str)]) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut part = |s: &str| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    for o in options {
+        part(o);
+    }
+    part(main);
+    for (name, body) in files {
+        part(name);
+        part(body);
+    }
+    h.digest128()
 }
 
 /// The cubin for `arch`, from `cache` when present (and `read_cache`), else compiled and stored
@@ -597,13 +641,7 @@ mod tests {
     /// kernel that does not compile fails there, not first on a user's GPU).
     #[test]
     fn kernels_compile_for_common_architectures() {
-        // SAFETY: only tries to dlopen candidate names.
-        if !unsafe { super::nvrtc_sys::is_culib_present() } {
-            assert!(
-                std::env::var_os("HOIST_REQUIRE_NVRTC").is_none(),
-                "HOIST_REQUIRE_NVRTC is set but libnvrtc cannot be loaded (LD_LIBRARY_PATH?)"
-            );
-            eprintln!("skipped: NVRTC (libnvrtc.so) not found; `pip install nvidia-cuda-nvrtc` and put its lib/ on LD_LIBRARY_PATH to run this");
+        if !nvrtc_present() {
             return;
         }
         for arch in ["sm_80", "sm_89", "sm_90"] {
@@ -611,6 +649,93 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{arch}: {e}"));
             assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not a cubin");
         }
+    }
+
+    /// Whether NVRTC can be loaded; when not, the caller skips (unless CI requires it).
+    fn nvrtc_present() -> bool {
+        // SAFETY: only tries to dlopen candidate names.
+        if unsafe { super::nvrtc_sys::is_culib_present() } {
+            return true;
+        }
+        assert!(
+            std::env::var_os("HOIST_REQUIRE_NVRTC").is_none(),
+            "HOIST_REQUIRE_NVRTC is set but libnvrtc cannot be loaded (LD_LIBRARY_PATH?)"
+        );
+        eprintln!("skipped: NVRTC (libnvrtc.so) not found; `pip install nvidia-cuda-nvrtc` and put its lib/ on LD_LIBRARY_PATH to run this");
+        false
+    }
+
+    /// Each op family includes what it uses: it compiles as a program of its own.
+    #[test]
+    fn each_op_family_compiles_alone() {
+        if !nvrtc_present() {
+            return;
+        }
+        let options = super::options("sm_90", super::GemvShape::DEFAULT);
+        for (name, _) in super::FILES.iter().filter(|(n, _)| n.ends_with(".cu")) {
+            super::compile_source("sm_90", &format!("#include \"{name}\"\n"), &options)
+                .unwrap_or_else(|e| panic!("{name} alone: {e}"));
+        }
+    }
+
+    /// A constant the host shares but does not pass stops the compile, naming it.
+    #[test]
+    fn a_missing_shared_constant_is_a_compile_error() {
+        if !nvrtc_present() {
+            return;
+        }
+        let options = super::options("sm_90", super::GemvShape::DEFAULT);
+        let main = super::main_source();
+        for dropped in options.iter().filter(|o| o.starts_with("-D")) {
+            let name = dropped[2..].split('=').next().unwrap_or_default();
+            let fewer: Vec<String> = options.iter().filter(|o| *o != dropped).cloned().collect();
+            match super::compile_source("sm_90", &main, &fewer) {
+                Ok(_) => panic!("compiled without {dropped}"),
+                Err(e) => assert!(
+                    e.to_string()
+                        .contains(&format!("{name} must be passed by hoist")),
+                    "without {dropped}: {e}"
+                ),
+            }
+        }
+    }
+
+    /// The cache key changes with any option and with any file's name or contents.
+    #[test]
+    fn cache_key_covers_every_file_and_option() {
+        let options = super::options("sm_90", super::GemvShape::DEFAULT);
+        let main = super::main_source();
+        let files = super::FILES.to_vec();
+        let key = super::cache_key(&options, &main, &files);
+        let mut keys = std::collections::HashSet::from([key]);
+        for i in 0..files.len() {
+            let mut changed = files.clone();
+            let body = format!("{}\n", files[i].1);
+            changed[i].1 = &body;
+            assert!(
+                keys.insert(super::cache_key(&options, &main, &changed)),
+                "{}",
+                files[i].0
+            );
+            let mut renamed = files.clone();
+            let name = format!("x{}", files[i].0);
+            renamed[i].0 = &name;
+            assert!(
+                keys.insert(super::cache_key(&options, &main, &renamed)),
+                "{}",
+                files[i].0
+            );
+        }
+        for i in 0..options.len() {
+            let mut changed = options.clone();
+            changed[i].push('0');
+            assert!(
+                keys.insert(super::cache_key(&changed, &main, &files)),
+                "{}",
+                options[i]
+            );
+        }
+        assert!(keys.insert(super::cache_key(&options, &format!("{main}\n"), &files)));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Host side of `q4_tiles.cu`: Q4_0 matrices repacked on the device into tiles at load time,
+//! Host side of `kernels/q4_tiles.cu`: Q4_0 matrices repacked on the device into tiles at load time,
 //! and the tensor-core GEMVs and dequantization that read them (see that file for the layout
 //! and why). The same `unsafe` contract as `layers.rs`.
 
@@ -135,13 +135,13 @@ impl Ops<'_> {
         }
     }
 
-    /// Warps per block of the tiled GEMVs (`Q4T_WARPS` in q4_tiles.cu).
+    /// Warps per block of the tiled GEMVs (`Q4T_WARPS` in kernels/q4_tiles.cu).
     fn q4t_warps(&self) -> u32 {
         self.k.gemv_shape.q4t_warps
     }
 
     /// Dynamic shared memory of a tiled GEMV over rows of `cols` values: each warp stages the
-    /// input of its share of the tiles (as `q4t_per_warp` in q4_tiles.cu).
+    /// input of its share of the tiles (as `q4t_per_warp` in kernels/q4_tiles.cu).
     fn q4t_smem(&self, cols: usize) -> Result<u32, GpuError> {
         let warps = self.q4t_warps() as usize;
         let bytes = warps * (cols / 64).div_ceil(warps) * Q4T_TILE_SMEM_BYTES;

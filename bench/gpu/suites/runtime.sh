@@ -1,27 +1,23 @@
 #!/usr/bin/env bash
-# The recorded run of the GPU runtime's model checks, on the GPU machine (see bench/gpu/runtime/README.md):
-#  logits: make_models.py (fresh random small models: HF f32/bf16, GGUF Q8_0/Q4_0)
+# Suites `logits` and `speed`: the GPU runtime's model checks (see bench/gpu/runtime/README.md):
+#  logits: make_models.py (fresh random small models: HF f32/bf16/f16, GGUF Q8_0/Q4_0)
 #          -> check_logits.py (hoist's gpu_logits vs transformers; "N passed, N failed")
 #  speed:  bench_speed.py (Llama-2-7B shape: hoist run --benchmark, bf16 and Q4_0, vs transformers
 #          generate; time to first token)
-# Usage: bash bench/gpu/runtime_call.sh [all|logits|speed]   (default all; all may take ~9 min:
-#        as two device calls, run `logits` then `speed`)
+# Usage: bench/gpu/run.sh logits | bench/gpu/run.sh speed   (~2-3 and ~5-7 min: one device call
+#        each; `bash bench/gpu/suites/runtime.sh all` runs both, which may pass a 10-minute limit)
 # Carries: .carry/bin/{gpu_logits,hoist}, .whl/gguf-*.whl. Results: $OUT/*.log, $OUT/logits.json,
 # $OUT/speed.json. Exit status: 0 when every step ran and passed, else 1 (steps keep going).
 # Overrides (for dry runs elsewhere): PYTHON, GPU_LOGITS, HOIST, RT_WORK, RT_SPEED_ARGS (e.g.
 # "--small"), RT_KEEP=1 keeps the 18 GB speed checkpoints for `bench_speed.py --skip-torch`.
-cd "$(dirname "$0")/../.." || exit 2
+source "$(dirname "$0")/../lib/env.sh"
 PART=${1:-all}
 case "$PART" in all|logits|speed) ;; *) echo "usage: $0 [all|logits|speed]"; exit 2 ;; esac
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export HOIST_KERNEL_CACHE=${HOIST_KERNEL_CACHE:-/var/tmp/hoist-kernels}
-export OUT=${OUT:-/tmp/hoist-out}
 W=${RT_WORK:-/var/tmp/hoist-rt}          # models and checkpoints (~18 GB for speed)
 PY=${PYTHON:-python3}
-GPU_LOGITS=${GPU_LOGITS:-.carry/bin/gpu_logits}
-HOIST=${HOIST:-.carry/bin/hoist}
-mkdir -p "$OUT" "$W" "$HOIST_KERNEL_CACHE"
+GPU_LOGITS=${GPU_LOGITS:-$HOIST_BIN/gpu_logits}
+HOIST=${HOIST:-$HOIST_BIN/hoist}
+mkdir -p "$W"
 T0=$(date +%s)
 
 echo "== setup ($PART) in $PWD, OUT=$OUT, work $W"
@@ -30,13 +26,7 @@ for b in "$GPU_LOGITS" "$HOIST"; do
   [ -x "$b" ] || echo "WARNING: $b is missing (its steps will fail)"
 done
 # gguf: the carried wheel (pure Python; needs numpy and pyyaml, which transformers brings).
-if ls .whl/gguf-*.whl >/dev/null 2>&1; then
-  rm -rf /tmp/rt-py && "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/rt-py .whl/gguf-*.whl \
-    || echo "WARNING: pip install of .whl/gguf-*.whl failed"
-  export PYTHONPATH=/tmp/rt-py${PYTHONPATH:+:$PYTHONPATH}
-else
-  echo "WARNING: no .whl/gguf-*.whl carried; relying on an installed gguf"
-fi
+use_wheels 'gguf-*' || echo "WARNING: no usable .whl/gguf-*.whl; relying on an installed gguf"
 "$PY" - <<'PY' 2>&1 | tee "$OUT/python.txt"
 import importlib, sys
 print("python", sys.version.split()[0])

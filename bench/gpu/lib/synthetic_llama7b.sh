@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Makes (or reuses) a Llama-2-7B-shaped synthetic checkpoint with its config.json in DIR
-# (default /var/tmp/l7) and prints the directory. Random bytes: for speed measurements only.
-# Needs .carry/bin/make_checkpoint; run from the repository root.
-D=${1:-/var/tmp/l7}
-.carry/bin/make_checkpoint llama-7b "$D" > /dev/null || exit 1
+# (default $HOIST_DATA/l7) and prints the directory. Random bytes: for speed measurements only.
+# Needs $HOIST_BIN/make_checkpoint (default .carry/bin).
+source "$(dirname "$0")/env.sh"
+D=${1:-$HOIST_DATA/l7}
+"$HOIST_BIN/make_checkpoint" llama-7b "$D" > /dev/null || exit 1
 cat > "$D/config.json" <<'JSON'
 {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
  "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,

@@ -3,7 +3,8 @@
 `--cache keep`, the load after each (`--cache auto`), a primed-warm load (files read with `cat`
 first), and how much the page cache grew during each load (`Cached` in /proc/meminfo).
 
-Usage: python3 bench/gpu/cache_policy.py HOIST CHECKPOINT [--device cuda:0] [--repeat 3]
+Usage: python3 bench/gpu/suites/cache_policy.py HOIST CHECKPOINT [--device cuda:0] [--repeat 3]
+(The `cache` suite, bench/gpu/run.sh cache, runs it on a synthetic Llama-2-7B-shaped checkpoint.)
 Primed: page cache dropped, then every file read once (as with `cat`), then the load; a second
 load right after ("primed_again") reads pages the kernel already marked active.
 Cold means the files were evicted by `hoist load --cold` (posix_fadvise) and, as root, the page

@@ -13,7 +13,7 @@ use hoist_io::{Backend, EngineConfig, PlanConfig};
 use serde::Serialize;
 
 use crate::fixtures::write_fixtures;
-use crate::{load_to_gpu, DestLayout, GpuConfig, GpuPath, GpuTensor, PinnedAlloc};
+use hoist_cuda::{load_to_gpu, DestLayout, GpuConfig, GpuPath, GpuTensor, PinnedAlloc};
 
 /// One load of one fixture, checked.
 #[derive(Clone, Debug, Serialize)]
@@ -156,7 +156,7 @@ fn cases(cufile: bool) -> Vec<Case> {
 /// where libcufile loads.
 pub fn run(dir: &Path, ordinal: usize) -> Result<Vec<CaseResult>, String> {
     let fixtures = write_fixtures(dir)?;
-    let cufile = crate::cufile_status().library;
+    let cufile = hoist_cuda::cufile_status().library;
     let mut out = Vec::new();
     for f in &fixtures {
         let table = TensorTable::open(&f.path).map_err(|e| format!("{}: {e}", f.name))?;
@@ -203,7 +203,7 @@ pub fn run(dir: &Path, ordinal: usize) -> Result<Vec<CaseResult>, String> {
                 });
             let (ok, skipped, detail) = match result {
                 // cuFile refusing this machine's filesystem is unavailability, not a wrong byte.
-                Err(e @ crate::CudaError::Cufile { .. }) if c.path == GpuPath::Cufile => {
+                Err(e @ hoist_cuda::CudaError::Cufile { .. }) if c.path == GpuPath::Cufile => {
                     (true, true, format!("skipped: {e}"))
                 }
                 Err(e) => (false, false, format!("error: {e}")),

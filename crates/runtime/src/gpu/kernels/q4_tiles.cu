@@ -1,4 +1,4 @@
-// Q4_0 weights in tiles, and their GEMVs on tensor cores (appended to kernels.cu by module.rs).
+// Q4_0 weights in tiles, and their GEMVs on tensor cores (with gemv.cuh's loads and batches).
 //
 // Why: a Q4_0 block is 18 bytes (an f16 scale, then 16 bytes of nibbles), so rows of blocks
 // are only 2-byte aligned, and turning each nibble into a float and multiplying costs about
@@ -27,15 +27,19 @@
 // tensor cores' sum: (1024 + n) x = 1024 x + n x, and (1024 + 16n) (x / 16) = 64 x + n x, minus
 // 8 x for Q4_0's offset.
 
-// Set by the host (GemvShape in module.rs); the defaults are its defaults.
+#include "gemv.cuh"
+
+// Set by the host (GemvShape in module.rs): warps per block, splitting the columns of 16 rows;
+// tiles of each row group a warp loads before it uses them; resident blocks per SM the
+// registers are cut for.
 #ifndef Q4T_WARPS
-#define Q4T_WARPS 8       // warps per block, splitting the columns of 16 rows
+#error "Q4T_WARPS must be passed by hoist (-DQ4T_WARPS=...): warps per tiled GEMV block (GemvShape)"
 #endif
 #ifndef Q4T_BATCH
-#define Q4T_BATCH 4       // tiles of each row group a warp loads before it uses them
+#error "Q4T_BATCH must be passed by hoist (-DQ4T_BATCH=...): tiles a warp loads at once (GemvShape)"
 #endif
 #ifndef Q4T_MIN_BLOCKS
-#define Q4T_MIN_BLOCKS 2  // resident blocks per SM the registers are cut for
+#error "Q4T_MIN_BLOCKS must be passed by hoist (-DQ4T_MIN_BLOCKS=...): resident blocks per SM (GemvShape)"
 #endif
 
 // Byte offset of word t of block j of row r, in a tiled matrix of `cols` values a row.

@@ -1,8 +1,8 @@
-"""Side-by-side GPU load benchmark (run by bench/gpu/run.sh on the GPU machine).
+"""Side-by-side GPU load benchmark (the `load` suite: bench/gpu/run.sh load, on the GPU machine).
 
 For each checkpoint, cold (page cache dropped before every loader) and warm (files read into
 the page cache first): hoist (the carried `gpu_load` binary, fresh process each run), the peer
-loaders (bench/gpu/peer.py, fresh process each), and the raw limits (bench/gpu/limits.py).
+loaders (peer.py beside this file, fresh process each), and the raw limits (limits.py beside it).
 Every loader ends with every tensor on cuda:0 and synchronized, and times itself from just
 before its load call to after synchronization, the CUDA context already up. Prints a markdown
 table per checkpoint and writes everything to OUT/bench.json as it goes.
@@ -106,7 +106,7 @@ def main():
             "hoist (pread, no O_DIRECT)": [gpu_load, path, "--verify", "--backend", "pread"] + hoist_extra,
         }
         if a.python:
-            bench_hoist = os.path.join(HERE, "..", "..", "python", "tests", "gpu", "bench_hoist.py")
+            bench_hoist = os.path.join(HERE, "..", "..", "..", "python", "tests", "gpu", "bench_hoist.py")
             hoists["hoist (python)"] = [sys.executable, bench_hoist, path]
         if a.cufile:
             # cuFile reads whole chunks at their file offsets: only the regions layout takes that.

@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# Where Q4_0 decode time goes, on the GPU machine: decode speed of a synthetic Llama-2-7B-shaped
+# Suite `q4-diag`: where Q4_0 decode time goes: decode speed of a synthetic Llama-2-7B-shaped
 # Q4_0 GGUF, the per-kernel profile (HOIST_PROFILE), then ncu's full report on the four GEMVs of
 # one decode layer (q/k/v, o, gate/up, down) with caches and clocks left as they run
-# (occupancy, registers, stall reasons, achieved DRAM bandwidth). Writes under $OUT.
-# Carries: .carry/bin/gpu_speed, .whl/gguf-*.whl. Q4_GGUF=path uses (or makes) that file; RUNS lists
-# NAME[,VAR=VALUE...] runs to compare. Run from the repository root.
-cd "$(dirname "$0")/../.." || exit 2
-export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib HOIST_KERNEL_CACHE=/var/tmp/hoist-kernels
-export PATH=$PATH:/usr/local/cuda/bin
-OUT=${OUT:-/tmp/hoist-out}
-mkdir -p "$OUT"
-Q=$(bash bench/gpu/synthetic_q4.sh ${Q4_GGUF:-}) || exit 1
-BIN=${BIN:-.carry/bin/gpu_speed}
+# (occupancy, registers, stall reasons, achieved DRAM bandwidth).
+#   bench/gpu/run.sh q4-diag   Q4_GGUF=path uses (or makes) that file (default
+#                              $HOIST_DATA/l7-q4_0.gguf); RUNS lists NAME[,VAR=VALUE...] runs to
+#                              compare (default "as_built"); GPU_SPEED=path runs another build;
+#                              NCU_SKIP: GEMV launches before the profiled ones (default 400).
+# Carries: .carry/bin/gpu_speed, .whl/gguf-*.whl (to make the GGUF). Results: $OUT/speed.log,
+# $OUT/profile.log, $OUT/ncu_full.txt.
+source "$(dirname "$0")/../lib/env.sh"
+Q=$(bash bench/gpu/lib/synthetic_q4.sh ${Q4_GGUF:-}) || exit 1
+BIN=${GPU_SPEED:-$HOIST_BIN/gpu_speed}
 FAILED=()
 for s in ${RUNS:-"as_built"}; do  # RUNS: NAME[,VAR=VALUE...] items
   IFS=, read -r name vars <<< "$s"
   echo "== speed $name ($vars)"
   echo "== speed $name ($vars)" >> "$OUT/speed.log"
-  env ${vars//,/ } timeout 120 $BIN "$Q" 512 128 > /tmp/q4_diag_speed.log 2>&1 || FAILED+=("speed_$name")
-  cat /tmp/q4_diag_speed.log >> "$OUT/speed.log"
-  grep -E "decode_tokens_per_s|decode_fraction" /tmp/q4_diag_speed.log
+  env ${vars//,/ } timeout 120 $BIN "$Q" 512 128 > "$OUT/speed_last.log" 2>&1 || FAILED+=("speed_$name")
+  cat "$OUT/speed_last.log" >> "$OUT/speed.log"
+  grep -E "decode_tokens_per_s|decode_fraction" "$OUT/speed_last.log"
 done
 echo "== profile"
 HOIST_PROFILE=1 timeout 200 $BIN "$Q" 512 32 > "$OUT/profile.log" 2>&1 || FAILED+=(profile)

@@ -1,0 +1,143 @@
+//! The CUDA C sources of hoist's kernels, one file per op family (after llama.cpp's ggml-cuda
+//! layout) with shared headers, and the constants the host and the kernels share.
+//!
+//! NVRTC sees every file as a header, by include name, and compiles one program whose source
+//! includes each op family ([`main_source`]): one module, one function lookup. Each constant
+//! shared with the kernels has its one definition here and reaches them as a `-DNAME=value`
+//! option ([`defines`]); the headers `#error` when one is missing.
+
+use super::layers::WType;
+
+/// Every source file, by the name the others include it by: the shared headers (`.cuh`), then
+/// the op families (`.cu`), in the order the program includes them.
+pub(super) const FILES: [(&str, &str); 11] = [
+    ("common.cuh", include_str!("common.cuh")),
+    ("gemv.cuh", include_str!("gemv.cuh")),
+    ("convert.cu", include_str!("convert.cu")),
+    ("embed.cu", include_str!("embed.cu")),
+    ("norm.cu", include_str!("norm.cu")),
+    ("elementwise.cu", include_str!("elementwise.cu")),
+    ("rope.cu", include_str!("rope.cu")),
+    ("attention.cu", include_str!("attention.cu")),
+    ("argmax.cu", include_str!("argmax.cu")),
+    ("gemv.cu", include_str!("gemv.cu")),
+    ("q4_tiles.cu", include_str!("q4_tiles.cu")),
+];
+
+/// The program NVRTC compiles: an `#include` of each op family.
+pub(super) fn main_source() -> String {
+    FILES
+        .iter()
+        .filter(|(name, _)| name.ends_with(".cu"))
+        .map(|(name, _)| format!("#include \"{name}\"\n"))
+        .collect()
+}
+
+/// Values per quantized (Q8_0, Q4_0) block.
+pub(crate) const QK: usize = 32;
+/// Bytes of a Q8_0 block: an f16 scale and 32 int8.
+pub(crate) const Q8_BLOCK_BYTES: usize = 34;
+/// Bytes of a Q4_0 block: an f16 scale and 16 bytes of nibbles.
+pub(crate) const Q4_BLOCK_BYTES: usize = 18;
+/// Floats of padding per block of `QK` inputs in the quantized GEMVs' shared-memory copy of the
+/// input (`xs_index`): they keep lanes reading their own blocks on distinct banks.
+pub(crate) const XS_PAD: usize = 4;
+/// Most key slices per query of `attention_split` (`attention_merge` gives each a lane).
+pub(crate) const ATTN_SPLITS: usize = 32;
+/// Fewest keys per slice of `attention_split`: short contexts use fewer slices.
+pub(crate) const ATTN_SLICE_KEYS: usize = 32;
+/// Threads of `argmax_next`'s one block.
+pub(crate) const ARGMAX_THREADS: u32 = 1024;
+
+/// Every constant the kernels take from the host, as (macro name, value). The weight-type codes
+/// are [`WType`]'s discriminants (`Q4_0Tiled` is read by the tiled kernels alone, which take no
+/// type code).
+pub(super) fn shared_constants() -> [(&'static str, usize); 12] {
+    [
+        ("W_F32", WType::F32 as usize),
+        ("W_F16", WType::F16 as usize),
+        ("W_BF16", WType::BF16 as usize),
+        ("W_Q8_0", WType::Q8_0 as usize),
+        ("W_Q4_0", WType::Q4_0 as usize),
+        ("QK", QK),
+        ("Q8_BLOCK_BYTES", Q8_BLOCK_BYTES),
+        ("Q4_BLOCK_BYTES", Q4_BLOCK_BYTES),
+        ("XS_PAD", XS_PAD),
+        ("ATTN_SPLITS", ATTN_SPLITS),
+        ("ATTN_SLICE_KEYS", ATTN_SLICE_KEYS),
+        ("ARGMAX_THREADS", ARGMAX_THREADS as usize),
+    ]
+}
+
+/// [`shared_constants`] as NVRTC options.
+pub(super) fn defines() -> Vec<String> {
+    shared_constants()
+        .iter()
+        .map(|(name, value)| format!("-D{name}={value}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::module::{options, GemvShape};
+
+    /// The macro names the host passes (shared constants and the GEMV shape).
+    fn passed_names() -> Vec<String> {
+        options("sm_90", GemvShape::DEFAULT)
+            .iter()
+            .filter_map(|o| o.strip_prefix("-D"))
+            .map(|d| d.split('=').next().unwrap_or(d).to_string())
+            .collect()
+    }
+
+    /// Whether `line` is a preprocessor `directive` (`#define`, `# ifndef`…) naming `name`.
+    fn directive_names(line: &str, directive: &str, name: &str) -> bool {
+        let Some(rest) = line.trim_start().strip_prefix('#') else {
+            return false;
+        };
+        let Some(rest) = rest.trim_start().strip_prefix(directive) else {
+            return false;
+        };
+        let word: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        word == name
+    }
+
+    /// One definition per constant: each is passed as an option with its Rust value, no source
+    /// file defines it again, and some file refuses to compile without it (`#ifndef` + `#error`).
+    #[test]
+    fn shared_constants_are_options_and_defined_only_in_rust() {
+        let options = options("sm_90", GemvShape::DEFAULT);
+        for (name, value) in super::shared_constants() {
+            let flag = format!("-D{name}={value}");
+            assert!(options.contains(&flag), "{flag} missing from {options:?}");
+        }
+        let names = passed_names();
+        assert!(
+            names.len() >= super::shared_constants().len() + 5,
+            "{names:?}"
+        );
+        for name in &names {
+            let mut guarded = false;
+            for (file, src) in super::FILES {
+                let lines: Vec<&str> = src.lines().collect();
+                for (i, line) in lines.iter().enumerate() {
+                    assert!(
+                        !directive_names(line, "define", name),
+                        "{file}:{}: #defines {name}, which the host passes",
+                        i + 1
+                    );
+                    if directive_names(line, "ifndef", name)
+                        && lines.get(i + 1).is_some_and(|l| l.contains("#error"))
+                    {
+                        guarded = true;
+                    }
+                }
+            }
+            assert!(guarded, "no file #errors when {name} is not passed");
+        }
+    }
+}
