@@ -1,7 +1,7 @@
 //! The GPU correctness matrix: every fixture loaded by every road (ring with each pinning
 //! method, backend and layout, a ring small enough to wrap many times, cuFile), destinations
 //! poisoned first, every tensor compared byte for byte with the file and reported exactly once.
-//! Run by `cargo test` where a GPU is present and by `bench/gpu/correctness.sh` on the GPU
+//! Run by `cargo test` where a GPU is present and by `bench/gpu/run.sh correctness` on the GPU
 //! machine (through the `gpu_selftest` example, since that machine has no Rust toolchain).
 
 use std::path::Path;

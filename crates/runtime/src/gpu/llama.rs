@@ -240,7 +240,7 @@ impl GpuModel {
             .iter()
             .flat_map(|l| l.mats())
             .any(|m| matches!(m.wtype, WType::Q8_0 | WType::Q4_0));
-        // `HOIST_QUANTIZED_PDL` keeps it on, for comparison (`decode_switches.sh`).
+        // `HOIST_QUANTIZED_PDL` keeps it on, for comparison (`bench/gpu/run.sh decode-switches`).
         if staged && std::env::var_os("HOIST_QUANTIZED_PDL").is_none() {
             kernels.disable_pdl();
         }

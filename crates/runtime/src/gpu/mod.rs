@@ -28,7 +28,7 @@
 //! `HOIST_NO_GRAPHS`, `HOIST_NO_PDL` (no programmatic dependent launch),
 //! `HOIST_NO_FUSED_ROPE` (the rotary embedding as its own kernel in decode) and
 //! `HOIST_DECODE_GEMV=cublas` (decode products through cuBLAS, for comparison);
-//! `bench/gpu/decode_switches.sh` measures each. `HOIST_GEMV_WARPS`, `HOIST_GEMV_UNROLL` and
+//! `bench/gpu/bench/gpu/run.sh decode-switches` measures each. `HOIST_GEMV_WARPS`, `HOIST_GEMV_UNROLL` and
 //! `HOIST_QGEMV_WARPS` change the GEMVs' shape, for tuning (see `module::GemvShape`).
 //! Models with Q8_0 or untiled Q4_0 weights launch without programmatic dependent launch (see
 //! `Kernels::disable_pdl`; `HOIST_QUANTIZED_PDL` keeps it on). Q4_0 matrices are repacked
