@@ -3,9 +3,7 @@
 //! Files live under the target directory (a disk filesystem where tmpfs would make eviction a
 //! no-op); where eviction cannot be verified, the tests say so and skip.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 mod common;
 
@@ -190,37 +188,15 @@ fn pread_reads_through_the_cache_whatever_was_asked() {
     assert!(share >= 0.9, "{:.0}% cached", share * 100.0);
 }
 
-/// A `MakeWriter` that appends every formatted event to one shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn the_policy_and_the_cold_route_are_logged_at_debug() {
     let (_dir, path) = checkpoint();
     if !evicted(&path) {
         return;
     }
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let ((), log) = common::capture_logs(tracing::Level::DEBUG, || {
         load(&path, Backend::Auto, CachePolicy::Keep, None);
     });
-    let log = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
     assert!(
         log.lines().any(|l| l.contains(" DEBUG ")
             && l.contains("cache policy")

@@ -1,9 +1,7 @@
 //! What the engine logs: the plan, each routing decision with its reason, fallbacks (a warning
 //! only where the method was asked for explicitly) and per-method timings.
 
-use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 mod common;
 
@@ -11,36 +9,9 @@ use hoist_format::TensorTable;
 use hoist_io::{load_host, Backend, CachePolicy, EngineConfig, LoadReport, PlanConfig};
 use tracing::Level;
 
-/// A `MakeWriter` that appends every formatted event to one shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// Loads every tensor of `path` with `backend` while a subscriber at `level` records events;
 /// returns the report and the log text.
 fn logged_load(path: &Path, backend: Backend, level: Level) -> (LoadReport, String) {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     let table = TensorTable::open(path).unwrap();
     let all: Vec<usize> = (0..table.tensors.len()).collect();
     let cfg = EngineConfig {
@@ -53,10 +24,9 @@ fn logged_load(path: &Path, backend: Backend, level: Level) -> (LoadReport, Stri
         chunk_bytes: 1 << 20,
         ..PlanConfig::default()
     };
-    let (_, report) = tracing::subscriber::with_default(subscriber, || {
-        load_host(&table, &all, plan, &cfg, None).unwrap()
-    });
-    (report, out.text())
+    let ((_, report), log) =
+        common::capture_logs(level, || load_host(&table, &all, plan, &cfg, None).unwrap());
+    (report, log)
 }
 
 fn checkpoint(dir: &Path) -> std::path::PathBuf {
