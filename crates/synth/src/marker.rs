@@ -301,23 +301,19 @@ mod tests {
     use super::*;
     use crate::{prepare_checkpoint, preset, ModelSpec};
 
-    /// A fresh directory path under the temp dir (not created), removed when dropped.
-    struct Scratch(PathBuf);
+    /// A fresh directory path (not created) inside a temporary directory removed when dropped.
+    struct Scratch(tempfile::TempDir);
     impl Scratch {
         fn new(test: &str) -> Scratch {
-            let base = std::env::temp_dir()
-                .join(format!("hoist-synth-marker-{test}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&base);
-            std::fs::create_dir_all(&base).unwrap();
-            Scratch(base)
+            Scratch(
+                tempfile::Builder::new()
+                    .prefix(&format!("hoist-synth-marker-{test}-"))
+                    .tempdir()
+                    .unwrap(),
+            )
         }
         fn dir(&self) -> PathBuf {
-            self.0.join("ckpt")
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            self.0.path().join("ckpt")
         }
     }
 
@@ -387,7 +383,7 @@ mod tests {
             std::fs::read(dir.join("model.safetensors")).unwrap(),
             b"someone's weights"
         );
-        let file = s.0.join("a-file");
+        let file = s.0.path().join("a-file");
         std::fs::write(&file, b"x").unwrap();
         assert!(matches!(
             prepare(&tiny(), &file, 1),
@@ -471,7 +467,7 @@ mod tests {
         let s = Scratch::new("escape");
         let dir = s.dir();
         std::fs::create_dir(&dir).unwrap();
-        let victim = s.0.join("victim");
+        let victim = s.0.path().join("victim");
         std::fs::write(&victim, b"keep").unwrap();
         let marker = serde_json::json!({
             "hoist_synthetic": 1, "preset": "tiny", "layout": "x", "seed": 1,
@@ -519,7 +515,7 @@ mod tests {
         assert_eq!(names(&dir).len(), 4);
 
         // Only the marker's own temporary (killed while writing it): as good as empty.
-        let bare = s.0.join("bare");
+        let bare = s.0.path().join("bare");
         std::fs::create_dir(&bare).unwrap();
         std::fs::write(partial_path(&bare.join(MARKER_FILE_NAME)), b"{").unwrap();
         assert_eq!(inspect_dir(&bare).unwrap(), DirState::Empty);

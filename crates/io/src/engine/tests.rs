@@ -2,36 +2,14 @@
 //! a filesystem that refuses O_DIRECT is not available everywhere, so that decision is checked
 //! here directly).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use super::{log_direct_refusals, Backend};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+#[path = "../../tests/common/capture.rs"]
+mod capture;
 
 /// What `f` logs at `level` and above.
 fn logged(level: tracing::Level, f: impl FnOnce()) -> String {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
-    text
+    capture::capture_logs(level, f).1
 }
 
 #[test]

@@ -25,32 +25,8 @@ pub fn u8_checkpoint(dir: &Path, name: &str, sizes: &[u64], seed: u64) -> PathBu
     path
 }
 
-/// A `MakeWriter` that appends every formatted event to one shared buffer.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Runs `f` under a subscriber recording events up to `level`; returns `f`'s result and the
-/// formatted log.
-#[allow(dead_code)] // not every test binary logs
-pub fn capture_logs<T>(level: tracing::Level, f: impl FnOnce() -> T) -> (T, String) {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, f);
-    let log = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
-    (result, log)
-}
+/// Log capture, shared with the engine's unit tests (`src/engine/tests.rs` includes it by path).
+#[path = "capture.rs"]
+mod capture;
+#[allow(unused_imports)] // not every test binary logs
+pub use capture::capture_logs;
