@@ -175,7 +175,7 @@ pub fn run(s: &Settings) -> anyhow::Result<()> {
                 eprintln!("error: {e:#}");
             }
         }
-        if out.closed {
+        if out.error.is_some() {
             break;
         }
     }

@@ -194,28 +194,24 @@ impl Timed<'_, '_> {
     }
 }
 
-/// Text streamed to stdout, flushed piece by piece. A closed pipe (`| head`) ends the output
-/// quietly; other write errors are kept for the caller.
+/// Text streamed to stdout, flushed piece by piece. A write error is kept for the caller and
+/// ends the output; a closed pipe (`| head`) never gets here: `main` restores SIGPIPE's default,
+/// which ends the process quietly at that write.
 #[derive(Default)]
 pub struct Stdout {
-    /// The reader went away: nothing more is written.
-    pub closed: bool,
-    /// The first write error other than a closed pipe.
+    /// The first write error.
     pub error: Option<std::io::Error>,
 }
 
 impl Stdout {
     /// Writes `text` and flushes.
     pub fn write(&mut self, text: &str) {
-        if self.closed || self.error.is_some() {
+        if self.error.is_some() {
             return;
         }
         let mut out = std::io::stdout().lock();
         if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-            match e.kind() {
-                std::io::ErrorKind::BrokenPipe => self.closed = true,
-                _ => self.error = Some(e),
-            }
+            self.error = Some(e);
         }
     }
 

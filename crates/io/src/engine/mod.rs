@@ -85,8 +85,9 @@ pub fn auto_cached_into_fresh_memory(threads: usize) -> Method {
 ///
 /// io_uring buffered reads: their concurrency is the queue depth, where the `pread` pool's is its
 /// thread count (one per core), and a cold buffered read waits on the disk. Measured 2026-12-02
-/// with paired cold loads (`hoist load --cold`, files evicted, 1.5 GB synthetic qwen3-0.6b,
-/// 16 MiB chunks, rounds interleaved; GB/s, median of the runs in brackets): on the 2-core dev
+/// with paired cold loads of the 1.5 GB synthetic qwen3-0.6b, rounds interleaved (`hoist load D
+/// --cold --cache keep --backend uring` for io_uring buffered, `--backend pread --threads N` for
+/// the pool, `--cache bypass --backend uring` for O_DIRECT; GB/s, median in brackets): on the 2-core dev
 /// box io_uring buffered (queue depth 32) ran 0.89-2.38 (1.55, 8 runs) against 0.61-0.99 (0.98)
 /// for the 2-thread `pread` pool and 1.27-1.85 (1.47) with 16 threads, O_DIRECT 1.82-2.46
 /// (1.96); on the 16-core H200 host they tied: 1.72-2.11 (1.88) against 1.77-2.07 (1.92) for 16
