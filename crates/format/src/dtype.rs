@@ -218,8 +218,28 @@ impl GgmlType {
     pub const F16: GgmlType = GgmlType(1);
     /// ggml's `GGML_TYPE_Q4_0`.
     pub const Q4_0: GgmlType = GgmlType(2);
+    /// ggml's `GGML_TYPE_Q4_1`.
+    pub const Q4_1: GgmlType = GgmlType(3);
+    /// ggml's `GGML_TYPE_Q5_0`.
+    pub const Q5_0: GgmlType = GgmlType(6);
+    /// ggml's `GGML_TYPE_Q5_1`.
+    pub const Q5_1: GgmlType = GgmlType(7);
     /// ggml's `GGML_TYPE_Q8_0`.
     pub const Q8_0: GgmlType = GgmlType(8);
+    /// ggml's `GGML_TYPE_Q2_K`.
+    pub const Q2_K: GgmlType = GgmlType(10);
+    /// ggml's `GGML_TYPE_Q3_K`.
+    pub const Q3_K: GgmlType = GgmlType(11);
+    /// ggml's `GGML_TYPE_Q4_K`.
+    pub const Q4_K: GgmlType = GgmlType(12);
+    /// ggml's `GGML_TYPE_Q5_K`.
+    pub const Q5_K: GgmlType = GgmlType(13);
+    /// ggml's `GGML_TYPE_Q6_K`.
+    pub const Q6_K: GgmlType = GgmlType(14);
+    /// ggml's `GGML_TYPE_IQ4_NL`.
+    pub const IQ4_NL: GgmlType = GgmlType(20);
+    /// ggml's `GGML_TYPE_IQ4_XS`.
+    pub const IQ4_XS: GgmlType = GgmlType(23);
     /// ggml's `GGML_TYPE_BF16`.
     pub const BF16: GgmlType = GgmlType(30);
 
@@ -294,6 +314,30 @@ mod tests {
                 assert_ne!(a.0, b.0);
                 assert_ne!(a.1, b.1);
             }
+        }
+    }
+
+    #[test]
+    fn named_constants_are_the_tables_types() {
+        let named = [
+            (GgmlType::F32, "F32"),
+            (GgmlType::F16, "F16"),
+            (GgmlType::Q4_0, "Q4_0"),
+            (GgmlType::Q4_1, "Q4_1"),
+            (GgmlType::Q5_0, "Q5_0"),
+            (GgmlType::Q5_1, "Q5_1"),
+            (GgmlType::Q8_0, "Q8_0"),
+            (GgmlType::Q2_K, "Q2_K"),
+            (GgmlType::Q3_K, "Q3_K"),
+            (GgmlType::Q4_K, "Q4_K"),
+            (GgmlType::Q5_K, "Q5_K"),
+            (GgmlType::Q6_K, "Q6_K"),
+            (GgmlType::IQ4_NL, "IQ4_NL"),
+            (GgmlType::IQ4_XS, "IQ4_XS"),
+            (GgmlType::BF16, "BF16"),
+        ];
+        for (ty, name) in named {
+            assert_eq!(GgmlType::from_name(name), Some(ty), "{name}");
         }
     }
 }

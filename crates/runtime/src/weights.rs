@@ -359,8 +359,8 @@ mod tests {
     fn dtypes() {
         assert!(supported_dtype(DType::BF16));
         assert!(supported_dtype(DType::Ggml(GgmlType::Q4_0)));
-        assert!(supported_dtype(DType::Ggml(GgmlType(12))), "Q4_K");
-        assert!(supported_dtype(DType::Ggml(GgmlType(14))), "Q6_K");
+        assert!(supported_dtype(DType::Ggml(GgmlType::Q4_K)), "Q4_K");
+        assert!(supported_dtype(DType::Ggml(GgmlType::Q6_K)), "Q6_K");
         assert!(!supported_dtype(DType::Ggml(GgmlType(16))), "IQ2_XXS");
         assert!(!supported_dtype(DType::Ggml(GgmlType(9999))), "unknown");
         assert!(!supported_dtype(DType::I64));

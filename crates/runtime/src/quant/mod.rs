@@ -18,36 +18,20 @@ use hoist_format::GgmlType;
 
 use crate::cpu::convert::{bf16_to_f32, f16_to_f32, f32_from_le};
 
-/// ggml type ids (`enum ggml_type`) of the quantized types read here; names and block sizes are
-/// the format crate's.
-mod id {
-    use hoist_format::GgmlType;
-    pub const Q4_1: GgmlType = GgmlType(3);
-    pub const Q5_0: GgmlType = GgmlType(6);
-    pub const Q5_1: GgmlType = GgmlType(7);
-    pub const Q2_K: GgmlType = GgmlType(10);
-    pub const Q3_K: GgmlType = GgmlType(11);
-    pub const Q4_K: GgmlType = GgmlType(12);
-    pub const Q5_K: GgmlType = GgmlType(13);
-    pub const Q6_K: GgmlType = GgmlType(14);
-    pub const IQ4_NL: GgmlType = GgmlType(20);
-    pub const IQ4_XS: GgmlType = GgmlType(23);
-}
-
 /// Every block-quantized type the CPU dequantizes.
 pub const QUANTIZED: &[GgmlType] = &[
     GgmlType::Q4_0,
-    id::Q4_1,
-    id::Q5_0,
-    id::Q5_1,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
-    id::Q2_K,
-    id::Q3_K,
-    id::Q4_K,
-    id::Q5_K,
-    id::Q6_K,
-    id::IQ4_NL,
-    id::IQ4_XS,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 /// The plain types read besides [`QUANTIZED`].
@@ -95,17 +79,17 @@ fn decoder(ty: GgmlType) -> Option<Decoder> {
         GgmlType::F16 => f16_to_f32,
         GgmlType::BF16 => bf16_to_f32,
         GgmlType::Q4_0 => legacy::dequantize_q4_0,
-        id::Q4_1 => legacy::dequantize_q4_1,
-        id::Q5_0 => legacy::dequantize_q5_0,
-        id::Q5_1 => legacy::dequantize_q5_1,
+        GgmlType::Q4_1 => legacy::dequantize_q4_1,
+        GgmlType::Q5_0 => legacy::dequantize_q5_0,
+        GgmlType::Q5_1 => legacy::dequantize_q5_1,
         GgmlType::Q8_0 => legacy::dequantize_q8_0,
-        id::Q2_K => kquants::dequantize_q2_k,
-        id::Q3_K => kquants::dequantize_q3_k,
-        id::Q4_K => kquants::dequantize_q4_k,
-        id::Q5_K => kquants::dequantize_q5_k,
-        id::Q6_K => kquants::dequantize_q6_k,
-        id::IQ4_NL => iquants::dequantize_iq4_nl,
-        id::IQ4_XS => iquants::dequantize_iq4_xs,
+        GgmlType::Q2_K => kquants::dequantize_q2_k,
+        GgmlType::Q3_K => kquants::dequantize_q3_k,
+        GgmlType::Q4_K => kquants::dequantize_q4_k,
+        GgmlType::Q5_K => kquants::dequantize_q5_k,
+        GgmlType::Q6_K => kquants::dequantize_q6_k,
+        GgmlType::IQ4_NL => iquants::dequantize_iq4_nl,
+        GgmlType::IQ4_XS => iquants::dequantize_iq4_xs,
         _ => return None,
     })
 }
@@ -187,17 +171,27 @@ mod tests {
     fn layouts_match_the_format_table() {
         let layouts: [(GgmlType, &str, usize, usize); 12] = [
             (GgmlType::Q4_0, "Q4_0", legacy::Q4_0_BYTES, legacy::QK),
-            (id::Q4_1, "Q4_1", legacy::Q4_1_BYTES, legacy::QK),
-            (id::Q5_0, "Q5_0", legacy::Q5_0_BYTES, legacy::QK),
-            (id::Q5_1, "Q5_1", legacy::Q5_1_BYTES, legacy::QK),
+            (GgmlType::Q4_1, "Q4_1", legacy::Q4_1_BYTES, legacy::QK),
+            (GgmlType::Q5_0, "Q5_0", legacy::Q5_0_BYTES, legacy::QK),
+            (GgmlType::Q5_1, "Q5_1", legacy::Q5_1_BYTES, legacy::QK),
             (GgmlType::Q8_0, "Q8_0", legacy::Q8_0_BYTES, legacy::QK),
-            (id::Q2_K, "Q2_K", kquants::Q2_K_BYTES, kquants::QK_K),
-            (id::Q3_K, "Q3_K", kquants::Q3_K_BYTES, kquants::QK_K),
-            (id::Q4_K, "Q4_K", kquants::Q4_K_BYTES, kquants::QK_K),
-            (id::Q5_K, "Q5_K", kquants::Q5_K_BYTES, kquants::QK_K),
-            (id::Q6_K, "Q6_K", kquants::Q6_K_BYTES, kquants::QK_K),
-            (id::IQ4_NL, "IQ4_NL", iquants::IQ4_NL_BYTES, legacy::QK),
-            (id::IQ4_XS, "IQ4_XS", iquants::IQ4_XS_BYTES, kquants::QK_K),
+            (GgmlType::Q2_K, "Q2_K", kquants::Q2_K_BYTES, kquants::QK_K),
+            (GgmlType::Q3_K, "Q3_K", kquants::Q3_K_BYTES, kquants::QK_K),
+            (GgmlType::Q4_K, "Q4_K", kquants::Q4_K_BYTES, kquants::QK_K),
+            (GgmlType::Q5_K, "Q5_K", kquants::Q5_K_BYTES, kquants::QK_K),
+            (GgmlType::Q6_K, "Q6_K", kquants::Q6_K_BYTES, kquants::QK_K),
+            (
+                GgmlType::IQ4_NL,
+                "IQ4_NL",
+                iquants::IQ4_NL_BYTES,
+                legacy::QK,
+            ),
+            (
+                GgmlType::IQ4_XS,
+                "IQ4_XS",
+                iquants::IQ4_XS_BYTES,
+                kquants::QK_K,
+            ),
         ];
         for (ty, name, bytes, elems) in layouts {
             assert_eq!(ty.name(), name);
@@ -230,7 +224,7 @@ mod tests {
         for _ in 0..4 {
             b.extend((0..32u8).map(|l| (l % 16) | ((l % 16) << 4)));
         }
-        let v = dequantize(id::Q4_K, &b, 256).unwrap();
+        let v = dequantize(GgmlType::Q4_K, &b, 256).unwrap();
         for (e, x) in v.iter().enumerate() {
             let (j, l) = (e / 32, e % 32);
             let want = (j as f32 + 1.0) * (l % 16) as f32 - 0.5 * j as f32;
@@ -242,7 +236,7 @@ mod tests {
         b.extend([0xaau8; 64]);
         b.extend((0..16).map(|g| (g as i8 - 8) as u8));
         b.extend([0x00, 0x40]);
-        let v = dequantize(id::Q6_K, &b, 256).unwrap();
+        let v = dequantize(GgmlType::Q6_K, &b, 256).unwrap();
         for (e, x) in v.iter().enumerate() {
             assert_eq!(*x, 2.0 * ((e / 16) as f32 - 8.0), "element {e}");
         }
