@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use hoist_format::TensorTable;
 use hoist_runtime::chat::{ChatTemplate, Message};
-use hoist_runtime::cpu::model::hf_config_path;
+use hoist_runtime::cpu::model::open_checkpoint;
 use hoist_runtime::cpu::CpuModel;
 use hoist_runtime::generate::{CpuSession, LogitsModel};
 use hoist_runtime::gpu::{GpuModel, GpuOptions, GpuSession, LoadStats};
@@ -296,11 +296,7 @@ impl Weights {
     /// Parses the checkpoint at `path` (a GGUF file, or a Hugging Face directory or file in one
     /// with its `config.json`) and finds the tensors the model needs.
     fn open(path: &Path) -> Result<Weights, RuntimeError> {
-        let table = TensorTable::open(path)?;
-        let config = match WeightSource::of(&table) {
-            WeightSource::Gguf => ModelConfig::from_gguf(&table)?,
-            WeightSource::HuggingFace => ModelConfig::from_hf_file(&hf_config_path(path))?,
-        };
+        let (table, config) = open_checkpoint(path)?;
         let map = WeightMap::resolve(&table, &config)?;
         let bytes = map.selection().iter().map(|&i| table.tensors[i].len).sum();
         Ok(Weights {

@@ -81,7 +81,7 @@ pub struct CpuModel {
 
 /// The `config.json` that goes with a Hugging Face checkpoint path (a directory, or a file in
 /// one).
-pub fn hf_config_path(path: &Path) -> PathBuf {
+fn hf_config_path(path: &Path) -> PathBuf {
     if path.is_dir() {
         path.join("config.json")
     } else {
@@ -89,15 +89,23 @@ pub fn hf_config_path(path: &Path) -> PathBuf {
     }
 }
 
+/// Opens a checkpoint (a GGUF file, or a Hugging Face directory or file in one with its
+/// `config.json`): its tensor table and model configuration, before any weight is read. Every
+/// loader (CPU, GPU, and callers that size a load first) starts here.
+pub fn open_checkpoint(path: &Path) -> Result<(TensorTable, ModelConfig), RuntimeError> {
+    let table = TensorTable::open(path)?;
+    let config = match WeightSource::of(&table) {
+        WeightSource::Gguf => ModelConfig::from_gguf(&table)?,
+        WeightSource::HuggingFace => ModelConfig::from_hf_file(&hf_config_path(path))?,
+    };
+    Ok((table, config))
+}
+
 impl CpuModel {
     /// Opens a checkpoint (a GGUF file, or a Hugging Face directory with `config.json`), loads
     /// its weights with hoist and converts them to f32.
     pub fn load(path: &Path) -> Result<CpuModel, RuntimeError> {
-        let table = TensorTable::open(path)?;
-        let config = match WeightSource::of(&table) {
-            WeightSource::Gguf => ModelConfig::from_gguf(&table)?,
-            WeightSource::HuggingFace => ModelConfig::from_hf_file(&hf_config_path(path))?,
-        };
+        let (table, config) = open_checkpoint(path)?;
         CpuModel::from_table(&table, config)
     }
 

@@ -23,10 +23,10 @@ use super::layers::{rope_fusable, Act, AttnDims, FusedRope, GemvOut, Mat, Ops, W
 use super::module::{default_cache_dir, Kernels};
 use super::GpuError;
 use crate::config::{ModelConfig, RopeStyle};
-use crate::cpu::model::hf_config_path;
+use crate::cpu::model::open_checkpoint;
 use crate::cpu::ForwardError;
 use crate::generate::LogitsModel;
-use crate::weights::{LayerTensor, WeightId, WeightMap, WeightSource};
+use crate::weights::{LayerTensor, WeightId, WeightMap};
 use crate::RuntimeError;
 
 mod greedy;
@@ -164,11 +164,7 @@ impl GpuModel {
     /// Opens a checkpoint (GGUF file or Hugging Face directory) and loads it onto the GPU.
     pub fn load(path: &Path, options: &GpuOptions) -> Result<GpuModel, RuntimeError> {
         crate::cuda_available().map_err(GpuError::NoGpu)?;
-        let table = TensorTable::open(path)?;
-        let config = match WeightSource::of(&table) {
-            WeightSource::Gguf => ModelConfig::from_gguf(&table)?,
-            WeightSource::HuggingFace => ModelConfig::from_hf_file(&hf_config_path(path))?,
-        };
+        let (table, config) = open_checkpoint(path)?;
         GpuModel::from_table(&table, config, options)
     }
 
