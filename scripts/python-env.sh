@@ -9,34 +9,20 @@
 # Alone: `bash scripts/python-env.sh DIR` does the same and checks what the tests will find.
 # HOIST_BASE_PYTHON picks the interpreter the venv is made from (default: python3 on PATH).
 
-# Installs pip into the venv at $1 from the pip wheel on PyPI, checked against PyPI's sha256.
-# For interpreters whose ensurepip is missing (Debian's python3 without python3-venv): this
-# needs neither root nor apt, only PyPI, which the pip installs below need anyway.
-hoist_bootstrap_pip() {
-  local venv=$1 wheel
-  wheel=$("$venv/bin/python" - "$venv" <<'PY'
-import hashlib, json, os, sys, urllib.parse, urllib.request
-index = "https://pypi.org/pypi/pip/json"
-with urllib.request.urlopen(index, timeout=60) as reply:
-    files = json.load(reply)["urls"]
-wheel = next((f for f in files if f["packagetype"] == "bdist_wheel"), None)
-if wheel is None:
-    sys.exit("error: PyPI lists no wheel for pip's latest release; install python3-venv instead")
-# Mirrors may answer with URLs relative to the index.
-with urllib.request.urlopen(urllib.parse.urljoin(index, wheel["url"]), timeout=120) as reply:
-    data = reply.read()
-if hashlib.sha256(data).hexdigest() != wheel["digests"]["sha256"]:
-    sys.exit(f"error: {wheel['filename']} from PyPI does not match its sha256; run again")
-path = os.path.join(sys.argv[1], wheel["filename"])
-with open(path, "wb") as out:
-    out.write(data)
-print(path, end="")
-PY
-  )
-  # pip runs from its own wheel (zipimport), as ensurepip runs it, to install itself.
-  PYTHONPATH="$wheel" "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    --no-index "$wheel"
-  rm -f "$wheel"
+# Installs what `python3 -m venv` needs where the interpreter lacks it (Debian's python3 without
+# python3-venv: no ensurepip): Debian's own package, through apt, as root (CI runs as root). $1 is
+# the interpreter.
+hoist_install_venv_support() {
+  local base=$1 minor
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "error: $base cannot make a virtualenv (no ensurepip); install python3-venv (Debian," \
+      "Ubuntu) or set HOIST_BASE_PYTHON to an interpreter that has it" >&2
+    return 1
+  fi
+  minor=$("$base" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  echo "   installing python3-venv and python$minor-venv with apt-get"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "python$minor-venv" python3-venv >/dev/null
 }
 
 # Makes the venv at $1 with pip in it.
@@ -54,10 +40,9 @@ hoist_make_venv() {
   local venv_log
   if ! venv_log=$("$base" -m venv "$venv" 2>&1); then
     echo "   $base -m venv failed (${venv_log%%$'\n'*}...)"
-    echo "   so: a venv without pip, then pip's wheel from PyPI"
     rm -rf "$venv"
-    "$base" -m venv --without-pip "$venv"
-    hoist_bootstrap_pip "$venv"
+    hoist_install_venv_support "$base"
+    "$base" -m venv "$venv"
   fi
 }
 
