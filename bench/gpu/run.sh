@@ -21,8 +21,10 @@ declare -A SCRIPT=(
   [q4-diag]=q4_diag.sh
   [decode-switches]=decode_switches.sh
   [ncu]=ncu.sh
+  [ab]=ab.sh
+  [gguf-peer]=gguf_peer.sh
 )
-ORDER="probe correctness load cache route python layout tune runtime-smoke logits speed q4-diag decode-switches ncu"
+ORDER="probe correctness load cache route python layout tune runtime-smoke logits speed q4-diag decode-switches ncu ab gguf-peer"
 
 usage() {
   echo "usage: bench/gpu/run.sh SUITE [ARGS...]   (see bench/gpu/README.md)"

@@ -10,7 +10,13 @@ and hands them to torch or numpy through DLPack without a copy.
 >>> model.load_state_dict(state_dict, assign=True)
 
 The tensors own their memory: it stays valid after the call and is freed when the last tensor
-sharing it is gone. See ``docs/python.md`` for torch, numpy, transformers and vLLM usage.
+sharing it is gone.
+
+``hoist.Model`` generates text with Llama-family models (through hoist's model host):
+
+>>> with hoist.Model("path/to/model", device="cuda:0") as m:
+...     print(m.complete("Why is the sky blue?", max_tokens=64).text)
+ See ``docs/python.md`` for torch, numpy, transformers and vLLM usage.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Se
 
 from . import _hoist
 from ._errors import CheckpointError, DeviceError, HoistError, HoistIOError, SelectionError
+from ._generate import Completion, Generation, Model
 
 __all__ = [
     "load_file",
@@ -28,6 +35,9 @@ __all__ = [
     "tensor_infos",
     "cuda_available",
     "TensorInfo",
+    "Model",
+    "Generation",
+    "Completion",
     "HoistError",
     "CheckpointError",
     "HoistIOError",

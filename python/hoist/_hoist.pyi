@@ -67,4 +67,43 @@ class Table:
         cache: str = "auto",
     ) -> Stream: ...
 
+class Generation(Iterator[str]):
+    """One reply being generated; iterating yields its text pieces."""
+
+    def __iter__(self) -> "Generation": ...
+    def __next__(self) -> str: ...
+    def cancel(self) -> None: ...
+    def result(self) -> Tuple[str, List[int], Dict[str, Any]]: ...
+
+class Model:
+    """A model on the engine's owner thread."""
+
+    def __init__(
+        self,
+        path: Union[str, PathLike],
+        cuda: Optional[int] = None,
+        context: Optional[int] = None,
+        raw: bool = False,
+        pool_size: int = 4,
+    ) -> None: ...
+    @property
+    def context(self) -> int: ...
+    def encode(self, prompt: str) -> List[int]: ...
+    def generate(
+        self,
+        prompt: Optional[str] = None,
+        messages: Optional[List[Tuple[str, str]]] = None,
+        tokens: Optional[List[int]] = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        stop: List[str] = ...,
+        session: Optional[str] = None,
+    ) -> Generation: ...
+    def close(self) -> None: ...
+
 def cuda_status(ordinal: int) -> Tuple[bool, str]: ...

@@ -73,6 +73,55 @@ impl From<LoadError> for Error {
     }
 }
 
+impl From<hoist_runtime::RuntimeError> for Error {
+    fn from(e: hoist_runtime::RuntimeError) -> Error {
+        use hoist_runtime::RuntimeError as R;
+        match e {
+            R::Format(e) => e.into(),
+            R::Load(e) => e.into(),
+            R::Gpu(e) => Error::Device(e.to_string()),
+            e => Error::Checkpoint(e.to_string()),
+        }
+    }
+}
+
+impl From<hoist_engine::EngineError> for Error {
+    fn from(e: hoist_engine::EngineError) -> Error {
+        use hoist_engine::EngineError as E;
+        // The whole chain in one message: the engine's errors say what failed, their sources
+        // why.
+        let mut msg = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            msg = format!("{msg}: {c}");
+            cause = c.source();
+        }
+        match e {
+            E::Load { source, .. } => match Error::from(*source) {
+                Error::Io(_) => Error::Io(msg),
+                Error::Device(_) => Error::Device(msg),
+                _ => Error::Checkpoint(msg),
+            },
+            E::NoTokenizerJson { .. }
+            | E::NoGgufTokenizer { .. }
+            | E::Tokenizer { .. }
+            | E::Template { .. } => Error::Checkpoint(msg),
+            // Memory for the KV cache could not be had.
+            E::KvCache { .. } => Error::Io(msg),
+            E::EmptyPrompt
+            | E::Prompt { .. }
+            | E::PromptTooLong { .. }
+            | E::Sampling(_)
+            | E::NoTokensAsked => Error::Usage(msg),
+            E::Generate { source, .. } | E::Benchmark { source, .. } => match *source {
+                hoist_runtime::RuntimeError::Gpu(_) => Error::Device(msg),
+                _ => Error::Internal(msg),
+            },
+            E::Spawn(_) | E::Stopped { .. } => Error::Internal(msg),
+        }
+    }
+}
+
 impl Error {
     /// A caught panic, as an internal error with the panic's message.
     pub fn internal_panic(p: Box<dyn std::any::Any + Send>) -> Error {

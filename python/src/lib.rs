@@ -4,12 +4,14 @@
 //! [`Table`], and the [`Tensor`]s that come back into torch tensors or numpy arrays through
 //! DLPack ([`dlpack`]). Loads run with the GIL released; errors become the exception classes
 //! of `hoist._errors` with the Rust message (file and tensor named); a panic becomes a
-//! `HoistError` instead of taking the interpreter down.
+//! `HoistError` instead of taking the interpreter down. [`model::Model`] generates text through
+//! the model host, `hoist-engine`.
 
 mod dlpack;
 mod errors;
 #[cfg(feature = "cuda")]
 mod gpu;
+mod model;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -489,6 +491,8 @@ impl Table {
     /// Loads the tensors at `indices` onto `cuda` (a GPU ordinal) or host memory (None), with
     /// the GIL released; returns them in file order.
     #[pyo3(signature = (indices, cuda=None, bf16_as_u16=false, backend="auto", threads=None, cache="auto"))]
+    // The Python keyword arguments, one parameter each.
+    #[allow(clippy::too_many_arguments)]
     fn load(
         &self,
         py: Python<'_>,
@@ -528,6 +532,8 @@ impl Table {
     /// Starts loading the tensors at `indices` on a background thread; the returned iterator
     /// yields each as it completes.
     #[pyo3(signature = (indices, cuda=None, bf16_as_u16=false, backend="auto", threads=None, cache="auto"))]
+    // The Python keyword arguments, one parameter each.
+    #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
         py: Python<'_>,
@@ -638,6 +644,8 @@ fn _hoist(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Table>()?;
     m.add_class::<Tensor>()?;
     m.add_class::<Stream>()?;
+    m.add_class::<model::Model>()?;
+    m.add_class::<model::Generation>()?;
     m.add_function(wrap_pyfunction!(cuda_status, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("GPU_SUPPORT", cfg!(feature = "cuda"))?;

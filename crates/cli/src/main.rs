@@ -263,7 +263,9 @@ fn main() -> ExitCode {
     // First: `hoist run` reports time to first token from process start.
     let start = std::time::Instant::now();
     end_quietly_on_closed_pipe();
-    let matches = Cli::command().get_matches();
+    let matches = Cli::command()
+        .mut_subcommand("run", |c| c.after_help(run::env_footer()))
+        .get_matches();
     if let Err(e) = refuse_gpu_flags_on_cpu(&matches) {
         e.exit();
     }

@@ -1,10 +1,10 @@
 //! `hoist run`: generate text with a Llama-family model, for one prompt (`--prompt`), as an
 //! interactive chat on stdin, or as a speed benchmark against the machine's limits
-//! (`--benchmark`).
+//! (`--benchmark`). A client of the model host ([`hoist_engine`]): the engine loads the model
+//! and generates; this module parses arguments, draws the load's progress, streams text to the
+//! terminal and formats the summaries.
 //!
-//! - [`model`]: the checkpoint's tokenizer and chat template, the model on its device, and a
-//!   session that remembers which tokens its KV cache holds.
-//! - [`turn`]: one reply: feed what the KV cache lacks, generate, time it.
+//! - [`turn`]: one reply through the engine, its summary line, and stdout.
 //! - [`oneshot`]: `--prompt`, streamed or as one JSON object.
 //! - [`chat`]: the interactive loop and its commands.
 //! - [`input`]: the chat's stdin lines and Ctrl-C.
@@ -13,21 +13,46 @@
 mod bench;
 mod chat;
 mod input;
-mod model;
 mod oneshot;
 mod turn;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use hoist_engine::{Checkpoint, Engine, EngineError, EngineOptions, Input, Request, Weights};
 use hoist_runtime::chat::Message;
-use hoist_runtime::generate::GenerateOptions;
+use hoist_runtime::gpu::LoadStats;
+use hoist_runtime::placement::Placement;
 use hoist_runtime::sampler::SamplingParams;
-use hoist_runtime::ModelConfig;
 
+use crate::util::{human_bytes, Progress};
 use crate::Device;
-use model::{check_device, Checkpoint, Model};
+
+/// `hoist run --help`'s footer: the environment variables that override the GPU runtime's
+/// options (docs/run.md, "GPU options", has the table with defaults).
+pub fn env_footer() -> String {
+    const LOG: (&str, &str) = (
+        "HOIST_LOG",
+        "log filter, as tracing's EnvFilter reads it (e.g. debug)",
+    );
+    let vars: Vec<(&str, &str)> = hoist_runtime::gpu::ENV_OVERRIDES
+        .iter()
+        .copied()
+        .chain([LOG])
+        .collect();
+    let width = vars.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    let mut text = String::from(
+        "Environment overrides of the GPU runtime's options, for diagnosis and tuning \
+         (docs/run.md, \"GPU options\"):",
+    );
+    for (name, what) in vars {
+        text.push_str(&format!("\n  {name:<width$}  {what}"));
+    }
+    text
+}
 
 /// Most new tokens per reply without `--benchmark`.
 pub const DEFAULT_MAX_TOKENS: usize = 512;
@@ -35,8 +60,6 @@ pub const DEFAULT_MAX_TOKENS: usize = 512;
 pub const DEFAULT_BENCH_TOKENS: usize = 128;
 /// Prompt tokens of the prefill timed by `--benchmark`.
 pub const DEFAULT_BENCH_PROMPT_TOKENS: usize = 512;
-/// The default context never exceeds this many positions (KV cache memory grows with it).
-pub const DEFAULT_CONTEXT_CAP: usize = 4096;
 
 /// Arguments of `hoist run`.
 #[derive(clap::Args, Debug)]
@@ -135,23 +158,18 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Generation options for a reply of at most `max_tokens` tokens, ending at `stop_tokens`;
-    /// `turn` varies the seed so that each reply of a chat draws fresh randomness while the
-    /// whole chat still repeats for one `--seed`.
-    pub fn generate_options(
-        &self,
-        max_tokens: usize,
-        stop_tokens: &[u32],
-        turn: u64,
-    ) -> GenerateOptions {
-        GenerateOptions {
-            max_tokens,
+    /// The request for `input`; `turn` varies the seed so that each reply of a chat draws fresh
+    /// randomness while the whole chat still repeats for one `--seed`; `cancel` (Ctrl-C's
+    /// flag) stops it.
+    pub fn request(&self, input: Input, turn: u64, cancel: Option<Arc<AtomicBool>>) -> Request {
+        Request {
             sampling: SamplingParams {
                 seed: self.sampling.seed.wrapping_add(turn),
                 ..self.sampling
             },
             stop_strings: self.args.stop.clone(),
-            stop_tokens: stop_tokens.to_vec(),
+            cancel,
+            ..Request::new(input, self.sampling, self.max_tokens)
         }
     }
 }
@@ -203,7 +221,7 @@ fn check(args: Args, process_start: Instant) -> anyhow::Result<Settings> {
         top_p: args.top_p,
         min_p: args.min_p,
         repetition_penalty: args.repeat_penalty,
-        seed: args.seed.unwrap_or_else(clock_seed),
+        seed: args.seed.unwrap_or_else(hoist_engine::clock_seed),
     };
     sampling.validate().map_err(|e| {
         let flag = match e.name {
@@ -227,30 +245,51 @@ fn check(args: Args, process_start: Instant) -> anyhow::Result<Settings> {
     })
 }
 
-/// A seed from the clock and the process id, for runs without `--seed`.
-fn clock_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (u64::from(std::process::id()) << 32)
-}
-
-/// The context when `--context` is not given (one-shot runs raise it to fit the reply).
-pub fn default_context(config: &ModelConfig) -> usize {
-    config.max_position_embeddings.clamp(1, DEFAULT_CONTEXT_CAP)
-}
-
-/// Warns when the context (`--context`, or the one-shot default raised to fit the reply) has
-/// more positions than the model was trained for: it runs, but rotary positions beyond
-/// training usually degrade the output.
-fn warn_long_context(context: usize, config: &ModelConfig) {
-    if context > config.max_position_embeddings {
-        eprintln!(
-            "warning: the context of {context} positions is beyond the {} positions the model \
-             was trained for",
-            config.max_position_embeddings
-        );
+/// Fails with what to do instead when `device` cannot run the model.
+fn check_device(device: &Device) -> anyhow::Result<()> {
+    let Device::Cuda(n) = *device else {
+        return Ok(());
+    };
+    match hoist_runtime::cuda_available() {
+        Err(why) => anyhow::bail!(
+            "hoist run needs an NVIDIA GPU with CUDA: {why}. `--device cpu` runs the f32 CPU \
+             reference instead (slow: for tiny models and tests)"
+        ),
+        Ok(count) if n >= count => anyhow::bail!(
+            "{device} does not exist: this machine has {count} GPU(s), {} to {}",
+            Device::Cuda(0),
+            Device::Cuda(count - 1)
+        ),
+        Ok(_) => Ok(()),
     }
+}
+
+/// The engine's name for `device`.
+fn engine_device(device: &Device) -> hoist_engine::Device {
+    match *device {
+        Device::Cpu => hoist_engine::Device::Cpu,
+        Device::Cuda(n) => hoist_engine::Device::Cuda(n),
+    }
+}
+
+/// An engine error in the words of `hoist run`: a KV cache too large names `--context`.
+fn cli_error(e: EngineError) -> anyhow::Error {
+    match e {
+        EngineError::KvCache { context, source } => anyhow::Error::new(*source).context(format!(
+            "cannot make a KV cache of {context} positions (a smaller --context needs less memory)"
+        )),
+        e => anyhow::Error::new(e),
+    }
+}
+
+/// Reads the checkpoint's tokenizer and chat template (`--raw`: none), saying on stderr what
+/// the user should know (a missing chat template).
+fn open_checkpoint(a: &Args) -> anyhow::Result<Checkpoint> {
+    let ck = Checkpoint::open(&a.model, a.raw).map_err(cli_error)?;
+    for note in &ck.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(ck)
 }
 
 /// The conversation's start: the `--system` message, unless raw mode has no place for it
@@ -266,57 +305,55 @@ fn system_messages(s: &Settings, ck: &Checkpoint) -> Vec<Message> {
     }
 }
 
-/// A model loaded to reply with, and what goes with it.
-struct Loaded {
-    model: Model,
-    load_seconds: f64,
-    /// Positions of the KV cache.
-    context: usize,
-    /// Tokens that end a reply.
-    stop_tokens: Vec<u32>,
-}
-
-/// Loads the model for `ck`, works out its context with `context` (from the model's
-/// configuration), warns about a tokenizer that does not fit the model or a context beyond
-/// training, and prints the setup with `--verbose`.
-fn load(
-    s: &Settings,
-    ck: &Checkpoint,
-    context: impl FnOnce(&ModelConfig) -> usize,
-) -> anyhow::Result<Loaded> {
-    let (model, load_seconds) = Model::load(&s.args.model, &s.args.device)?;
-    let config = model.config();
-    ck.check_vocab(config);
-    let context = context(config);
-    warn_long_context(context, config);
-    let stop_tokens = ck.stop_tokens(config);
-    if s.args.verbose {
-        print_setup(s, ck, &model, context, &stop_tokens, load_seconds);
+/// Loads the model with the tokenizer of `ck` through the engine, saying so on stderr first (a
+/// large model takes seconds) with a progress bar on a terminal; its context is `--context`, or
+/// the model's default raised to `min_context`. Prints the engine's warnings (a tokenizer that
+/// does not fit the model, a context beyond training), and the setup with `--verbose`.
+fn load(s: &Settings, ck: Checkpoint, min_context: usize) -> anyhow::Result<Engine> {
+    let a = &s.args;
+    let device = engine_device(&a.device);
+    if a.device == Device::Cpu {
+        eprintln!(
+            "warning: --device cpu runs the f32 CPU reference: slow, for tiny models and tests"
+        );
     }
-    Ok(Loaded {
-        model,
-        load_seconds,
-        context,
-        stop_tokens,
-    })
+    eprintln!("loading {} onto {device} …", a.model.display());
+    let weights = Weights::open(&a.model, device).map_err(cli_error)?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let bar = Progress::start(counter.clone(), weights.weight_bytes(), "loading", true);
+    let options = EngineOptions {
+        device,
+        context: a.context,
+        min_context,
+        // One conversation at a time: one KV cache.
+        pool_size: 1,
+        progress: Some(counter),
+        raw: a.raw,
+    };
+    let engine = Engine::start(ck, weights, Placement::default(), options);
+    // Cleared before an error is printed.
+    drop(bar);
+    let engine = engine.map_err(cli_error)?;
+    for w in &engine.info().warnings {
+        eprintln!("warning: {w}");
+    }
+    if a.verbose {
+        print_setup(s, &engine);
+    }
+    Ok(engine)
 }
 
 /// `--verbose`: what was loaded and the settings in force, on stderr.
-fn print_setup(
-    s: &Settings,
-    ck: &Checkpoint,
-    model: &Model,
-    context: usize,
-    stop_tokens: &[u32],
-    load_seconds: f64,
-) {
-    let c = model.config();
+fn print_setup(s: &Settings, engine: &Engine) {
+    let info = engine.info();
+    let ck = engine.checkpoint();
+    let c = &info.config;
     eprintln!(
-        "model: {:?}, {} layers, width {}, vocabulary {}, loaded in {load_seconds:.3} s",
-        c.arch, c.num_layers, c.hidden_size, c.vocab_size
+        "model: {:?}, {} layers, width {}, vocabulary {}, loaded in {:.3} s",
+        c.arch, c.num_layers, c.hidden_size, c.vocab_size, info.load_seconds
     );
-    if let Some(stats) = model.gpu_stats() {
-        eprintln!("gpu: {}", model::describe_gpu_load(stats));
+    if let Some(stats) = &info.gpu {
+        eprintln!("gpu: {}: {}", stats.device, gpu_load_details(stats));
     }
     let p = &s.sampling;
     eprintln!(
@@ -324,10 +361,11 @@ fn print_setup(
         p.seed, p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty
     );
     eprintln!(
-        "context: {context} positions (the model was trained for {}); chat template: {}",
-        c.max_position_embeddings, ck.template_origin
+        "context: {} positions (the model was trained for {}); chat template: {}",
+        info.context, c.max_position_embeddings, ck.template_origin
     );
-    let stops: Vec<String> = stop_tokens
+    let stops: Vec<String> = info
+        .stop_tokens
         .iter()
         .map(|&id| format!("{} ({id})", ck.token_text(id)))
         .collect();
@@ -339,4 +377,23 @@ fn print_setup(
         },
         s.args.stop
     );
+}
+
+/// What the parts of a GPU load took: device context, kernels, weights, the whole load.
+fn gpu_load_details(s: &LoadStats) -> String {
+    format!(
+        "device context {:.3} s, kernels {:.3} s ({}), weights {} in {:.3} s ({:.2} GB/s), \
+         whole load {:.3} s",
+        s.context_seconds,
+        s.kernel_seconds,
+        if s.kernels_cached {
+            "from the disk cache"
+        } else {
+            "compiled"
+        },
+        human_bytes(s.weight_bytes),
+        s.weights_seconds,
+        crate::util::gbps(s.weight_bytes, s.weights_seconds),
+        s.seconds
+    )
 }

@@ -299,3 +299,21 @@ fn unknown_ggml_types_are_skipped_and_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn run_help_lists_every_environment_override() {
+    let out = hoist(&["run", "--help"]);
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let footer = help
+        .split_once("Environment overrides")
+        .map(|(_, f)| f)
+        .unwrap_or_else(|| panic!("no environment footer in:\n{help}"));
+    for (name, what) in hoist_runtime::gpu::ENV_OVERRIDES {
+        let line = footer
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing from the footer:\n{footer}"));
+        assert!(line.ends_with(what), "{line:?} does not say {what:?}");
+    }
+}

@@ -11,16 +11,12 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use cudarc::cufile::{result as cf, sys as cfsys};
-use hoist_io::plan::Plan;
 use serde::Serialize;
 
-use crate::driver::Gpu;
-use crate::first_error::FirstError;
-use crate::tensors::{DestLayout, Destinations};
+use crate::chunk_pool::{ChunkLoad, ChunkWorker};
+use crate::tensors::DestLayout;
 use crate::CudaError;
 
 /// What this machine offers of cuFile.
@@ -87,16 +83,10 @@ impl Drop for Handle {
     }
 }
 
-/// Reads every chunk of `plan` into `dest` with cuFile on `threads` threads; calls `finish`
-/// with each chunk index once its bytes are on the device. Returns bytes read.
-pub(crate) fn load(
-    gpu: &Arc<Gpu>,
-    plan: &Plan,
-    dest: &Destinations,
-    threads: usize,
-    finish: &(dyn Fn(usize) + Sync),
-) -> Result<u64, CudaError> {
-    if dest.layout() != DestLayout::Regions {
+/// Reads every chunk of the load into its region buffers with cuFile. Returns bytes read.
+pub(crate) fn load(load: &ChunkLoad<'_>) -> Result<u64, CudaError> {
+    let plan = load.plan;
+    if load.dest.layout() != DestLayout::Regions {
         return Err(CudaError::Config(
             "the cuFile path reads whole chunks into region buffers; use the regions layout (hoist: --gpu-layout regions)".into(),
         ));
@@ -108,7 +98,7 @@ pub(crate) fn load(
             reason: status.summary,
         });
     }
-    gpu.make_current()?;
+    load.gpu.make_current()?;
     cf::driver_open().map_err(cf_err("driver open"))?;
     let _driver = Driver;
     let mut handles = Vec::with_capacity(plan.files.len());
@@ -136,73 +126,69 @@ pub(crate) fn load(
         })?;
         handles.push(Handle { raw, _file: file });
     }
-    let next = AtomicUsize::new(0);
-    let failed = FirstError::default();
-    let bytes = std::sync::atomic::AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, 256).min(plan.chunks.len().max(1)) {
-            s.spawn(|| {
-                let run = || -> Result<(), CudaError> {
-                    gpu.make_current()?;
-                    while !failed.aborted() {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(c) = plan.chunks.get(i) else {
-                            return Ok(());
-                        };
-                        let base = dest.region_ptr(c.region);
-                        let mut done = 0u64;
-                        while done < c.need {
-                            // SAFETY: the destination [region_offset + done, region_offset + len)
-                            // lies inside the region's allocation (chunks are inside regions);
-                            // the handle is registered for this load.
-                            let n = unsafe {
-                                cfsys::cuFileRead(
-                                    handles[c.file].raw,
-                                    base as *mut c_void,
-                                    (c.len - done) as usize,
-                                    (c.file_offset + done) as cfsys::off_t,
-                                    (c.region_offset + done) as cfsys::off_t,
-                                )
-                            };
-                            let path = &plan.files[c.file].path;
-                            if n < 0 {
-                                let reason = if n == -1 {
-                                    std::io::Error::last_os_error().to_string()
-                                } else {
-                                    format!("cuFile error {}", -n)
-                                };
-                                return Err(CudaError::CufileRead {
-                                    path: path.clone(),
-                                    offset: c.file_offset + done,
-                                    len: c.len - done,
-                                    reason,
-                                });
-                            }
-                            if n == 0 {
-                                return Err(CudaError::CufileRead {
-                                    path: path.clone(),
-                                    offset: c.file_offset + done,
-                                    len: c.len - done,
-                                    reason: format!(
-                                        "file ended; the header places data up to {}",
-                                        c.file_offset + c.need
-                                    ),
-                                });
-                            }
-                            done += n as u64;
-                        }
-                        bytes.fetch_add(c.need, Ordering::Relaxed);
-                        finish(i);
-                    }
-                    Ok(())
-                };
-                if let Err(e) = run() {
-                    failed.record(e);
-                }
-            });
-        }
-    });
-    failed.into_result()?;
+    let bytes = load.run(|| {
+        Ok(CufileWorker {
+            load,
+            handles: &handles,
+        })
+    })?;
     drop(handles);
-    Ok(bytes.into_inner())
+    Ok(bytes)
+}
+
+/// One thread of the cuFile load: reads each chunk it takes whole, synchronously.
+struct CufileWorker<'a> {
+    load: &'a ChunkLoad<'a>,
+    handles: &'a [Handle],
+}
+
+impl ChunkWorker for CufileWorker<'_> {
+    fn start(&mut self, index: usize, done: &dyn Fn(usize)) -> Result<(), CudaError> {
+        let plan = self.load.plan;
+        let c = &plan.chunks[index];
+        let base = self.load.dest.region_ptr(c.region);
+        let path = &plan.files[c.file].path;
+        let mut read = 0u64;
+        while read < c.need {
+            // SAFETY: the destination [region_offset + read, region_offset + len) lies inside
+            // the region's allocation (chunks are inside regions); the handle is registered
+            // for this load.
+            let n = unsafe {
+                cfsys::cuFileRead(
+                    self.handles[c.file].raw,
+                    base as *mut c_void,
+                    (c.len - read) as usize,
+                    (c.file_offset + read) as cfsys::off_t,
+                    (c.region_offset + read) as cfsys::off_t,
+                )
+            };
+            let failed = |reason: String| CudaError::CufileRead {
+                path: path.clone(),
+                offset: c.file_offset + read,
+                len: c.len - read,
+                reason,
+            };
+            if n < 0 {
+                return Err(failed(if n == -1 {
+                    std::io::Error::last_os_error().to_string()
+                } else {
+                    format!("cuFile error {}", -n)
+                }));
+            }
+            if n == 0 {
+                return Err(failed(format!(
+                    "file ended; the header places data up to {}",
+                    c.file_offset + c.need
+                )));
+            }
+            read += n as u64;
+        }
+        done(index);
+        Ok(())
+    }
+
+    fn complete(&mut self, _done: &dyn Fn(usize)) -> Result<(), CudaError> {
+        // Every read finished inside `start`.
+        Ok(())
+    }
 }

@@ -102,9 +102,8 @@ unsafe impl Send for Gpu {}
 unsafe impl Sync for Gpu {}
 
 impl Gpu {
-    /// Turns the result code of driver call `call` on this GPU into a typed error (for callers
-    /// that use the driver API directly, through `cudarc::driver::sys`).
-    pub fn check(&self, call: &'static str, r: sys::CUresult) -> Result<(), CudaError> {
+    /// Turns the result code of driver call `call` on this GPU into a typed error.
+    pub(crate) fn check(&self, call: &'static str, r: sys::CUresult) -> Result<(), CudaError> {
         check(call, self.ordinal, r)
     }
 
@@ -159,9 +158,22 @@ impl Gpu {
         self.ordinal
     }
 
-    /// The driver's device handle, for attribute queries this crate does not wrap.
-    pub fn device(&self) -> sys::CUdevice {
-        self.device
+    /// Reads a device attribute.
+    pub fn attribute(&self, attribute: DeviceAttribute) -> Result<i32, CudaError> {
+        let mut v = 0i32;
+        // SAFETY: out-pointer to a local; the device handle is valid for the process.
+        self.check("cuDeviceGetAttribute", unsafe {
+            sys::cuDeviceGetAttribute(&mut v, attribute.raw(), self.device)
+        })?;
+        Ok(v)
+    }
+
+    /// Compute capability `(major, minor)`, e.g. `(9, 0)` for Hopper.
+    pub fn compute_capability(&self) -> Result<(i32, i32), CudaError> {
+        Ok((
+            self.attribute(DeviceAttribute::ComputeCapabilityMajor)?,
+            self.attribute(DeviceAttribute::ComputeCapabilityMinor)?,
+        ))
     }
 
     /// Device name, e.g. "NVIDIA H100 80GB HBM3".
@@ -217,6 +229,37 @@ impl Drop for Gpu {
     }
 }
 
+/// The device attributes hoist reads ([`Gpu::attribute`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceAttribute {
+    /// Major compute capability.
+    ComputeCapabilityMajor,
+    /// Minor compute capability.
+    ComputeCapabilityMinor,
+    /// Most shared memory one block may opt in to, bytes (above the 48 KiB default; see
+    /// [`crate::Module::set_max_dynamic_shared_bytes`]).
+    MaxSharedMemoryPerBlockOptin,
+    /// Whether the device can DMA from host memory registered read-only (1) or not (0).
+    ReadOnlyHostRegisterSupported,
+}
+
+impl DeviceAttribute {
+    fn raw(self) -> sys::CUdevice_attribute {
+        use sys::CUdevice_attribute::*;
+        match self {
+            DeviceAttribute::ComputeCapabilityMajor => CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+            DeviceAttribute::ComputeCapabilityMinor => CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+            DeviceAttribute::MaxSharedMemoryPerBlockOptin => {
+                CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+            }
+            DeviceAttribute::ReadOnlyHostRegisterSupported => {
+                CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED
+            }
+        }
+    }
+}
+
 /// The CUDA driver's version, e.g. 13000 for 13.0.
 pub fn driver_version() -> Result<i32, CudaError> {
     init()?;
@@ -228,7 +271,7 @@ pub fn driver_version() -> Result<i32, CudaError> {
     Ok(v)
 }
 
-/// Number of CUDA devices.
+/// Number of CUDA devices (checks the driver library first: never panics without one).
 pub fn device_count() -> Result<usize, CudaError> {
     init()?;
     let mut count = 0i32;
@@ -502,7 +545,7 @@ impl PinnedBuf {
             len,
             how,
         };
-        if ptr.as_ptr() as usize % 4096 != 0 {
+        if !(ptr.as_ptr() as usize).is_multiple_of(4096) {
             return Err(err(format!("{:p} is not 4 KiB aligned", ptr)));
         }
         Ok(buf)
@@ -564,10 +607,15 @@ impl Stream {
         })
     }
 
-    /// The driver's handle, for calls this crate does not wrap (kernel launches, cuBLAS). Valid
+    /// The driver's handle (for the launches, captures and cuBLAS calls of this crate). Valid
     /// while the stream lives.
-    pub fn raw(&self) -> sys::CUstream {
+    pub(crate) fn raw(&self) -> sys::CUstream {
         self.raw
+    }
+
+    /// The device the stream belongs to.
+    pub(crate) fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
     }
 
     /// Waits for everything queued on the stream.
@@ -576,6 +624,18 @@ impl Stream {
         // SAFETY: raw is a live stream of this context.
         check("cuStreamSynchronize", self.gpu.ordinal, unsafe {
             sys::cuStreamSynchronize(self.raw)
+        })
+    }
+}
+
+impl Stream {
+    /// Makes work queued on this stream after now wait until `event` (as last recorded)
+    /// completes, without blocking the host.
+    pub fn wait(&self, event: &Event) -> Result<(), CudaError> {
+        self.gpu.make_current()?;
+        // SAFETY: both handles are live in this context.
+        check("cuStreamWaitEvent", self.gpu.ordinal, unsafe {
+            sys::cuStreamWaitEvent(self.raw, event.raw, 0)
         })
     }
 }

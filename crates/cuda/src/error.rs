@@ -55,6 +55,33 @@ pub enum CudaError {
         /// Why it failed.
         reason: String,
     },
+    /// A CUDA library hoist loads at run time (NVRTC, cuBLAS) cannot be loaded or answered
+    /// wrongly.
+    #[error("cannot load {library}: {reason}; install the CUDA toolkit's runtime libraries (e.g. the nvidia-cublas and nvidia-cuda-nvrtc packages) and put them on LD_LIBRARY_PATH")]
+    Library {
+        /// The library.
+        library: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// NVRTC refused to compile a program.
+    #[error("NVRTC could not compile {program}: {log}")]
+    Compile {
+        /// The program's name.
+        program: String,
+        /// NVRTC's result code and log.
+        log: String,
+    },
+    /// A cuBLAS call failed.
+    #[error("cuBLAS {call} failed on cuda:{ordinal}: {status}")]
+    Blas {
+        /// The cuBLAS function.
+        call: &'static str,
+        /// The device.
+        ordinal: usize,
+        /// cuBLAS's status.
+        status: String,
+    },
     /// A configuration value is out of range.
     #[error("invalid GPU load configuration: {0}")]
     Config(String),

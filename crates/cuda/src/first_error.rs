@@ -1,5 +1,5 @@
 //! The first error of a pool of worker threads, and the flag that tells the others to stop
-//! (the cuFile and page-cache-mapped loads and the verification run one such pool each).
+//! (the chunk pool of the cuFile and page-cache-mapped loads, and the verification).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

@@ -9,15 +9,26 @@
 //! - **cuFile** (GPUDirect Storage): reads straight into device memory; `auto` takes it only
 //!   where it is really direct (nvidia-fs loaded), since compatibility mode is a slower ring.
 //!
+//! This crate is the only one of hoist that calls CUDA: besides loading it wraps what the
+//! inference runtime needs (NVRTC compilation, modules and kernel launches, CUDA graphs,
+//! cuBLAS, device attributes), each call checked into a [`CudaError`].
+//!
 //! CUDA is reached through cudarc with dynamic loading: nothing CUDA is needed to build, and
 //! [`probe`] checks that the driver library can be loaded before cudarc is touched (cudarc
 //! panics when it is absent), so machines without a GPU get an error, never a panic.
 
+pub mod blas;
+mod chunk_pool;
 mod cufile;
 mod driver;
 mod first_error;
+mod graph;
+mod loader;
 mod mapped;
+mod module;
+mod nvrtc;
 mod ring;
+mod slice;
 mod tensors;
 
 mod error;
@@ -32,11 +43,23 @@ use hoist_io::{Backend, EngineConfig, LoadReport};
 use serde::Serialize;
 
 pub use cufile::{cufile_status, CufileStatus};
-pub use driver::{driver_library, DeviceBuf, Event, Gpu, PinnedAlloc, PinnedBuf, Stream};
+pub use driver::{
+    device_count, driver_library, DeviceAttribute, DeviceBuf, Event, Gpu, PinnedAlloc, PinnedBuf,
+    Stream,
+};
 pub use error::CudaError;
+pub use graph::Graph;
+pub use loader::{
+    pinned_loader_stats, release_pinned_loaders, PinnedLoaderStats, LOADER_IDLE_RELEASE_SECONDS,
+};
+pub use module::{Function, LaunchConfig, Module};
+pub use nvrtc::{compile_cubin, nvrtc_available, nvrtc_version, Program};
+pub use slice::{DevSlice, SliceError};
 pub use tensors::{DestLayout, GpuTensor, GpuTensors, Verification, PACKED_ALIGN_BYTES};
 
-use ring::RingSink;
+use chunk_pool::ChunkLoad;
+use loader::PinnedLoader;
+use ring::RingRequest;
 use tensors::Destinations;
 
 /// Which road bytes take to the GPU (`--gpu-path`).
@@ -230,7 +253,7 @@ pub struct GpuLoadReport {
     /// synchronization (the device context excluded when it was already open).
     pub seconds: f64,
     /// Seconds of that spent before the first read: planning, device allocation, pinning the
-    /// ring, residency sampling.
+    /// ring (unless an earlier load's was reused), residency sampling.
     pub setup_seconds: f64,
     /// Seconds spent opening the device's context in this call (0 when it was open already).
     pub context_seconds: f64,
@@ -244,6 +267,9 @@ pub struct GpuLoadReport {
     pub ring_bytes: usize,
     /// Ring slots (0 on the cuFile path).
     pub ring_slots: usize,
+    /// Whether the ring was pinned by an earlier load of this process (see
+    /// [`release_pinned_loaders`]); its pinning then cost this load nothing.
+    pub ring_reused: bool,
     /// Slot (chunk) bytes.
     pub slot_bytes: u64,
     /// Copy streams.
@@ -447,6 +473,13 @@ pub fn load_to_gpu(
     let mut setup_seconds = start.elapsed().as_secs_f64();
     let tracker = hoist_io::CompletionTracker::new(&plan);
     let finish = |chunk: usize| tracker.chunk_done(&plan.chunks[chunk], &on_placement);
+    let chunk_load = ChunkLoad {
+        gpu: &g,
+        plan: &plan,
+        dest: &dest,
+        threads: engine.threads,
+        finish: &finish,
+    };
     let mut result = None;
     if chosen == GpuPath::Mapped {
         if !mapped::supported(&g) {
@@ -456,7 +489,7 @@ pub fn load_to_gpu(
             )));
         }
         let t = Instant::now();
-        let bytes = mapped::load(&g, &plan, &dest, engine.threads, &finish)?;
+        let bytes = mapped::load(&chunk_load)?;
         result = Some((
             single_method_report(
                 "page-cache-mapped",
@@ -472,7 +505,7 @@ pub fn load_to_gpu(
         ));
     } else if chosen == GpuPath::Cufile {
         let t = Instant::now();
-        match cufile::load(&g, &plan, &dest, engine.threads, &finish) {
+        match cufile::load(&chunk_load) {
             Ok(bytes) => {
                 let method = if cufile.nvidia_fs {
                     "cufile-direct"
@@ -498,38 +531,39 @@ pub fn load_to_gpu(
             Err(e) => return Err(e),
         }
     }
+    let mut ring_reused = false;
     let (io, path, ring_bytes, ring_slots) = match result {
-        Some(r) => r,
+        Some(r) => {
+            g.synchronize()?;
+            r
+        }
         None => {
-            let sink = RingSink::new(
-                &g,
+            let request = RingRequest::new(
                 &plan,
-                &dest,
                 gpu_config.ring_bytes,
                 gpu_config.streams,
                 gpu_config.pinned,
                 gpu_config.fixed_buffers,
-                &on_placement,
             )?;
+            let loader = PinnedLoader::acquire(&g, request)?;
+            ring_reused = loader.reused();
             setup_seconds = start.elapsed().as_secs_f64();
             tracing::debug!(
-                ring_bytes = sink.ring_bytes(),
-                slots = sink.slots(),
+                ring_bytes = loader.ring_bytes(),
+                slots = loader.slots(),
                 slot_bytes = plan.config.chunk_bytes,
                 streams = gpu_config.streams,
                 pinned = %gpu_config.pinned.name(),
+                reused = ring_reused,
                 setup_seconds,
                 "pinned staging ring ready"
             );
-            let result = hoist_io::execute(&plan, &sink, engine);
-            let drained = sink.drain();
-            let io = result?;
-            drained?;
-            debug_assert!(sink.all_done());
-            (io, "ring", sink.ring_bytes(), sink.slots())
+            let (io, done) = loader.fill(&plan, &dest, engine, &on_placement)?;
+            // Only this load's copies, not all work on a context other users may share.
+            done.synchronize()?;
+            (io, "ring", loader.ring_bytes(), loader.slots())
         }
     };
-    g.synchronize()?;
     let seconds = start.elapsed().as_secs_f64();
     let (free_after, _) = g.mem_info()?;
     tracing::debug!(
@@ -557,6 +591,7 @@ pub fn load_to_gpu(
         dest: gpu_config.dest,
         ring_bytes,
         ring_slots,
+        ring_reused,
         slot_bytes: plan.config.chunk_bytes,
         streams: if chosen == GpuPath::Ring {
             gpu_config.streams

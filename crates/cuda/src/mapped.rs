@@ -12,15 +12,11 @@ use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use cudarc::driver::sys;
-use hoist_io::plan::Plan;
 
-use crate::driver::{check, copy_htod_async, Event, Gpu, Stream};
-use crate::first_error::FirstError;
-use crate::tensors::Destinations;
+use crate::chunk_pool::{ChunkLoad, ChunkWorker};
+use crate::driver::{check, copy_htod_async, DeviceAttribute, Event, Gpu, Stream};
 use crate::CudaError;
 
 /// Copies each thread keeps queued before it waits for the oldest.
@@ -48,30 +44,14 @@ unsafe impl Sync for Map {}
 /// Whether the device can DMA from read-only registered host memory (needed to pin a
 /// read-only file mapping).
 pub(crate) fn supported(gpu: &Gpu) -> bool {
-    if gpu.make_current().is_err() {
-        return false;
-    }
-    let mut v = 0i32;
-    let mut dev: sys::CUdevice = 0;
-    // SAFETY: out-pointers to locals.
-    let ok = unsafe { sys::cuDeviceGet(&mut dev, gpu.ordinal() as i32) } == sys::CUresult::CUDA_SUCCESS
-        // SAFETY: out-pointer to a local; dev is valid.
-        && unsafe {
-            sys::cuDeviceGetAttribute(&mut v, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED, dev)
-        } == sys::CUresult::CUDA_SUCCESS;
-    ok && v != 0
+    gpu.attribute(DeviceAttribute::ReadOnlyHostRegisterSupported)
+        .is_ok_and(|v| v != 0)
 }
 
-/// Copies every chunk of `plan` from the page cache into `dest` on `threads` threads, each with
-/// its own stream; `finish(chunk)` once a chunk's bytes are on the device. Returns bytes copied.
-pub(crate) fn load(
-    gpu: &Arc<Gpu>,
-    plan: &Plan,
-    dest: &Destinations,
-    threads: usize,
-    finish: &(dyn Fn(usize) + Sync),
-) -> Result<u64, CudaError> {
-    let page = hoist_io::residency::page_bytes() as usize;
+/// Copies every chunk of the load from the page cache into its destinations, each worker
+/// thread with its own stream. Returns bytes copied.
+pub(crate) fn load(load: &ChunkLoad<'_>) -> Result<u64, CudaError> {
+    let plan = load.plan;
     let mut maps = Vec::with_capacity(plan.files.len());
     for f in &plan.files {
         let file = File::open(&f.path).map_err(|source| CudaError::File {
@@ -113,106 +93,144 @@ pub(crate) fn load(
         }
         maps.push(Map { ptr, len });
     }
-    let next = AtomicUsize::new(0);
-    let failed = FirstError::default();
-    let bytes = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, 256).min(plan.chunks.len().max(1)) {
-            s.spawn(|| {
-                let run = || -> Result<(), CudaError> {
-                    gpu.make_current()?;
-                    let stream = Stream::new(gpu)?;
-                    let events = (0..=DEPTH)
-                        .map(|_| Event::new(gpu))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let mut free: Vec<usize> = (0..=DEPTH).collect();
-                    // (event index, pinned address, pinned length, chunk)
-                    let mut pending: VecDeque<(usize, *mut c_void, usize)> = VecDeque::new();
-                    let mut pending_chunks: VecDeque<usize> = VecDeque::new();
-                    let retire = |pending: &mut VecDeque<(usize, *mut c_void, usize)>,
-                                  chunks: &mut VecDeque<usize>,
-                                  free: &mut Vec<usize>|
-                     -> Result<(), CudaError> {
-                        if let (Some((e, p, _)), Some(c)) =
-                            (pending.pop_front(), chunks.pop_front())
-                        {
-                            events[e].synchronize()?;
-                            // SAFETY: p was registered below and its copies have completed.
-                            check("cuMemHostUnregister", gpu.ordinal(), unsafe {
-                                sys::cuMemHostUnregister(p)
-                            })?;
-                            free.push(e);
-                            bytes.fetch_add(plan.chunks[c].need, Ordering::Relaxed);
-                            finish(c);
-                        }
-                        Ok(())
-                    };
-                    let result = (|| {
-                        while !failed.aborted() {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(c) = plan.chunks.get(i) else { break };
-                            let map = &maps[c.file];
-                            let off = c.file_offset as usize;
-                            let reg = (c.need as usize).next_multiple_of(page);
-                            if off + c.need as usize > map.len {
-                                return Err(CudaError::FileChanged {
-                                    path: plan.files[c.file].path.clone(),
-                                    reason: format!(
-                                        "it is {} bytes now but data should reach {}",
-                                        map.len,
-                                        off + c.need as usize
-                                    ),
-                                });
-                            }
-                            // SAFETY: off < map.len, inside the mapping.
-                            let src = unsafe { (map.ptr as *mut u8).add(off) };
-                            // SAFETY: [src, src + reg) lies inside the mapping's pages (the
-                            // mapping covers whole pages); chunks are page aligned and disjoint,
-                            // so no two registrations overlap.
-                            let r = unsafe {
-                                sys::cuMemHostRegister_v2(
-                                    src as *mut c_void,
-                                    reg,
-                                    sys::CU_MEMHOSTREGISTER_READ_ONLY,
-                                )
-                            };
-                            check("cuMemHostRegister(READ_ONLY, page cache)", gpu.ordinal(), r)?;
-                            for (dst, src_off, len) in dest.copies(plan, c) {
-                                // SAFETY: the source is pinned until the event below completes;
-                                // the destination lies inside its allocation.
-                                unsafe {
-                                    copy_htod_async(gpu, dst, src.add(src_off), len, &stream)?
-                                };
-                            }
-                            let e = free.pop().unwrap_or(0);
-                            events[e].record(&stream)?;
-                            pending.push_back((e, src as *mut c_void, reg));
-                            pending_chunks.push_back(i);
-                            if pending.len() >= DEPTH {
-                                retire(&mut pending, &mut pending_chunks, &mut free)?;
-                            }
-                        }
-                        Ok(())
-                    })();
-                    while !pending.is_empty() {
-                        if let Err(e) = retire(&mut pending, &mut pending_chunks, &mut free) {
-                            // Still unpin what is left once the stream is idle.
-                            let _ = stream.synchronize();
-                            for (_, p, _) in pending.drain(..) {
-                                // SAFETY: registered above; the stream is idle.
-                                unsafe { sys::cuMemHostUnregister(p) };
-                            }
-                            return Err(e);
-                        }
-                    }
-                    result
-                };
-                if let Err(e) = run() {
-                    failed.record(e);
-                }
+    let page_bytes = hoist_io::residency::page_bytes() as usize;
+    load.run(|| MappedWorker::new(load, &maps, page_bytes))
+}
+
+/// A chunk whose page-cache pages are pinned while its copies run.
+struct Pinned {
+    /// Index of the event recorded after its copies.
+    event: usize,
+    /// Start of the registration.
+    ptr: *mut c_void,
+    /// The chunk.
+    chunk: usize,
+}
+
+/// One thread of the mapped load: pins a chunk's pages, queues its copies on the thread's
+/// stream, and keeps up to [`DEPTH`] chunks in flight before unpinning the oldest.
+struct MappedWorker<'a> {
+    load: &'a ChunkLoad<'a>,
+    maps: &'a [Map],
+    page_bytes: usize,
+    stream: Stream,
+    /// One more than the chunks in flight, so one is always free to record.
+    events: Vec<Event>,
+    free: Vec<usize>,
+    pending: VecDeque<Pinned>,
+}
+
+impl<'a> MappedWorker<'a> {
+    fn new(
+        load: &'a ChunkLoad<'a>,
+        maps: &'a [Map],
+        page_bytes: usize,
+    ) -> Result<MappedWorker<'a>, CudaError> {
+        Ok(MappedWorker {
+            load,
+            maps,
+            page_bytes,
+            stream: Stream::new(load.gpu)?,
+            events: (0..=DEPTH)
+                .map(|_| Event::new(load.gpu))
+                .collect::<Result<Vec<_>, _>>()?,
+            free: (0..=DEPTH).collect(),
+            pending: VecDeque::with_capacity(DEPTH),
+        })
+    }
+
+    /// Waits for the oldest chunk's copies, unpins it and reports it done. It leaves the
+    /// queue only once unpinned, so a failure leaves it to [`ChunkWorker::complete`].
+    fn retire_oldest(&mut self, done: &dyn Fn(usize)) -> Result<(), CudaError> {
+        let Some(oldest) = self.pending.front() else {
+            return Ok(());
+        };
+        self.events[oldest.event].synchronize()?;
+        let ptr = oldest.ptr;
+        // SAFETY: registered in `start` and its copies have completed (event above).
+        check("cuMemHostUnregister", self.load.gpu.ordinal(), unsafe {
+            sys::cuMemHostUnregister(ptr)
+        })?;
+        if let Some(p) = self.pending.pop_front() {
+            self.free.push(p.event);
+            done(p.chunk);
+        }
+        Ok(())
+    }
+}
+
+impl ChunkWorker for MappedWorker<'_> {
+    fn start(&mut self, index: usize, done: &dyn Fn(usize)) -> Result<(), CudaError> {
+        let plan = self.load.plan;
+        let c = &plan.chunks[index];
+        let map = &self.maps[c.file];
+        let off = c.file_offset as usize;
+        let reg = (c.need as usize).next_multiple_of(self.page_bytes);
+        if off + c.need as usize > map.len {
+            return Err(CudaError::FileChanged {
+                path: plan.files[c.file].path.clone(),
+                reason: format!(
+                    "it is {} bytes now but data should reach {}",
+                    map.len,
+                    off + c.need as usize
+                ),
             });
         }
-    });
-    failed.into_result()?;
-    Ok(bytes.into_inner())
+        // SAFETY: off < map.len, inside the mapping.
+        let src = unsafe { (map.ptr as *mut u8).add(off) };
+        // SAFETY: [src, src + reg) lies inside the mapping's pages (the mapping covers whole
+        // pages); chunks are page aligned and disjoint, so no two registrations overlap.
+        let r = unsafe {
+            sys::cuMemHostRegister_v2(src as *mut c_void, reg, sys::CU_MEMHOSTREGISTER_READ_ONLY)
+        };
+        check(
+            "cuMemHostRegister(READ_ONLY, page cache)",
+            self.load.gpu.ordinal(),
+            r,
+        )?;
+        let event = self
+            .free
+            .pop()
+            .expect("DEPTH + 1 events for at most DEPTH chunks in flight");
+        // Queued before the copies: a failed copy still leaves the pages to be unpinned.
+        self.pending.push_back(Pinned {
+            event,
+            ptr: src as *mut c_void,
+            chunk: index,
+        });
+        let queued = (|| {
+            for (dst, src_off, len) in self.load.dest.copies(plan, c) {
+                // SAFETY: the source is pinned until the event below completes; the
+                // destination lies inside its allocation.
+                unsafe {
+                    copy_htod_async(self.load.gpu, dst, src.add(src_off), len, &self.stream)?
+                };
+            }
+            self.events[event].record(&self.stream)
+        })();
+        if let Err(e) = queued {
+            // The event was not recorded: only an idle stream makes unpinning safe.
+            let _ = self.stream.synchronize();
+            return Err(e);
+        }
+        if self.pending.len() >= DEPTH {
+            self.retire_oldest(done)?;
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, done: &dyn Fn(usize)) -> Result<(), CudaError> {
+        while !self.pending.is_empty() {
+            if let Err(e) = self.retire_oldest(done) {
+                // Still unpin what is left once the stream is idle.
+                let _ = self.stream.synchronize();
+                for p in self.pending.drain(..) {
+                    // SAFETY: registered in `start`; the stream is idle.
+                    unsafe { sys::cuMemHostUnregister(p.ptr) };
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
 }

@@ -8,6 +8,10 @@
 //! being read into or still being copied out does it wait, and then on the oldest copy's event
 //! (copies finish roughly in order). A tensor is reported complete only once the copies of all
 //! its chunks have completed on the device, not when they were queued.
+//!
+//! The pinned memory, its events and the copy streams ([`StagingRing`]) outlive a load: pinning
+//! costs tens of milliseconds, so the [`crate::loader`] keeps one ring per device for the next
+//! load; a [`RingSink`] is one load's use of it.
 
 use std::collections::VecDeque;
 use std::ptr::NonNull;
@@ -33,63 +37,172 @@ struct RingState {
     copying: VecDeque<(usize, usize)>,
 }
 
-/// The pinned staging ring and the copies out of it.
+/// What a load asks of a staging ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RingRequest {
+    /// Bytes of a slot (the plan's chunk size).
+    pub(crate) slot_bytes: usize,
+    /// Slots the load can use: no more than its chunks, so a small load pins little.
+    pub(crate) slots: usize,
+    /// Slots the caller's ring size allows at most.
+    pub(crate) max_slots: usize,
+    /// Copy streams.
+    pub(crate) streams: usize,
+    /// How the ring is pinned.
+    pub(crate) pinned: PinnedAlloc,
+    /// Offer the slots to io_uring as registered buffers.
+    pub(crate) offer_fixed: bool,
+}
+
+impl RingRequest {
+    /// The ring a load of `plan` needs, within `ring_bytes` of pinned memory.
+    pub(crate) fn new(
+        plan: &Plan,
+        ring_bytes: usize,
+        streams: usize,
+        pinned: PinnedAlloc,
+        offer_fixed: bool,
+    ) -> Result<RingRequest, CudaError> {
+        let slot_bytes = plan.config.chunk_bytes as usize;
+        let max_slots = ring_bytes / slot_bytes.max(1);
+        if max_slots < 2 {
+            return Err(CudaError::Config(format!(
+                "ring of {ring_bytes} bytes holds fewer than 2 slots of {slot_bytes} bytes (the chunk size); raise --ring-bytes or lower --chunk-bytes"
+            )));
+        }
+        let slots = max_slots.min(plan.chunks.len().max(2));
+        Ok(RingRequest {
+            slot_bytes,
+            slots,
+            max_slots,
+            streams: streams.clamp(1, 64),
+            pinned,
+            offer_fixed: offer_fixed && slots <= u16::MAX as usize,
+        })
+    }
+}
+
+/// Pinned host slots with an event each, and the streams that copy out of them.
+pub(crate) struct StagingRing {
+    gpu: Arc<Gpu>,
+    slot_memory: PinnedBuf,
+    /// What it was made for (its `slots` are the ring's).
+    shape: RingRequest,
+    /// One per slot: recorded after the slot's copies.
+    events: Vec<Event>,
+    /// One per stream: joins the streams into the first for [`StagingRing::record_all`].
+    joins: Vec<Event>,
+    streams: Vec<Stream>,
+}
+
+impl StagingRing {
+    /// Pins a ring of `request.slots` slots on `gpu`.
+    pub(crate) fn new(gpu: &Arc<Gpu>, request: RingRequest) -> Result<StagingRing, CudaError> {
+        assert!(request.slots >= 2 && request.slots <= request.max_slots);
+        let slot_memory = PinnedBuf::new(gpu, request.slots * request.slot_bytes, request.pinned)?;
+        let events = (0..request.slots)
+            .map(|_| Event::new(gpu))
+            .collect::<Result<Vec<_>, _>>()?;
+        let streams = (0..request.streams)
+            .map(|_| Stream::new(gpu))
+            .collect::<Result<Vec<_>, _>>()?;
+        let joins = (0..request.streams)
+            .map(|_| Event::new(gpu))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StagingRing {
+            gpu: gpu.clone(),
+            slot_memory,
+            shape: request,
+            events,
+            joins,
+            streams,
+        })
+    }
+
+    /// Whether this ring serves `request`: the same slot size, streams and pinning, and a slot
+    /// count between what the load can use and what its ring size allows.
+    pub(crate) fn fits(&self, request: &RingRequest) -> bool {
+        let s = &self.shape;
+        s.slot_bytes == request.slot_bytes
+            && s.streams == request.streams
+            && s.pinned == request.pinned
+            && s.offer_fixed == request.offer_fixed
+            && (request.slots..=request.max_slots).contains(&s.slots)
+    }
+
+    /// Bytes of pinned host memory the ring holds.
+    pub(crate) fn ring_bytes(&self) -> usize {
+        self.slot_memory.len()
+    }
+
+    /// Number of slots.
+    pub(crate) fn slots(&self) -> usize {
+        self.shape.slots
+    }
+
+    /// Records `done` after every copy queued so far on any of the ring's streams.
+    pub(crate) fn record_all(&self, done: &Event) -> Result<(), CudaError> {
+        let (first, rest) = self
+            .streams
+            .split_first()
+            .expect("a ring has at least one stream");
+        for (s, join) in rest.iter().zip(&self.joins) {
+            join.record(s)?;
+            first.wait(join)?;
+        }
+        done.record(first)
+    }
+
+    /// The device.
+    pub(crate) fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+}
+
+impl Drop for StagingRing {
+    fn drop(&mut self) {
+        // Copies may still read the ring (after a failed load); the ring must outlive them.
+        for s in &self.streams {
+            let _ = s.synchronize();
+        }
+    }
+}
+
+/// One load's use of a [`StagingRing`]: the engine reads into its slots, this queues the
+/// copies out of them into the load's destinations.
 pub(crate) struct RingSink<'a> {
-    gpu: &'a Arc<Gpu>,
+    ring: &'a StagingRing,
     plan: &'a Plan,
     dest: &'a Destinations,
-    ring: PinnedBuf,
     slot_bytes: usize,
     slots: usize,
-    events: Vec<Event>,
-    streams: Vec<Stream>,
     next_stream: AtomicUsize,
     state: Mutex<RingState>,
     cv: Condvar,
     tracker: CompletionTracker,
     on_placement: &'a (dyn Fn(usize) + Sync),
-    offer_fixed: bool,
 }
 
 impl<'a> RingSink<'a> {
-    /// A ring of `ring_bytes / slot_bytes` slots (at least 2) pinned by `pinned`, copying on
-    /// `streams` streams into `dest`; `on_placement` is called with each placement index once
-    /// its bytes are on the device.
-    #[allow(clippy::too_many_arguments)]
+    /// A load of `plan` into `dest` through `ring`; `on_placement` is called with each
+    /// placement index once its bytes are on the device.
     pub(crate) fn new(
-        gpu: &'a Arc<Gpu>,
+        ring: &'a StagingRing,
         plan: &'a Plan,
         dest: &'a Destinations,
-        ring_bytes: usize,
-        streams: usize,
-        pinned: PinnedAlloc,
-        offer_fixed: bool,
         on_placement: &'a (dyn Fn(usize) + Sync),
-    ) -> Result<RingSink<'a>, CudaError> {
-        let slot_bytes = plan.config.chunk_bytes as usize;
-        // No more slots than chunks: a small load pins only what it can use.
-        let slots = (ring_bytes / slot_bytes).min(plan.chunks.len().max(2));
-        if slots < 2 {
-            return Err(CudaError::Config(format!(
-                "ring of {ring_bytes} bytes holds fewer than 2 slots of {slot_bytes} bytes (the chunk size); raise --ring-bytes or lower --chunk-bytes"
-            )));
-        }
-        let ring = PinnedBuf::new(gpu, slots * slot_bytes, pinned)?;
-        let events = (0..slots)
-            .map(|_| Event::new(gpu))
-            .collect::<Result<Vec<_>, _>>()?;
-        let streams = (0..streams.clamp(1, 64))
-            .map(|_| Stream::new(gpu))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RingSink {
-            gpu,
+    ) -> RingSink<'a> {
+        let slots = ring.slots();
+        assert_eq!(
+            ring.shape.slot_bytes as u64, plan.config.chunk_bytes,
+            "ring slots must be the plan's chunk size"
+        );
+        RingSink {
+            ring,
             plan,
             dest,
-            ring,
-            slot_bytes,
+            slot_bytes: ring.shape.slot_bytes,
             slots,
-            events,
-            streams,
             next_stream: AtomicUsize::new(0),
             state: Mutex::new(RingState {
                 free: (0..slots).rev().collect(),
@@ -98,18 +211,7 @@ impl<'a> RingSink<'a> {
             cv: Condvar::new(),
             tracker: CompletionTracker::new(plan),
             on_placement,
-            offer_fixed: offer_fixed && slots <= u16::MAX as usize,
-        })
-    }
-
-    /// Bytes of pinned host memory the ring holds.
-    pub(crate) fn ring_bytes(&self) -> usize {
-        self.ring.len()
-    }
-
-    /// Number of slots.
-    pub(crate) fn slots(&self) -> usize {
-        self.slots
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, RingState> {
@@ -117,8 +219,9 @@ impl<'a> RingSink<'a> {
     }
 
     fn slot_ptr(&self, slot: usize) -> NonNull<u8> {
+        assert!(slot < self.slots);
         // SAFETY: slot < slots, so the offset stays inside the ring's allocation.
-        unsafe { self.ring.ptr().add(slot * self.slot_bytes) }
+        unsafe { self.ring.slot_memory.ptr().add(slot * self.slot_bytes) }
     }
 
     fn staging(&self, slot: usize) -> Staging {
@@ -126,7 +229,7 @@ impl<'a> RingSink<'a> {
             ptr: self.slot_ptr(slot),
             len: self.slot_bytes,
             slot: slot as u32,
-            fixed: if self.offer_fixed {
+            fixed: if self.ring.shape.offer_fixed {
                 Some(slot as u16)
             } else {
                 None
@@ -146,7 +249,7 @@ impl<'a> RingSink<'a> {
         let pending: Vec<(usize, usize)> = self.lock().copying.drain(..).collect();
         let mut first = None;
         for (slot, chunk) in pending {
-            match self.events[slot].synchronize() {
+            match self.ring.events[slot].synchronize() {
                 Ok(()) => self.finish(chunk),
                 Err(e) => {
                     first.get_or_insert(e);
@@ -154,7 +257,7 @@ impl<'a> RingSink<'a> {
             }
             self.lock().free.push(slot);
         }
-        for s in &self.streams {
+        for s in &self.ring.streams {
             if let Err(e) = s.synchronize() {
                 first.get_or_insert(e);
             }
@@ -173,8 +276,8 @@ impl<'a> RingSink<'a> {
 
 impl Drop for RingSink<'_> {
     fn drop(&mut self) {
-        // Copies may still read the ring (after a failed load); the ring must outlive them.
-        for s in &self.streams {
+        // The ring goes on to the next load: no copy of this one may still read it then.
+        for s in &self.ring.streams {
             let _ = s.synchronize();
         }
     }
@@ -190,7 +293,7 @@ impl Sink for RingSink<'_> {
             }
             if let Some((slot, chunk)) = st.copying.pop_front() {
                 drop(st);
-                self.events[slot].synchronize()?;
+                self.ring.events[slot].synchronize()?;
                 self.finish(chunk);
                 return Ok(self.staging(slot));
             }
@@ -220,7 +323,7 @@ impl Sink for RingSink<'_> {
         let Some(&(slot, chunk)) = st.copying.front() else {
             return Ok(None);
         };
-        if !self.events[slot].query()? {
+        if !self.ring.events[slot].query()? {
             return Ok(None);
         }
         st.copying.pop_front();
@@ -232,8 +335,8 @@ impl Sink for RingSink<'_> {
     fn commit(&self, index: usize, chunk: &Chunk, staging: Staging) -> Result<(), SinkError> {
         let slot = staging.slot as usize;
         debug_assert_eq!(staging.ptr, self.slot_ptr(slot));
-        let stream =
-            &self.streams[self.next_stream.fetch_add(1, Ordering::Relaxed) % self.streams.len()];
+        let streams = &self.ring.streams;
+        let stream = &streams[self.next_stream.fetch_add(1, Ordering::Relaxed) % streams.len()];
         let queued = (|| {
             for (dst, src_offset, len) in self.dest.copies(self.plan, chunk) {
                 // SAFETY: the slot is pinned ring memory that nobody touches until its event
@@ -241,7 +344,7 @@ impl Sink for RingSink<'_> {
                 // inside the chunk's `need` bytes and every destination inside its allocation.
                 unsafe {
                     copy_htod_async(
-                        self.gpu,
+                        &self.ring.gpu,
                         dst,
                         staging.ptr.as_ptr().add(src_offset),
                         len,
@@ -249,7 +352,7 @@ impl Sink for RingSink<'_> {
                     )?
                 };
             }
-            self.events[slot].record(stream)
+            self.ring.events[slot].record(stream)
         })();
         let mut st = self.lock();
         match queued {
@@ -275,7 +378,7 @@ impl Sink for RingSink<'_> {
     }
 
     fn registered_buffers(&self) -> Vec<(NonNull<u8>, usize)> {
-        if !self.offer_fixed {
+        if !self.ring.shape.offer_fixed {
             return Vec::new();
         }
         (0..self.slots)

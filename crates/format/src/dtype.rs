@@ -133,7 +133,7 @@ impl DType {
     pub fn byte_len(self, elems: u64) -> Option<u64> {
         if let DType::Ggml(g) = self {
             let (block_elems, block_bytes) = g.block()?;
-            if elems % block_elems != 0 {
+            if !elems.is_multiple_of(block_elems) {
                 return None;
             }
             return (elems / block_elems).checked_mul(block_bytes);

@@ -46,7 +46,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     std::fs::create_dir_all(&out)?;
     let t = Instant::now();
-    let model = GpuModel::load(&model_path, &GpuOptions::default())?;
+    let model = GpuModel::load(&model_path, &GpuOptions::default().with_env_overrides()?)?;
     let load_seconds = t.elapsed().as_secs_f64();
     let vocab = model.config().vocab_size;
     let mut results = Vec::new();

@@ -4,6 +4,8 @@
 //! ```text
 //! gpu_speed MODEL [PROMPT_TOKENS=512] [DECODE_TOKENS=128]
 //! ```
+//!
+//! The `HOIST_*` overrides of the GPU options apply ([`hoist_runtime::gpu::ENV_OVERRIDES`]).
 
 use std::path::PathBuf;
 
@@ -24,7 +26,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     let prompt: usize = args.get(1).map_or(Ok(512), |s| s.parse())?;
     let decode: usize = args.get(2).map_or(Ok(128), |s| s.parse())?;
-    let model = GpuModel::load(&path, &GpuOptions::default())?;
+    let model = GpuModel::load(&path, &GpuOptions::default().with_env_overrides()?)?;
     let report = bench::measure(&model, prompt, decode)?;
     let json = serde_json::json!({"load": model.stats(), "speed": report});
     println!("{}", serde_json::to_string_pretty(&json)?);

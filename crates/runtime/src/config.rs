@@ -206,7 +206,7 @@ impl ModelConfig {
                 return Err(invalid(key, "must be positive".into()));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(invalid(
                 "num_key_value_heads",
                 format!(
@@ -215,7 +215,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(invalid(
                 "head_dim",
                 format!("= {} must be even for rotary embedding", self.head_dim),

@@ -98,6 +98,9 @@ pub struct Generation {
     pub prefill: Duration,
     /// Time of everything after it.
     pub decode: Duration,
+    /// When the first new token was chosen (and its text, if it completed any, handed to
+    /// `on_text`): the end of the time to first token. `None` when no token was asked for.
+    pub first_token: Option<Instant>,
 }
 
 impl Generation {
@@ -169,13 +172,16 @@ pub fn generate_cancellable(
         cancel,
         on_text,
     };
+    let mut first_token = None;
     let stop = 'decode: {
         if options.max_tokens == 0 {
             break 'decode StopReason::MaxTokens;
         }
         let mut next = sampler.sample(&logits, &context);
         context.push(next);
-        if let Some(stop) = out.accept(next)? {
+        let accepted = out.accept(next)?;
+        first_token = Some(Instant::now());
+        if let Some(stop) = accepted {
             break 'decode stop;
         }
         if let Some(stop) = on_model(model, &sampler, next, &mut out)? {
@@ -197,6 +203,7 @@ pub fn generate_cancellable(
         stop,
         prefill,
         decode: start.elapsed().saturating_sub(prefill),
+        first_token,
     })
 }
 

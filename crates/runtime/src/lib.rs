@@ -15,6 +15,8 @@
 //! - [`chat`]: chat templates rendered with minijinja.
 //! - [`sampler`]: greedy and stochastic sampling, repetition penalty, stop strings.
 //! - [`gpu`]: the GPU runtime (NVRTC kernels, cuBLAS, KV cache) for models resident on a GPU.
+//! - [`placement`]: where each layer's weights live (resident, streamed, cached): the plan the
+//!   GPU runtime checks at load and consults each step.
 //! - [`generate`]: the prefill + decode loop over any [`generate::LogitsModel`], streaming text.
 
 #![warn(missing_docs)]
@@ -26,6 +28,7 @@ mod device;
 mod error;
 pub mod generate;
 pub mod gpu;
+pub mod placement;
 pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
@@ -34,4 +37,5 @@ pub mod weights;
 pub use config::{ArchFamily, ModelConfig, RopeScaling, RopeStyle};
 pub use device::cuda_available;
 pub use error::RuntimeError;
+pub use placement::{Placement, PlacementError, Residency};
 pub use weights::{LayerTensor, WeightId, WeightMap, WeightSource};

@@ -425,3 +425,46 @@ fn a_cancel_flag_ends_generation_at_the_next_token() {
         );
     }
 }
+
+/// A CPU session that notes when each model call begins and ends.
+struct Clocked<'a> {
+    session: CpuSession<'a>,
+    calls: Vec<(std::time::Instant, std::time::Instant)>,
+}
+
+impl LogitsModel for Clocked<'_> {
+    fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+        let start = std::time::Instant::now();
+        let logits = self.session.next_logits(tokens);
+        self.calls.push((start, std::time::Instant::now()));
+        logits
+    }
+}
+
+#[test]
+fn the_first_token_is_timed_when_it_is_chosen() {
+    let model = CpuModel::load(&fixtures().join("llama")).unwrap();
+    let tok = Tokenizer::from_hf_dir(&fixtures().join("tokenizer")).unwrap();
+    let prompt = reference_ids("prompt");
+    let clocked = |context| Clocked {
+        session: CpuSession::new(&model, context).unwrap(),
+        calls: Vec::new(),
+    };
+    let mut m = clocked(prompt.len() + 8);
+    let options = GenerateOptions {
+        max_tokens: 8,
+        ..Default::default()
+    };
+    let g = generate(&mut m, &tok, &prompt, &options, &mut |_| {}).unwrap();
+    let first = g.first_token.expect("a token was chosen");
+    // Chosen after the prompt's call returned, before the call that feeds it began.
+    assert!(m.calls[0].1 <= first && first <= m.calls[1].0);
+    // No token asked for: none timed.
+    let mut m = clocked(prompt.len());
+    let none = GenerateOptions {
+        max_tokens: 0,
+        ..Default::default()
+    };
+    let g = generate(&mut m, &tok, &prompt, &none, &mut |_| {}).unwrap();
+    assert_eq!(g.first_token, None);
+}

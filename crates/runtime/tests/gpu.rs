@@ -5,12 +5,22 @@
 
 use std::path::{Path, PathBuf};
 
-use hoist_runtime::gpu::{GpuModel, GpuOptions};
+use hoist_runtime::cpu::model::open_checkpoint;
+use hoist_runtime::gpu::{GpuError, GpuModel, GpuOptions};
 use hoist_runtime::sampler::argmax;
 use hoist_runtime::RuntimeError;
+use hoist_runtime::{Placement, PlacementError, Residency};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The default options with the environment's overrides, so that the bench scripts'
+/// `HOIST_*` switches (e.g. `HOIST_NO_GRAPHS=1`) reach these tests.
+fn options() -> GpuOptions {
+    GpuOptions::default()
+        .with_env_overrides()
+        .expect("valid HOIST_* overrides")
 }
 
 fn gpu_or_skip(test: &str) -> bool {
@@ -56,7 +66,7 @@ fn check(model: &Path, reference: &Path, logits: &Path, tolerance: f32, split: b
     let (prompt, want_greedy) = (ids(&meta, "prompt"), ids(&meta, "greedy"));
     let from = meta["logits_from"].as_u64().unwrap() as usize;
     let want = read_f32(logits);
-    let m = GpuModel::load(model, &GpuOptions::default()).unwrap();
+    let m = GpuModel::load(model, &options()).unwrap();
     let v = m.config().vocab_size;
     let mut s = m.session(prompt.len() + want_greedy.len()).unwrap();
     let mut rows = if split {
@@ -128,7 +138,7 @@ fn context_errors_are_clear() {
     if !gpu_or_skip("context_errors_are_clear") {
         return;
     }
-    let m = GpuModel::load(&fixtures().join("llama"), &GpuOptions::default()).unwrap();
+    let m = GpuModel::load(&fixtures().join("llama"), &options()).unwrap();
     let mut s = m.session(4).unwrap();
     let err = s.forward(&[1, 2, 3, 4, 5], false).unwrap_err();
     assert!(err.to_string().contains("context full"), "{err}");
@@ -165,7 +175,7 @@ fn device_greedy_decoding_matches_the_host_loop() {
             g.join("qwen3-q4_0.ref/reference.json"),
         ),
     ] {
-        let m = GpuModel::load(&model, &GpuOptions::default()).unwrap();
+        let m = GpuModel::load(&model, &options()).unwrap();
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
         let prompt = ids(&meta, "prompt");
@@ -238,4 +248,41 @@ fn device_greedy_decoding_matches_the_host_loop() {
             "{name}: {err}"
         );
     }
+}
+
+/// Why `from_table` refuses the llama fixture placed as `placement`.
+fn placement_refusal(placement: Placement) -> RuntimeError {
+    let (table, config) = open_checkpoint(&fixtures().join("llama")).unwrap();
+    let options = GpuOptions {
+        placement,
+        ..GpuOptions::default()
+    };
+    GpuModel::from_table(&table, config, &options)
+        .err()
+        .expect("refused")
+}
+
+#[test]
+fn placements_other_than_resident_are_refused_before_any_device_work() {
+    // Runs without a GPU: the plan is checked before a device is opened.
+    let (_, config) = open_checkpoint(&fixtures().join("llama")).unwrap();
+    let layers = config.num_layers;
+    let mut plan = vec![Residency::Resident; layers];
+    plan[layers - 1] = Residency::Streamed { slots: 2 };
+    match placement_refusal(Placement::per_layer(plan)) {
+        RuntimeError::Gpu(GpuError::Placement(PlacementError::NotImplemented {
+            layer,
+            residency,
+        })) => {
+            assert_eq!(layer, layers - 1);
+            assert_eq!(residency, Residency::Streamed { slots: 2 });
+        }
+        e => panic!("unexpected error: {e}"),
+    }
+    let msg = placement_refusal(Placement::uniform(Residency::Cached)).to_string();
+    assert!(msg.contains("layer 0 is placed cached"), "{msg}");
+    assert!(msg.contains("not implemented"), "{msg}");
+    let msg =
+        placement_refusal(Placement::per_layer(vec![Residency::Resident; layers + 1])).to_string();
+    assert!(msg.contains(&format!("the model has {layers}")), "{msg}");
 }

@@ -61,7 +61,7 @@ pub fn write_safetensors(
     }
     let mut json = serde_json::Value::Object(header).to_string().into_bytes();
     // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let tmp = partial_path(path);

@@ -1,6 +1,7 @@
 //! Test harness stays out of what ships: no library crate of the workspace, and nothing the
 //! Python package builds, depends on `hoist-synth` or `hoist-testkit` except as a
 //! dev-dependency (the `hoist` binary may: `hoist bench` writes synthetic checkpoints).
+//! And `hoist-cuda` is the only crate that calls CUDA: no other names `cudarc`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,4 +83,48 @@ fn python_package_builds_no_harness() {
         harness.is_empty(),
         "the Python package resolves {harness:?}"
     );
+}
+
+/// The one crate that may depend on cudarc: everything CUDA goes through its wrappers.
+const CUDA_CRATE: &str = "hoist-cuda";
+
+/// `package -> dependency` for every dependency, of any kind, named `dependency` of the
+/// packages in `meta` other than [`CUDA_CRATE`].
+fn direct_users(meta: &Value, dependency: &str) -> Vec<String> {
+    let mut users = Vec::new();
+    for package in meta["packages"].as_array().unwrap() {
+        let name = package["name"].as_str().unwrap();
+        if name == CUDA_CRATE {
+            continue;
+        }
+        for dep in package["dependencies"].as_array().unwrap() {
+            if dep["name"] == dependency {
+                users.push(format!("{name} -> {dependency} ({})", dep["kind"]));
+            }
+        }
+    }
+    users
+}
+
+#[test]
+fn only_hoist_cuda_depends_on_cudarc() {
+    let meta = metadata(&repo_root().join("Cargo.toml"), &["--no-deps"]);
+    let names: Vec<&str> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    // The runtime and the crates built on it are what this guards; make sure they were seen.
+    for crate_name in [CUDA_CRATE, "hoist-runtime", "hoist-cli"] {
+        assert!(names.contains(&crate_name), "{crate_name} not in {names:?}");
+    }
+    let users = direct_users(&meta, "cudarc");
+    assert!(
+        users.is_empty(),
+        "only {CUDA_CRATE} may call CUDA (add a wrapper there instead): {users:?}"
+    );
+    let python = metadata(&repo_root().join("python/Cargo.toml"), &["--no-deps"]);
+    let users = direct_users(&python, "cudarc");
+    assert!(users.is_empty(), "the Python package: {users:?}");
 }

@@ -1,45 +1,63 @@
 //! `hoist run MODEL --benchmark`: prefill and decode speed against the limits of the same GPU,
-//! measured in the same run (`hoist_runtime::gpu::bench`).
+//! measured in the same run (`hoist_runtime::gpu::bench`, run by [`hoist_engine::benchmark`]).
 
-use std::time::Instant;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-use anyhow::Context;
+use hoist_engine::{Device, Weights};
 use hoist_runtime::gpu::bench::SpeedReport;
 use hoist_runtime::gpu::LoadStats;
+use hoist_runtime::placement::Placement;
 
-use super::model::{gpu_load_details, load_gpu};
-use super::{Settings, DEFAULT_BENCH_PROMPT_TOKENS};
-use crate::util::human_bytes;
+use super::{cli_error, gpu_load_details, Settings, DEFAULT_BENCH_PROMPT_TOKENS};
+use crate::util::{human_bytes, Progress};
 
 /// Loads the model onto `cuda:ordinal` and measures it. The load's details are in the report
 /// (the `load` row), so `--verbose` adds nothing to it.
 pub fn run(s: &Settings, ordinal: usize) -> anyhow::Result<()> {
     let a = &s.args;
-    let t0 = Instant::now();
-    let gpu = load_gpu(&a.model, ordinal)?;
-    let load_seconds = t0.elapsed().as_secs_f64();
+    let device = Device::Cuda(ordinal);
+    eprintln!("loading {} onto {device} …", a.model.display());
+    let weights = Weights::open(&a.model, device).map_err(cli_error)?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut bar = Some(Progress::start(
+        counter.clone(),
+        weights.weight_bytes(),
+        "loading",
+        true,
+    ));
     let prompt_tokens = a.prompt_tokens.unwrap_or(DEFAULT_BENCH_PROMPT_TOKENS);
-    eprintln!(
-        "measuring a prefill of {prompt_tokens} tokens and {} decode steps …",
-        s.max_tokens
-    );
-    let report = hoist_runtime::gpu::bench::measure(&gpu, prompt_tokens, s.max_tokens)
-        .with_context(|| format!("benchmarking {} failed", a.model.display()))?;
+    let bench = hoist_engine::benchmark(
+        weights,
+        ordinal,
+        Placement::default(),
+        Some(counter),
+        (prompt_tokens, s.max_tokens),
+        &mut || {
+            // Cleared before the next line or an error is printed.
+            bar = None;
+            eprintln!(
+                "measuring a prefill of {prompt_tokens} tokens and {} decode steps …",
+                s.max_tokens
+            );
+        },
+    )
+    .map_err(cli_error)?;
     let device = a.device.to_string();
     if a.json {
-        let mut doc = serde_json::to_value(&report)?;
+        let mut doc = serde_json::to_value(&bench.report)?;
         doc["model"] = serde_json::to_value(&a.model)?;
         doc["device"] = device.into();
-        doc["load"] = serde_json::to_value(gpu.stats())?;
+        doc["load"] = serde_json::to_value(&bench.load)?;
         println!("{}", serde_json::to_string(&doc)?);
         return Ok(());
     }
     for (k, v) in table(
         &a.model.display().to_string(),
         &device,
-        load_seconds,
-        gpu.stats(),
-        &report,
+        bench.load_seconds,
+        &bench.load,
+        &bench.report,
     ) {
         println!("{k:<9} {v}");
     }

@@ -10,13 +10,14 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
+use hoist_engine::{Completion, Engine, EngineError, Stop};
 use hoist_runtime::chat::Message;
 
 use super::input::{Event, Input};
-use super::model::{Checkpoint, Session};
-use super::turn::{self, Stdout, Turn};
-use super::{default_context, load, system_messages, Loaded, Settings};
+use super::turn::{self, Stdout};
+use super::{cli_error, load, open_checkpoint, system_messages, Settings};
 
 /// What `/help` prints.
 pub const HELP: &str = "\
@@ -56,18 +57,13 @@ fn command(line: &str) -> Option<Command<'_>> {
 /// Runs the chat until end of input, `/bye` or Ctrl-C twice at the prompt.
 pub fn run(s: &Settings) -> anyhow::Result<()> {
     let a = &s.args;
-    let ck = Checkpoint::open(&a.model, a.raw)?;
+    let ck = open_checkpoint(a)?;
     let mut history = system_messages(s, &ck);
     let kept = history.len();
-    let Loaded {
-        model,
-        context,
-        stop_tokens,
-        ..
-    } = load(s, &ck, |config| {
-        a.context.unwrap_or_else(|| default_context(config))
-    })?;
-    let mut session = model.session(context)?;
+    // The engine's session holds the conversation's KV cache: each turn feeds only what it
+    // lacks, and a turn that does not extend it (after /reset) starts it over.
+    let engine = load(s, ck, 0)?;
+    let context = engine.info().context;
     let tty = std::io::stdin().is_terminal();
     if tty {
         eprintln!(
@@ -117,7 +113,6 @@ pub fn run(s: &Settings) -> anyhow::Result<()> {
             Some(Command::Bye) => break,
             Some(Command::Reset) => {
                 history.truncate(kept);
-                session.clear();
                 // A new conversation: its turns count (and vary the seed) from 0 again.
                 turns = 0;
                 eprintln!("(conversation reset)");
@@ -134,26 +129,15 @@ pub fn run(s: &Settings) -> anyhow::Result<()> {
             None => {}
         }
         history.push(Message::new("user", text));
-        let r = input.generating(|cancel| {
-            reply(
-                s,
-                &ck,
-                &mut session,
-                &history,
-                &stop_tokens,
-                turns,
-                cancel,
-                &mut out,
-            )
-        });
+        let r = input.generating(|cancel| reply(s, &engine, &history, turns, cancel, &mut out));
         match r {
             Ok(Some(turn)) => {
                 turns += 1;
                 out.write("\n");
                 // A reply stopped by Ctrl-C stays as far as it went: it is what the user saw,
                 // and what the KV cache holds.
-                history.push(Message::new("assistant", turn.generation.text.as_str()));
-                if turn.context_full {
+                history.push(Message::new("assistant", turn.text.as_str()));
+                if turn.stats.stop == Stop::ContextFull {
                     eprintln!(
                         "note: the reply was cut short: the context of {context} positions is \
                          full; /reset starts a new conversation, --context N sets a larger one"
@@ -162,7 +146,13 @@ pub fn run(s: &Settings) -> anyhow::Result<()> {
                 if a.verbose {
                     eprintln!(
                         "{}",
-                        turn.summary(&ck, None, turn.started, "after the message")
+                        turn::summary(
+                            &turn.stats,
+                            engine.checkpoint(),
+                            None,
+                            turn.stats.submitted,
+                            "after the message"
+                        )
                     );
                 }
             }
@@ -187,31 +177,30 @@ pub fn run(s: &Settings) -> anyhow::Result<()> {
 /// One reply to the conversation `history` (ending with the user's message), streamed until it
 /// ends or `cancel` is set; `None` when the conversation no longer fits the context (said on
 /// stderr).
-#[allow(clippy::too_many_arguments)]
 fn reply(
     s: &Settings,
-    ck: &Checkpoint,
-    session: &mut Session<'_>,
+    engine: &Engine,
     history: &[Message],
-    stop_tokens: &[u32],
     turn: u64,
-    cancel: &AtomicBool,
+    cancel: &Arc<AtomicBool>,
     out: &mut Stdout,
-) -> anyhow::Result<Option<Turn>> {
-    let ids = ck.encode(history)?;
-    let context = session.capacity();
-    if ids.len() >= context {
-        eprintln!(
-            "the conversation is {} tokens and no longer fits the context of {context} \
-             positions: /reset starts a new one, --context N sets a larger context",
-            ids.len()
-        );
-        return Ok(None);
+) -> anyhow::Result<Option<Completion>> {
+    let input = hoist_engine::Input::Messages(history.to_vec());
+    let request = s.request(input, turn, Some(cancel.clone()));
+    match turn::run(engine, request, &mut |t| out.write(t)) {
+        Ok(c) => Ok(Some(c)),
+        Err(EngineError::PromptTooLong {
+            prompt_tokens,
+            context,
+        }) => {
+            eprintln!(
+                "the conversation is {prompt_tokens} tokens and no longer fits the context of \
+                 {context} positions: /reset starts a new one, --context N sets a larger context"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(cli_error(e)),
     }
-    let t = turn::run(session, ck, &ids, s, stop_tokens, turn, cancel, &mut |t| {
-        out.write(t)
-    })?;
-    Ok(Some(t))
 }
 
 #[cfg(test)]

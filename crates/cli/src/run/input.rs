@@ -81,7 +81,7 @@ impl Input {
 
     /// Runs `reply` with Ctrl-C setting the flag it is given (instead of reaching
     /// [`Input::next`]).
-    pub fn generating<T>(&self, reply: impl FnOnce(&AtomicBool) -> T) -> T {
+    pub fn generating<T>(&self, reply: impl FnOnce(&Arc<AtomicBool>) -> T) -> T {
         self.cancel.store(false, Ordering::SeqCst);
         self.generating.store(true, Ordering::SeqCst);
         let out = reply(&self.cancel);

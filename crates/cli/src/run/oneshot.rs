@@ -1,19 +1,17 @@
 //! `hoist run MODEL --prompt TEXT`: one reply, streamed to stdout (or one JSON object with
 //! `--json`), then one line of timings on stderr.
 
-use std::sync::atomic::AtomicBool;
-
 use anyhow::Context;
+use hoist_engine::{Input, Stop};
 use hoist_runtime::chat::Message;
 
-use super::model::Checkpoint;
 use super::turn::{self, Stdout};
-use super::{default_context, load, system_messages, Loaded, Settings};
+use super::{cli_error, load, open_checkpoint, system_messages, Settings};
 
 /// Generates the reply to `prompt`.
 pub fn run(s: &Settings, prompt: &str) -> anyhow::Result<()> {
     let a = &s.args;
-    let ck = Checkpoint::open(&a.model, a.raw)?;
+    let ck = open_checkpoint(a)?;
     let mut messages = system_messages(s, &ck);
     messages.push(Message::new("user", prompt));
     let ids = ck
@@ -29,82 +27,67 @@ pub fn run(s: &Settings, prompt: &str) -> anyhow::Result<()> {
             ids.len() + 1
         );
     }
-    let Loaded {
-        model,
-        load_seconds,
-        context,
-        stop_tokens,
-    } = load(s, &ck, |config| {
-        a.context
-            .unwrap_or_else(|| default_context(config).max(ids.len().saturating_add(s.max_tokens)))
-    })?;
+    // Without --context, the context holds the prompt and the whole reply.
+    let engine = load(s, ck, ids.len().saturating_add(s.max_tokens))?;
     if a.verbose {
         eprintln!("prompt: {} tokens", ids.len());
     }
-    let mut session = model.session(context)?;
     let mut out = Stdout::default();
     let streaming = !a.json;
     // No Ctrl-C handler here: Ctrl-C ends a one-shot run as it ends any command.
-    let never = AtomicBool::new(false);
-    let turn = turn::run(
-        &mut session,
-        &ck,
-        &ids,
-        s,
-        &stop_tokens,
-        0,
-        &never,
-        &mut |t| {
-            if streaming {
-                out.write(t);
-            }
-        },
-    )
-    .with_context(|| format!("generation with {} failed", a.model.display()))?;
+    let request = s.request(Input::Tokens(ids), 0, None);
+    let reply = turn::run(&engine, request, &mut |t| {
+        if streaming {
+            out.write(t);
+        }
+    })
+    .map_err(cli_error)?;
     if streaming {
         out.write("\n");
         out.finish()?;
     }
+    let info = engine.info();
+    let ck = engine.checkpoint();
+    let st = &reply.stats;
     eprintln!(
         "{}",
-        turn.summary(&ck, Some(load_seconds), s.process_start, "after start")
+        turn::summary(
+            st,
+            ck,
+            Some(info.load_seconds),
+            s.process_start,
+            "after start"
+        )
     );
-    let g = &turn.generation;
-    let ttft = turn
-        .first_token
-        .saturating_duration_since(s.process_start)
-        .as_secs_f64();
-    let total = turn
-        .finished
-        .saturating_duration_since(s.process_start)
-        .as_secs_f64();
+    let since_start =
+        |t: std::time::Instant| t.saturating_duration_since(s.process_start).as_secs_f64();
+    let total = since_start(st.finished);
     if a.verbose {
         eprintln!(
             "prefill {:.4} s, decode {:.4} s, whole run {total:.3} s, seed {}",
-            g.prefill.as_secs_f64(),
-            g.decode.as_secs_f64(),
+            st.prefill.as_secs_f64(),
+            st.decode.as_secs_f64(),
             s.sampling.seed
         );
     }
     if a.json {
-        let (stop_token, stop_string) = match &g.stop {
-            hoist_runtime::sampler::StopReason::Eos(id) => (Some(*id), None),
-            hoist_runtime::sampler::StopReason::StopString(st) => (None, Some(st.clone())),
-            hoist_runtime::sampler::StopReason::MaxTokens
-            | hoist_runtime::sampler::StopReason::Cancelled => (None, None),
+        let (stop_token, stop_string) = match &st.stop {
+            Stop::Eos(id) => (Some(*id), None),
+            Stop::StopString(text) => (None, Some(text.clone())),
+            Stop::MaxTokens | Stop::ContextFull | Stop::Cancelled => (None, None),
         };
         let doc = serde_json::json!({
             "model": a.model,
             "device": a.device.to_string(),
-            "text": g.text,
-            "tokens": g.tokens,
-            "prompt_tokens": turn.prompt_tokens,
-            "generated_tokens": g.tokens.len(),
-            "stop": turn.stop_label(),
+            "text": reply.text,
+            "tokens": reply.tokens,
+            "prompt_tokens": st.prompt_tokens,
+            "generated_tokens": st.generated_tokens,
+            "stop": st.stop.label(),
             "stop_token": stop_token,
             "stop_string": stop_string,
             "seed": s.sampling.seed,
-            "context": context,
+            "context": info.context,
             "chat_template": ck.template.is_some(),
             "sampling": {
                 "temperature": s.sampling.temperature,
@@ -114,15 +97,15 @@ pub fn run(s: &Settings, prompt: &str) -> anyhow::Result<()> {
                 "repeat_penalty": s.sampling.repetition_penalty,
             },
             "timings": {
-                "load_seconds": load_seconds,
-                "first_token_seconds": ttft,
-                "prefill_seconds": g.prefill.as_secs_f64(),
-                "prefill_tokens_per_s": turn.prefill_tokens_per_s(),
-                "decode_seconds": g.decode.as_secs_f64(),
-                "decode_tokens_per_s": g.decode_tokens_per_s(),
+                "load_seconds": info.load_seconds,
+                "first_token_seconds": since_start(st.first_token),
+                "prefill_seconds": st.prefill.as_secs_f64(),
+                "prefill_tokens_per_s": st.prefill_tokens_per_s(),
+                "decode_seconds": st.decode.as_secs_f64(),
+                "decode_tokens_per_s": st.decode_tokens_per_s,
                 "total_seconds": total,
             },
-            "load": model.gpu_stats(),
+            "load": info.gpu,
         });
         println!("{}", serde_json::to_string(&doc)?);
     }

@@ -143,7 +143,9 @@ pub(super) fn check_staging(
 ) -> Result<(), IoError> {
     let chunk = &run.plan.chunks[index];
     let align = run.plan.config.align_bytes as usize;
-    if s.len < chunk.len as usize || (method.direct() && s.ptr.as_ptr() as usize % align != 0) {
+    if s.len < chunk.len as usize
+        || (method.direct() && !(s.ptr.as_ptr() as usize).is_multiple_of(align))
+    {
         return Err(run.sink_error(
             index,
             format!(

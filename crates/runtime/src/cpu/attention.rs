@@ -79,7 +79,7 @@ impl KvCache {
     /// # Panics
     /// If the rows overrun the capacity or have the wrong width (the model checks first).
     pub fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) {
-        assert!(k.len() == v.len() && k.len() % self.row == 0);
+        assert!(k.len() == v.len() && k.len().is_multiple_of(self.row));
         assert!(
             self.k[layer].len() + k.len() <= self.capacity * self.row,
             "KV cache overrun"

@@ -28,7 +28,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// If the lengths are not `rows·k` and `n·k`.
 pub fn matmul_t(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f32> {
     assert!(
-        k > 0 && x.len() % k == 0 && w.len() == n * k,
+        k > 0 && x.len().is_multiple_of(k) && w.len() == n * k,
         "matmul_t: x {} / w {} with k {k}, n {n}",
         x.len(),
         w.len()

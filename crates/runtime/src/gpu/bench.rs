@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use cudarc::driver::sys;
 use hoist_cuda::DeviceBuf;
 
 use super::{GpuError, GpuModel};
@@ -74,9 +73,9 @@ fn d2d_gbps(model: &GpuModel) -> Result<f64, GpuError> {
     }
     let (a, b) = (DeviceBuf::new(gpu, bytes)?, DeviceBuf::new(gpu, bytes)?);
     let copy = || -> Result<(), GpuError> {
-        // SAFETY: both buffers hold `bytes` bytes and live across the synchronization below.
-        let r = unsafe { sys::cuMemcpyDtoDAsync_v2(b.ptr(), a.ptr(), bytes, model.stream().raw()) };
-        Ok(gpu.check("cuMemcpyDtoDAsync", r)?)
+        // SAFETY: `a` holds `bytes` bytes, is another allocation than `b` and is never written;
+        // both live across the synchronization below.
+        Ok(unsafe { b.copy_from_device_async(model.stream(), a.ptr(), bytes) }?)
     };
     copy()?;
     model.synchronize()?;
@@ -156,7 +155,7 @@ pub fn measure(
         for _ in 0..prompt_tokens / chunk {
             session.gemms_only(chunk)?;
         }
-        if prompt_tokens % chunk > 0 {
+        if !prompt_tokens.is_multiple_of(chunk) {
             session.gemms_only(prompt_tokens % chunk)?;
         }
         Ok(())

@@ -34,6 +34,24 @@ pub enum GpuError {
         /// cuBLAS's status.
         status: String,
     },
+    /// The placement plan does not fit the model or asks for what the runtime does not do.
+    #[error(transparent)]
+    Placement(#[from] crate::placement::PlacementError),
+    /// An option (a [`super::GpuOptions`] field or its environment override) has a value the
+    /// runtime does not accept.
+    #[error("{name}={value:?} is not accepted: {name} takes {accepted}")]
+    InvalidOption {
+        /// The variable (`HOIST_…`) or field (`GpuTuning::…`).
+        name: String,
+        /// The value given.
+        value: String,
+        /// What it accepts.
+        accepted: &'static str,
+    },
+    /// A device view that its memory cannot back (a bug: views are checked against their
+    /// tensors when the model is built).
+    #[error(transparent)]
+    Slice(#[from] hoist_cuda::SliceError),
     /// Something the runtime does not do.
     #[error("{0}")]
     Unsupported(String),

@@ -1,4 +1,4 @@
-//! The GPU runtime: Llama-family models with every weight resident in GPU memory.
+//! The GPU runtime: Llama-family models with their weights in GPU memory.
 //!
 //! - Weights reach the device through hoist's GPU path ([`hoist_cuda::load_to_gpu`], packed
 //!   layout): the load's allocations *are* the runtime's weight buffers, nothing is copied twice
@@ -23,18 +23,19 @@
 //! against it where a GPU exists, `tests/gpu.rs` checks whole models against transformers'
 //! logits, and `bench/gpu/runtime/` does so on fresh random models of every family.
 //!
-//! Environment knobs, for diagnosis: `HOIST_KERNEL_CACHE` (cache directory), `HOIST_PROFILE`
-//! (per-kernel times, each launch synchronized, printed when the model is dropped),
-//! `HOIST_NO_GRAPHS`, `HOIST_NO_PDL` (no programmatic dependent launch),
-//! `HOIST_NO_FUSED_ROPE` (the rotary embedding as its own kernel in decode) and
-//! `HOIST_DECODE_GEMV=cublas` (decode products through cuBLAS, for comparison);
-//! `bench/gpu/bench/gpu/run.sh decode-switches` measures each. `HOIST_GEMV_WARPS`, `HOIST_GEMV_UNROLL` and
-//! `HOIST_QGEMV_WARPS` change the GEMVs' shape, for tuning (see `module::GemvShape`).
-//! Models with Q8_0 or untiled Q4_0 weights launch without programmatic dependent launch (see
-//! `Kernels::disable_pdl`; `HOIST_QUANTIZED_PDL` keeps it on). Q4_0 matrices are repacked
-//! into tiles at load time for tensor-core GEMVs (`q4_tiles`; `HOIST_NO_Q4_TILES` keeps the
-//! file's layout and the CUDA-core GEMVs, `HOIST_Q4T_BATCH` and `HOIST_Q4T_MIN_BLOCKS` tune
-//! them).
+//! How it runs is set by [`GpuOptions`], read once at load: the device, the kernel cache, the
+//! layers' [`crate::Placement`] (all resident so far; the forward pass asks the model's layer
+//! store for each layer's weights every step, the seam layer streaming will use), and
+//! [`GpuTuning`]'s kernel choices and shapes, for diagnosis and tuning. The environment is read
+//! only by [`GpuOptions::with_env_overrides`], for the `HOIST_*` overrides listed in
+//! [`ENV_OVERRIDES`]; docs/run.md has the table of every knob, and
+//! `bench/gpu/run.sh decode-switches` measures the switches. Models with Q8_0 or untiled Q4_0
+//! weights launch without programmatic dependent launch (see `Kernels::disable_pdl`;
+//! [`GpuTuning::quantized_pdl`] keeps it on). Q4_0 matrices are repacked into tiles at load time
+//! for tensor-core GEMVs (`q4_tiles`; [`GpuTuning::q4_tiles`]).
+//!
+//! Weights are reached through typed device views ([`hoist_cuda::DevSlice`]: an address and a
+//! length), so a launch's safety argument checks the lengths it relies on.
 
 // A shipped feature (`hoist run --benchmark`), not test harness, so it stays in the library.
 pub mod bench;
@@ -44,10 +45,12 @@ mod kernels;
 mod layers;
 mod llama;
 mod module;
+mod options;
 mod q4_tiles;
 #[cfg(test)]
 mod tests;
 
 pub use error::GpuError;
-pub use llama::{GpuModel, GpuOptions, GpuSession, LoadStats, MAX_CHUNK_TOKENS, MAX_CONTEXT};
+pub use llama::{GpuModel, GpuSession, LoadStats, MAX_CHUNK_TOKENS, MAX_CONTEXT};
 pub use module::default_cache_dir;
+pub use options::{DecodeGemv, GpuOptions, GpuTuning, ENV_OVERRIDES};

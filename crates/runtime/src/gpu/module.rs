@@ -5,15 +5,15 @@
 //!
 //! With a cached cubin, NVRTC is not even loaded: a warm start pays only `cuModuleLoadData`.
 
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cudarc::driver::sys;
-use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
-use hoist_cuda::{Gpu, Stream};
+use hoist_cuda::{
+    CudaError, DeviceAttribute, Function, Gpu, LaunchConfig, Module, Program, Stream,
+};
 
-use super::GpuError;
+use super::{GpuError, GpuTuning};
 
 use super::kernels::{main_source, FILES};
 pub(crate) use super::kernels::{ARGMAX_THREADS, ATTN_SLICE_KEYS, ATTN_SPLITS};
@@ -28,10 +28,8 @@ pub(crate) const ELEMENTWISE_THREADS: u32 = 256;
 /// The tiled Q4_0 GEMVs (kernels/q4_tiles.cu) take `-DQ4T_WARPS` (warps per block, splitting 16
 /// rows' columns), `-DQ4T_BATCH` (tiles a warp loads before using them) and `-DQ4T_MIN_BLOCKS`
 /// (resident blocks per SM their registers are cut for).
-/// Defaults measured best on an H200 (the tiled ones on an H100); `HOIST_GEMV_WARPS` (1, 2, 4,
-/// 8 or 16), `HOIST_GEMV_UNROLL` (1 to 16), `HOIST_QGEMV_WARPS` (1 to 32), `HOIST_Q4T_WARPS`
-/// (4, 8 or 16), `HOIST_Q4T_BATCH` (1 to 8) and `HOIST_Q4T_MIN_BLOCKS` (1 to 4) override them
-/// for tuning.
+/// Defaults measured best on an H200 (the tiled ones on an H100); the options' tuning fields
+/// ([`super::GpuTuning`]) override them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct GemvShape {
     pub warps: u32,
@@ -52,52 +50,6 @@ impl GemvShape {
         q4t_min_blocks: 2,
     };
 
-    fn from_env() -> GemvShape {
-        let read = |name: &str, ok: &dyn Fn(u32) -> bool, default: u32| match std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-        {
-            Some(v) if ok(v) => v,
-            Some(v) => {
-                tracing::warn!("{name}={v} is out of range; using {default}");
-                default
-            }
-            None => default,
-        };
-        GemvShape {
-            warps: read(
-                "HOIST_GEMV_WARPS",
-                &|v| v.is_power_of_two() && v <= 16,
-                Self::DEFAULT.warps,
-            ),
-            unroll: read(
-                "HOIST_GEMV_UNROLL",
-                &|v| (1..=16).contains(&v),
-                Self::DEFAULT.unroll,
-            ),
-            quantized_warps: read(
-                "HOIST_QGEMV_WARPS",
-                &|v| (1..=32).contains(&v),
-                Self::DEFAULT.quantized_warps,
-            ),
-            q4t_warps: read(
-                "HOIST_Q4T_WARPS",
-                &|v| [4, 8, 16].contains(&v),
-                Self::DEFAULT.q4t_warps,
-            ),
-            q4t_batch: read(
-                "HOIST_Q4T_BATCH",
-                &|v| (1..=8).contains(&v),
-                Self::DEFAULT.q4t_batch,
-            ),
-            q4t_min_blocks: read(
-                "HOIST_Q4T_MIN_BLOCKS",
-                &|v| (1..=4).contains(&v),
-                Self::DEFAULT.q4t_min_blocks,
-            ),
-        }
-    }
-
     fn defines(self) -> [String; 5] {
         [
             format!("-DGEMV_WARPS={}", self.warps),
@@ -113,24 +65,23 @@ pub(crate) const ATTN_THREADS: u32 = 128;
 
 /// The loaded module and its functions.
 pub(crate) struct Kernels {
-    gpu: Arc<Gpu>,
-    module: sys::CUmodule,
-    pub(crate) convert: sys::CUfunction,
-    pub(crate) round_cast: sys::CUfunction,
-    pub(crate) embed: sys::CUfunction,
-    pub(crate) rms_norm: sys::CUfunction,
-    pub(crate) add_bias: sys::CUfunction,
-    pub(crate) swiglu: sys::CUfunction,
-    pub(crate) rope_store: sys::CUfunction,
-    pub(crate) attention_split: sys::CUfunction,
-    pub(crate) causal_softmax: sys::CUfunction,
-    pub(crate) argmax_next: sys::CUfunction,
-    pub(crate) gemv: sys::CUfunction,
-    pub(crate) gemv_swiglu: sys::CUfunction,
-    pub(crate) gemv_q4t: sys::CUfunction,
-    pub(crate) gemv_swiglu_q4t: sys::CUfunction,
-    pub(crate) q4_tile_repack: sys::CUfunction,
-    pub(crate) q4_tile_dequant: sys::CUfunction,
+    module: Module,
+    pub(crate) convert: Function,
+    pub(crate) round_cast: Function,
+    pub(crate) embed: Function,
+    pub(crate) rms_norm: Function,
+    pub(crate) add_bias: Function,
+    pub(crate) swiglu: Function,
+    pub(crate) rope_store: Function,
+    pub(crate) attention_split: Function,
+    pub(crate) causal_softmax: Function,
+    pub(crate) argmax_next: Function,
+    pub(crate) gemv: Function,
+    pub(crate) gemv_swiglu: Function,
+    pub(crate) gemv_q4t: Function,
+    pub(crate) gemv_swiglu_q4t: Function,
+    pub(crate) q4_tile_repack: Function,
+    pub(crate) q4_tile_dequant: Function,
     /// Whether the GPU has the tensor-core products the tiled Q4_0 GEMVs use (sm_80 and newer).
     pub(crate) tensor_cores: bool,
     /// Most dynamic shared memory one block of a tiled Q4_0 GEMV may use, bytes.
@@ -141,12 +92,13 @@ pub(crate) struct Kernels {
     pub(crate) arch: String,
     /// Whether the cubin came from the disk cache.
     pub(crate) cached: bool,
-    /// Per-kernel times when `HOIST_PROFILE` is set (each launch then waits for its kernel).
+    /// Per-kernel times when [`GpuTuning::profile`] is set (each launch then waits for its
+    /// kernel).
     pub(crate) profile: Option<Profile>,
     /// The GEMV shape the module was compiled with.
     pub(crate) gemv_shape: GemvShape,
     /// Launch with programmatic dependent launch (compute capability 9.0 and newer, unless
-    /// `HOIST_NO_PDL` is set): see `PDL_BEGIN` in kernels/common.cuh.
+    /// [`GpuTuning::pdl`] is off): see `PDL_BEGIN` in kernels/common.cuh.
     pdl: bool,
 }
 
@@ -159,11 +111,6 @@ pub(crate) struct Profile {
 }
 
 impl Profile {
-    /// Enabled by the environment variable `HOIST_PROFILE`.
-    pub(crate) fn from_env() -> Option<Profile> {
-        std::env::var_os("HOIST_PROFILE").map(|_| Profile::default())
-    }
-
     /// Adds `seconds` to `name`.
     pub(crate) fn add(&self, name: &str, seconds: f64) {
         let mut e = self.entries.borrow_mut();
@@ -197,38 +144,15 @@ impl Profile {
     }
 }
 
-fn attribute(gpu: &Gpu, a: sys::CUdevice_attribute) -> Result<i32, GpuError> {
-    let mut v = 0i32;
-    // SAFETY: out-pointer to a local; the device handle is live while `gpu` is.
-    gpu.check("cuDeviceGetAttribute", unsafe {
-        sys::cuDeviceGetAttribute(&mut v, a, gpu.device())
-    })?;
-    Ok(v)
-}
-
-/// Where compiled kernels are cached unless the caller says: `$HOIST_KERNEL_CACHE`, else
-/// `$XDG_CACHE_HOME/hoist/kernels`, else `$HOME/.cache/hoist/kernels`, else none.
+/// Where compiled kernels are cached unless the options say
+/// ([`super::GpuOptions::kernel_cache`], overridden by `HOIST_KERNEL_CACHE`): the platform's
+/// cache directory, `$XDG_CACHE_HOME/hoist/kernels`, else `$HOME/.cache/hoist/kernels`, else
+/// none.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HOIST_KERNEL_CACHE") {
-        return Some(PathBuf::from(p));
-    }
     if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
         return Some(PathBuf::from(p).join("hoist/kernels"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hoist/kernels"))
-}
-
-fn nvrtc_version() -> Result<(i32, i32), GpuError> {
-    let (mut major, mut minor) = (0i32, 0i32);
-    // SAFETY: out-pointers to locals; the library was found present by the caller.
-    let r = unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) };
-    if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
-        return Err(GpuError::Library {
-            library: "NVRTC",
-            reason: format!("nvrtcVersion failed: {r:?}"),
-        });
-    }
-    Ok((major, minor))
 }
 
 /// NVRTC's options for `arch` and `shape` (also part of the cache key).
@@ -254,74 +178,19 @@ fn compile(arch: &str, shape: GemvShape) -> Result<Vec<u8>, GpuError> {
 
 /// Compiles `main` (which includes files of [`FILES`] by name) with `options` into a cubin.
 fn compile_source(arch: &str, main: &str, options: &[String]) -> Result<Vec<u8>, GpuError> {
-    let fail = |log: String| GpuError::Compile {
-        arch: arch.to_string(),
-        log,
+    let program = Program {
+        name: "hoist_kernels.cu",
+        source: main,
+        // Every file is an NVRTC header, found by its include name: no include path on disk.
+        headers: &FILES,
     };
-    let c_string = |s: &str| CString::new(s).map_err(|e| fail(e.to_string()));
-    let src = c_string(main)?;
-    // Every file is an NVRTC header, found by its include name: no include path on disk.
-    let names = FILES
-        .iter()
-        .map(|(name, _)| c_string(name))
-        .collect::<Result<Vec<_>, _>>()?;
-    let bodies = FILES
-        .iter()
-        .map(|(_, body)| c_string(body))
-        .collect::<Result<Vec<_>, _>>()?;
-    let name_ptrs: Vec<*const std::ffi::c_char> = names.iter().map(|n| n.as_ptr()).collect();
-    let body_ptrs: Vec<*const std::ffi::c_char> = bodies.iter().map(|b| b.as_ptr()).collect();
-    let mut prog: nvrtc_sys::nvrtcProgram = std::ptr::null_mut();
-    // SAFETY: out-pointer to a local; every string is NUL-terminated and outlives the call (NVRTC
-    // copies them); both arrays hold FILES.len() pointers.
-    let created = unsafe {
-        nvrtc_sys::nvrtcCreateProgram(
-            &mut prog,
-            src.as_ptr(),
-            c"hoist_kernels.cu".as_ptr(),
-            FILES.len() as i32,
-            body_ptrs.as_ptr(),
-            name_ptrs.as_ptr(),
-        )
-    };
-    if created != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
-        return Err(fail(format!("nvrtcCreateProgram: {created:?}")));
-    }
-    // SAFETY: prog was just created and is destroyed below, once.
-    let compiled = unsafe { nvrtc::compile_program(prog, options) };
-    let result = match compiled {
-        Ok(()) => cubin(prog).map_err(fail),
-        Err(e) => {
-            // SAFETY: prog is live.
-            let log = unsafe { nvrtc::get_program_log(prog) }
-                .map(|l| {
-                    let bytes: Vec<u8> =
-                        l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
-                    String::from_utf8_lossy(&bytes).into_owned()
-                })
-                .unwrap_or_default();
-            Err(fail(format!("{e:?}: {log}")))
-        }
-    };
-    // SAFETY: prog is live and destroyed once.
-    let _ = unsafe { nvrtc::destroy_program(prog) };
-    result
-}
-
-fn cubin(prog: nvrtc_sys::nvrtcProgram) -> Result<Vec<u8>, String> {
-    let mut size = 0usize;
-    // SAFETY: prog compiled successfully; out-pointer to a local.
-    let r = unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size) };
-    if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
-        return Err(format!("nvrtcGetCUBINSize: {r:?}"));
-    }
-    let mut out = vec![0u8; size];
-    // SAFETY: `out` holds exactly `size` bytes, as NVRTC asked for.
-    let r = unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, out.as_mut_ptr() as *mut std::ffi::c_char) };
-    if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
-        return Err(format!("nvrtcGetCUBIN: {r:?}"));
-    }
-    Ok(out)
+    hoist_cuda::compile_cubin(&program, options).map_err(|e| match e {
+        CudaError::Compile { log, .. } => GpuError::Compile {
+            arch: arch.to_string(),
+            log,
+        },
+        e => e.into(),
+    })
 }
 
 /// Where the cubin of (`arch`, `shape`, these sources) is cached in `dir`. The key needs no
@@ -367,14 +236,7 @@ fn cubin_for(
             }
         }
     }
-    // SAFETY: only tries to dlopen candidate names; never panics.
-    if !unsafe { nvrtc_sys::is_culib_present() } {
-        return Err(GpuError::Library {
-            library: "NVRTC (libnvrtc.so)",
-            reason: "not found on the loader path; it compiles hoist's kernels once per GPU architecture".into(),
-        });
-    }
-    let (major, minor) = nvrtc_version()?;
+    let (major, minor) = hoist_cuda::nvrtc_version()?;
     tracing::info!("compiling GPU kernels for {arch} with NVRTC {major}.{minor}");
     let bytes = compile(arch, shape)?;
     if let Some(f) = &file {
@@ -408,11 +270,14 @@ fn store(path: &Path, bytes: &[u8]) -> Result<(), GpuError> {
 }
 
 impl Kernels {
-    /// Loads the kernels for `gpu`, compiling them if `cache` has none for its architecture.
-    pub(crate) fn load(gpu: &Arc<Gpu>, cache: Option<&Path>) -> Result<Kernels, GpuError> {
-        use sys::CUdevice_attribute::*;
-        let major = attribute(gpu, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
-        let minor = attribute(gpu, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    /// Loads the kernels for `gpu`, compiling them if `cache` has none for its architecture,
+    /// with `tuning`'s GEMV shape, profiling and programmatic dependent launch.
+    pub(crate) fn load(
+        gpu: &Arc<Gpu>,
+        cache: Option<&Path>,
+        tuning: &GpuTuning,
+    ) -> Result<Kernels, GpuError> {
+        let (major, minor) = gpu.compute_capability()?;
         if major < 7 {
             return Err(GpuError::Unsupported(format!(
                 "{} has compute capability {major}.{minor}; hoist's kernels need 7.0 (Volta) or newer",
@@ -420,17 +285,9 @@ impl Kernels {
             )));
         }
         let arch = format!("sm_{major}{minor}");
-        let gemv_shape = GemvShape::from_env();
+        let gemv_shape = tuning.gemv_shape();
         let (bin, mut cached) = cubin_for(&arch, gemv_shape, cache, true)?;
-        gpu.make_current()?;
-        let load = |bin: &[u8]| -> Result<sys::CUmodule, GpuError> {
-            let mut module: sys::CUmodule = std::ptr::null_mut();
-            // SAFETY: `bin` is an ELF image (the driver validates it and copies what it needs).
-            gpu.check("cuModuleLoadData", unsafe {
-                sys::cuModuleLoadData(&mut module, bin.as_ptr() as *const c_void)
-            })?;
-            Ok(module)
-        };
+        let load = |bin: &[u8]| Module::load(gpu, bin).map_err(GpuError::from);
         let module = match load(&bin) {
             Ok(m) => m,
             // A damaged cache file (a crash while writing by another tool, a driver that
@@ -442,27 +299,12 @@ impl Kernels {
             }
             Err(e) => return Err(e),
         };
-        let get = |name: &str| -> Result<sys::CUfunction, GpuError> {
-            let c = CString::new(name).map_err(|e| GpuError::Unsupported(e.to_string()))?;
-            let mut f: sys::CUfunction = std::ptr::null_mut();
-            // SAFETY: module is live; out-pointer to a local.
-            gpu.check("cuModuleGetFunction", unsafe {
-                sys::cuModuleGetFunction(&mut f, module, c.as_ptr())
-            })?;
-            Ok(f)
-        };
-        let optin = attribute(gpu, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let get = |name: &str| module.function(name);
+        let optin = gpu.attribute(DeviceAttribute::MaxSharedMemoryPerBlockOptin)?;
         // Leave room for the kernel's static shared memory (two 32-float reduction arrays).
         let attention_smem_bytes = (optin.max(48 << 10) as usize).saturating_sub(1024);
         let attention_split = get("attention_split")?;
-        // SAFETY: attention_split is a function of the live module.
-        gpu.check("cuFuncSetAttribute", unsafe {
-            sys::cuFuncSetAttribute(
-                attention_split,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                attention_smem_bytes as i32,
-            )
-        })?;
+        module.set_max_dynamic_shared_bytes(attention_split, attention_smem_bytes)?;
         let gemv = get("gemv")?;
         let gemv_swiglu = get("gemv_swiglu")?;
         let gemv_q4t = get("gemv_q4t")?;
@@ -476,19 +318,11 @@ impl Kernels {
             (gemv_q4t, q4t_smem_bytes),
             (gemv_swiglu_q4t, q4t_smem_bytes),
         ] {
-            // SAFETY: f is a function of the live module. Quantized GEMVs stage the input
-            // vector in dynamic shared memory, over 48 KiB for rows of 12k+ values.
-            gpu.check("cuFuncSetAttribute", unsafe {
-                sys::cuFuncSetAttribute(
-                    f,
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    bytes as i32,
-                )
-            })?;
+            // Quantized GEMVs stage the input vector in dynamic shared memory, over 48 KiB for
+            // rows of 12k+ values.
+            module.set_max_dynamic_shared_bytes(f, bytes)?;
         }
         Ok(Kernels {
-            gpu: gpu.clone(),
-            module,
             convert: get("convert")?,
             round_cast: get("round_cast")?,
             embed: get("embed")?,
@@ -505,14 +339,15 @@ impl Kernels {
             gemv_swiglu_q4t,
             q4_tile_repack: get("q4_tile_repack")?,
             q4_tile_dequant: get("q4_tile_dequant")?,
+            module,
             tensor_cores: major >= 8,
             q4t_smem_bytes,
             attention_smem_bytes,
             arch,
             cached,
-            profile: Profile::from_env(),
+            profile: tuning.profile.then(Profile::default),
             gemv_shape,
-            pdl: major >= 9 && std::env::var_os("HOIST_NO_PDL").is_none(),
+            pdl: major >= 9 && tuning.pdl,
         })
     }
 
@@ -524,15 +359,17 @@ impl Kernels {
         self.pdl = false;
     }
 
-    /// Launches `f` on `stream`. `args` holds one pointer per kernel parameter, each to a value
-    /// of exactly the parameter's C type (u64 for addresses, i32 for `int`, f32 for `float`).
+    /// Launches `f` on `stream`, with programmatic dependent launch unless it is off. `args`
+    /// holds one pointer per kernel parameter, each to a value of exactly the parameter's C
+    /// type (u64 for addresses, i32 for `int`, f32 for `float`).
     ///
     /// # Safety
-    /// `args` must match the kernel's parameter list, and every device address in it must be
-    /// live and large enough for what the kernel touches with the given counts.
+    /// As for [`Module::launch`]: `args` must match the kernel's parameter list, and every
+    /// device address in it must be live and large enough for what the kernel touches with
+    /// the given counts.
     pub(crate) unsafe fn launch(
         &self,
-        f: sys::CUfunction,
+        f: Function,
         grid: (u32, u32),
         block: u32,
         smem_bytes: u32,
@@ -549,36 +386,22 @@ impl Kernels {
     /// As for [`Kernels::launch`].
     pub(crate) unsafe fn launch3(
         &self,
-        f: sys::CUfunction,
+        f: Function,
         grid: (u32, u32, u32),
         block: u32,
         smem_bytes: u32,
         stream: &Stream,
         args: &mut [*mut c_void],
     ) -> Result<(), GpuError> {
-        debug_assert!(grid.0 > 0 && grid.1 > 0 && grid.2 > 0 && block > 0 && block <= 1024);
         let started = self.profile.as_ref().map(|_| std::time::Instant::now());
-        // SAFETY: an all-zero launch attribute is valid (id 0 = ignore); set below.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
-        let config = sys::CUlaunchConfig {
-            gridDimX: grid.0,
-            gridDimY: grid.1,
-            gridDimZ: grid.2,
-            blockDimX: block,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: smem_bytes,
-            hStream: stream.raw(),
-            attrs: &mut attr,
-            numAttrs: u32::from(self.pdl),
+        let config = LaunchConfig {
+            grid,
+            block: (block, 1, 1),
+            shared_mem_bytes: smem_bytes,
+            programmatic_dependent_launch: self.pdl,
         };
-        // SAFETY: the caller's contract; the stream and function are live; `config` and the
-        // attribute it points to outlive the call.
-        let launched = self.gpu.check("cuLaunchKernelEx", unsafe {
-            sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut())
-        });
+        // SAFETY: the caller's contract, which is `Module::launch`'s.
+        let launched = unsafe { self.module.launch(f, &config, stream, args) };
         if let (Some(p), Some(t)) = (&self.profile, started) {
             stream.synchronize()?;
             p.add(self.name_of(f), t.elapsed().as_secs_f64());
@@ -586,7 +409,7 @@ impl Kernels {
         Ok(launched?)
     }
 
-    fn name_of(&self, f: sys::CUfunction) -> &'static str {
+    fn name_of(&self, f: Function) -> &'static str {
         let named = [
             (self.convert, "convert"),
             (self.round_cast, "round_cast"),
@@ -617,11 +440,8 @@ impl Drop for Kernels {
                 p.report()
             );
         }
-        if self.gpu.make_current().is_ok() {
-            // SAFETY: the module was loaded once and is unloaded once; no launch is pending
-            // past the owners' synchronization.
-            unsafe { sys::cuModuleUnload(self.module) };
-        }
+        // The module unloads itself after this; no launch is pending past the owners'
+        // synchronization.
     }
 }
 
@@ -653,8 +473,7 @@ mod tests {
 
     /// Whether NVRTC can be loaded; when not, the caller skips (unless CI requires it).
     fn nvrtc_present() -> bool {
-        // SAFETY: only tries to dlopen candidate names.
-        if unsafe { super::nvrtc_sys::is_culib_present() } {
+        if hoist_cuda::nvrtc_available().is_ok() {
             return true;
         }
         assert!(

@@ -15,7 +15,10 @@ const Q4T_TILE_SMEM_BYTES: usize = 144;
 /// Whether `m` can be tiled: Q4_0 with rows in groups of 16 and 64-value tiles, on a GPU with
 /// the tensor-core products (sm_80+).
 pub(crate) fn tileable(k: &Kernels, m: &Mat) -> bool {
-    m.wtype == WType::Q4_0 && m.rows % 16 == 0 && m.cols % 64 == 0 && k.tensor_cores
+    m.wtype == WType::Q4_0
+        && m.rows.is_multiple_of(16)
+        && m.cols.is_multiple_of(64)
+        && k.tensor_cores
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -29,13 +32,17 @@ impl Ops<'_> {
         scratch: &DeviceBuf,
     ) -> Result<(), GpuError> {
         assert!(
-            m.wtype == WType::Q4_0 && m.rows % 16 == 0 && m.cols % 64 == 0,
+            m.wtype == WType::Q4_0 && m.rows.is_multiple_of(16) && m.cols.is_multiple_of(64),
             "{m:?} cannot be tiled"
         );
-        // SAFETY: m is a live matrix of m.bytes() bytes (the caller's contract), distinct from
-        // scratch, which holds that many (asserted by the copy).
-        unsafe { scratch.copy_from_device_async(self.stream, m.ptr, m.bytes())? };
-        let (src, dst, rows, cols) = (scratch.ptr(), m.ptr, int(m.rows), int(m.cols));
+        assert!(
+            m.data.len() >= m.bytes() && scratch.len() >= m.bytes(),
+            "{m:?} and its scratch hold its bytes"
+        );
+        // SAFETY: m is a live matrix (the caller's contract) whose view holds m.bytes() bytes,
+        // distinct from scratch, which holds that many (both asserted above).
+        unsafe { scratch.copy_from_device_async(self.stream, m.ptr(), m.bytes())? };
+        let (src, dst, rows, cols) = (scratch.ptr(), m.ptr(), int(m.rows), int(m.cols));
         let mut a = args![src, dst, rows, cols];
         let grid = blocks(m.rows * m.cols / 32);
         // SAFETY: the module's contract; the kernel reads scratch and writes m, both m.bytes().
@@ -55,7 +62,7 @@ impl Ops<'_> {
 
     /// `dst` = the tiled matrix `m` dequantized, as `out` (row-major).
     pub(super) unsafe fn dequant_q4t(&self, m: &Mat, dst: u64, out: Act) -> Result<(), GpuError> {
-        let (src, rows, cols, o) = (m.ptr, int(m.rows), int(m.cols), out as i32);
+        let (src, rows, cols, o) = (m.ptr(), int(m.rows), int(m.cols), out as i32);
         let mut a = args![src, dst, rows, cols, o];
         // SAFETY: the module's contract.
         unsafe {
@@ -115,12 +122,17 @@ impl Ops<'_> {
         act: Act,
     ) -> Result<(), GpuError> {
         assert!(
-            gate.rows == up.rows && gate.cols == up.cols && gate.rows % 16 == 0,
+            gate.rows == up.rows && gate.cols == up.cols && gate.rows.is_multiple_of(16),
             "gate and up have one shape"
         );
         let smem = self.q4t_smem(gate.cols)?;
-        let (g, u, rows, cols, act) =
-            (gate.ptr, up.ptr, int(gate.rows), int(gate.cols), act as i32);
+        let (g, u, rows, cols, act) = (
+            gate.ptr(),
+            up.ptr(),
+            int(gate.rows),
+            int(gate.cols),
+            act as i32,
+        );
         let mut a = args![g, u, x, h, rows, cols, act];
         // SAFETY: the module's contract.
         unsafe {

@@ -119,7 +119,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], elems: usize) -> Result<Vec<f32>, 
         return Err(QuantError::Unsupported { ty });
     };
     let (block_elems, block_bytes) = (block_elems as usize, block_bytes as u128);
-    if elems % block_elems != 0 {
+    if !elems.is_multiple_of(block_elems) {
         return Err(QuantError::PartialBlock {
             ty,
             elems,

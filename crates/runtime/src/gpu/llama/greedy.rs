@@ -148,7 +148,7 @@ impl GpuSession<'_> {
     fn queue_step(&self, s: usize, slots: &Slots) -> Result<(), GpuError> {
         let m = self.model;
         match &self.greedy_graph {
-            Some(g) => g.launch(&m.gpu, &m.stream)?,
+            Some(g) => g.launch(&m.stream)?,
             None => self.record_greedy()?,
         }
         let slot = s % QUEUE_DEPTH;

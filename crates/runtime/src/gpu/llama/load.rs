@@ -1,0 +1,320 @@
+//! Turning loaded tensors into the model's device weights.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hoist_cuda::{DevSlice, DeviceBuf, Gpu, GpuTensors, Stream};
+use hoist_format::TensorTable;
+
+use super::bytes_of;
+use super::weights::Layer;
+use crate::config::ModelConfig;
+use crate::gpu::blas::Blas;
+use crate::gpu::layers::{Act, Mat, Ops, WType};
+use crate::gpu::module::Kernels;
+use crate::gpu::GpuError;
+use crate::weights::{LayerTensor, WeightId, WeightMap};
+
+/// The weight types the kernels read ([`WType::of`]), for messages.
+const GPU_DTYPES: &str = "F32, F16, BF16, Q8_0 and Q4_0";
+
+fn unsupported_dtype(name: &str, dtype: hoist_format::DType) -> GpuError {
+    GpuError::Unsupported(format!(
+        "tensor {name} is {dtype}; the GPU runtime reads {GPU_DTYPES} weights (--device cpu reads more)"
+    ))
+}
+
+/// Refuses, before any device work, a model with tensors of a type the kernels do not read
+/// (all of them are types the CPU reference reads: [`WeightMap::resolve`] checked that):
+/// names the first such tensor and every such type.
+pub(super) fn check_dtypes(table: &TensorTable, map: &WeightMap) -> Result<(), GpuError> {
+    let mut first = None;
+    let mut types: Vec<&str> = Vec::new();
+    for info in map.selection().into_iter().map(|i| &table.tensors[i]) {
+        if WType::of(info.dtype).is_none() {
+            first.get_or_insert(info);
+            if !types.contains(&info.dtype.name()) {
+                types.push(info.dtype.name());
+            }
+        }
+    }
+    let Some(info) = first else { return Ok(()) };
+    let others = match types.as_slice() {
+        [_, rest @ ..] if !rest.is_empty() => {
+            format!(" (the model also has {} tensors)", rest.join(", "))
+        }
+        _ => String::new(),
+    };
+    Err(GpuError::Unsupported(format!(
+        "{}: tensor '{}' has dtype {}{others}, which the GPU runtime has no kernels for (it reads {GPU_DTYPES}); run this model with --device cpu (the f32 CPU reference: slow, for small models)",
+        table.root.display(),
+        info.name,
+        info.dtype,
+    )))
+}
+
+/// What [`Builder`] makes of the loaded tensors.
+pub(super) struct Built {
+    pub(super) act: Act,
+    pub(super) embed: Mat,
+    pub(super) output: Mat,
+    pub(super) output_norm: DevSlice<f32>,
+    pub(super) layers: Vec<Layer>,
+    pub(super) inv_freq: DeviceBuf,
+    pub(super) small: Vec<DeviceBuf>,
+}
+
+/// Turns loaded tensors into matrices (views) and f32 vectors (converted copies).
+pub(super) struct Builder<'a> {
+    config: &'a ModelConfig,
+    map: &'a WeightMap,
+    weights: &'a GpuTensors,
+    by_name: HashMap<&'a str, usize>,
+    ops: Ops<'a>,
+    gpu: &'a Arc<Gpu>,
+    small: Vec<DeviceBuf>,
+}
+
+impl<'a> Builder<'a> {
+    pub(super) fn new(
+        config: &'a ModelConfig,
+        map: &'a WeightMap,
+        weights: &'a GpuTensors,
+        kernels: &'a Kernels,
+        blas: &'a Blas,
+        stream: &'a Stream,
+        gpu: &'a Arc<Gpu>,
+    ) -> Result<Builder<'a>, GpuError> {
+        let by_name = weights
+            .tensors()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.info.name.as_str(), i))
+            .collect();
+        Ok(Builder {
+            config,
+            map,
+            weights,
+            by_name,
+            ops: Ops {
+                k: kernels,
+                blas,
+                stream,
+            },
+            gpu,
+            small: Vec::new(),
+        })
+    }
+
+    fn tensor(&self, id: WeightId) -> Result<&'a hoist_cuda::GpuTensor, GpuError> {
+        let name = self.map.source.name(id);
+        self.by_name
+            .get(name.as_str())
+            .map(|&i| &self.weights.tensors()[i])
+            .ok_or_else(|| GpuError::Unsupported(format!("tensor {name} was not loaded")))
+    }
+
+    fn mat(&self, id: WeightId, rows: usize, cols: usize) -> Result<Mat, GpuError> {
+        let t = self.tensor(id)?;
+        let wtype =
+            WType::of(t.info.dtype).ok_or_else(|| unsupported_dtype(&t.info.name, t.info.dtype))?;
+        if matches!(wtype, WType::Q8_0 | WType::Q4_0) && !cols.is_multiple_of(32) {
+            return Err(GpuError::Unsupported(format!(
+                "tensor {} is quantized with rows of {cols} values, not a multiple of 32",
+                t.info.name
+            )));
+        }
+        if t.info.elements() != (rows * cols) as u64
+            || wtype.bytes(rows * cols) as u64 != t.info.len
+        {
+            return Err(GpuError::Unsupported(format!(
+                "tensor {} has shape {:?} ({} bytes), expected [{rows}, {cols}] of {wtype:?}",
+                t.info.name, t.info.shape, t.info.len
+            )));
+        }
+        Ok(Mat {
+            data: DevSlice::of_tensor(t)?,
+            wtype,
+            rows,
+            cols,
+        })
+    }
+
+    /// An f32 copy of a small tensor of `len` values.
+    fn vector(&mut self, id: WeightId, len: usize) -> Result<DevSlice<f32>, GpuError> {
+        let t = self.tensor(id)?;
+        let wtype =
+            WType::of(t.info.dtype).ok_or_else(|| unsupported_dtype(&t.info.name, t.info.dtype))?;
+        if t.info.elements() != len as u64 {
+            return Err(GpuError::Unsupported(format!(
+                "tensor {} has {} values, expected {len}",
+                t.info.name,
+                t.info.elements()
+            )));
+        }
+        let buf = DeviceBuf::new(self.gpu, len * 4)?;
+        // SAFETY: the source holds `len` values of `wtype` (checked), the buffer len f32.
+        unsafe {
+            self.ops
+                .convert(t.device_ptr, wtype, buf.ptr(), Act::F32, len)?
+        };
+        let v = DevSlice::of(&buf)?;
+        debug_assert_eq!(v.len(), len);
+        self.small.push(buf);
+        Ok(v)
+    }
+
+    /// The model's weights; with `q4_tiles`, Q4_0 matrices repacked into tiles
+    /// ([`crate::gpu::GpuTuning::q4_tiles`]).
+    pub(super) fn build(mut self, q4_tiles: bool) -> Result<Built, GpuError> {
+        let c = self.config;
+        let (h, qd, kvd, inter) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        let embed = self.mat(WeightId::Embedding, c.vocab_size, h)?;
+        let mut output = if c.tie_word_embeddings {
+            embed
+        } else {
+            self.mat(WeightId::Output, c.vocab_size, h)?
+        };
+        let output_norm = self.vector(WeightId::OutputNorm, h)?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for n in 0..c.num_layers {
+            use LayerTensor::*;
+            let id = |t| WeightId::Layer(n, t);
+            let qkv_bias = if c.attention_bias {
+                [
+                    self.vector(id(QBias), qd)?,
+                    self.vector(id(KBias), kvd)?,
+                    self.vector(id(VBias), kvd)?,
+                ]
+            } else {
+                [DevSlice::empty(); 3]
+            };
+            let qk_norm = if c.qk_norm {
+                Some([
+                    self.vector(id(QNorm), c.head_dim)?,
+                    self.vector(id(KNorm), c.head_dim)?,
+                ])
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn_norm: self.vector(id(AttnNorm), h)?,
+                q: self.mat(id(Q), qd, h)?,
+                k: self.mat(id(K), kvd, h)?,
+                v: self.mat(id(V), kvd, h)?,
+                o: self.mat(id(O), h, qd)?,
+                qkv_bias,
+                qk_norm,
+                ffn_norm: self.vector(id(FfnNorm), h)?,
+                gate: self.mat(id(Gate), inter, h)?,
+                up: self.mat(id(Up), inter, h)?,
+                down: self.mat(id(Down), h, inter)?,
+            });
+        }
+        if q4_tiles {
+            self.tile_q4_0(&mut layers, &mut output, c.tie_word_embeddings)?;
+        }
+        // GEMM inputs are rounded to the weights' float type: bf16 if any matrix is bf16, f16
+        // for f16 and quantized weights (Q8_0/Q4_0 are dequantized to f16 for cuBLAS), f32
+        // only when every matrix is f32.
+        let types: Vec<WType> = layers
+            .iter()
+            .flat_map(|l| l.mats().map(|m| m.wtype))
+            .chain([embed.wtype, output.wtype])
+            .collect();
+        let act = if types.contains(&WType::BF16) {
+            Act::BF16
+        } else if types.iter().all(|&t| t == WType::F32) {
+            Act::F32
+        } else {
+            Act::F16
+        };
+        let inv_freq = self.inv_freqs()?;
+        Ok(Built {
+            act,
+            embed,
+            output,
+            output_norm,
+            layers,
+            inv_freq,
+            small: self.small,
+        })
+    }
+
+    /// Repacks the Q4_0 matrices that can be into tiles for the tensor-core GEMVs (see
+    /// kernels/q4_tiles.cu), in place through one scratch buffer: gate and up only together (one
+    /// kernel reads both), the output matrix unless it is the embedding table (the embedding
+    /// kernel reads the file's layout).
+    fn tile_q4_0(
+        &self,
+        layers: &mut [Layer],
+        output: &mut Mat,
+        tied: bool,
+    ) -> Result<(), GpuError> {
+        let ops = &self.ops;
+        let ok = |m: &Mat| crate::gpu::q4_tiles::tileable(ops.k, m);
+        let mut targets: Vec<&mut Mat> = Vec::new();
+        for l in layers.iter_mut() {
+            let pair = ok(&l.gate) && ok(&l.up);
+            for m in [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.down] {
+                if ok(m) {
+                    targets.push(m);
+                }
+            }
+            if pair {
+                targets.push(&mut l.gate);
+                targets.push(&mut l.up);
+            }
+        }
+        if !tied && ok(output) {
+            targets.push(output);
+        }
+        let Some(most) = targets.iter().map(|m| m.bytes()).max() else {
+            return Ok(());
+        };
+        let scratch = DeviceBuf::new(self.gpu, most)?;
+        for m in targets {
+            // SAFETY: m is a view of loaded weights of m.bytes() bytes, scratch holds the
+            // largest; the stream is synchronized before scratch is freed.
+            unsafe { ops.tile_q4_0(m, &scratch)? };
+        }
+        Ok(ops.stream.synchronize()?)
+    }
+
+    /// Rotary frequencies on the host (with Llama 3.1 scaling, or divided by the GGUF
+    /// `rope_freqs.weight` factors), uploaded as f32.
+    fn inv_freqs(&self) -> Result<DeviceBuf, GpuError> {
+        let c = self.config;
+        let mut freqs = crate::cpu::inv_freqs(c.head_dim, c.rope_theta, c.rope_scaling);
+        if self.map.index(WeightId::RopeFreqs).is_some() {
+            let t = self.tensor(WeightId::RopeFreqs)?;
+            let i = self.by_name[t.info.name.as_str()];
+            let bytes = self.weights.copy_to_host(i)?;
+            let factors = crate::cpu::tensor_to_f32(&t.info, &bytes)
+                .map_err(|e| GpuError::Unsupported(e.to_string()))?;
+            if factors.len() != freqs.len() {
+                return Err(GpuError::Unsupported(format!(
+                    "{} has {} factors, expected head_dim/2 = {}",
+                    t.info.name,
+                    factors.len(),
+                    freqs.len()
+                )));
+            }
+            freqs.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
+        }
+        upload_f32(self.gpu, self.ops.stream, &freqs)
+    }
+}
+
+/// A device buffer holding `values`.
+fn upload_f32(gpu: &Arc<Gpu>, stream: &Stream, values: &[f32]) -> Result<DeviceBuf, GpuError> {
+    let buf = DeviceBuf::new(gpu, values.len() * 4)?;
+    buf.write_async(stream, bytes_of(values))?;
+    stream.synchronize()?;
+    Ok(buf)
+}
