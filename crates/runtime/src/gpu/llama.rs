@@ -28,6 +28,7 @@ use crate::RuntimeError;
 use load::{check_dtypes, Builder};
 use weights::LayerStore;
 
+mod dequant;
 mod forward;
 mod graph;
 mod greedy;
@@ -61,6 +62,9 @@ pub struct LoadStats {
     pub weights_seconds: f64,
     /// Weight bytes loaded.
     pub weight_bytes: u64,
+    /// Matrices of types the kernels do not read yet, dequantized to 16 bits on the host at
+    /// load, by type: `["Q6_K x1", …]` (empty when every matrix runs in its own type).
+    pub host_dequantized: Vec<String>,
     /// Seconds of the whole load.
     pub seconds: f64,
 }
@@ -128,11 +132,19 @@ impl GpuModel {
 
         let selection = map.selection();
         let weight_bytes: u64 = selection.iter().map(|&i| table.tensors[i].len).sum();
+        // Types without kernels are dequantized on the host into 16-bit copies (dequant.rs),
+        // which need GPU memory beside the file's bytes.
+        let host_dequantized_bytes: u64 = selection
+            .iter()
+            .map(|&i| &table.tensors[i])
+            .filter(|t| dequant::host_dequantized(t.dtype).is_some())
+            .map(|t| t.elements() * 2)
+            .sum();
         let (free, _) = gpu.mem_info().map_err(GpuError::from)?;
-        if weight_bytes > free {
+        if weight_bytes + host_dequantized_bytes > free {
             return Err(GpuError::Unsupported(format!(
                 "the weights need {:.2} GiB of GPU memory but {} has {:.2} GiB free; free GPU memory or use a smaller (or more quantized) model",
-                weight_bytes as f64 / (1u64 << 30) as f64,
+                (weight_bytes + host_dequantized_bytes) as f64 / (1u64 << 30) as f64,
                 gpu.name(),
                 free as f64 / (1u64 << 30) as f64
             ))
@@ -159,8 +171,23 @@ impl GpuModel {
         .map_err(GpuError::from)?;
         let weights_seconds = t.elapsed().as_secs_f64();
 
+        // Host-dequantized matrices become the 16-bit type of the model's other float
+        // matrices: bf16 when any is bf16, else f16 (which quantized models compute in).
+        let dequant_to = match selection
+            .iter()
+            .any(|&i| WType::of(table.tensors[i].dtype) == Some(WType::BF16))
+        {
+            true => WType::BF16,
+            false => WType::F16,
+        };
         let built = Builder::new(&config, &map, &weights, &kernels, &blas, &stream, &gpu)?
-            .build(tuning.q4_tiles)?;
+            .build(tuning.q4_tiles, dequant_to)?;
+        if !built.host_dequantized.is_empty() {
+            tracing::warn!(
+                types = ?built.host_dequantized,
+                "the GPU runtime has no kernels for these weight types yet: dequantized to {dequant_to:?} at load (they run at 16-bit speed and size)"
+            );
+        }
         stream.synchronize().map_err(GpuError::from)?;
         let layers = LayerStore::new(built.layers, residency);
         let direct = layers
@@ -184,6 +211,7 @@ impl GpuModel {
             kernel_arch: kernels.arch.clone(),
             weights_seconds,
             weight_bytes,
+            host_dequantized: built.host_dequantized.clone(),
             seconds: start.elapsed().as_secs_f64(),
         };
         Ok(GpuModel {

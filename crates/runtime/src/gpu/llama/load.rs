@@ -25,13 +25,14 @@ fn unsupported_dtype(name: &str, dtype: hoist_format::DType) -> GpuError {
 }
 
 /// Refuses, before any device work, a model with tensors of a type the kernels do not read
-/// (all of them are types the CPU reference reads: [`WeightMap::resolve`] checked that):
-/// names the first such tensor and every such type.
+/// and the host cannot dequantize for them ([`super::dequant`]): names the first such tensor
+/// and every such type.
 pub(super) fn check_dtypes(table: &TensorTable, map: &WeightMap) -> Result<(), GpuError> {
     let mut first = None;
     let mut types: Vec<&str> = Vec::new();
     for info in map.selection().into_iter().map(|i| &table.tensors[i]) {
-        if WType::of(info.dtype).is_none() {
+        if WType::of(info.dtype).is_none() && super::dequant::host_dequantized(info.dtype).is_none()
+        {
             first.get_or_insert(info);
             if !types.contains(&info.dtype.name()) {
                 types.push(info.dtype.name());
@@ -61,7 +62,10 @@ pub(super) struct Built {
     pub(super) output_norm: DevSlice<f32>,
     pub(super) layers: Vec<Layer>,
     pub(super) inv_freq: DeviceBuf,
+    /// Device copies owned by the model: f32 norms and biases, host-dequantized matrices.
     pub(super) small: Vec<DeviceBuf>,
+    /// The types of the host-dequantized matrices, with counts (`Q6_K x1`).
+    pub(super) host_dequantized: Vec<String>,
 }
 
 /// Turns loaded tensors into matrices (views) and f32 vectors (converted copies).
@@ -73,6 +77,10 @@ pub(super) struct Builder<'a> {
     ops: Ops<'a>,
     gpu: &'a Arc<Gpu>,
     small: Vec<DeviceBuf>,
+    /// The 16-bit type host-dequantized matrices become.
+    dequant_to: WType,
+    /// The ggml type of each host-dequantized matrix.
+    host_dequantized: Vec<hoist_format::GgmlType>,
 }
 
 impl<'a> Builder<'a> {
@@ -103,6 +111,8 @@ impl<'a> Builder<'a> {
             },
             gpu,
             small: Vec::new(),
+            dequant_to: WType::F16,
+            host_dequantized: Vec::new(),
         })
     }
 
@@ -114,8 +124,11 @@ impl<'a> Builder<'a> {
             .ok_or_else(|| GpuError::Unsupported(format!("tensor {name} was not loaded")))
     }
 
-    fn mat(&self, id: WeightId, rows: usize, cols: usize) -> Result<Mat, GpuError> {
+    fn mat(&mut self, id: WeightId, rows: usize, cols: usize) -> Result<Mat, GpuError> {
         let t = self.tensor(id)?;
+        if let Some(ty) = super::dequant::host_dequantized(t.info.dtype) {
+            return self.host_dequantized_mat(t, ty, rows, cols);
+        }
         let wtype =
             WType::of(t.info.dtype).ok_or_else(|| unsupported_dtype(&t.info.name, t.info.dtype))?;
         if matches!(wtype, WType::Q8_0 | WType::Q4_0) && !cols.is_multiple_of(32) {
@@ -138,6 +151,48 @@ impl<'a> Builder<'a> {
             rows,
             cols,
         })
+    }
+
+    /// A matrix of a type the kernels do not read: its bytes copied back to the host,
+    /// dequantized there ([`super::dequant`]) into `dequant_to` and uploaded as a matrix of
+    /// that type, owned by the model. (Its file bytes stay in the packed allocation.)
+    fn host_dequantized_mat(
+        &mut self,
+        t: &hoist_cuda::GpuTensor,
+        ty: hoist_format::GgmlType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Mat, GpuError> {
+        if t.info.elements() != (rows * cols) as u64 {
+            return Err(GpuError::Unsupported(format!(
+                "tensor {} has shape {:?}, expected [{rows}, {cols}]",
+                t.info.name, t.info.shape
+            )));
+        }
+        let i = self.by_name[t.info.name.as_str()];
+        let raw = self.weights.copy_to_host(i)?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let bytes = super::dequant::dequantize_to_16bit(
+            &t.info.name,
+            ty,
+            &raw,
+            rows * cols,
+            self.dequant_to,
+            threads,
+        )?;
+        let buf = DeviceBuf::new(self.gpu, bytes.len())?;
+        buf.write_async(self.ops.stream, &bytes)?;
+        // `bytes` must outlive the asynchronous copy.
+        self.ops.stream.synchronize()?;
+        let mat = Mat {
+            data: DevSlice::of(&buf)?,
+            wtype: self.dequant_to,
+            rows,
+            cols,
+        };
+        self.small.push(buf);
+        self.host_dequantized.push(ty);
+        Ok(mat)
     }
 
     /// An f32 copy of a small tensor of `len` values.
@@ -166,7 +221,8 @@ impl<'a> Builder<'a> {
 
     /// The model's weights; with `q4_tiles`, Q4_0 matrices repacked into tiles
     /// ([`crate::gpu::GpuTuning::q4_tiles`]).
-    pub(super) fn build(mut self, q4_tiles: bool) -> Result<Built, GpuError> {
+    pub(super) fn build(mut self, q4_tiles: bool, dequant_to: WType) -> Result<Built, GpuError> {
+        self.dequant_to = dequant_to;
         let c = self.config;
         let (h, qd, kvd, inter) = (
             c.hidden_size,
@@ -235,7 +291,16 @@ impl<'a> Builder<'a> {
             Act::F16
         };
         let inv_freq = self.inv_freqs()?;
+        let mut host_dequantized: Vec<String> = Vec::new();
+        for ty in &self.host_dequantized {
+            let prefix = format!("{} x", ty.name());
+            if !host_dequantized.iter().any(|s| s.starts_with(&prefix)) {
+                let n = self.host_dequantized.iter().filter(|t| *t == ty).count();
+                host_dequantized.push(format!("{prefix}{n}"));
+            }
+        }
         Ok(Built {
+            host_dequantized,
             act,
             embed,
             output,
