@@ -183,7 +183,8 @@ impl GpuModel {
         let built = Builder::new(&config, &map, &weights, &kernels, &blas, &stream, &gpu)?
             .build(tuning.q4_tiles, dequant_to)?;
         if !built.host_dequantized.is_empty() {
-            tracing::warn!(
+            // Info, not a warning: the front ends say it to the user (the engine's warnings).
+            tracing::info!(
                 types = ?built.host_dequantized,
                 "the GPU runtime has no kernels for these weight types yet: dequantized to {dequant_to:?} at load (they run at 16-bit speed and size)"
             );
