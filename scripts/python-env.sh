@@ -63,6 +63,9 @@ hoist_python_env() {
   echo "== installing the reference Python packages (safetensors, numpy, gguf, xxhash)"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     safetensors numpy gguf xxhash
+  echo "== installing the official API clients hoist serve is tested with (pinned)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    ollama==0.6.3 openai==3.57.0
   echo "== installing NVRTC (nvidia-cuda-nvrtc wheel): the GPU kernels must compile, GPU or not"
   # CUDA 13's: the cudarc build the runtime uses loads libnvrtc.so.13 and older, not 14.
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'nvidia-cuda-nvrtc>=13,<14'

@@ -6,6 +6,8 @@ mod gpu;
 mod inspect;
 mod load;
 mod run;
+mod serve;
+mod store;
 mod util;
 
 use std::io::IsTerminal;
@@ -46,6 +48,27 @@ enum Command {
     /// Generate text with a Llama-family model: one prompt, an interactive chat, or a speed
     /// benchmark (`--benchmark`).
     Run(run::Args),
+    /// Serve models over HTTP with Ollama's and OpenAI's APIs (docs/serve.md).
+    Serve(serve::Args),
+    /// List the models in hoist's store, the Hugging Face cache and Ollama's store.
+    List,
+    /// Show a model's architecture, parameters, dtypes, context, license and chat template.
+    Show(store::ShowArgs),
+    /// Remove a model from hoist's store (the other stores are read-only).
+    Rm {
+        /// A model name in hoist's store.
+        name: String,
+    },
+    /// Give a model a second name in hoist's store (no weights are copied).
+    Cp {
+        /// The model's name.
+        src: String,
+        /// The new name, NAME[:TAG].
+        dst: String,
+    },
+    /// Download a model: NAME[:TAG] from Ollama's registry, ORG/NAME[@REV] from the Hugging
+    /// Face hub.
+    Pull(store::PullArgs),
 }
 
 /// `--backend` values.
@@ -288,6 +311,12 @@ fn main() -> ExitCode {
         Command::Load(a) => load::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Run(a) => run::run(a, start),
+        Command::Serve(a) => serve::run(a),
+        Command::List => store::list(),
+        Command::Show(a) => store::show(a),
+        Command::Rm { name } => store::rm(&name),
+        Command::Cp { src, dst } => store::cp(&src, &dst),
+        Command::Pull(a) => store::pull(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

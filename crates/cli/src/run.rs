@@ -233,9 +233,13 @@ fn check(args: Args, process_start: Instant) -> anyhow::Result<Settings> {
         };
         anyhow::anyhow!("{flag} {} is out of range ({})", e.value, e.range)
     })?;
-    // A missing path is named as such, not as a parse error deeper down.
-    std::fs::metadata(&args.model)
-        .with_context(|| format!("cannot run {}", args.model.display()))?;
+    // A path that exists is a path; anything else is a model name for the store (a missing
+    // path is named as such there, not as a parse error deeper down).
+    let mut args = args;
+    if std::fs::metadata(&args.model).is_err() {
+        args.model = crate::store::resolve_model_arg(&args.model)
+            .with_context(|| format!("cannot run {}", args.model.display()))?;
+    }
     Ok(Settings {
         args,
         process_start,

@@ -16,22 +16,12 @@ use hoist_runtime::placement::Placement;
 use hoist_runtime::sampler::SamplingParams;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures")
+    hoist_testkit::models::runtime_fixtures()
 }
 
 /// The Llama fixture with the fixture tokenizer and its chat template beside it.
 fn model_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let f = fixtures();
-    for src in [
-        f.join("llama/config.json"),
-        f.join("llama/model.safetensors"),
-        f.join("tokenizer/tokenizer.json"),
-        f.join("tokenizer/tokenizer_config.json"),
-    ] {
-        std::fs::copy(&src, dir.path().join(src.file_name().unwrap())).unwrap();
-    }
-    dir
+    hoist_testkit::models::chat_model_dir()
 }
 
 fn cpu(pool_size: usize) -> EngineOptions {
