@@ -18,6 +18,9 @@ pub(crate) const MAX_ATTEMPTS: usize = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server may take to start answering.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for any bytes of a body being read: a download that stalls this long fails
+/// its try (its `.partial` file is kept, and the next try resumes it).
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes read from the network per write to disk.
 const COPY_BUF_BYTES: usize = 1 << 20;
 
@@ -62,6 +65,7 @@ impl Client {
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+            .timeout_per_read(Some(STALL_TIMEOUT))
             .user_agent(concat!("hoist/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();

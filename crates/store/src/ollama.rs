@@ -139,15 +139,21 @@ pub(crate) fn find(
 /// names, or that cannot be read, are passed over: they are not hoist's to judge).
 pub(crate) fn discover(root: &Path, source: Source) -> Result<Vec<ModelEntry>, StoreError> {
     let reg = root.join("manifests").join(REGISTRY_DIR);
+    Ok(walk_names(&reg)?
+        .into_iter()
+        .filter_map(|(name, _)| entry(root, source, &name).ok().flatten())
+        .collect())
+}
+
+/// Every `NAMESPACE/MODEL/TAG` file under `dir` (Ollama's manifest layout, and hoist's
+/// aliases) whose parts make a valid name, with its path; others are passed over.
+fn walk_names(dir: &Path) -> Result<Vec<(ModelName, PathBuf)>, StoreError> {
     let mut out = Vec::new();
-    for namespace in names_in(&reg)? {
-        for model in names_in(&reg.join(&namespace))? {
-            for tag in names_in(&reg.join(&namespace).join(&model))? {
-                let Ok(name) = ModelName::parse(&format!("{namespace}/{model}:{tag}")) else {
-                    continue;
-                };
-                if let Ok(Some(e)) = entry(root, source, &name) {
-                    out.push(e);
+    for namespace in names_in(dir)? {
+        for model in names_in(&dir.join(&namespace))? {
+            for tag in names_in(&dir.join(&namespace).join(&model))? {
+                if let Ok(name) = ModelName::parse(&format!("{namespace}/{model}:{tag}")) {
+                    out.push((name, dir.join(&namespace).join(&model).join(&tag)));
                 }
             }
         }
@@ -214,17 +220,10 @@ pub(crate) fn remove(root: &Path, name: &ModelName) -> Result<bool, StoreError> 
 /// Every readable manifest under `root`.
 fn discover_manifests(root: &Path) -> Result<Vec<Manifest>, StoreError> {
     let reg = root.join("manifests").join(REGISTRY_DIR);
-    let mut out = Vec::new();
-    for namespace in names_in(&reg)? {
-        for model in names_in(&reg.join(&namespace))? {
-            for tag in names_in(&reg.join(&namespace).join(&model))? {
-                if let Ok(m) = read_manifest(&reg.join(&namespace).join(&model).join(&tag)) {
-                    out.push(m);
-                }
-            }
-        }
-    }
-    Ok(out)
+    Ok(walk_names(&reg)?
+        .into_iter()
+        .filter_map(|(_, path)| read_manifest(&path).ok())
+        .collect())
 }
 
 /// An alias: a name in hoist's store for a model elsewhere (another source, or a Hugging Face
@@ -284,21 +283,10 @@ pub(crate) fn find_alias(root: &Path, name: &ModelName) -> Result<Option<ModelEn
 
 /// Every alias in hoist's store whose target is still there.
 pub(crate) fn discover_aliases(root: &Path) -> Result<Vec<ModelEntry>, StoreError> {
-    let dir = root.join(ALIASES_DIR);
-    let mut out = Vec::new();
-    for namespace in names_in(&dir)? {
-        for model in names_in(&dir.join(&namespace))? {
-            for tag in names_in(&dir.join(&namespace).join(&model))? {
-                let Ok(name) = ModelName::parse(&format!("{namespace}/{model}:{tag}")) else {
-                    continue;
-                };
-                if let Ok(Some(e)) = find_alias(root, &name) {
-                    out.push(e);
-                }
-            }
-        }
-    }
-    Ok(out)
+    Ok(walk_names(&root.join(ALIASES_DIR))?
+        .into_iter()
+        .filter_map(|(name, _)| find_alias(root, &name).ok().flatten())
+        .collect())
 }
 
 /// Removes an alias (only the name: its target is untouched).
