@@ -159,8 +159,9 @@ pub(crate) fn remove(hub: &Path, name: &ModelName) -> Result<(), StoreError> {
         .iter()
         .any(|r| commit_of(&repo, r).ok().flatten().as_deref() == Some(commit.as_str()));
     if !still_named {
-        let snapshot = repo.join("snapshots").join(&commit);
-        std::fs::remove_dir_all(&snapshot).map_err(io_err(&snapshot))?;
+        // Only the links hoist made into `blobs/`, and the directories they leave empty:
+        // anything else someone put there stays (and keeps its directory).
+        remove_blob_links(&repo.join("snapshots").join(&commit))?;
     }
     let mut linked = BTreeSet::new();
     for commit in names_in(&repo.join("snapshots"))? {
@@ -173,9 +174,31 @@ pub(crate) fn remove(hub: &Path, name: &ModelName) -> Result<(), StoreError> {
             std::fs::remove_file(&path).map_err(io_err(&path))?;
         }
     }
-    if names_in(&repo.join("snapshots"))?.is_empty() {
-        std::fs::remove_dir_all(&repo).map_err(io_err(&repo))?;
+    // The repository's directories go when empty (`.partial` downloads keep `blobs/`).
+    for dir in ["refs", "snapshots", "blobs"] {
+        let _ = std::fs::remove_dir(repo.join(dir));
     }
+    let _ = std::fs::remove_dir(&repo);
+    Ok(())
+}
+
+/// Removes, under `dir`, the symbolic links into a `blobs/` directory (the snapshot links
+/// [`link_file`] makes), then every directory that leaves empty, `dir` included.
+fn remove_blob_links(dir: &Path) -> Result<(), StoreError> {
+    for e in crate::files::read_dir(dir)? {
+        let path = e.path();
+        let ty = e.file_type().map_err(io_err(&path))?;
+        if ty.is_dir() {
+            remove_blob_links(&path)?;
+        } else if ty.is_symlink()
+            && std::fs::read_link(&path)
+                .is_ok_and(|t| t.components().any(|c| c.as_os_str() == "blobs"))
+        {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    // Fails on a directory that still holds something: then it stays.
+    let _ = std::fs::remove_dir(dir);
     Ok(())
 }
 
@@ -193,4 +216,35 @@ fn collect_links(dir: &Path, linked: &mut BTreeSet<String>) -> Result<(), StoreE
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removing_a_snapshot_takes_only_hoists_links_into_blobs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snap = tmp.path().join("snapshots/c");
+        std::fs::create_dir_all(snap.join("sub")).unwrap();
+        std::os::unix::fs::symlink("../../blobs/a", snap.join("model.safetensors")).unwrap();
+        std::os::unix::fs::symlink("../../../blobs/b", snap.join("sub/x.json")).unwrap();
+        // Someone else's file (and a link elsewhere) beside hoist's links.
+        std::fs::write(snap.join("NOTES.txt"), "mine").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", snap.join("other")).unwrap();
+        remove_blob_links(&snap).unwrap();
+        assert!(!snap.join("model.safetensors").exists());
+        assert!(!snap.join("sub").exists(), "emptied directories go");
+        assert_eq!(
+            std::fs::read_to_string(snap.join("NOTES.txt")).unwrap(),
+            "mine"
+        );
+        assert!(std::fs::symlink_metadata(snap.join("other")).is_ok());
+        // Nothing but hoist's links: the snapshot directory goes too.
+        let only = tmp.path().join("snapshots/d");
+        std::fs::create_dir_all(&only).unwrap();
+        std::os::unix::fs::symlink("../../blobs/a", only.join("m")).unwrap();
+        remove_blob_links(&only).unwrap();
+        assert!(!only.exists());
+    }
 }
