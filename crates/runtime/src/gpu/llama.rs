@@ -130,15 +130,16 @@ impl GpuModel {
         let blas = Blas::new(&gpu, &stream).map_err(GpuError::from)?;
         let kernel_seconds = t.elapsed().as_secs_f64();
 
-        let selection = map.selection();
+        // Types without kernels are read into host memory and dequantized there into 16-bit
+        // copies (dequant.rs); only the rest is loaded onto the GPU as it is in the file.
+        let (selection, host_selection): (Vec<usize>, Vec<usize>) = map
+            .selection()
+            .into_iter()
+            .partition(|&i| dequant::host_dequantized(table.tensors[i].dtype).is_none());
         let weight_bytes: u64 = selection.iter().map(|&i| table.tensors[i].len).sum();
-        // Types without kernels are dequantized on the host into 16-bit copies (dequant.rs),
-        // which need GPU memory beside the file's bytes.
-        let host_dequantized_bytes: u64 = selection
+        let host_dequantized_bytes: u64 = host_selection
             .iter()
-            .map(|&i| &table.tensors[i])
-            .filter(|t| dequant::host_dequantized(t.dtype).is_some())
-            .map(|t| t.elements() * 2)
+            .map(|&i| table.tensors[i].elements() * 2)
             .sum();
         let (free, _) = gpu.mem_info().map_err(GpuError::from)?;
         if weight_bytes + host_dequantized_bytes > free {
@@ -169,6 +170,16 @@ impl GpuModel {
             None,
         )
         .map_err(GpuError::from)?;
+        let host_tensors = match host_selection.is_empty() {
+            true => Vec::new(),
+            false => {
+                let engine = hoist_io::EngineConfig {
+                    progress: options.progress.clone(),
+                    ..Default::default()
+                };
+                hoist_io::load_host(table, &host_selection, PlanConfig::default(), &engine, None)?.0
+            }
+        };
         let weights_seconds = t.elapsed().as_secs_f64();
 
         // Host-dequantized matrices become the 16-bit type of the model's other float
@@ -181,6 +192,7 @@ impl GpuModel {
             false => WType::F16,
         };
         let built = Builder::new(&config, &map, &weights, &kernels, &blas, &stream, &gpu)?
+            .with_host_tensors(&host_tensors)
             .build(tuning.q4_tiles, dequant_to)?;
         if !built.host_dequantized.is_empty() {
             // Info, not a warning: the front ends say it to the user (the engine's warnings).

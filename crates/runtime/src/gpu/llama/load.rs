@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use hoist_cuda::{DevSlice, DeviceBuf, Gpu, GpuTensors, Stream};
 use hoist_format::TensorTable;
+use hoist_io::HostTensor;
 
 use super::bytes_of;
 use super::weights::Layer;
@@ -74,6 +75,8 @@ pub(super) struct Builder<'a> {
     map: &'a WeightMap,
     weights: &'a GpuTensors,
     by_name: HashMap<&'a str, usize>,
+    /// The tensors of types the kernels do not read, in host memory, by name.
+    host: HashMap<&'a str, &'a HostTensor>,
     ops: Ops<'a>,
     gpu: &'a Arc<Gpu>,
     small: Vec<DeviceBuf>,
@@ -104,6 +107,7 @@ impl<'a> Builder<'a> {
             map,
             weights,
             by_name,
+            host: HashMap::new(),
             ops: Ops {
                 k: kernels,
                 blas,
@@ -116,6 +120,13 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// The tensors of types the kernels do not read, loaded into host memory instead of onto
+    /// the GPU: their matrices are dequantized from these.
+    pub(super) fn with_host_tensors(mut self, host: &'a [HostTensor]) -> Builder<'a> {
+        self.host = host.iter().map(|t| (t.info.name.as_str(), t)).collect();
+        self
+    }
+
     fn tensor(&self, id: WeightId) -> Result<&'a hoist_cuda::GpuTensor, GpuError> {
         let name = self.map.source.name(id);
         self.by_name
@@ -125,10 +136,10 @@ impl<'a> Builder<'a> {
     }
 
     fn mat(&mut self, id: WeightId, rows: usize, cols: usize) -> Result<Mat, GpuError> {
-        let t = self.tensor(id)?;
-        if let Some(ty) = super::dequant::host_dequantized(t.info.dtype) {
-            return self.host_dequantized_mat(t, ty, rows, cols);
+        if let Some(&t) = self.host.get(self.map.source.name(id).as_str()) {
+            return self.host_dequantized_mat(t, rows, cols);
         }
+        let t = self.tensor(id)?;
         let wtype =
             WType::of(t.info.dtype).ok_or_else(|| unsupported_dtype(&t.info.name, t.info.dtype))?;
         if matches!(wtype, WType::Q8_0 | WType::Q4_0) && !cols.is_multiple_of(32) {
@@ -153,29 +164,28 @@ impl<'a> Builder<'a> {
         })
     }
 
-    /// A matrix of a type the kernels do not read: its bytes copied back to the host,
-    /// dequantized there ([`super::dequant`]) into `dequant_to` and uploaded as a matrix of
-    /// that type, owned by the model. (Its file bytes stay in the packed allocation.)
+    /// A matrix of a type the kernels do not read, from host memory: dequantized there
+    /// ([`super::dequant`]) into `dequant_to` and uploaded as a matrix of that type, owned by
+    /// the model.
     fn host_dequantized_mat(
         &mut self,
-        t: &hoist_cuda::GpuTensor,
-        ty: hoist_format::GgmlType,
+        t: &HostTensor,
         rows: usize,
         cols: usize,
     ) -> Result<Mat, GpuError> {
+        let ty = super::dequant::host_dequantized(t.info.dtype)
+            .ok_or_else(|| unsupported_dtype(&t.info.name, t.info.dtype))?;
         if t.info.elements() != (rows * cols) as u64 {
             return Err(GpuError::Unsupported(format!(
                 "tensor {} has shape {:?}, expected [{rows}, {cols}]",
                 t.info.name, t.info.shape
             )));
         }
-        let i = self.by_name[t.info.name.as_str()];
-        let raw = self.weights.copy_to_host(i)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let bytes = super::dequant::dequantize_to_16bit(
             &t.info.name,
             ty,
-            &raw,
+            t.bytes(),
             rows * cols,
             self.dequant_to,
             threads,
