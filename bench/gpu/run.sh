@@ -23,8 +23,9 @@ declare -A SCRIPT=(
   [ncu]=ncu.sh
   [ab]=ab.sh
   [gguf-peer]=gguf_peer.sh
+  [stream]=stream.sh
 )
-ORDER="probe correctness load cache route python layout tune runtime-smoke logits speed q4-diag decode-switches ncu ab gguf-peer"
+ORDER="probe correctness load cache route python layout tune runtime-smoke logits speed q4-diag decode-switches ncu ab gguf-peer stream"
 
 usage() {
   echo "usage: bench/gpu/run.sh SUITE [ARGS...]   (see bench/gpu/README.md)"

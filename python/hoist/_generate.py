@@ -71,6 +71,17 @@ def _cuda(device: Any) -> Optional[int]:
     return _device(device)
 
 
+def _size(name: str, value: Union[int, str, None]) -> Optional[str]:
+    # Sizes travel as text; the engine parses them (bytes, or "24GiB", "20GB", ...).
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{name} takes bytes (int) or a size such as '24GiB', not {value!r}")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{name} must not be negative, not {value}")
+    return str(value)
+
+
 class Model:
     """A Llama-family model loaded for generation.
 
@@ -84,6 +95,13 @@ class Model:
     tests). ``context`` is the KV cache's positions per session (default: the model's trained
     length, at most 4096); ``sessions`` how many KV caches are kept for reuse; ``raw`` skips
     the chat template (prompts are tokenized as is).
+
+    ``gpu_memory`` bounds the GPU memory the weights take (bytes, or a size such as
+    ``"24GiB"``); layers beyond it are streamed to the GPU at each step, from pinned host
+    memory up to ``host_memory`` and from the file past it. Both default as ``hoist run``'s
+    ``--gpu-memory`` and ``--host-memory`` do (what is free, less a session's KV cache).
+    ``cache`` is ``hoist run --cache``: ``"keep"`` leaves the weights in the page cache for the
+    next load, ``"bypass"`` reads them past it, ``"auto"`` keeps what fits.
     """
 
     def __init__(
@@ -94,10 +112,16 @@ class Model:
         context: Optional[int] = None,
         sessions: int = 4,
         raw: bool = False,
+        gpu_memory: Union[int, str, None] = None,
+        host_memory: Union[int, str, None] = None,
+        cache: str = "auto",
     ) -> None:
         if sessions < 1:
             raise ValueError(f"sessions must be at least 1, not {sessions}")
-        self._raw = _hoist.Model(os.fspath(path), _cuda(device), context, raw, sessions)
+        self._raw = _hoist.Model(
+            os.fspath(path), _cuda(device), context, raw, sessions,
+            _size("gpu_memory", gpu_memory), _size("host_memory", host_memory), cache,
+        )
 
     @property
     def context(self) -> int:

@@ -85,6 +85,9 @@ class Model:
         context: Optional[int] = None,
         raw: bool = False,
         pool_size: int = 4,
+        gpu_memory: Optional[str] = None,
+        host_memory: Optional[str] = None,
+        cache: str = "auto",
     ) -> None: ...
     @property
     def context(self) -> int: ...

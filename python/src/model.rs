@@ -12,7 +12,8 @@ use hoist_engine::{
     Completion, Device, Engine, EngineOptions, Event, GenerationStream, Input, Request,
 };
 use hoist_runtime::chat::Message;
-use hoist_runtime::placement::Placement;
+use hoist_runtime::gpu::CachePolicy;
+use hoist_runtime::placement::{parse_bytes, Budget, Placement};
 use hoist_runtime::sampler::SamplingParams;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -43,9 +44,12 @@ impl Model {
 #[pymethods]
 impl Model {
     /// Loads the checkpoint at `path` onto the CPU reference (`cuda` None) or `cuda:N`, with a
-    /// KV cache of `context` positions (None: the model's, at most 4096) per session.
+    /// KV cache of `context` positions (None: the model's, at most 4096) per session; on a GPU
+    /// within `gpu_memory` and `host_memory` (sizes as `hoist run --gpu-memory` takes them;
+    /// None: the defaults), streaming the layers that do not fit.
     #[new]
-    #[pyo3(signature = (path, cuda=None, context=None, raw=false, pool_size=4))]
+    #[pyo3(signature = (path, cuda=None, context=None, raw=false, pool_size=4, gpu_memory=None, host_memory=None, cache="auto"))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -53,13 +57,35 @@ impl Model {
         context: Option<usize>,
         raw: bool,
         pool_size: usize,
+        gpu_memory: Option<String>,
+        host_memory: Option<String>,
+        cache: &str,
     ) -> PyResult<Model> {
+        let cache = CachePolicy::ALL
+            .into_iter()
+            .find(|p| p.name() == cache)
+            .ok_or_else(|| {
+                pyo3::exceptions::PyValueError::new_err(format!(
+                    "cache={cache:?}: give auto, keep or bypass"
+                ))
+            })?;
+        let size = |name: &str, v: Option<String>| -> PyResult<Option<u64>> {
+            v.map(|s| {
+                parse_bytes(&s).map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("{name}: {e}")))
+            })
+            .transpose()
+        };
+        let placement = Placement::auto(Budget {
+            gpu_bytes: size("gpu_memory", gpu_memory)?,
+            host_bytes: size("host_memory", host_memory)?,
+        });
         let device = cuda.map_or(Device::Cpu, |n| Device::Cuda(n as usize));
         let options = EngineOptions {
             device,
             context,
             pool_size,
             raw,
+            cache,
             ..EngineOptions::default()
         };
         let r = py.detach(|| {
@@ -67,7 +93,7 @@ impl Model {
                 if let Some(n) = cuda {
                     crate::gpu_check(n)?;
                 }
-                Ok(Engine::load(&path, Placement::default(), options)?)
+                Ok(Engine::load(&path, placement, options)?)
             })
         });
         let engine = r.map_err(|e| e.into_py(py))?;

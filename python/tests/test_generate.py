@@ -125,3 +125,19 @@ def test_errors_are_the_packages_exceptions(model, model_dir, tmp_path):
     m.close()
     with pytest.raises(ValueError, match="closed"):
         m.complete("hi")
+
+
+def test_memory_budgets_take_sizes_and_refuse_nonsense(model_dir):
+    # Budgets matter on a GPU only, but they are checked wherever the model loads.
+    with hoist.Model(model_dir, device="cpu", gpu_memory="24GiB", host_memory=2**33) as m:
+        assert m.context > 0
+    with pytest.raises(ValueError, match="gpu_memory.*24GiB"):
+        hoist.Model(model_dir, device="cpu", gpu_memory="lots")
+    with pytest.raises(ValueError, match="negative"):
+        hoist.Model(model_dir, device="cpu", host_memory=-1)
+    with pytest.raises(TypeError, match="host_memory"):
+        hoist.Model(model_dir, device="cpu", host_memory=1.5)
+    with pytest.raises(ValueError, match="auto, keep or bypass"):
+        hoist.Model(model_dir, device="cpu", cache="sometimes")
+    with hoist.Model(model_dir, device="cpu", cache="bypass") as m:
+        assert m.context > 0

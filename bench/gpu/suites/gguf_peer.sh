@@ -18,18 +18,12 @@ SHAPE=${GGUF_SHAPE:-7b}
 DIR=${GGUF_DIR:-$HOIST_DATA/gguf-$SHAPE}
 need_bin hoist llama-quantize || exit 1
 use_wheels 'gguf-*' || echo "WARNING: no .whl/gguf-*.whl; relying on an installed gguf"
-LB_DIR=${LLAMA_BENCH_DIR:-/var/tmp/llama-bench}
-if [ ! -x "$LB_DIR/llama-bench" ]; then
-  [ -f .carry/llama-bench-sm90a.tar.xz ] || { echo "gguf-peer: carry .carry/llama-bench-sm90a.tar.xz"; exit 1; }
-  mkdir -p "$LB_DIR" && tar -xJf .carry/llama-bench-sm90a.tar.xz -C "$LB_DIR" || exit 1
-  found=$(find "$LB_DIR" -name llama-bench -type f | head -1)
-  [ -n "$found" ] && [ "$found" != "$LB_DIR/llama-bench" ] && ln -sf "$found" "$LB_DIR/llama-bench"
-fi
-# llama-bench links the toolkit's libcudart/libcublas (lib/env.sh put CUDA_LIB on the path).
+# llama-bench, unpacked once from .carry/llama-bench-sm90a.tar.xz (LLAMA_BENCH_DIR).
+LB=$(bash bench/gpu/lib/llama_bench.sh) || exit 1
 python3 bench/gpu/runtime/make_quantized.py "$DIR" --quantize "$HOIST_BIN/llama-quantize" \
   --shape "$SHAPE" ${GGUF_TYPES:+--types "$GGUF_TYPES"} 2>&1 | tee "$OUT/make_quantized.log"
 [ "${PIPESTATUS[0]}" = 0 ] || exit 1
 # shellcheck disable=SC2086  # PEER_ARGS is a list of words
 python3 bench/gpu/runtime/gguf_peer.py "$DIR/files.json" --hoist "$HOIST_BIN/hoist" \
-  --llama-bench "$LB_DIR/llama-bench" --out "$OUT" $PEER_ARGS 2>&1 | tee "$OUT/gguf_peer.log"
+  --llama-bench "$LB" --out "$OUT" $PEER_ARGS 2>&1 | tee "$OUT/gguf_peer.log"
 exit "${PIPESTATUS[0]}"

@@ -5,6 +5,7 @@ mod bench;
 mod gpu;
 mod inspect;
 mod load;
+mod memory;
 mod run;
 mod serve;
 mod store;

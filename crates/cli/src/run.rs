@@ -25,7 +25,6 @@ use anyhow::Context;
 use hoist_engine::{Checkpoint, Engine, EngineError, EngineOptions, Input, Request, Weights};
 use hoist_runtime::chat::Message;
 use hoist_runtime::gpu::LoadStats;
-use hoist_runtime::placement::Placement;
 use hoist_runtime::sampler::SamplingParams;
 
 use crate::util::{human_bytes, Progress};
@@ -141,6 +140,8 @@ pub struct Args {
     /// --benchmark: prompt tokens of the timed prefill [default: 512].
     #[arg(long, value_name = "N")]
     pub prompt_tokens: Option<usize>,
+    #[command(flatten)]
+    pub memory: crate::memory::MemoryArgs,
 }
 
 /// What every mode shares, worked out from [`Args`] before anything is loaded.
@@ -333,8 +334,9 @@ fn load(s: &Settings, ck: Checkpoint, min_context: usize) -> anyhow::Result<Engi
         pool_size: 1,
         progress: Some(counter),
         raw: a.raw,
+        cache: a.memory.cache(),
     };
-    let engine = Engine::start(ck, weights, Placement::default(), options);
+    let engine = Engine::start(ck, weights, a.memory.placement(), options);
     // Cleared before an error is printed.
     drop(bar);
     let engine = engine.map_err(cli_error)?;
@@ -358,6 +360,20 @@ fn print_setup(s: &Settings, engine: &Engine) {
     );
     if let Some(stats) = &info.gpu {
         eprintln!("gpu: {}: {}", stats.device, gpu_load_details(stats));
+        eprintln!(
+            "placement: {}; {} kept for a session of {} positions",
+            stats.placement.summary(),
+            human_bytes(stats.session_reserve_bytes),
+            info.context
+        );
+        if stats.host_ffn_layers > 0 {
+            eprintln!(
+                "hybrid decode: {} streamed layers' feed-forward on the CPU ({:.1} GB/s measured), {} copied per token",
+                stats.host_ffn_layers,
+                stats.host_gbps.unwrap_or(0.0),
+                human_bytes(stats.decode_streamed_bytes_per_token)
+            );
+        }
     }
     let p = &s.sampling;
     eprintln!(

@@ -51,6 +51,8 @@ pub struct Args {
     /// Largest request body, MiB.
     #[arg(long, default_value_t = 8, value_name = "MIB")]
     pub max_body_mib: usize,
+    #[command(flatten)]
+    pub memory: crate::memory::MemoryArgs,
 }
 
 /// `NAME=PATH`.
@@ -133,6 +135,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             pool_size: hoist_engine::DEFAULT_POOL_SIZE,
             context: args.context,
             keep_alive,
+            placement: args.memory.placement(),
+            cache: args.memory.cache(),
         },
         api_key,
         body_limit_bytes: args.max_body_mib << 20,

@@ -317,3 +317,22 @@ fn run_help_lists_every_environment_override() {
         assert!(line.ends_with(what), "{line:?} does not say {what:?}");
     }
 }
+
+#[test]
+fn memory_budgets_are_sizes_and_nonsense_is_refused_before_loading() {
+    let out = hoist(&["run", "no-such-model", "--gpu-memory", "lots"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--gpu-memory") && err.contains("24GiB"),
+        "{err}"
+    );
+    let out = hoist(&["serve", "--host-memory=-3G"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--host-memory"),
+        "{err}"
+    );
+    let help = String::from_utf8_lossy(&hoist(&["run", "--help"]).stdout).into_owned();
+    assert!(help.contains("--gpu-memory <SIZE>") && help.contains("--host-memory <SIZE>"));
+}

@@ -435,6 +435,44 @@ impl DeviceBuf {
         })
     }
 
+    /// Queues a copy of `len` bytes of pinned `src` from `src_offset` into this buffer at
+    /// `dst_offset` on `stream`, without waiting (a truly asynchronous copy: the source is
+    /// pinned). Capturable into a graph.
+    ///
+    /// # Safety
+    /// `src`'s bytes `src_offset..src_offset + len` must not be written by the host until the
+    /// copy has run, and `src` must outlive it (and every replay of a graph that captured it).
+    pub unsafe fn write_from_pinned_async(
+        &self,
+        stream: &Stream,
+        dst_offset: usize,
+        src: &PinnedBuf,
+        src_offset: usize,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        let fits = |off: usize, total: usize| off.checked_add(len).is_some_and(|end| end <= total);
+        assert!(
+            fits(dst_offset, self.len) && fits(src_offset, src.len),
+            "{len} bytes from {src_offset} of {} pinned bytes to {dst_offset} of a {}-byte buffer",
+            src.len,
+            self.len
+        );
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: both ranges lie inside live allocations (checked above); the source is
+        // pinned and left alone by the host until the copy has run (the caller's contract).
+        unsafe {
+            copy_htod_async(
+                &self.gpu,
+                self.ptr + dst_offset as u64,
+                src.ptr.as_ptr().add(src_offset),
+                len,
+                stream,
+            )
+        }
+    }
+
     /// Queues zeroing the whole buffer on `stream`.
     pub fn zero_async(&self, stream: &Stream) -> Result<(), CudaError> {
         self.gpu.make_current()?;
@@ -559,6 +597,19 @@ impl PinnedBuf {
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The bytes, for the host to fill. Whoever queued asynchronous copies from (or to) this
+    /// buffer must have waited for them first: the borrow cannot see the device.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr..ptr+len is this value's own live mapping, borrowed mutably here.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes, for the host to read (same caveat as [`PinnedBuf::as_mut_slice`]).
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is this value's own live mapping.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 

@@ -71,6 +71,8 @@ pub struct EngineOptions {
     /// No chat template: messages are joined and tokenized as is ([`Engine::load`] only; a
     /// [`Checkpoint`] given to [`Engine::start`] was opened with its own choice).
     pub raw: bool,
+    /// Whether weights read from disk stay in the page cache (the GPU load's policy).
+    pub cache: hoist_runtime::gpu::CachePolicy,
 }
 
 impl Default for EngineOptions {
@@ -82,6 +84,7 @@ impl Default for EngineOptions {
             pool_size: DEFAULT_POOL_SIZE,
             progress: None,
             raw: false,
+            cache: hoist_runtime::gpu::CachePolicy::Auto,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Engine {
             device: options.device,
             placement,
             progress: options.progress,
+            cache: options.cache,
             context,
             pool_size: options.pool_size.max(1),
             checkpoint: checkpoint.clone(),

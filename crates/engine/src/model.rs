@@ -13,6 +13,7 @@ use hoist_format::TensorTable;
 use hoist_runtime::cpu::model::open_checkpoint;
 use hoist_runtime::cpu::CpuModel;
 use hoist_runtime::generate::{CpuSession, LogitsModel};
+use hoist_runtime::gpu::CachePolicy;
 use hoist_runtime::gpu::{GpuModel, GpuOptions, GpuSession, LoadStats};
 use hoist_runtime::placement::Placement;
 use hoist_runtime::{ModelConfig, RuntimeError, WeightMap};
@@ -103,17 +104,20 @@ pub(crate) enum Model {
 }
 
 impl Model {
-    /// Loads `weights` onto `device` (the placement applies to the GPU; the CPU reference holds
-    /// every weight in host memory), counting bytes read into `progress`; returns the model
-    /// with the seconds the load took, parsing the checkpoint included.
+    /// Loads `weights` onto `device` (the placement applies to the GPU, whose budget leaves
+    /// room for a session of `context` positions; the CPU reference holds every weight in host
+    /// memory), counting bytes read into `progress`, under the page-cache policy `cache`;
+    /// returns the model with the seconds the load took, parsing the checkpoint included.
     pub(crate) fn load(
         weights: Weights,
         device: Device,
         placement: Placement,
-        progress: Option<Arc<AtomicU64>>,
+        (progress, cache): (Option<Arc<AtomicU64>>, CachePolicy),
+        context: usize,
     ) -> Result<(Model, f64), EngineError> {
         if let Device::Cuda(ordinal) = device {
-            let (gpu, seconds) = load_gpu(weights, ordinal, placement, progress)?;
+            let read = (progress, cache);
+            let (gpu, seconds) = load_gpu(weights, ordinal, placement, read, Some(context))?;
             return Ok((Model::Gpu(Box::new(gpu)), seconds));
         }
         let t0 = Instant::now();
@@ -255,18 +259,21 @@ impl LogitsModel for Session<'_> {
 
 /// Loads `weights` onto `cuda:ordinal` and runs [`hoist_runtime::gpu::bench::measure`] on it,
 /// on the calling thread (the model never leaves it): a prefill of `prompt_tokens` and
-/// `decode_tokens` decode steps, against the GPU's own limits. `on_loaded` runs between the
-/// load and the measurement (a caller's progress display ends there).
+/// `decode_tokens` decode steps, against the GPU's own limits. The weights are read counting
+/// into `progress`, under the page-cache policy `cache`. `on_loaded` runs between the load and
+/// the measurement (a caller's progress display ends there).
 pub fn benchmark(
     weights: Weights,
     ordinal: usize,
     placement: Placement,
-    progress: Option<Arc<AtomicU64>>,
+    read: (Option<Arc<AtomicU64>>, CachePolicy),
     (prompt_tokens, decode_tokens): (usize, usize),
     on_loaded: &mut dyn FnMut(),
 ) -> Result<Benchmark, EngineError> {
     let path = weights.path.clone();
-    let loaded = load_gpu(weights, ordinal, placement, progress);
+    // The benchmark's session: the prompt, the decode steps and one more.
+    let context = prompt_tokens + decode_tokens + 1;
+    let loaded = load_gpu(weights, ordinal, placement, read, Some(context));
     on_loaded();
     let (gpu, load_seconds) = loaded?;
     let report = hoist_runtime::gpu::bench::measure(&gpu, prompt_tokens, decode_tokens).map_err(
@@ -282,13 +289,15 @@ pub fn benchmark(
     })
 }
 
-/// Loads `weights` onto `cuda:ordinal`; returns the model with the seconds the load took,
+/// Loads `weights` onto `cuda:ordinal`, leaving room for a session of `context` positions
+/// (`None`: the runtime's default); returns the model with the seconds the load took,
 /// parsing the checkpoint included.
 fn load_gpu(
     weights: Weights,
     ordinal: usize,
     placement: Placement,
-    progress: Option<Arc<AtomicU64>>,
+    (progress, cache): (Option<Arc<AtomicU64>>, CachePolicy),
+    context: Option<usize>,
 ) -> Result<(GpuModel, f64), EngineError> {
     let t0 = Instant::now();
     // The environment's overrides (HOIST_NO_GRAPHS, …) are read here, once per load; an
@@ -297,6 +306,8 @@ fn load_gpu(
         ordinal,
         progress,
         placement,
+        context,
+        cache,
         ..Default::default()
     }
     .with_env_overrides()

@@ -36,6 +36,7 @@ pub(crate) struct Start {
     pub device: Device,
     pub placement: Placement,
     pub progress: Option<Arc<std::sync::atomic::AtomicU64>>,
+    pub cache: hoist_runtime::gpu::CachePolicy,
     pub context: usize,
     pub pool_size: usize,
     pub checkpoint: Arc<Checkpoint>,
@@ -58,15 +59,18 @@ pub(crate) fn run(
         device,
         placement,
         progress,
+        cache,
         context,
         pool_size,
         checkpoint,
         stop_tokens,
     } = start;
-    let loaded = Model::load(weights, device, placement, progress).map(|(model, seconds)| {
-        let stats = model.gpu_stats().cloned();
-        (model, (seconds, stats))
-    });
+    let loaded = Model::load(weights, device, placement, (progress, cache), context).map(
+        |(model, seconds)| {
+            let stats = model.gpu_stats().cloned();
+            (model, (seconds, stats))
+        },
+    );
     let (model, report) = match loaded {
         Ok(m) => m,
         Err(e) => {

@@ -97,6 +97,11 @@ pub struct RegistryOptions {
     pub context: Option<usize>,
     /// Keep-alive of a request that names none.
     pub keep_alive: KeepAlive,
+    /// Where each model's layers go on the GPU (the memory budgets of `--gpu-memory` and
+    /// `--host-memory`); the default fits the budgets' defaults.
+    pub placement: Placement,
+    /// Whether a model's weights stay in the page cache after its load (`--cache`).
+    pub cache: hoist_runtime::gpu::CachePolicy,
 }
 
 /// A loaded (or loading) model.
@@ -350,15 +355,16 @@ impl Registry {
             device: self.options.device,
             context: slot.context,
             pool_size: self.options.pool_size,
+            cache: self.options.cache,
             ..EngineOptions::default()
         };
         let name = slot.record.name.clone();
+        let placement = self.options.placement.clone();
         tracing::info!(model = %name, path = %path.display(), device = %options.device, "loading");
         let t0 = Instant::now();
-        let engine =
-            tokio::task::spawn_blocking(move || Engine::load(&path, Placement::default(), options))
-                .await
-                .map_err(|e| ApiError::internal(format!("loading '{name}' failed: {e}")))??;
+        let engine = tokio::task::spawn_blocking(move || Engine::load(&path, placement, options))
+            .await
+            .map_err(|e| ApiError::internal(format!("loading '{name}' failed: {e}")))??;
         for w in &engine.info().warnings {
             tracing::warn!(model = %name, "{w}");
         }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use hoist_engine::{Device, Weights};
 use hoist_runtime::gpu::bench::SpeedReport;
 use hoist_runtime::gpu::LoadStats;
-use hoist_runtime::placement::Placement;
 
 use super::{cli_error, gpu_load_details, Settings, DEFAULT_BENCH_PROMPT_TOKENS};
 use crate::util::{human_bytes, Progress};
@@ -30,8 +29,8 @@ pub fn run(s: &Settings, ordinal: usize) -> anyhow::Result<()> {
     let bench = hoist_engine::benchmark(
         weights,
         ordinal,
-        Placement::default(),
-        Some(counter),
+        a.memory.placement(),
+        (Some(counter), a.memory.cache()),
         (prompt_tokens, s.max_tokens),
         &mut || {
             // Cleared before the next line or an error is printed.
@@ -73,7 +72,7 @@ fn table(
     r: &SpeedReport,
 ) -> Vec<(&'static str, String)> {
     let pct = |f: f64| format!("{:.1}%", f * 100.0);
-    vec![
+    let mut rows = vec![
         ("model", model.to_string()),
         ("device", format!("{device} ({})", load.device)),
         (
@@ -120,5 +119,35 @@ fn table(
                 r.gemm_flops / r.cublas_gemm_seconds.max(1e-12) / 1e12
             ),
         ),
-    ]
+    ];
+    if let Some(st) = &r.streaming {
+        let gbps = |g: Option<f64>| g.map_or("n/a".to_string(), |g| format!("{g:.1} GB/s"));
+        rows.push(("placement", load.placement.summary()));
+        rows.push((
+            "streaming",
+            format!(
+                "decode {} of its {:.2} tok/s bound (compute {:.2} ms a token{}, {} copied at {}{}); prefill {} of its {:.0} tok/s bound",
+                pct(st.decode_fraction_of_bound),
+                st.decode_bound_tokens_per_s,
+                st.decode_compute_seconds * 1e3,
+                match st.host_ffn_layers {
+                    0 => String::new(),
+                    n => format!(" with {n} layers' FFN on the CPU at {}", gbps(st.host_gbps)),
+                },
+                human_bytes(st.decode_copied_bytes_per_token),
+                gbps(st.h2d_gbps),
+                match st.file_layers {
+                    0 => String::new(),
+                    n => format!(
+                        ", {} of {n} layers read from the file at {}",
+                        human_bytes(st.file_bytes_per_token),
+                        gbps(st.file_gbps)
+                    ),
+                },
+                pct(st.prefill_fraction_of_bound),
+                st.prefill_bound_tokens_per_s,
+            ),
+        ));
+    }
+    rows
 }

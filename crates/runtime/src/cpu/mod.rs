@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod convert;
+pub mod gemv;
 pub mod model;
 pub mod ops;
 pub mod rope;

@@ -47,6 +47,52 @@ pub struct SpeedReport {
     pub gemm_flops: f64,
     /// `cublas_gemm_seconds / prefill_seconds`: the prefill's FLOP rate over cuBLAS's.
     pub prefill_fraction_of_cublas: f64,
+    /// Streamed layers against their own bound (`None` when every layer is resident).
+    pub streaming: Option<StreamingReport>,
+}
+
+/// A streamed model's speed against the streaming bound, all measured in the same run: a step
+/// cannot be faster than its compute (timed with the copies left out) nor than its streamed
+/// bytes over the bandwidth of the tier they come from.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StreamingReport {
+    /// Layers resident in GPU memory.
+    pub resident_layers: usize,
+    /// Layers copied from pinned host memory each step.
+    pub pinned_layers: usize,
+    /// Layers read from the file each step (then copied).
+    pub file_layers: usize,
+    /// GPU slots streamed layers are copied into.
+    pub slots: usize,
+    /// Bytes copied to the GPU per decoded token (every streamed layer once).
+    pub streamed_bytes_per_token: u64,
+    /// Of those, bytes read from the file per token.
+    pub file_bytes_per_token: u64,
+    /// Layers whose decode FFN the host computes (their FFN weights are not copied).
+    pub host_ffn_layers: usize,
+    /// The host's matrix-vector bandwidth measured at load, GB/s.
+    pub host_gbps: Option<f64>,
+    /// Bytes copied to the GPU per decoded token: `streamed_bytes_per_token` less the hybrid
+    /// layers' FFN weights.
+    pub decode_copied_bytes_per_token: u64,
+    /// Pinned host to GPU copy bandwidth, GB/s, measured on a layer of the pinned tier (the
+    /// file tier's copies go the same way): `None` without a pinned layer.
+    pub h2d_gbps: Option<f64>,
+    /// File read bandwidth into pinned staging, GB/s (`None` without a file tier).
+    pub file_gbps: Option<f64>,
+    /// Seconds of one decode step with the copies left out (the host's FFN included).
+    pub decode_compute_seconds: f64,
+    /// `1 / max(compute, copied bytes / h2d, file bytes / file)` per token.
+    pub decode_bound_tokens_per_s: f64,
+    /// The greedy decode rate over that bound.
+    pub decode_fraction_of_bound: f64,
+    /// Seconds of the prefill with the copies left out.
+    pub prefill_compute_seconds: f64,
+    /// The prefill's bound: its tokens over max(compute, its chunks' streamed bytes over the
+    /// bandwidths).
+    pub prefill_bound_tokens_per_s: f64,
+    /// The prefill rate over that bound.
+    pub prefill_fraction_of_bound: f64,
 }
 
 /// Timed repetitions of the prefill and of the GEMM yardstick (the median is reported).
@@ -177,6 +223,20 @@ pub fn measure(
             .map(|&(r, c)| (r * c) as f64)
             .sum::<f64>();
 
+    drop(session);
+    let streaming = match model.stats().placement.streams() {
+        true => Some(streaming(
+            model,
+            &prompt,
+            decode_tokens,
+            (
+                prompt_tokens as f64 / prefill_seconds,
+                decode_tokens as f64 / decode_seconds,
+            ),
+        )?),
+        false => None,
+    };
+
     let bytes = model.weight_bytes_per_token();
     let bound = d2d * 1e9 / bytes as f64;
     let decode_rate = decode_tokens as f64 / decode_seconds;
@@ -197,5 +257,81 @@ pub fn measure(
         cublas_gemm_seconds,
         gemm_flops,
         prefill_fraction_of_cublas: cublas_gemm_seconds / prefill_seconds,
+        streaming,
+    })
+}
+
+/// Turns the streamer's copies back on when dropped (the compute-only timing must not leave
+/// the model computing on stale slots, whatever fails).
+struct CopiesOff<'a>(&'a GpuModel);
+
+impl Drop for CopiesOff<'_> {
+    fn drop(&mut self) {
+        self.0.set_stream_copies(true);
+    }
+}
+
+/// The streaming bound of a streamed model: the tiers' bandwidths, and the prefill and decode
+/// timed again with the copies left out (a fresh session, whose decode graph holds no copies);
+/// `rates` are the measured prefill and decode tokens per second.
+fn streaming(
+    model: &GpuModel,
+    prompt: &[u32],
+    decode_tokens: usize,
+    (prefill_rate, decode_rate): (f64, f64),
+) -> Result<StreamingReport, RuntimeError> {
+    let plan = &model.stats().placement;
+    let (h2d, file) = model.measure_stream_tiers()?;
+    let (prefill_compute, decode_compute) = {
+        let _restore = CopiesOff(model);
+        model.set_stream_copies(false);
+        let mut session = model.session(prompt.len() + decode_tokens + 1)?;
+        session.forward(prompt, false)?;
+        let mut prefill = Vec::with_capacity(REPEATS);
+        for _ in 0..REPEATS {
+            session.clear();
+            let t = Instant::now();
+            session.forward(prompt, false)?;
+            prefill.push(t.elapsed().as_secs_f64());
+        }
+        session.decode_greedy(0, 1, &mut |_| true)?;
+        session.truncate(prompt.len());
+        let t = Instant::now();
+        session.decode_greedy(0, decode_tokens, &mut |_| true)?;
+        (
+            median(prefill),
+            t.elapsed().as_secs_f64() / decode_tokens as f64,
+        )
+    };
+    let stats = model.stats();
+    // Seconds the tiers need for `steps` steps copying `copied` bytes each (the file tier's
+    // bytes are read and then copied: both bounds apply).
+    let tiers = |steps: f64, copied: u64| -> f64 {
+        let copy = h2d.map_or(0.0, |g| steps * copied as f64 / (g * 1e9));
+        let read = file.map_or(0.0, |g| steps * plan.file_bytes_per_step as f64 / (g * 1e9));
+        copy.max(read)
+    };
+    let chunks = prompt.len().div_ceil(super::llama::MAX_CHUNK_TOKENS) as f64;
+    let decode_bound = 1.0 / decode_compute.max(tiers(1.0, stats.decode_streamed_bytes_per_token));
+    let prefill_bound =
+        prompt.len() as f64 / prefill_compute.max(tiers(chunks, plan.streamed_bytes_per_step));
+    Ok(StreamingReport {
+        resident_layers: plan.resident_layers(),
+        pinned_layers: plan.pinned_layers(),
+        file_layers: plan.file_layers(),
+        slots: plan.slots,
+        streamed_bytes_per_token: plan.streamed_bytes_per_step,
+        file_bytes_per_token: plan.file_bytes_per_step,
+        host_ffn_layers: stats.host_ffn_layers,
+        host_gbps: stats.host_gbps,
+        decode_copied_bytes_per_token: stats.decode_streamed_bytes_per_token,
+        h2d_gbps: h2d,
+        file_gbps: file,
+        decode_compute_seconds: decode_compute,
+        decode_bound_tokens_per_s: decode_bound,
+        decode_fraction_of_bound: decode_rate / decode_bound,
+        prefill_compute_seconds: prefill_compute,
+        prefill_bound_tokens_per_s: prefill_bound,
+        prefill_fraction_of_bound: prefill_rate / prefill_bound,
     })
 }

@@ -67,6 +67,17 @@ pub enum GpuError {
         /// Bytes free.
         free_bytes: u64,
     },
+    /// Reading a streamed layer's weights from its file failed (at load, or at a step).
+    #[error("reading layer {layer}'s weights from {path}: {source}; check that the file is still there and readable (streamed layers are read while the model runs)")]
+    StreamRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The layer.
+        layer: usize,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The kernel cache directory could not be written (compilation still worked).
     #[error("kernel cache {path}: {source}")]
     Cache {

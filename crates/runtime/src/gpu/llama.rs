@@ -23,6 +23,7 @@ use super::GpuError;
 use crate::config::{ModelConfig, RopeStyle};
 use crate::cpu::model::open_checkpoint;
 use crate::generate::LogitsModel;
+use crate::placement::LayerPlan;
 use crate::weights::WeightMap;
 use crate::RuntimeError;
 use load::{check_dtypes, Builder};
@@ -32,8 +33,12 @@ mod dequant;
 mod forward;
 mod graph;
 mod greedy;
+mod host_ffn;
 mod load;
+mod plan;
 mod session;
+mod stream;
+mod tier;
 mod weights;
 
 pub use session::GpuSession;
@@ -65,6 +70,16 @@ pub struct LoadStats {
     /// Matrices of types the kernels do not read yet, dequantized to 16 bits on the host at
     /// load, by type: `["Q6_K x1", …]` (empty when every matrix runs in its own type).
     pub host_dequantized: Vec<String>,
+    /// Where each layer went: resident, or streamed from pinned host memory or the file.
+    pub placement: LayerPlan,
+    /// GPU bytes the budget kept for one session (KV cache, work buffers) and a margin.
+    pub session_reserve_bytes: u64,
+    /// Streamed layers whose decode computes the feed-forward on the host (hybrid layers).
+    pub host_ffn_layers: usize,
+    /// The host's matrix-vector bandwidth measured at load, GB/s (`None`: not measured).
+    pub host_gbps: Option<f64>,
+    /// Bytes a decode step copies to the GPU: the streamed layers, less hybrid layers' FFN.
+    pub decode_streamed_bytes_per_token: u64,
     /// Seconds of the whole load.
     pub seconds: f64,
 }
@@ -107,8 +122,9 @@ impl GpuModel {
     }
 
     /// Loads the tensors `config` implies from `table` onto the GPU, placed as
-    /// `options.placement` says (only all-resident runs so far: any other plan is refused
-    /// here, before any device work, naming the first layer it does not keep resident).
+    /// `options.placement` says: the plan is made (and a budget too small for it refused)
+    /// before any weight is read; streamed layers are read into pinned host memory or left in
+    /// the file, as the host budget allows.
     pub fn from_table(
         table: &TensorTable,
         config: ModelConfig,
@@ -117,7 +133,10 @@ impl GpuModel {
         let start = Instant::now();
         let tuning = options.tuning;
         tuning.validate()?;
-        let residency = weights::check_placement(&options.placement, config.num_layers)?;
+        options
+            .placement
+            .check(config.num_layers)
+            .map_err(GpuError::from)?;
         let map = WeightMap::resolve(table, &config)?;
         check_dtypes(table, &map)?;
         let gpu = hoist_cuda::open_device(options.ordinal).map_err(GpuError::from)?;
@@ -130,27 +149,35 @@ impl GpuModel {
         let blas = Blas::new(&gpu, &stream).map_err(GpuError::from)?;
         let kernel_seconds = t.elapsed().as_secs_f64();
 
+        // Host-dequantized matrices become the 16-bit type of the model's other float
+        // matrices: bf16 when any is bf16, else f16 (which quantized models compute in).
+        let dequant_to = match map
+            .selection()
+            .iter()
+            .any(|&i| WType::of(table.tensors[i].dtype) == Some(WType::BF16))
+        {
+            true => WType::BF16,
+            false => WType::F16,
+        };
+        // Which layers stay resident and which are streamed, within the budgets; checked
+        // against free memory before anything is allocated.
+        let (free, _) = gpu.mem_info().map_err(GpuError::from)?;
+        let sizing = plan::plan(table, &map, &config, options, dequant_to, free)?;
+        if sizing.plan.streams() {
+            tracing::info!(plan = %sizing.plan.summary(), "layers streamed");
+        }
+        let streamed: std::collections::HashSet<usize> =
+            sizing.streamed_tensors.iter().copied().collect();
+
         // Types without kernels are read into host memory and dequantized there into 16-bit
         // copies (dequant.rs); only the rest is loaded onto the GPU as it is in the file.
+        // Streamed layers' matrices are the streamer's.
         let (selection, host_selection): (Vec<usize>, Vec<usize>) = map
             .selection()
             .into_iter()
+            .filter(|i| !streamed.contains(i))
             .partition(|&i| dequant::host_dequantized(table.tensors[i].dtype).is_none());
         let weight_bytes: u64 = selection.iter().map(|&i| table.tensors[i].len).sum();
-        let host_dequantized_bytes: u64 = host_selection
-            .iter()
-            .map(|&i| table.tensors[i].elements() * 2)
-            .sum();
-        let (free, _) = gpu.mem_info().map_err(GpuError::from)?;
-        if weight_bytes + host_dequantized_bytes > free {
-            return Err(GpuError::Unsupported(format!(
-                "the weights need {:.2} GiB of GPU memory but {} has {:.2} GiB free; free GPU memory or use a smaller (or more quantized) model",
-                (weight_bytes + host_dequantized_bytes) as f64 / (1u64 << 30) as f64,
-                gpu.name(),
-                free as f64 / (1u64 << 30) as f64
-            ))
-            .into());
-        }
         let t = Instant::now();
         let (weights, _report) = hoist_cuda::load_to_gpu(
             table,
@@ -161,6 +188,7 @@ impl GpuModel {
             },
             &hoist_io::EngineConfig {
                 progress: options.progress.clone(),
+                cache: options.cache,
                 ..hoist_cuda::recommended_engine_config()
             },
             &hoist_cuda::GpuConfig {
@@ -175,24 +203,39 @@ impl GpuModel {
             false => {
                 let engine = hoist_io::EngineConfig {
                     progress: options.progress.clone(),
+                    cache: options.cache,
                     ..Default::default()
                 };
                 hoist_io::load_host(table, &host_selection, PlanConfig::default(), &engine, None)?.0
             }
         };
+        if sizing.plan.streams() {
+            // The loader's pinned ring would sit beside the pinned tier: the host budget is
+            // the streamer's now.
+            hoist_cuda::release_pinned_loaders();
+        }
+        let streamer = match sizing.plan.streams() {
+            true => Some(stream::Streamer::new(
+                &gpu,
+                table,
+                &sizing.plan,
+                sizing.streamed_mats,
+                dequant_to,
+                options.progress.as_deref(),
+                tuning.host_ffn,
+                (config.hidden_size, config.intermediate_size),
+            )?),
+            false => None,
+        };
         let weights_seconds = t.elapsed().as_secs_f64();
 
-        // Host-dequantized matrices become the 16-bit type of the model's other float
-        // matrices: bf16 when any is bf16, else f16 (which quantized models compute in).
-        let dequant_to = match selection
-            .iter()
-            .any(|&i| WType::of(table.tensors[i].dtype) == Some(WType::BF16))
-        {
-            true => WType::BF16,
-            false => WType::F16,
+        let streamed_views = match &streamer {
+            Some(s) => s.views()?,
+            None => Vec::new(),
         };
-        let built = Builder::new(&config, &map, &weights, &kernels, &blas, &stream, &gpu)?
+        let mut built = Builder::new(&config, &map, &weights, &kernels, &blas, &stream, &gpu)?
             .with_host_tensors(&host_tensors)
+            .with_streamed(table, streamed_views)
             .build(tuning.q4_tiles, dequant_to)?;
         if !built.host_dequantized.is_empty() {
             // Info, not a warning: the front ends say it to the user (the engine's warnings).
@@ -201,8 +244,12 @@ impl GpuModel {
                 "the GPU runtime has no kernels for these weight types yet: dequantized to {dequant_to:?} at load (they run at 16-bit speed and size)"
             );
         }
+        let mut streamer = streamer;
+        if let (Some(s), true) = (streamer.as_mut(), tuning.q4_tiles) {
+            load::tile_pinned_layers(s, &mut built.layers, &kernels, &blas, &stream, &gpu)?;
+        }
         stream.synchronize().map_err(GpuError::from)?;
-        let layers = LayerStore::new(built.layers, residency);
+        let layers = LayerStore::new(built.layers, streamer);
         let direct = layers
             .mats()
             .all(|m| m.wtype.elem() == Some(built.act.elem()));
@@ -225,6 +272,13 @@ impl GpuModel {
             weights_seconds,
             weight_bytes,
             host_dequantized: built.host_dequantized.clone(),
+            host_ffn_layers: layers.streamer().map_or(0, |s| s.host_ffn_layers()),
+            host_gbps: layers.streamer().and_then(|s| s.host_gbps()),
+            decode_streamed_bytes_per_token: layers
+                .streamer()
+                .map_or(0, |s| s.decode_bytes_per_step()),
+            placement: sizing.plan,
+            session_reserve_bytes: sizing.reserve_bytes,
             seconds: start.elapsed().as_secs_f64(),
         };
         Ok(GpuModel {
@@ -308,6 +362,23 @@ impl GpuModel {
     /// The compute stream.
     pub(crate) fn stream(&self) -> &Stream {
         &self.stream
+    }
+
+    /// Streamed layers' copies on (the default) or off, to time compute alone (the benchmark;
+    /// off, steps compute on whatever the slots hold). No-op when every layer is resident.
+    pub(crate) fn set_stream_copies(&self, on: bool) {
+        if let Some(s) = self.layers.streamer() {
+            s.set_copies(on);
+        }
+    }
+
+    /// The streaming tiers' bandwidths measured now, GB/s: pinned host to GPU copies, and file
+    /// reads (each `None` when no layer uses that tier). No step may be in flight.
+    pub(crate) fn measure_stream_tiers(&self) -> Result<(Option<f64>, Option<f64>), GpuError> {
+        match self.layers.streamer() {
+            Some(s) => Ok((s.measure_h2d_gbps(8)?, s.measure_file_gbps()?)),
+            None => Ok((None, None)),
+        }
     }
 
     /// `(rows, cols)` of every matrix a prefill multiplies, per layer, for FLOP counts.

@@ -51,6 +51,7 @@ mod q4_tiles;
 mod tests;
 
 pub use error::GpuError;
+pub use hoist_io::CachePolicy;
 pub use llama::{GpuModel, GpuSession, LoadStats, MAX_CHUNK_TOKENS, MAX_CONTEXT};
 pub use module::default_cache_dir;
-pub use options::{DecodeGemv, GpuOptions, GpuTuning, ENV_OVERRIDES};
+pub use options::{DecodeGemv, GpuOptions, GpuTuning, HostFfn, ENV_OVERRIDES};

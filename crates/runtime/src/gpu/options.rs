@@ -13,6 +13,10 @@ use super::module::GemvShape;
 use super::GpuError;
 use crate::placement::Placement;
 
+/// Positions of the session a load leaves GPU memory for when [`GpuOptions::context`] is not
+/// given.
+pub const DEFAULT_RESERVE_CONTEXT: usize = 4096;
+
 /// How to run a model on the GPU.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
@@ -24,8 +28,16 @@ pub struct GpuOptions {
     /// Counts weight bytes as they are read, for a progress display (the read engine's counter,
     /// [`hoist_io::EngineConfig::progress`]); `None`: not counted.
     pub progress: Option<Arc<AtomicU64>>,
-    /// Where each layer's weights live; only all-resident runs so far (the default).
+    /// Where each layer's weights live, and the memory budgets the default plan fits
+    /// ([`Placement::auto`]: every layer resident when the model fits, else the last layers
+    /// streamed).
     pub placement: Placement,
+    /// Whether weights read from disk stay in the page cache (`hoist run --cache`): the next
+    /// load of the same file is then a warm one; `Auto` keeps when they fit in available memory.
+    pub cache: hoist_io::CachePolicy,
+    /// Positions of the session the default GPU budget leaves room for (its KV cache and
+    /// work buffers); `None`: [`DEFAULT_RESERVE_CONTEXT`]. The engine sets its context here.
+    pub context: Option<usize>,
     /// Kernel choices and shapes, for diagnosis and tuning; the defaults are the fastest
     /// measured.
     pub tuning: GpuTuning,
@@ -40,6 +52,20 @@ pub enum DecodeGemv {
     /// cuBLAS (a yardstick); only for models whose weights are all of the activation type,
     /// the others keep the kernels.
     Cublas,
+}
+
+/// Whether decode computes some streamed layers' feed-forward on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostFfn {
+    /// As many layers as the bandwidths measured at load say make decode faster (none when
+    /// every layer is resident, or when streaming alone is as fast).
+    #[default]
+    Auto,
+    /// Never: every streamed layer is copied whole and computed on the GPU.
+    Off,
+    /// This many streamed layers (at most those of the pinned tier with 16-bit or f32
+    /// feed-forward weights).
+    Layers(usize),
 }
 
 /// Kernel choices and shapes. [`Default`] is what runs unless asked otherwise; every field has
@@ -78,6 +104,9 @@ pub struct GpuTuning {
     /// Resident blocks per SM the tiled Q4_0 GEMVs' registers are cut for: 1 to 4
     /// (`HOIST_Q4T_MIN_BLOCKS`).
     pub q4t_min_blocks: u32,
+    /// Streamed layers whose feed-forward decode computes on the CPU, from pinned memory,
+    /// while PCIe brings the others (`HOIST_HOST_FFN`: auto, off or a count).
+    pub host_ffn: HostFfn,
 }
 
 impl Default for GpuTuning {
@@ -97,6 +126,7 @@ impl Default for GpuTuning {
             q4t_warps: shape.q4t_warps,
             q4t_batch: shape.q4t_batch,
             q4t_min_blocks: shape.q4t_min_blocks,
+            host_ffn: HostFfn::Auto,
         }
     }
 }
@@ -127,6 +157,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("HOIST_Q4T_WARPS", "tiled Q4_0 GEMV warps: 4, 8, 16"),
     ("HOIST_Q4T_BATCH", "tiled Q4_0 tiles per load: 1 to 8"),
     ("HOIST_Q4T_MIN_BLOCKS", "tiled Q4_0 blocks per SM: 1 to 4"),
+    (
+        "HOIST_HOST_FFN",
+        "streamed layers' decode FFN on the CPU: auto, off, N",
+    ),
 ];
 
 /// What the on/off variables accept.
@@ -291,6 +325,17 @@ impl GpuOptions {
                 *field = set != negated;
             }
         }
+        if let Some(v) = text("HOIST_HOST_FFN")? {
+            t.host_ffn = match v.trim() {
+                "auto" => HostFfn::Auto,
+                "off" => HostFfn::Off,
+                n => HostFfn::Layers(n.parse().map_err(|_| GpuError::InvalidOption {
+                    name: "HOIST_HOST_FFN".into(),
+                    value: v.clone(),
+                    accepted: "auto, off, or a number of layers",
+                })?),
+            };
+        }
         for s in &SHAPES {
             if let Some(v) = text(s.variable)? {
                 let invalid = || GpuError::InvalidOption {
@@ -352,8 +397,16 @@ mod tests {
             ("HOIST_Q4T_WARPS", "16"),
             ("HOIST_Q4T_BATCH", "8"),
             ("HOIST_Q4T_MIN_BLOCKS", "1"),
+            ("HOIST_HOST_FFN", "6"),
         ])
         .unwrap();
+        assert_eq!(o.tuning.host_ffn, HostFfn::Layers(6));
+        assert_eq!(
+            with(&[("HOIST_HOST_FFN", "off")]).unwrap().tuning.host_ffn,
+            HostFfn::Off
+        );
+        let e = with(&[("HOIST_HOST_FFN", "some")]).unwrap_err().to_string();
+        assert!(e.contains("auto, off, or a number"), "{e}");
         assert_eq!(o.kernel_cache, Some(PathBuf::from("/tmp/k")));
         let t = o.tuning;
         assert_eq!(t.decode_gemv, DecodeGemv::Cublas);
@@ -371,7 +424,7 @@ mod tests {
             (8, 2, 32, 16, 8, 1)
         );
         // Each variable of the table is read (the test above sets them all).
-        assert_eq!(ENV_OVERRIDES.len(), 14);
+        assert_eq!(ENV_OVERRIDES.len(), 15);
     }
 
     #[test]

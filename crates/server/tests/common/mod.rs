@@ -31,6 +31,8 @@ pub fn config(queue_depth: usize) -> ServerConfig {
             pool_size: 2,
             context: None,
             keep_alive: KeepAlive::For(Duration::from_secs(300)),
+            placement: Default::default(),
+            cache: Default::default(),
         },
         api_key: None,
         body_limit_bytes: hoist_server::DEFAULT_BODY_LIMIT_BYTES,

@@ -8,7 +8,8 @@ use crate::gpu::GpuError;
 
 impl GpuSession<'_> {
     /// Queues the kernels of one step over the `n` tokens already uploaded; returns the logit
-    /// rows it leaves. Only kernel launches and cuBLAS calls: capturable when `n == 1`.
+    /// rows it leaves. Only kernel launches, cuBLAS calls and (streamed layers) copies and
+    /// event waits: capturable when `n == 1` and no layer comes from the file.
     pub(super) fn record(&self, n: usize, all_logits: bool, last: bool) -> Result<usize, GpuError> {
         let m = self.model;
         let c = &m.config;
@@ -73,10 +74,14 @@ impl GpuSession<'_> {
         // (and the norms' and biases' lengths against the counts again by each launch), alive
         // while the model is, which outlives the session.
         unsafe {
+            // Streamed layers: the first copies are queued (no-ops when all are resident).
+            m.layers.begin_step(ops.stream, n)?;
             ops.embed(&m.embed, b.ids.ptr(), n, b.x.ptr())?;
             for l in 0..m.layers.len() {
-                // The placement's door: the layer's weights for this step (see `LayerStore`).
-                let layer = m.layers.layer(l)?;
+                // The placement's door: the layer's weights for this step, valid until
+                // `after(l)` (see `LayerStore`).
+                m.layers.before(l, ops.stream)?;
+                let layer = m.layers.layer(l);
                 let cache = [
                     b.kcache.ptr() + l as u64 * layer_cache,
                     b.vcache.ptr() + l as u64 * layer_cache,
@@ -179,6 +184,16 @@ impl GpuSession<'_> {
                 }
                 add_to_residual(&layer.o, b.att.ptr())?;
                 ops.rms_norm(b.x.ptr(), layer.ffn_norm, b.xn.ptr(), xa, n, h, eps, act)?;
+                if m.layers.ffn_on_host(l, n) {
+                    // A hybrid layer: the slot held its attention only and is free now; the
+                    // host computes the feed-forward from pinned memory while later layers'
+                    // copies run.
+                    m.layers.after(l, ops.stream)?;
+                    if let Some(s) = m.layers.streamer() {
+                        s.host_ffn(l, &ops, &b.xn, b.x.ptr())?;
+                    }
+                    continue;
+                }
                 if !gemm_path {
                     ops.gemv_swiglu(&layer.gate, &layer.up, b.xn.ptr(), b.h.ptr(), act)?;
                 } else {
@@ -188,6 +203,7 @@ impl GpuSession<'_> {
                     ops.swiglu(b.g.ptr(), b.u.ptr(), b.h.ptr(), xa, act, n * inter)?;
                 }
                 add_to_residual(&layer.down, b.h.ptr())?;
+                m.layers.after(l, ops.stream)?;
             }
             ops.rms_norm(b.x.ptr(), m.output_norm, b.xn.ptr(), xa, n, h, eps, act)?;
             let rows = if all_logits && n > 1 {

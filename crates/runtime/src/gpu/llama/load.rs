@@ -84,6 +84,8 @@ pub(super) struct Builder<'a> {
     dequant_to: WType,
     /// The ggml type of each host-dequantized matrix.
     host_dequantized: Vec<hoist_format::GgmlType>,
+    /// The streamed layers' matrices: their views in their slots, by table index.
+    streamed: HashMap<usize, (DevSlice<u8>, &'a hoist_format::TensorInfo)>,
 }
 
 impl<'a> Builder<'a> {
@@ -117,6 +119,56 @@ impl<'a> Builder<'a> {
             small: Vec::new(),
             dequant_to: WType::F16,
             host_dequantized: Vec::new(),
+            streamed: HashMap::new(),
+        })
+    }
+
+    /// The streamed layers' matrices: views in their slots by table index
+    /// ([`super::stream::Streamer::views`]).
+    pub(super) fn with_streamed(
+        mut self,
+        table: &'a TensorTable,
+        views: Vec<(usize, DevSlice<u8>)>,
+    ) -> Builder<'a> {
+        self.streamed = views
+            .into_iter()
+            .map(|(i, v)| (i, (v, &table.tensors[i])))
+            .collect();
+        self
+    }
+
+    /// A streamed layer's matrix: its view in its slot, with the type the slot holds (the
+    /// file's, or the 16-bit type the host dequantized it to).
+    fn streamed_mat(
+        &self,
+        data: DevSlice<u8>,
+        info: &hoist_format::TensorInfo,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Mat, GpuError> {
+        let wtype = match super::dequant::host_dequantized(info.dtype) {
+            Some(_) => self.dequant_to,
+            None => {
+                WType::of(info.dtype).ok_or_else(|| unsupported_dtype(&info.name, info.dtype))?
+            }
+        };
+        if info.elements() != (rows * cols) as u64 || wtype.bytes(rows * cols) != data.len() {
+            return Err(GpuError::Unsupported(format!(
+                "tensor {} has shape {:?} ({} bytes in its slot), expected [{rows}, {cols}] of {wtype:?}",
+                info.name, info.shape, data.len()
+            )));
+        }
+        if matches!(wtype, WType::Q8_0 | WType::Q4_0) && !cols.is_multiple_of(32) {
+            return Err(GpuError::Unsupported(format!(
+                "tensor {} is quantized with rows of {cols} values, not a multiple of 32",
+                info.name
+            )));
+        }
+        Ok(Mat {
+            data,
+            wtype,
+            rows,
+            cols,
         })
     }
 
@@ -136,6 +188,11 @@ impl<'a> Builder<'a> {
     }
 
     fn mat(&mut self, id: WeightId, rows: usize, cols: usize) -> Result<Mat, GpuError> {
+        if let Some(i) = self.map.index(id) {
+            if let Some(&(view, info)) = self.streamed.get(&i) {
+                return self.streamed_mat(view, info, rows, cols);
+            }
+        }
         if let Some(&t) = self.host.get(self.map.source.name(id).as_str()) {
             return self.host_dequantized_mat(t, rows, cols);
         }
@@ -285,21 +342,12 @@ impl<'a> Builder<'a> {
         if q4_tiles {
             self.tile_q4_0(&mut layers, &mut output, c.tie_word_embeddings)?;
         }
-        // GEMM inputs are rounded to the weights' float type: bf16 if any matrix is bf16, f16
-        // for f16 and quantized weights (Q8_0/Q4_0 are dequantized to f16 for cuBLAS), f32
-        // only when every matrix is f32.
         let types: Vec<WType> = layers
             .iter()
             .flat_map(|l| l.mats().map(|m| m.wtype))
             .chain([embed.wtype, output.wtype])
             .collect();
-        let act = if types.contains(&WType::BF16) {
-            Act::BF16
-        } else if types.iter().all(|&t| t == WType::F32) {
-            Act::F32
-        } else {
-            Act::F16
-        };
+        let act = activation_type(&types);
         let inv_freq = self.inv_freqs()?;
         let mut host_dequantized: Vec<String> = Vec::new();
         for ty in &self.host_dequantized {
@@ -334,16 +382,15 @@ impl<'a> Builder<'a> {
         let ops = &self.ops;
         let ok = |m: &Mat| crate::gpu::q4_tiles::tileable(ops.k, m);
         let mut targets: Vec<&mut Mat> = Vec::new();
-        for l in layers.iter_mut() {
-            let pair = ok(&l.gate) && ok(&l.up);
-            for m in [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.down] {
-                if ok(m) {
-                    targets.push(m);
-                }
-            }
-            if pair {
-                targets.push(&mut l.gate);
-                targets.push(&mut l.up);
+        for (n, l) in layers.iter_mut().enumerate() {
+            // Streamed layers' views are slots: their pinned copies are tiled on their own
+            // (`tile_pinned_layers`), file-tier ones keep the file's layout.
+            let streamed = self
+                .map
+                .index(WeightId::Layer(n, LayerTensor::Q))
+                .is_some_and(|i| self.streamed.contains_key(&i));
+            if !streamed {
+                targets.extend(tile_targets(ops.k, l));
             }
         }
         if !tied && ok(output) {
@@ -392,4 +439,79 @@ fn upload_f32(gpu: &Arc<Gpu>, stream: &Stream, values: &[f32]) -> Result<DeviceB
     buf.write_async(stream, bytes_of(values))?;
     stream.synchronize()?;
     Ok(buf)
+}
+
+/// The matrices of `l` that Q4_0 tiling repacks: gate and up only together (one kernel reads
+/// both).
+fn tile_targets<'m>(k: &Kernels, l: &'m mut Layer) -> Vec<&'m mut Mat> {
+    let ok = |m: &Mat| crate::gpu::q4_tiles::tileable(k, m);
+    let pair = ok(&l.gate) && ok(&l.up);
+    let mut targets = Vec::new();
+    for m in [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.down] {
+        if ok(m) {
+            targets.push(m);
+        }
+    }
+    if pair {
+        targets.push(&mut l.gate);
+        targets.push(&mut l.up);
+    }
+    targets
+}
+
+/// Tiles the Q4_0 matrices of the pinned tier's layers once, at load: each layer is copied into
+/// its slot, tiled there as a resident layer is, and copied back, so that a streamed layer runs
+/// the same kernels on the same bytes as it would resident. (File-tier layers keep the file's
+/// layout and the untiled kernels.)
+pub(super) fn tile_pinned_layers(
+    streamer: &mut super::stream::Streamer,
+    layers: &mut [Layer],
+    kernels: &Kernels,
+    blas: &Blas,
+    stream: &Stream,
+    gpu: &Arc<Gpu>,
+) -> Result<(), GpuError> {
+    let ops = Ops {
+        k: kernels,
+        blas,
+        stream,
+    };
+    let mut scratch: Option<DeviceBuf> = None;
+    for (layer, slot, pinned, bytes) in streamer.pinned_layers() {
+        let targets = tile_targets(kernels, &mut layers[layer]);
+        let Some(most) = targets.iter().map(|m| m.bytes()).max() else {
+            continue;
+        };
+        if scratch.as_ref().is_none_or(|s| s.len() < most) {
+            scratch = Some(DeviceBuf::new(gpu, most)?);
+        }
+        let Some(scratch) = scratch.as_ref() else {
+            unreachable!("allocated above")
+        };
+        // SAFETY: the pinned copy and the slot hold the packed layer (`bytes`); the stream is
+        // synchronized before the host touches the pinned copy again or scratch is freed; the
+        // targets are views into this slot, which now holds this layer.
+        unsafe {
+            slot.write_from_pinned_async(stream, 0, pinned, 0, bytes)?;
+            for m in targets {
+                ops.tile_q4_0(m, scratch)?;
+            }
+            slot.read_to_pinned_async(stream, pinned, 0, bytes)?;
+        }
+        stream.synchronize()?;
+    }
+    Ok(())
+}
+
+/// The type GEMM inputs are rounded to for matrices of `types`: bf16 if any is bf16, f16 for
+/// f16 and quantized weights (Q8_0/Q4_0 are dequantized to f16 for cuBLAS), f32 only when every
+/// matrix is f32.
+pub(super) fn activation_type(types: &[WType]) -> Act {
+    if types.contains(&WType::BF16) {
+        Act::BF16
+    } else if types.iter().all(|&t| t == WType::F32) {
+        Act::F32
+    } else {
+        Act::F16
+    }
 }

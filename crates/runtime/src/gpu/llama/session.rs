@@ -77,20 +77,6 @@ impl<'a> GpuSession<'a> {
             ))
             .into());
         }
-        let chunk = context.min(MAX_CHUNK_TOKENS);
-        let (h, qd, kvd, inter, vocab) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-            c.intermediate_size,
-            c.vocab_size,
-        );
-        let act_bytes = model.act.elem().bytes();
-        // 16-bit models keep the KV cache in their type; cuBLAS prefill attention then reads
-        // q and the probabilities in that type too (copies beside the f32 ones).
-        let copies = if model.act == Act::F32 { 0 } else { act_bytes };
-        let tile = (SCORES_BUDGET_BYTES / (c.num_heads * context * (4 + copies))).clamp(1, chunk);
-        let widest = h.max(qd).max(inter);
         let scratch_values = model
             .layers
             .mats()
@@ -98,43 +84,10 @@ impl<'a> GpuSession<'a> {
             .filter(|m| m.wtype.elem() != Some(model.act.elem()))
             .map(|m| m.rows * m.cols)
             .max();
-        let cache_bytes = c.num_layers * c.num_kv_heads * context * c.head_dim * act_bytes;
-        // The attention kernel's scratch sizes depend on these alone.
-        let attn = AttnDims {
-            heads: c.num_heads,
-            kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-            capacity: context,
-            window: 0,
-            cache: model.act,
-        };
+        let (chunk, tile, sizes) = buffer_sizes(c, model.act, context, scratch_values);
+        let attn = attn_dims(c, model.act, context);
         // Refused here rather than at the first decode step.
         model.ops().attention_smem(attn)?;
-        let sizes = [
-            (chunk + 1) * 4,
-            chunk * h * 4,
-            chunk * h * 4,
-            if model.act == Act::F32 {
-                0
-            } else {
-                chunk * widest * act_bytes
-            },
-            chunk * qd * 4,
-            chunk * kvd * 4,
-            chunk * kvd * 4,
-            chunk * qd * 4,
-            chunk * inter * 4,
-            chunk * inter * 4,
-            chunk * inter * 4,
-            cache_bytes,
-            cache_bytes,
-            (c.num_heads * tile * context).max(Ops::attention_part_values(1, attn)) * 4,
-            scratch_values.map_or(0, |v| v * act_bytes),
-            chunk * vocab * 4,
-            Ops::attention_counters(chunk, attn) * 4,
-            chunk * qd * copies,
-            c.num_heads * tile * context * copies,
-        ];
         let needed: usize = sizes.iter().sum();
         let (free, _) = model.gpu.mem_info().map_err(GpuError::from)?;
         // Keep a little for cuBLAS's workspace and the driver.
@@ -311,7 +264,7 @@ impl<'a> GpuSession<'a> {
         let b = &self.bufs;
         let xa = b.xa.as_ref().map_or(b.xn.ptr(), |x| x.ptr());
         for l in 0..m.layers.len() {
-            let layer = m.layers.layer(l)?;
+            let layer = m.layers.layer(l);
             for (w, y, beta) in [
                 (&layer.q, b.q.ptr(), 0.0),
                 (&layer.k, b.k.ptr(), 0.0),
@@ -348,5 +301,80 @@ impl<'a> GpuSession<'a> {
     /// The GPU and stream, for timing.
     pub(crate) fn model(&self) -> &'a GpuModel {
         self.model
+    }
+}
+
+/// Bytes of each of a session's buffers (in [`Buffers`]' order, see `GpuSession::new`) for a
+/// model of configuration `c` computing in `act` with a context of `context` positions, and
+/// `scratch_values` values of the largest matrix not of the activation type (`None`: none);
+/// with the prefill chunk and attention tile they imply. Also the GPU budget's reserve for a
+/// session, computed before the model is loaded.
+pub(super) fn buffer_sizes(
+    c: &crate::config::ModelConfig,
+    act: Act,
+    context: usize,
+    scratch_values: Option<usize>,
+) -> (usize, usize, [usize; 19]) {
+    let chunk = context.min(MAX_CHUNK_TOKENS);
+    let (h, qd, kvd, inter, vocab) = (
+        c.hidden_size,
+        c.num_heads * c.head_dim,
+        c.num_kv_heads * c.head_dim,
+        c.intermediate_size,
+        c.vocab_size,
+    );
+    let act_bytes = act.elem().bytes();
+    // 16-bit models keep the KV cache in their type; cuBLAS prefill attention then reads
+    // q and the probabilities in that type too (copies beside the f32 ones).
+    let copies = if act == Act::F32 { 0 } else { act_bytes };
+    let tile = (SCORES_BUDGET_BYTES / (c.num_heads * context * (4 + copies))).clamp(1, chunk);
+    let widest = h.max(qd).max(inter);
+    let cache_bytes = c.num_layers * c.num_kv_heads * context * c.head_dim * act_bytes;
+    // The attention kernel's scratch sizes depend on these alone.
+    let attn = AttnDims {
+        heads: c.num_heads,
+        kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        capacity: context,
+        window: 0,
+        cache: act,
+    };
+    let sizes = [
+        (chunk + 1) * 4,
+        chunk * h * 4,
+        chunk * h * 4,
+        if act == Act::F32 {
+            0
+        } else {
+            chunk * widest * act_bytes
+        },
+        chunk * qd * 4,
+        chunk * kvd * 4,
+        chunk * kvd * 4,
+        chunk * qd * 4,
+        chunk * inter * 4,
+        chunk * inter * 4,
+        chunk * inter * 4,
+        cache_bytes,
+        cache_bytes,
+        (c.num_heads * tile * context).max(Ops::attention_part_values(1, attn)) * 4,
+        scratch_values.map_or(0, |v| v * act_bytes),
+        chunk * vocab * 4,
+        Ops::attention_counters(chunk, attn) * 4,
+        chunk * qd * copies,
+        c.num_heads * tile * context * copies,
+    ];
+    (chunk, tile, sizes)
+}
+
+/// The attention dimensions the kernel's scratch sizes depend on (and nothing else).
+fn attn_dims(c: &crate::config::ModelConfig, act: Act, context: usize) -> AttnDims {
+    AttnDims {
+        heads: c.num_heads,
+        kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        capacity: context,
+        window: 0,
+        cache: act,
     }
 }

@@ -1,13 +1,12 @@
 //! The decoder layers' weights on the device, and the one door the forward pass takes to
-//! them: [`LayerStore::layer`], asked for layer `l` at each step instead of iterating frozen
-//! addresses, so that a placement other than all-resident changes this file, not the
-//! forward pass.
+//! them: [`LayerStore::layer`], asked for layer `l` at each step between the streaming hooks
+//! [`LayerStore::before`] and [`LayerStore::after`].
 
-use hoist_cuda::DevSlice;
+use hoist_cuda::{DevSlice, Stream};
 
+use super::stream::Streamer;
 use crate::gpu::layers::Mat;
 use crate::gpu::GpuError;
-use crate::placement::{Placement, PlacementError, Residency};
 
 /// One decoder block's weights on the device.
 pub(super) struct Layer {
@@ -34,96 +33,85 @@ impl Layer {
     }
 }
 
-/// Checks `placement` against a model of `num_layers` layers and refuses what the runtime
-/// does not carry out yet (anything but resident), naming the first such layer. Runs before
-/// any device work.
-pub(super) fn check_placement(
-    placement: &Placement,
-    num_layers: usize,
-) -> Result<Vec<Residency>, GpuError> {
-    let residency = placement.resolve(num_layers)?;
-    if let Some((layer, &r)) = residency
-        .iter()
-        .enumerate()
-        .find(|(_, r)| **r != Residency::Resident)
-    {
-        return Err(PlacementError::NotImplemented {
-            layer,
-            residency: r,
-        }
-        .into());
-    }
-    Ok(residency)
-}
-
-/// The decoder layers, placed as the model's [`Placement`] says.
+/// The decoder layers, placed as the model's [`crate::placement::LayerPlan`] says.
 ///
 /// The forward pass asks for layer `l` through [`LayerStore::layer`] each time it records
-/// that layer's kernels. A resident layer is returned as it is: its views were made at load
-/// and stay valid while the model lives, so the call costs an index and a branch.
-///
-/// What a streamed placement will add here (the layer-streaming issue):
-/// - acquire: `layer(l)` finds (or waits for) the slot holding layer `l`: the stream waits on
-///   the event recorded when the slot's copy completed, before the first launch that reads
-///   it, and the copy of the next streamed layer is queued into a free slot;
-/// - release: once the step's last launch reading the slot is queued, an event recorded on
-///   the compute stream marks the slot free for the copy of a later layer (so the returned
-///   view must not be used past the step that asked for it);
-/// - graphs: a captured graph holds the addresses it was recorded with, so it is only valid
-///   for resident layers; [`LayerStore::capturable`] says whether the decode step may be
-///   captured, and capture is refused otherwise (or, later, one graph per slot assignment).
+/// that layer's kernels, between [`LayerStore::before`] and [`LayerStore::after`]. A resident
+/// layer's views were made at load and stay valid while the model lives; a streamed layer's
+/// views point into its fixed slot, whose contents the streamer ([`Streamer`]) replaces each
+/// step: `before` makes the compute stream wait for the layer's copy, `after` releases the
+/// slot to the next layer it serves. The views must not be used outside that bracket.
 pub(super) struct LayerStore {
-    /// Layer `l`'s residency, as checked by [`check_placement`].
-    residency: Vec<Residency>,
-    /// The resident layers' weights, at their layer's index.
-    resident: Vec<Layer>,
+    /// Every layer's weights, at its index.
+    layers: Vec<Layer>,
+    /// The streamed layers' slots and copies (`None` when every layer is resident).
+    streamer: Option<Streamer>,
 }
 
 impl LayerStore {
-    /// The store of `layers`, all resident (what [`check_placement`] admits today).
-    pub(super) fn new(layers: Vec<Layer>, residency: Vec<Residency>) -> LayerStore {
-        assert_eq!(
-            layers.len(),
-            residency.len(),
-            "one residency per built layer"
-        );
-        assert!(
-            residency.iter().all(|r| *r == Residency::Resident),
-            "only resident layers are built (check_placement refuses the others)"
-        );
-        LayerStore {
-            residency,
-            resident: layers,
-        }
+    /// The store of `layers`, streamed as `streamer` says.
+    pub(super) fn new(layers: Vec<Layer>, streamer: Option<Streamer>) -> LayerStore {
+        LayerStore { layers, streamer }
     }
 
     /// Decoder layers in the model.
     pub(super) fn len(&self) -> usize {
-        self.residency.len()
+        self.layers.len()
     }
 
-    /// Layer `l`'s weights for the step being recorded (see the type's docs for what a
-    /// streamed layer will do here).
+    /// Layer `l`'s weights for the step being recorded (valid between `before(l)` and
+    /// `after(l)` for a streamed layer).
     #[inline]
-    pub(super) fn layer(&self, l: usize) -> Result<&Layer, GpuError> {
-        match self.residency[l] {
-            Residency::Resident => Ok(&self.resident[l]),
-            residency => Err(PlacementError::NotImplemented {
-                layer: l,
-                residency,
-            }
-            .into()),
+    pub(super) fn layer(&self, l: usize) -> &Layer {
+        &self.layers[l]
+    }
+
+    /// Starts a step of `n` tokens: queues the first streamed layers' copies.
+    pub(super) fn begin_step(&self, compute: &Stream, n: usize) -> Result<(), GpuError> {
+        match &self.streamer {
+            Some(s) => s.begin_step(compute, n),
+            None => Ok(()),
         }
     }
 
-    /// Whether a step over these layers may be captured into a CUDA graph: only when every
-    /// layer is resident (a graph replays fixed addresses).
-    pub(super) fn capturable(&self) -> bool {
-        self.residency.iter().all(|r| *r == Residency::Resident)
+    /// Whether layer `l`'s feed-forward runs on the host in a step of `n` tokens (a hybrid
+    /// layer in decode).
+    #[inline]
+    pub(super) fn ffn_on_host(&self, l: usize, n: usize) -> bool {
+        self.streamer.as_ref().is_some_and(|s| s.ffn_on_host(l, n))
     }
 
-    /// Every matrix of the resident layers, for load-time scans (types, sizes, shapes).
+    /// Before layer `l`'s kernels are queued on `compute`.
+    #[inline]
+    pub(super) fn before(&self, l: usize, compute: &Stream) -> Result<(), GpuError> {
+        match &self.streamer {
+            Some(s) => s.before(l, compute),
+            None => Ok(()),
+        }
+    }
+
+    /// After layer `l`'s kernels are queued on `compute`.
+    #[inline]
+    pub(super) fn after(&self, l: usize, compute: &Stream) -> Result<(), GpuError> {
+        match &self.streamer {
+            Some(s) => s.after(l, compute),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a step over these layers may be captured into a CUDA graph: unless some layer
+    /// is read from the file at each step (host work a graph cannot replay).
+    pub(super) fn capturable(&self) -> bool {
+        self.streamer.as_ref().is_none_or(|s| s.capturable())
+    }
+
+    /// The streamer, when some layer is streamed.
+    pub(super) fn streamer(&self) -> Option<&Streamer> {
+        self.streamer.as_ref()
+    }
+
+    /// Every matrix of every layer, for load-time scans (types, sizes, shapes).
     pub(super) fn mats(&self) -> impl Iterator<Item = &Mat> {
-        self.resident.iter().flat_map(|l| l.mats())
+        self.layers.iter().flat_map(|l| l.mats())
     }
 }

@@ -1,0 +1,179 @@
+//! Sizing a model for the placement planner ([`crate::placement::Placement::plan`]): what
+//! each layer's matrices take in GPU memory, what stays resident regardless, what one session
+//! reserves; and the streamed layers' matrices for the [`super::stream::Streamer`].
+
+use hoist_format::TensorTable;
+
+use super::session::buffer_sizes;
+use super::stream::{pack, StreamedMat};
+use crate::config::ModelConfig;
+use crate::gpu::layers::WType;
+use crate::gpu::{GpuError, GpuOptions};
+use crate::placement::{default_host_budget, LayerPlan, ModelBytes, Placed};
+use crate::weights::{LayerTensor, WeightId, WeightMap};
+
+/// GPU memory kept free beyond a session's buffers: cuBLAS's workspace, the driver.
+const MARGIN_BYTES: u64 = 512 << 20;
+
+/// A layer's matrices, in the order the streamer packs them.
+const MATS: [LayerTensor; 7] = [
+    LayerTensor::Q,
+    LayerTensor::K,
+    LayerTensor::V,
+    LayerTensor::O,
+    LayerTensor::Gate,
+    LayerTensor::Up,
+    LayerTensor::Down,
+];
+
+/// The planner's inputs and outputs for one model.
+pub(super) struct Sizing {
+    /// The plan.
+    pub(super) plan: LayerPlan,
+    /// GPU bytes one session of `options.context` positions takes, margin included.
+    pub(super) reserve_bytes: u64,
+    /// Table indices of the streamed layers' matrices (not loaded onto the GPU).
+    pub(super) streamed_tensors: Vec<usize>,
+    /// Each streamed layer's matrices, packed.
+    pub(super) streamed_mats: Vec<Vec<StreamedMat>>,
+}
+
+/// Bytes tensor `i` takes in GPU memory: its file bytes, or 16-bit values when the host
+/// dequantizes it.
+fn gpu_bytes(table: &TensorTable, i: usize) -> u64 {
+    let t = &table.tensors[i];
+    match super::dequant::host_dequantized(t.dtype) {
+        Some(_) => t.elements() * 2,
+        None => t.len,
+    }
+}
+
+/// Sizes the model, resolves the budgets (`free_bytes` of GPU memory now) and plans.
+pub(super) fn plan(
+    table: &TensorTable,
+    map: &WeightMap,
+    config: &ModelConfig,
+    options: &GpuOptions,
+    dequant_to: WType,
+    free_bytes: u64,
+) -> Result<Sizing, GpuError> {
+    let mut layer_mats: Vec<Vec<usize>> = Vec::with_capacity(config.num_layers);
+    for l in 0..config.num_layers {
+        let ids = MATS
+            .iter()
+            .map(|&t| {
+                map.index(WeightId::Layer(l, t)).ok_or_else(|| {
+                    GpuError::Unsupported(format!(
+                        "tensor {} is missing from the checkpoint",
+                        map.source.name(WeightId::Layer(l, t))
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        layer_mats.push(ids);
+    }
+    let packed: Vec<(Vec<usize>, usize)> = layer_mats
+        .iter()
+        .map(|ids| {
+            let bytes: Vec<usize> = ids.iter().map(|&i| gpu_bytes(table, i) as usize).collect();
+            pack(&bytes)
+        })
+        .collect();
+    let in_layers: std::collections::HashSet<usize> =
+        layer_mats.iter().flatten().copied().collect();
+    let fixed_bytes: u64 = map
+        .selection()
+        .into_iter()
+        .filter(|i| !in_layers.contains(i))
+        .map(|i| gpu_bytes(table, i))
+        .sum();
+    let bytes = ModelBytes {
+        fixed_bytes,
+        layer_bytes: packed.iter().map(|(_, total)| *total as u64).collect(),
+    };
+
+    // One session's buffers, computed as `GpuSession::new` will (the activation type as the
+    // builder will choose it).
+    let wtypes: Vec<WType> = map
+        .selection()
+        .into_iter()
+        .filter(|i| table.tensors[*i].shape.len() == 2)
+        .map(|i| WType::of(table.tensors[i].dtype).unwrap_or(dequant_to))
+        .collect();
+    let act = super::load::activation_type(&wtypes);
+    let scratch_values = layer_mats
+        .iter()
+        .flatten()
+        .filter(|&&i| {
+            WType::of(table.tensors[i].dtype)
+                .unwrap_or(dequant_to)
+                .elem()
+                != Some(act.elem())
+        })
+        .map(|&i| table.tensors[i].elements() as usize)
+        .max();
+    let context = options
+        .context
+        .unwrap_or(crate::gpu::options::DEFAULT_RESERVE_CONTEXT)
+        .clamp(1, super::MAX_CONTEXT);
+    let (_, _, sizes) = buffer_sizes(config, act, context, scratch_values);
+    let reserve_bytes = sizes.iter().sum::<usize>() as u64 + MARGIN_BYTES;
+
+    let budget = options.placement.budget();
+    let gpu_budget = budget
+        .gpu_bytes
+        .unwrap_or_else(|| free_bytes.saturating_sub(reserve_bytes));
+    let host_budget = match budget.host_bytes {
+        Some(b) => b,
+        None => hoist_io::cache::MemInfo::read()
+            .map(|m| default_host_budget(m.available_bytes))
+            .unwrap_or(0),
+    };
+    let plan = options.placement.plan(&bytes, gpu_budget, host_budget)?;
+    if plan.gpu_bytes + reserve_bytes > free_bytes {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(GpuError::Unsupported(format!(
+            "the weights placed on the GPU take {:.2} GiB ({}) and a session of {context} positions {:.2} GiB, but the GPU has {:.2} GiB free; give a smaller --gpu-memory (hoist streams the layers that do not fit), a shorter --context, or free GPU memory",
+            gib(plan.gpu_bytes),
+            plan.summary(),
+            gib(reserve_bytes),
+            gib(free_bytes),
+        )));
+    }
+
+    let mut streamed_tensors = Vec::new();
+    let mut streamed_mats = Vec::new();
+    for (l, place) in plan.layers.iter().enumerate() {
+        if *place == Placed::Resident {
+            continue;
+        }
+        let (offsets, _) = &packed[l];
+        let mats = layer_mats[l]
+            .iter()
+            .zip(offsets)
+            .map(|(&i, &offset)| {
+                let t = &table.tensors[i];
+                streamed_tensors.push(i);
+                StreamedMat {
+                    tensor: i,
+                    file: t.file,
+                    file_offset: t.offset,
+                    file_bytes: t.len as usize,
+                    values: t.elements() as usize,
+                    offset,
+                    bytes: gpu_bytes(table, i) as usize,
+                    dequant: super::dequant::host_dequantized(t.dtype),
+                    wtype: WType::of(t.dtype).unwrap_or(dequant_to),
+                    rows: t.shape.first().copied().unwrap_or(1) as usize,
+                }
+            })
+            .collect();
+        streamed_mats.push(mats);
+    }
+    Ok(Sizing {
+        plan,
+        reserve_bytes,
+        streamed_tensors,
+        streamed_mats,
+    })
+}
