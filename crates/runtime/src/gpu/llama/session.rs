@@ -330,15 +330,7 @@ pub(super) fn buffer_sizes(
     let tile = (SCORES_BUDGET_BYTES / (c.num_heads * context * (4 + copies))).clamp(1, chunk);
     let widest = h.max(qd).max(inter);
     let cache_bytes = c.num_layers * c.num_kv_heads * context * c.head_dim * act_bytes;
-    // The attention kernel's scratch sizes depend on these alone.
-    let attn = AttnDims {
-        heads: c.num_heads,
-        kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-        capacity: context,
-        window: 0,
-        cache: act,
-    };
+    let attn = attn_dims(c, act, context);
     let sizes = [
         (chunk + 1) * 4,
         chunk * h * 4,
