@@ -4,12 +4,18 @@
 //! architectures (Llama 2/3/3.1, Mistral, Qwen2, Qwen3) is a handful of flags: q/k/v biases
 //! (Qwen2), RMS norms on q and k per head (Qwen3), and the rotary frequencies (Llama 3.1's
 //! scaling). Everything else is the same block, so one configuration type covers them.
+//! Mixture-of-experts variants (Mixtral, Qwen2-MoE, Qwen3-MoE) replace the feed-forward block of
+//! some layers by routed experts; [`MoeConfig`] (in `config/moe.rs`) says how.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use hoist_format::{MetaValue, TensorTable};
 use serde_json::Value;
+
+mod moe;
+
+pub use moe::MoeConfig;
 
 /// A configuration could not be read, or describes a model this runtime cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -74,12 +80,21 @@ pub enum ArchFamily {
     Qwen2,
     /// Qwen3: RMS norm on q and k per head, no biases (`Qwen3ForCausalLM`, GGUF `qwen3`).
     Qwen3,
+    /// Mixtral: Mistral attention, every feed-forward block a mixture of experts
+    /// (`MixtralForCausalLM`; Hugging Face checkpoints only).
+    Mixtral,
+    /// Qwen2-MoE: Qwen2 attention (q/k/v biases), experts plus a sigmoid-gated shared expert
+    /// (`Qwen2MoeForCausalLM`; Hugging Face checkpoints only).
+    Qwen2Moe,
+    /// Qwen3-MoE: Qwen3 attention (q/k norms), experts (`Qwen3MoeForCausalLM`; Hugging Face
+    /// checkpoints only).
+    Qwen3Moe,
 }
 
 impl ArchFamily {
     /// The Hugging Face `architectures` entries this runtime runs.
-    pub const HF_NAMES: &'static str =
-        "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM";
+    pub const HF_NAMES: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
+        Qwen3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM";
     /// The GGUF `general.architecture` values this runtime runs.
     pub const GGUF_NAMES: &'static str = "llama, qwen2, qwen3";
 
@@ -90,6 +105,9 @@ impl ArchFamily {
             "MistralForCausalLM" => ArchFamily::Mistral,
             "Qwen2ForCausalLM" => ArchFamily::Qwen2,
             "Qwen3ForCausalLM" => ArchFamily::Qwen3,
+            "MixtralForCausalLM" => ArchFamily::Mixtral,
+            "Qwen2MoeForCausalLM" => ArchFamily::Qwen2Moe,
+            "Qwen3MoeForCausalLM" => ArchFamily::Qwen3Moe,
             _ => return None,
         })
     }
@@ -154,7 +172,8 @@ pub struct ModelConfig {
     pub num_kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
-    /// Width of the feed-forward block.
+    /// Width of the dense feed-forward block (of every layer of a dense model, of the layers a
+    /// mixture-of-experts model keeps dense; Mixtral's equals its experts' width).
     pub intermediate_size: usize,
     /// RMS norm epsilon.
     pub rms_norm_eps: f32,
@@ -178,6 +197,9 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence tokens (Llama 3 lists several).
     pub eos_token_ids: Vec<u32>,
+    /// Routed experts in place of the feed-forward block (Mixtral, Qwen2-MoE, Qwen3-MoE);
+    /// `None`: a dense model.
+    pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
@@ -279,8 +301,8 @@ impl ModelConfig {
             _ => None,
         };
         let sliding_window = match arch {
-            ArchFamily::Mistral => j.opt_usize("sliding_window")?,
-            ArchFamily::Qwen2 | ArchFamily::Qwen3 => {
+            ArchFamily::Mistral | ArchFamily::Mixtral => j.opt_usize("sliding_window")?,
+            ArchFamily::Qwen2 | ArchFamily::Qwen3 | ArchFamily::Qwen2Moe | ArchFamily::Qwen3Moe => {
                 if json.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
                     return Err(j.unsupported("use_sliding_window", "true", "false"));
                 }
@@ -290,6 +312,8 @@ impl ModelConfig {
         };
         let attention_bias = match arch {
             ArchFamily::Qwen2 => true,
+            // transformers' `Qwen2MoeConfig.qkv_bias`, true unless turned off.
+            ArchFamily::Qwen2Moe => json.get("qkv_bias").and_then(Value::as_bool) != Some(false),
             _ => json.get("attention_bias").and_then(Value::as_bool) == Some(true),
         };
         let eos_token_ids = match json.get("eos_token_id") {
@@ -308,11 +332,13 @@ impl ModelConfig {
             Some(b) => Some(u32::try_from(b).map_err(|_| j.invalid("bos_token_id", "too large"))?),
             None => None,
         };
+        let num_layers = j.usize("num_hidden_layers")?;
+        let moe = moe::hf_moe(&j, arch, num_layers)?;
         ModelConfig {
             arch,
             vocab_size: j.usize("vocab_size")?,
             hidden_size,
-            num_layers: j.usize("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads: j.opt_usize("num_key_value_heads")?.unwrap_or(num_heads),
             head_dim,
@@ -325,10 +351,11 @@ impl ModelConfig {
             tie_word_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool)
                 == Some(true),
             attention_bias,
-            qk_norm: arch == ArchFamily::Qwen3,
+            qk_norm: matches!(arch, ArchFamily::Qwen3 | ArchFamily::Qwen3Moe),
             sliding_window,
             bos_token_id,
             eos_token_ids,
+            moe,
         }
         .check(path)
     }
@@ -346,6 +373,16 @@ impl ModelConfig {
             m.unsupported("general.architecture", arch_name, ArchFamily::GGUF_NAMES)
         })?;
         let k = |suffix: &str| format!("{arch_name}.{suffix}");
+        // llama.cpp writes Mixtral as `llama` with an expert count; its stacked expert tensors
+        // are not read here (yet).
+        if let Some(n) = m.opt_usize(&k("expert_count"))?.filter(|&n| n > 0) {
+            return Err(m.unsupported(
+                &k("expert_count"),
+                &n.to_string(),
+                "dense GGUF models only; mixture-of-experts models run from their Hugging Face \
+                 safetensors checkpoints",
+            ));
+        }
         let hidden_size = m.usize(&k("embedding_length"))?;
         let num_heads = m.usize(&k("attention.head_count"))?;
         let head_dim = match m.opt_usize(&k("attention.key_length"))? {
@@ -406,8 +443,10 @@ impl ModelConfig {
             // Llama 3.1 GGUF files carry the scaling as the `rope_freqs.weight` tensor.
             rope_scaling: None,
             rope_style: match arch {
-                ArchFamily::Llama | ArchFamily::Mistral => RopeStyle::Interleaved,
-                ArchFamily::Qwen2 | ArchFamily::Qwen3 => RopeStyle::Neox,
+                ArchFamily::Llama | ArchFamily::Mistral | ArchFamily::Mixtral => {
+                    RopeStyle::Interleaved
+                }
+                _ => RopeStyle::Neox,
             },
             max_position_embeddings: m.usize(&k("context_length"))?,
             tie_word_embeddings: table.get("output.weight").is_none(),
@@ -416,6 +455,7 @@ impl ModelConfig {
             sliding_window: None,
             bos_token_id,
             eos_token_ids,
+            moe: None,
         }
         .check(path)
     }

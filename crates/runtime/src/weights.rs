@@ -13,6 +13,15 @@
 //! | `Layer(n, QNorm/KNorm)` | `….self_attn.{q,k}_norm.weight` | `blk.n.attn_{q,k}_norm.weight` |
 //! | `Layer(n, FfnNorm)` | `….post_attention_layernorm.weight` | `blk.n.ffn_norm.weight` |
 //! | `Layer(n, Gate/Up/Down)` | `….mlp.{gate,up,down}_proj.weight` | `blk.n.ffn_{gate,up,down}.weight` |
+//! | `Layer(n, Router(s))` | `….mlp.gate.weight` (Mixtral: `….block_sparse_moe.gate.weight`) | `blk.n.ffn_gate_inp.weight` |
+//! | `Layer(n, Expert(s, e, p))` | `….mlp.experts.e.{gate,up,down}_proj.weight` (Mixtral: `….block_sparse_moe.experts.e.w{1,3,2}.weight`) | `blk.n.ffn_{gate,up,down}.e.weight` |
+//! | `Layer(n, SharedGate/SharedUp/SharedDown)` | `….mlp.shared_expert.{gate,up,down}_proj.weight` | `blk.n.ffn_{gate,up,down}_shexp.weight` |
+//! | `Layer(n, SharedExpertGate)` | `….mlp.shared_expert_gate.weight` | `blk.n.ffn_gate_inp_shexp.weight` |
+//!
+//! Mixture-of-experts tensors exist only in the sparse layers of a model with
+//! [`ModelConfig::moe`]; the others keep `Gate/Up/Down`. The GGUF names of experts are
+//! llama.cpp's early per-expert ones, for error messages only: GGUF MoE files are refused when
+//! their configuration is read.
 //!
 //! Shapes are outermost-first in both (the format crate reverses GGUF's order), so a projection
 //! is `[out_features, in_features]` either way. Rotary layout: llama.cpp permutes the q and k
@@ -112,11 +121,45 @@ pub enum LayerTensor {
     Up,
     /// Down projection `[hidden, intermediate]`.
     Down,
+    /// Mixture-of-experts router `[experts, hidden]` (named after the checkpoint's family).
+    Router(MoeNaming),
+    /// Projection `p` of expert `e` (`[expert_intermediate, hidden]`, down
+    /// `[hidden, expert_intermediate]`).
+    Expert(MoeNaming, usize, ExpertProj),
+    /// The shared expert's gate projection `[shared_intermediate, hidden]` (Qwen2-MoE).
+    SharedGate,
+    /// The shared expert's up projection `[shared_intermediate, hidden]` (Qwen2-MoE).
+    SharedUp,
+    /// The shared expert's down projection `[hidden, shared_intermediate]` (Qwen2-MoE).
+    SharedDown,
+    /// The shared expert's sigmoid gate `[1, hidden]` (Qwen2-MoE).
+    SharedExpertGate,
+}
+
+/// How a family names its mixture-of-experts tensors in Hugging Face checkpoints: part of the
+/// tensor's id because the same tensor has different names in Mixtral and Qwen checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MoeNaming {
+    /// `block_sparse_moe.gate`, `block_sparse_moe.experts.e.w1/w3/w2` (Mixtral).
+    Mixtral,
+    /// `mlp.gate`, `mlp.experts.e.gate_proj/up_proj/down_proj` (Qwen2-MoE, Qwen3-MoE).
+    Qwen,
+}
+
+/// One of an expert's three SwiGLU projections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExpertProj {
+    /// Gate projection (Mixtral's `w1`).
+    Gate,
+    /// Up projection (Mixtral's `w3`).
+    Up,
+    /// Down projection (Mixtral's `w2`).
+    Down,
 }
 
 impl LayerTensor {
-    fn hf_suffix(self) -> &'static str {
-        match self {
+    fn hf_suffix(self) -> String {
+        let name = match self {
             LayerTensor::AttnNorm => "input_layernorm.weight",
             LayerTensor::Q => "self_attn.q_proj.weight",
             LayerTensor::K => "self_attn.k_proj.weight",
@@ -131,11 +174,29 @@ impl LayerTensor {
             LayerTensor::Gate => "mlp.gate_proj.weight",
             LayerTensor::Up => "mlp.up_proj.weight",
             LayerTensor::Down => "mlp.down_proj.weight",
-        }
+            LayerTensor::Router(MoeNaming::Mixtral) => "block_sparse_moe.gate.weight",
+            LayerTensor::Router(MoeNaming::Qwen) => "mlp.gate.weight",
+            LayerTensor::Expert(naming, e, p) => {
+                let (block, proj) = match (naming, p) {
+                    (MoeNaming::Mixtral, ExpertProj::Gate) => ("block_sparse_moe", "w1"),
+                    (MoeNaming::Mixtral, ExpertProj::Up) => ("block_sparse_moe", "w3"),
+                    (MoeNaming::Mixtral, ExpertProj::Down) => ("block_sparse_moe", "w2"),
+                    (MoeNaming::Qwen, ExpertProj::Gate) => ("mlp", "gate_proj"),
+                    (MoeNaming::Qwen, ExpertProj::Up) => ("mlp", "up_proj"),
+                    (MoeNaming::Qwen, ExpertProj::Down) => ("mlp", "down_proj"),
+                };
+                return format!("{block}.experts.{e}.{proj}.weight");
+            }
+            LayerTensor::SharedGate => "mlp.shared_expert.gate_proj.weight",
+            LayerTensor::SharedUp => "mlp.shared_expert.up_proj.weight",
+            LayerTensor::SharedDown => "mlp.shared_expert.down_proj.weight",
+            LayerTensor::SharedExpertGate => "mlp.shared_expert_gate.weight",
+        };
+        name.into()
     }
 
-    fn gguf_suffix(self) -> &'static str {
-        match self {
+    fn gguf_suffix(self) -> String {
+        let name = match self {
             LayerTensor::AttnNorm => "attn_norm.weight",
             LayerTensor::Q => "attn_q.weight",
             LayerTensor::K => "attn_k.weight",
@@ -150,11 +211,33 @@ impl LayerTensor {
             LayerTensor::Gate => "ffn_gate.weight",
             LayerTensor::Up => "ffn_up.weight",
             LayerTensor::Down => "ffn_down.weight",
-        }
+            LayerTensor::Router(_) => "ffn_gate_inp.weight",
+            LayerTensor::Expert(_, e, p) => {
+                let proj = match p {
+                    ExpertProj::Gate => "gate",
+                    ExpertProj::Up => "up",
+                    ExpertProj::Down => "down",
+                };
+                return format!("ffn_{proj}.{e}.weight");
+            }
+            LayerTensor::SharedGate => "ffn_gate_shexp.weight",
+            LayerTensor::SharedUp => "ffn_up_shexp.weight",
+            LayerTensor::SharedDown => "ffn_down_shexp.weight",
+            LayerTensor::SharedExpertGate => "ffn_gate_inp_shexp.weight",
+        };
+        name.into()
     }
 
-    /// The tensors of one layer of `config`'s architecture, in the order they are used.
+    /// The tensors of one layer of a dense model of `config`'s architecture (every layer is
+    /// alike), in the order they are used; [`LayerTensor::for_layer`] for any model.
     pub fn for_config(config: &ModelConfig) -> Vec<LayerTensor> {
+        LayerTensor::for_layer(config, 0)
+    }
+
+    /// The tensors of layer `layer` of `config`'s model, in the order they are used: a
+    /// mixture-of-experts model's sparse layers have a router and experts in place of
+    /// `Gate/Up/Down`.
+    pub fn for_layer(config: &ModelConfig, layer: usize) -> Vec<LayerTensor> {
         use LayerTensor::*;
         let mut out = vec![AttnNorm, Q, K, V];
         if config.attention_bias {
@@ -163,7 +246,25 @@ impl LayerTensor {
         if config.qk_norm {
             out.extend([QNorm, KNorm]);
         }
-        out.extend([O, FfnNorm, Gate, Up, Down]);
+        out.extend([O, FfnNorm]);
+        match &config.moe {
+            Some(moe) if moe.is_sparse(layer) => {
+                let naming = match config.arch {
+                    ArchFamily::Mixtral => MoeNaming::Mixtral,
+                    _ => MoeNaming::Qwen,
+                };
+                out.push(Router(naming));
+                for e in 0..moe.num_experts {
+                    for p in [ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down] {
+                        out.push(Expert(naming, e, p));
+                    }
+                }
+                if moe.shared_expert_intermediate_size.is_some() {
+                    out.extend([SharedGate, SharedUp, SharedDown, SharedExpertGate]);
+                }
+            }
+            _ => out.extend([Gate, Up, Down]),
+        }
         out
     }
 
@@ -175,6 +276,13 @@ impl LayerTensor {
             (c.num_kv_heads * c.head_dim) as u64,
             c.intermediate_size as u64,
         );
+        // Zero for a dense model, which has no such tensors.
+        let moe = c.moe.as_ref();
+        let experts = moe.map_or(0, |m| m.num_experts) as u64;
+        let ei = moe.map_or(0, |m| m.expert_intermediate_size) as u64;
+        let si = moe
+            .and_then(|m| m.shared_expert_intermediate_size)
+            .unwrap_or(0) as u64;
         match self {
             LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
             LayerTensor::Q => vec![q, h],
@@ -185,6 +293,12 @@ impl LayerTensor {
             LayerTensor::QNorm | LayerTensor::KNorm => vec![c.head_dim as u64],
             LayerTensor::Gate | LayerTensor::Up => vec![i, h],
             LayerTensor::Down => vec![h, i],
+            LayerTensor::Router(_) => vec![experts, h],
+            LayerTensor::Expert(_, _, ExpertProj::Gate | ExpertProj::Up) => vec![ei, h],
+            LayerTensor::Expert(_, _, ExpertProj::Down) => vec![h, ei],
+            LayerTensor::SharedGate | LayerTensor::SharedUp => vec![si, h],
+            LayerTensor::SharedDown => vec![h, si],
+            LayerTensor::SharedExpertGate => vec![1, h],
         }
     }
 }
@@ -280,7 +394,7 @@ impl WeightMap {
             ));
         }
         for n in 0..c.num_layers {
-            for t in LayerTensor::for_config(c) {
+            for t in LayerTensor::for_layer(c, n) {
                 let what = format!("layer {n} of {} ({:?})", c.num_layers, c.arch);
                 wanted.push((WeightId::Layer(n, t), t.shape(c), what));
             }
@@ -353,6 +467,23 @@ mod tests {
         assert_eq!(gg.name(id), "blk.0.attn_k_norm.weight");
         assert_eq!(hf.name(WeightId::Output), "lm_head.weight");
         assert_eq!(gg.name(WeightId::Embedding), "token_embd.weight");
+        let e = |n, p| WeightId::Layer(1, LayerTensor::Expert(n, 5, p));
+        assert_eq!(
+            hf.name(e(MoeNaming::Mixtral, ExpertProj::Up)),
+            "model.layers.1.block_sparse_moe.experts.5.w3.weight"
+        );
+        assert_eq!(
+            hf.name(e(MoeNaming::Qwen, ExpertProj::Down)),
+            "model.layers.1.mlp.experts.5.down_proj.weight"
+        );
+        assert_eq!(
+            hf.name(WeightId::Layer(0, LayerTensor::Router(MoeNaming::Mixtral))),
+            "model.layers.0.block_sparse_moe.gate.weight"
+        );
+        assert_eq!(
+            hf.name(WeightId::Layer(0, LayerTensor::SharedExpertGate)),
+            "model.layers.0.mlp.shared_expert_gate.weight"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (fixtures from `tests/fixtures/make_reference.py`): tiny random Llama (GQA, Llama 3.1
 //! rotary scaling), Mistral (sliding window), Qwen2 (q/k/v biases, tied) and Qwen3 (q/k norms,
 //! head_dim ≠ hidden/heads, tied) checkpoints loaded through hoist; and the same Llama and Qwen3
-//! as Q8_0 / Q4_0 GGUF files written the way llama.cpp writes them.
+//! as Q8_0 / Q4_0 GGUF files written the way llama.cpp writes them; and the mixture-of-experts
+//! Mixtral (8 experts, top-2, sliding window), Qwen2-MoE (shared expert, top-k weights not
+//! renormalised, a dense middle layer) and Qwen3-MoE (top-k renormalised, q/k norms).
 
 use std::path::{Path, PathBuf};
 
@@ -116,6 +118,68 @@ fn qwen3_qk_norm_tied() {
     hf("qwen3");
 }
 
+#[test]
+fn mixtral_moe_top2_sliding_window() {
+    hf("mixtral");
+}
+
+#[test]
+fn qwen2_moe_shared_expert_dense_layer() {
+    let err = hf("qwen2_moe");
+    assert!(err <= 1e-4);
+}
+
+#[test]
+fn qwen3_moe_norm_topk_qk_norm_tied() {
+    hf("qwen3_moe");
+}
+
+/// The MoE fixtures are sensitive to the routing: flipping `norm_topk_prob`, or making the
+/// middle layer of Qwen2-MoE sparse, moves the logits.
+#[test]
+fn moe_fixtures_exercise_routing() {
+    for (name, tweak) in [
+        (
+            "qwen3_moe",
+            (|c: &mut ModelConfig| {
+                if let Some(m) = c.moe.as_mut() {
+                    m.norm_topk_prob = false;
+                }
+            }) as fn(&mut ModelConfig),
+        ),
+        ("qwen2_moe", |c: &mut ModelConfig| {
+            if let Some(m) = c.moe.as_mut() {
+                m.norm_topk_prob = true;
+            }
+        }),
+        ("mixtral", |c: &mut ModelConfig| {
+            if let Some(m) = c.moe.as_mut() {
+                m.experts_per_token = 1;
+            }
+        }),
+    ] {
+        let err = tweaked_error(name, |c| {
+            assert!(c.moe.is_some(), "{name} is a mixture of experts");
+            tweak(c)
+        });
+        assert!(err > 1e-3, "{name}: the tweak did not matter ({err:e})");
+    }
+    // The dense middle layer of Qwen2-MoE: the sparse layers' tensors are all there is.
+    let dir = fixtures().join("qwen2_moe");
+    let mut config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    if let Some(m) = config.moe.as_mut() {
+        m.mlp_only_layers.clear();
+    }
+    let table = hoist_format::TensorTable::open(&dir).unwrap();
+    let e = CpuModel::from_table(&table, config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.layers.1.mlp.gate.weight") && e.contains("missing"),
+        "{e}"
+    );
+}
+
 /// The fixtures are sensitive to what they test: without the sliding window, or without the
 /// Llama 3.1 scaling, the logits no longer match.
 #[test]
@@ -127,18 +191,24 @@ fn fixtures_exercise_window_and_scaling() {
         ),
         ("llama", |c: &mut ModelConfig| c.rope_scaling = None),
     ] {
-        let dir = fixtures().join(name);
-        let mut config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
-        tweak(&mut config);
-        let table = hoist_format::TensorTable::open(&dir).unwrap();
-        let model = CpuModel::from_table(&table, config).unwrap();
-        let r = reference(&dir);
-        let mut cache = model.new_cache(r.prompt.len()).unwrap();
-        let logits = model.forward(&r.prompt, &mut cache).unwrap();
-        let rows = r.prompt.len() - r.from;
-        let err = rel_error(&logits[r.from * r.vocab..], &r.logits[..rows * r.vocab]);
+        let err = tweaked_error(name, tweak);
         assert!(err > 1e-3, "{name}: the tweak did not matter ({err:e})");
     }
+}
+
+/// The largest relative logit error of fixture `name` run with its configuration changed by
+/// `tweak`, against its reference.
+fn tweaked_error(name: &str, tweak: impl FnOnce(&mut ModelConfig)) -> f32 {
+    let dir = fixtures().join(name);
+    let mut config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    tweak(&mut config);
+    let table = hoist_format::TensorTable::open(&dir).unwrap();
+    let model = CpuModel::from_table(&table, config).unwrap();
+    let r = reference(&dir);
+    let mut cache = model.new_cache(r.prompt.len()).unwrap();
+    let logits = model.forward(&r.prompt, &mut cache).unwrap();
+    let rows = r.prompt.len() - r.from;
+    rel_error(&logits[r.from * r.vocab..], &r.logits[..rows * r.vocab])
 }
 
 /// Quantized GGUF files: the reference is the HF model with the dequantized weights, so the
@@ -183,4 +253,22 @@ fn gguf_q8_0_is_close_to_the_f32_model() {
     let err = rel_error(&logits[r.from * r.vocab..], &r.logits[..rows * r.vocab]);
     eprintln!("llama-q8_0.gguf vs f32 model: {err:.2e}");
     assert!(err < 5e-2, "Q8_0 drifted {err:e} from the f32 model");
+}
+
+/// The GPU runtime refuses MoE models before it opens a device (so this runs anywhere), and
+/// points at the CPU reference.
+#[test]
+fn gpu_refuses_moe_before_touching_the_device() {
+    let dir = fixtures().join("qwen2_moe");
+    let config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    let table = hoist_format::TensorTable::open(&dir).unwrap();
+    let options = hoist_runtime::gpu::GpuOptions::default();
+    let e = match hoist_runtime::gpu::GpuModel::from_table(&table, config, &options) {
+        Ok(_) => panic!("an MoE model loaded on the GPU"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("mixture-of-experts") && e.contains("--device cpu"),
+        "{e}"
+    );
 }

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod convert;
 pub mod gemv;
 pub mod model;
+pub mod moe;
 pub mod ops;
 pub mod rope;
 
@@ -19,5 +20,6 @@ pub use convert::{
     tensor_to_f32,
 };
 pub use model::{CpuModel, ForwardError};
+pub use moe::{route, MoeBlock};
 pub use ops::{embedding, matmul_t, rms_norm, silu, softmax, swiglu};
 pub use rope::{inv_freqs, llama3_freq_factors, Rope};

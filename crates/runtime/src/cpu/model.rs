@@ -1,10 +1,11 @@
-//! The reference forward pass of the Llama family (Llama 2/3/3.1, Mistral, Qwen2, Qwen3) in
-//! f32, over weights loaded with hoist and converted once.
+//! The reference forward pass of the Llama family (Llama 2/3/3.1, Mistral, Qwen2, Qwen3, and
+//! the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE) in f32, over weights loaded with hoist
+//! and converted once.
 //!
 //! One decoder block covers the family; the differences are flags of [`ModelConfig`]:
 //! `attention_bias` (Qwen2), `qk_norm` (Qwen3), `rope_scaling` / `rope_freqs.weight`
-//! (Llama 3.1), `sliding_window` (Mistral v0.1), `rope_style` (llama-arch GGUF files), and
-//! `tie_word_embeddings`. This is a test reference, not the product path: simple, not fast.
+//! (Llama 3.1), `sliding_window` (Mistral v0.1), `rope_style` (llama-arch GGUF files),
+//! `tie_word_embeddings`, and `moe` (routed experts in sparse layers, [`super::moe`]). This is a test reference, not the product path: simple, not fast.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,10 +17,13 @@ use hoist_io::{EngineConfig, HostTensor, PlanConfig};
 
 use super::attention::{attention, KvCache};
 use super::convert::tensor_to_f32;
-use super::ops::{add_bias, embedding, matmul_t, rms_norm, swiglu};
+use super::moe::{MoeBlock, SharedExpert, SwiGlu};
+use super::ops::{add_bias, embedding, matmul_t, rms_norm};
 use super::rope::{inv_freqs, Rope};
 use crate::config::ModelConfig;
-use crate::weights::{LayerTensor, WeightError, WeightId, WeightMap, WeightSource};
+use crate::weights::{
+    ExpertProj, LayerTensor, MoeNaming, WeightError, WeightId, WeightMap, WeightSource,
+};
 use crate::RuntimeError;
 
 /// A forward pass was asked for something the model or its cache cannot do.
@@ -62,9 +66,16 @@ struct Layer {
     qkv_bias: Option<[Vec<f32>; 3]>,
     qk_norm: Option<[Vec<f32>; 2]>,
     ffn_norm: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    down: Vec<f32>,
+    ffn: Ffn,
+}
+
+/// A layer's feed-forward block.
+#[derive(Clone, Debug)]
+enum Ffn {
+    /// One SwiGLU block.
+    Dense(SwiGlu),
+    /// Routed experts (a sparse layer of a mixture-of-experts model).
+    Moe(MoeBlock),
 }
 
 /// A Llama-family model with f32 weights on the CPU.
@@ -158,6 +169,47 @@ impl CpuModel {
         let layer = |n: usize| -> Result<Layer, WeightError> {
             let t = |lt: LayerTensor| get(WeightId::Layer(n, lt));
             use LayerTensor::*;
+            let ffn = match &config.moe {
+                Some(moe) if moe.is_sparse(n) => {
+                    let naming = match config.arch {
+                        crate::ArchFamily::Mixtral => MoeNaming::Mixtral,
+                        _ => MoeNaming::Qwen,
+                    };
+                    let expert = |e: usize| -> Result<SwiGlu, WeightError> {
+                        Ok(SwiGlu {
+                            gate: t(Expert(naming, e, ExpertProj::Gate))?,
+                            up: t(Expert(naming, e, ExpertProj::Up))?,
+                            down: t(Expert(naming, e, ExpertProj::Down))?,
+                            inter: moe.expert_intermediate_size,
+                        })
+                    };
+                    let shared = match moe.shared_expert_intermediate_size {
+                        Some(inter) => Some(SharedExpert {
+                            mlp: SwiGlu {
+                                gate: t(SharedGate)?,
+                                up: t(SharedUp)?,
+                                down: t(SharedDown)?,
+                                inter,
+                            },
+                            gate: t(SharedExpertGate)?,
+                        }),
+                        None => None,
+                    };
+                    Ffn::Moe(MoeBlock {
+                        router: t(Router(naming))?,
+                        experts: (0..moe.num_experts).map(expert).collect::<Result<_, _>>()?,
+                        shared,
+                        top_k: moe.experts_per_token,
+                        norm_topk_prob: moe.norm_topk_prob,
+                    })
+                }
+                _ => Ffn::Dense(SwiGlu {
+                    gate: t(Gate)?,
+                    up: t(Up)?,
+                    down: t(Down)?,
+                    inter: config.intermediate_size,
+                }),
+            };
             Ok(Layer {
                 attn_norm: t(AttnNorm)?,
                 q: t(Q)?,
@@ -175,9 +227,7 @@ impl CpuModel {
                     None
                 },
                 ffn_norm: t(FfnNorm)?,
-                gate: t(Gate)?,
-                up: t(Up)?,
-                down: t(Down)?,
+                ffn,
             })
         };
         let mut freqs = inv_freqs(config.head_dim, config.rope_theta, config.rope_scaling);
@@ -273,10 +323,10 @@ impl CpuModel {
 
             let mut h = x.clone();
             rms_norm(&mut h, &layer.ffn_norm, eps);
-            let mut g = matmul_t(&h, &layer.gate, hidden, c.intermediate_size);
-            let u = matmul_t(&h, &layer.up, hidden, c.intermediate_size);
-            swiglu(&mut g, &u);
-            let d = matmul_t(&g, &layer.down, c.intermediate_size, hidden);
+            let d = match &layer.ffn {
+                Ffn::Dense(mlp) => mlp.forward(&h, hidden),
+                Ffn::Moe(block) => block.forward(&h, hidden),
+            };
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
         cache.commit(n);

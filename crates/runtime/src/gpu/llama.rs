@@ -130,6 +130,11 @@ impl GpuModel {
         config: ModelConfig,
         options: &GpuOptions,
     ) -> Result<GpuModel, RuntimeError> {
+        if config.moe.is_some() {
+            // Refused before the device or any dense FFN tensor is touched.
+            let why = "the GPU runtime does not run mixture-of-experts models yet; --device cpu runs them (the f32 CPU reference)";
+            return Err(GpuError::Unsupported(why.into()).into());
+        }
         let start = Instant::now();
         let tuning = options.tuning;
         tuning.validate()?;
