@@ -129,13 +129,34 @@ pub fn details_from_checkpoint(path: &Path) -> Result<ModelDetails, ModelsError>
     // Parameters from the bytes read at 2 bytes each is wrong for quantized files; count from
     // the shapes instead: embeddings, per-layer attention and MLP, and the output head.
     let attn = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads);
-    let mlp = 3 * c.hidden_size * c.intermediate_size;
+    let mlp = |inter: usize| 3 * c.hidden_size * inter;
+    // Mixture-of-experts layers: every expert, the router, a shared expert and its gate.
+    let layer_mlp = |l: usize| match &c.moe {
+        Some(m) if m.is_sparse(l) => {
+            m.num_experts * (mlp(m.expert_intermediate_size) + c.hidden_size)
+                + m.shared_expert_intermediate_size
+                    .map_or(0, |s| mlp(s) + c.hidden_size)
+        }
+        _ => mlp(c.intermediate_size),
+    };
     let embed = c.vocab_size * c.hidden_size;
     let head = if c.tie_word_embeddings { 0 } else { embed };
-    let params = (embed + head + c.num_layers * (attn + mlp)) as u64;
+    let layers: usize = (0..c.num_layers).map(|l| attn + layer_mlp(l)).sum();
+    let params = (embed + head + layers) as u64;
     let mut info = Map::new();
     info.insert("general.architecture".into(), json!(arch));
     info.insert("general.parameter_count".into(), json!(params));
+    if let Some(m) = &c.moe {
+        info.insert(format!("{arch}.expert_count"), json!(m.num_experts));
+        info.insert(
+            format!("{arch}.expert_used_count"),
+            json!(m.experts_per_token),
+        );
+        info.insert(
+            format!("{arch}.expert_feed_forward_length"),
+            json!(m.expert_intermediate_size),
+        );
+    }
     for (key, value) in [
         ("context_length", c.max_position_embeddings),
         ("embedding_length", c.hidden_size),
@@ -288,6 +309,27 @@ impl Models for StaticModels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_counts_cover_every_matrix_experts_included() {
+        // The count is made from the configuration; the fixtures' 2-D tensors are the truth.
+        for name in ["llama", "mixtral", "qwen2_moe", "qwen3_moe"] {
+            let dir = hoist_testkit::models::runtime_fixtures().join(name);
+            let d = details_from_checkpoint(&dir).unwrap();
+            let table = hoist_format::TensorTable::open(&dir).unwrap();
+            let matrices: u64 = table
+                .tensors
+                .iter()
+                .filter(|t| t.shape.len() == 2)
+                .map(|t| t.elements())
+                .sum();
+            assert_eq!(
+                d.model_info["general.parameter_count"],
+                json!(matrices),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn names_get_the_latest_tag() {
