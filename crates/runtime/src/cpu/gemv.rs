@@ -161,14 +161,6 @@ mod avx2 {
     }
 }
 
-/// `h = silu(g) * u`, in place into `g`.
-pub fn swiglu(g: &mut [f32], u: &[f32]) {
-    assert_eq!(g.len(), u.len());
-    for (g, u) in g.iter_mut().zip(u) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,13 +222,5 @@ mod tests {
             &[1.0; 2],
             &mut [0.0; 2],
         );
-    }
-
-    #[test]
-    fn swiglu_is_silu_times_up() {
-        let mut g = vec![0.0, 1.0, -2.0];
-        swiglu(&mut g, &[1.0, 2.0, 3.0]);
-        let silu = |v: f32| v / (1.0 + (-v).exp());
-        assert_eq!(g, vec![0.0, silu(1.0) * 2.0, silu(-2.0) * 3.0]);
     }
 }

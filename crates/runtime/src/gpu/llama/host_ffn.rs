@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use hoist_cuda::{DevSlice, DeviceBuf, Event, Gpu, PinnedAlloc, PinnedBuf, Stream};
 
-use crate::cpu::gemv::{gemv, swiglu, HostWType};
+use crate::cpu::gemv::{gemv, HostWType};
+use crate::cpu::ops::swiglu;
 use crate::gpu::layers::{Ops, WType};
 use crate::gpu::GpuError;
 

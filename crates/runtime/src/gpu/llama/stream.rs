@@ -104,9 +104,13 @@ impl StreamedLayer {
     fn host_ffn_mats(&self) -> Option<[HostMat<'_>; 3]> {
         let pinned = self.pinned.as_ref()?.as_slice();
         let mat = |m: &StreamedMat| {
-            Some(HostMat {
+            let wtype = host_wtype(m.wtype)?;
+            // Whole rows only (a header lying about a shape is refused later, by the builder;
+            // the host products must not divide by its zero rows before that).
+            let whole_rows = m.rows > 0 && m.bytes.is_multiple_of(m.rows * wtype.bytes());
+            whole_rows.then(|| HostMat {
                 bytes: &pinned[m.offset..m.offset + m.bytes],
-                wtype: host_wtype(m.wtype)?,
+                wtype,
             })
         };
         Some([
