@@ -12,7 +12,9 @@ unambiguous: see make_models.py; --random-prompts draws unselected ones instead)
    greedy tokens, [n + 15, vocab] per prompt, plus the 16 greedy tokens.
 2. The reference: transformers, one teacher-forced forward pass over prompt + greedy[:-1] (no
    cache, eager attention) in the case's dtype: fp32 (TF32 off) for hf-f32 and GGUF cases (the
-   GGUF reference holds the dequantized weights), bf16 for hf-bf16, f16 for hf-f16.
+   GGUF reference holds the dequantized weights: of gguf-py's Q8_0/Q4_0 files, or of the files
+   llama.cpp's llama-quantize made, read back tensor by tensor in their mixed ggml types), bf16
+   for hf-bf16, f16 for hf-f16.
 3. Metrics: rel = max|hoist - ref| / max|ref| over all rows (and the worst row, and the worst
    prefill / decode rows); greedy agreement: hoist greedy[j] == argmax(ref row n-1+j).
    For bf16 cases also transformers' own generate() (greedy, KV cache) vs hoist's tokens.
@@ -20,10 +22,14 @@ unambiguous: see make_models.py; --random-prompts draws unselected ones instead)
    `hoist run --temperature 0` runs) vs its host loop's tokens: the same kernels, so identical.
 
 Pass: hf-f32 rel <= 1e-3 and greedy identical; hf-bf16 rel <= 2e-2 and greedy identical on
-all 3 prompts; GGUF rel <= 2e-2 (greedy agreement reported, not required); every case: device
-greedy identical to the host loop's. The last line is
+all 3 prompts; every GGUF kind (`gguf-<type>`: gguf-q8_0, gguf-q4_0 and the llama-quantize
+ones, gguf-q4_k_m, gguf-q5_k_m, gguf-q6_k, gguf-q3_k_m, gguf-q2_k, gguf-q4_1, gguf-q5_0,
+gguf-q5_1, gguf-iq4_nl, ...) rel <= 2e-2 (greedy agreement reported, not required); every case:
+device greedy identical to the host loop's. GGUF lines end with the file's ggml tensor types
+and counts (`tensors Q4_K x12 F32 x9 Q6_K x3`, plus llama-quantize's fallbacks if any); the
+JSON entry carries them with `vs_original_fp32` (make_models' sanity numbers). The last line is
 `N passed, N failed`; exit status 1 when any case failed. JSON summary: $OUT/logits.json
-(or OUTDIR/logits.json when $OUT is unset).
+(or OUTDIR/logits.json when $OUT is unset). `--only lq` selects the llama-quantize cases.
 """
 
 import argparse
@@ -40,9 +46,32 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import log, np, torch  # noqa: E402
 
-TOL = {"hf-f32": 1e-3, "hf-bf16": 2e-2, "hf-f16": 2e-2, "gguf-q8_0": 2e-2, "gguf-q4_0": 2e-2}
-GREEDY_REQUIRED = {"hf-f32": True, "hf-bf16": True, "hf-f16": True, "gguf-q8_0": False, "gguf-q4_0": False}
+TOL = {"hf-f32": 1e-3, "hf-bf16": 2e-2, "hf-f16": 2e-2}
+GREEDY_REQUIRED = {"hf-f32": True, "hf-bf16": True, "hf-f16": True}
+GGUF_TOL = 2e-2  # every `gguf-<type>` kind (gguf-q8_0, gguf-q4_k_m, gguf-iq4_nl, ...)
 LOW_PRECISION = ("hf-bf16", "hf-f16")  # kinds whose transformers `generate` is compared too
+
+
+def tolerance(kind):
+    """(rel tolerance, greedy required) of a case kind; KeyError for an unknown kind."""
+    if kind in TOL:
+        return TOL[kind], GREEDY_REQUIRED[kind]
+    if kind.startswith("gguf-") and len(kind) > len("gguf-"):
+        return GGUF_TOL, False
+    raise KeyError(f"unknown case kind {kind!r}")
+
+
+def types_text(case):
+    """A GGUF case's ggml tensor types as `Q4_K x12 Q6_K x3 F32 x9` (and llama-quantize's
+    fallbacks, when it could not give some tensors the type asked for); "" for other cases."""
+    types = case.get("tensor_types")
+    if not types:
+        return ""
+    text = " ".join(f"{t} x{n}" for t, n in types.items())
+    fb = (case.get("llama_quantize") or {}).get("fallbacks")
+    if fb:
+        text += f", {len(fb)} llama-quantize fallbacks"
+    return text
 
 
 def load_reference(case, outdir, device):
@@ -206,10 +235,15 @@ def main():
         if args.random_prompts:
             vocab = case["config"]["vocab_size"]
             case = dict(case, prompts=[dict(ids=rng.integers(3, vocab, n).tolist()) for n in (64, 77, 100)])
-        entry = dict(name=name, kind=kind, path=case["path"], tol=TOL[kind], prompts=[])
+        entry = dict(name=name, kind=kind, path=case["path"], prompts=[])
+        for k in ("made_by", "llama_quantize_type", "tensor_types", "vs_original_fp32"):
+            if k in case:
+                entry[k] = case[k]
         work = os.path.join(work_root, name)
         os.makedirs(work, exist_ok=True)
         try:
+            tol, greedy_required = tolerance(kind)
+            entry["tol"] = tol
             result, hl, secs = run_hoist(binary, case, outdir, work, steps, args.timeout)
             entry["hoist_seconds"] = round(secs, 3)
             entry["load_seconds"] = result.get("load_seconds")
@@ -242,22 +276,22 @@ def main():
 
         if "error" in entry:
             ok = False
-            line = f"FAIL {name:18s} {kind:10s} ERROR {entry['error']}"
+            line = f"FAIL {name:18s} {kind:12s} ERROR {entry['error']}"
         else:
             ps = entry["prompts"]
             rel = max(m["rel"] for m in ps)
             worst = max(ps, key=lambda m: m["rel"])
             agree = sum(m["greedy_agree"] for m in ps)
             total = sum(m["greedy_steps"] for m in ps)
-            rel_ok = rel <= TOL[kind]
+            rel_ok = rel <= tol
             greedy_ok = agree == total
             device_ok = all(m["device_greedy_equal"] for m in ps)
-            ok = rel_ok and (greedy_ok or not GREEDY_REQUIRED[kind]) and device_ok
+            ok = rel_ok and (greedy_ok or not greedy_required) and device_ok
             entry.update(rel=rel, greedy_agree=agree, greedy_steps=total, rel_ok=rel_ok, greedy_ok=greedy_ok)
-            line = (f"{'PASS' if ok else 'FAIL'} {name:18s} {kind:10s} rel {rel:.2e} (tol {TOL[kind]:.0e}; "
+            line = (f"{'PASS' if ok else 'FAIL'} {name:18s} {kind:12s} rel {rel:.2e} (tol {tol:.0e}; "
                     f"worst: prompt {ps.index(worst)} row {worst['worst_row']} = {worst['worst_row_is']}; "
                     f"prefill {max(m['rel_prefill'] for m in ps):.1e} decode {max(m['rel_decode'] for m in ps):.1e}) "
-                    f"greedy {agree}/{total}{'' if GREEDY_REQUIRED[kind] else ' (info)'}")
+                    f"greedy {agree}/{total}{'' if greedy_required else ' (info)'}")
             if kind in LOW_PRECISION and not args.no_generate:
                 gens = [m.get("hf_generate_equal") for m in ps]
                 line += f", hf generate equal {sum(bool(g) for g in gens)}/{len(gens)}"
@@ -270,6 +304,8 @@ def main():
                 mm_ = mism[0]
                 line += (f"; first greedy mismatch: step {mm_['step']} hoist {mm_['hoist']} ref {mm_['ref']} "
                          f"(ref gap {mm_['ref_gap']:.3g})")
+        if types_text(case):
+            line += f"; tensors {types_text(case)}"
         entry["passed"] = ok
         passed += ok
         failed += not ok

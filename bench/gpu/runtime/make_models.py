@@ -2,11 +2,12 @@
 """Makes the small models that check_logits.py runs through hoist and transformers.
 
     python3 bench/gpu/runtime/make_models.py OUTDIR [--seed N] [--device cpu|cuda] [--only NAME,...]
+        [--quantize PATH/llama-quantize [--qtypes Q4_K_M,...] [--threads N]] [--no-gguf]
 
 Every run draws FRESH random weights (the seed comes from the clock unless --seed is given and
 is printed). Six architectures/shapes, each saved with save_pretrained (safetensors) in float32
 and in bfloat16 (two also in float16), and two of them also as llama.cpp-style GGUF files in Q8_0
-and Q4_0:
+and Q4_0 (and, with --quantize, in the types llama.cpp's own llama-quantize makes):
 
   llama       LlamaForCausalLM, GQA 8/2, head_dim 64, hidden 512, 3 layers, untied, vocab 2048
   llama-tied  LlamaForCausalLM, MHA 2/2, head_dim 128, tied embeddings, vocab 1000
@@ -21,9 +22,30 @@ well clear of the rest, as in trained models; the other 20% leave the choice to 
 context-dependent layers. Without peaks random logits are near-Gaussian and bf16 rounding
 flips 2-7% of greedy choices (measured), so "greedy identical" would fail a correct runtime.
 
-GGUF files quantize every 2-D weight (token_embd and output included) and keep norms F32; the
-llama-arch file has llama.cpp's q/k row permutation and `rope_freqs.weight`. Their reference is
-an HF directory of the DEQUANTIZED, un-permuted weights (fp32), written beside them.
+GGUF files (gguf-py, cases `<base>-q8_0`, `<base>-q4_0`) quantize every 2-D weight (token_embd
+and output included) with gguf.quants.quantize and keep norms F32; the llama-arch file has
+llama.cpp's q/k row permutation and `rope_freqs.weight`. Their reference is an HF directory of
+the DEQUANTIZED, un-permuted weights (fp32), written beside them.
+
+llama-quantize cases (--quantize PATH, cases `<base>-lq-<type>`, kind `gguf-<type>` lowercased,
+e.g. llama31-lq-q4_k_m, kind gguf-q4_k_m): per GGUF base model a second fresh model whose row
+widths are whole 256-value K-quant super-blocks (LQ_SHAPE: llama31 hidden 512, heads 8 / kv 2,
+intermediate 1536; qwen3 intermediate 1280 -- llama-quantize would otherwise fall back to other
+types for those tensors) is written once as an F32 GGUF with the same writer
+(gguf/<base>-lq-f32.gguf; read back and checked bit-identical to the weights), then
+`llama-quantize SRC DST TYPE THREADS` makes one file per --qtypes entry (default
+Q4_K_M,Q5_K_M,Q6_K,Q3_K_M,Q2_K,Q4_1,Q5_0,Q5_1,IQ4_NL,Q4_0; no imatrix, --allow-requantize only
+if it asks). Each file is READ BACK (gguf.GGUFReader): every tensor dequantized by its own ggml
+type (the files mix types: Q4_K_M keeps some tensors in Q6_K, norms F32), q/k rows un-permuted
+for the llama arch, names mapped back to HF; the reference HF directory holds those fp32
+weights. The case records `tensor_types` ({ggml type: count} of the file) and llama-quantize's
+fallback lines, if any, and `dequant_vs_llama_cpp`: gguf-py's dequantization against llama.cpp's
+own (`llama-quantize --allow-requantize FILE TMP F32`), a WARNING when they differ. A type that llama-quantize (or the read-back) fails on is skipped with a
+WARNING, listed in models.json's `llama_quantize.skipped`; the run goes on.
+
+Every GGUF case also records `vs_original_fp32`: transformers on the reference vs on the
+original fp32 weights over the selected prompts (rel = max|diff| / max|orig|, argmax agreement),
+a sanity number for the quantization itself, not a criterion.
 
 Prompts: for each case, three prompts (lengths 64, 77, 100) of random token ids are drawn and
 kept only if greedy decoding is unambiguous on them: at every step of the 16-step fp32 greedy
@@ -34,8 +56,9 @@ weights, and the low-precision greedy must equal the fp32 greedy (f32 cases: noi
 nature; if no candidate in 64 qualifies, the best one is kept with a WARNING.
 
 Writes OUTDIR/models.json: one entry per case with path, kind (hf-f32, hf-bf16, hf-f16,
-gguf-q8_0, gguf-q4_0), the reference (an HF directory and the dtype to run it in), the prompts and the
-selection numbers.
+gguf-q8_0, gguf-q4_0, gguf-<llama-quantize type>), made_by (GGUF: gguf-py or llama-quantize),
+tensor_types (GGUF), the reference (an HF directory and the dtype to run it in), the prompts
+and the selection numbers.
 """
 
 import argparse
@@ -121,15 +144,28 @@ SPECS = {
 GGUF_OF = {"llama31": "llama", "qwen3": "qwen3"}  # base model -> GGUF architecture
 F16_OF = {"llama", "qwen2"}  # base models also saved in float16 (the f16 GEMM path)
 
+# llama-quantize cases (--quantize): the base model's config with these changes, so that every
+# row width (hidden, heads * head_dim, intermediate) is a whole number of 256-value K-quant
+# super-blocks; otherwise llama-quantize silently falls back to other types for those tensors.
+# llama31: 384 / 384 / 1024 -> 512 / 512 / 1536; qwen3: 256 / 512 / 1152 -> 256 / 512 / 1280.
+LQ_SHAPE = {
+    "llama31": dict(hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=2,
+                    head_dim=64),
+    "qwen3": dict(intermediate_size=1280),
+}
+DEFAULT_QTYPES = "Q4_K_M,Q5_K_M,Q6_K,Q3_K_M,Q2_K,Q4_1,Q5_0,Q5_1,IQ4_NL,Q4_0"
+
 
 PEAK_FRACTION = 0.8  # tokens t whose successor pi(t) gets a clear logit peak
 PEAK_STRENGTH = dict(untied=1.0, tied=2.0)
 
 
-def build(name, peaks=True):
-    """A freshly initialised fp32 model, widened (and peaked) so that greedy choices are clear."""
+def build(name, peaks=True, overrides=None):
+    """A freshly initialised fp32 model, widened (and peaked) so that greedy choices are clear.
+
+    overrides: config entries replacing SPECS[name]'s (the llama-quantize shapes, LQ_SHAPE)."""
     config_cls, model_cls, extra = SPECS[name]
-    config = config_cls(**COMMON, **extra)
+    config = config_cls(**COMMON, **{**extra, **(overrides or {})})
     config._attn_implementation = "eager"
     model = model_cls(config).float().eval()
     # Default init (std 0.02) gives near-uniform logits; widen it like make_reference.py:
@@ -340,6 +376,214 @@ def write_gguf(model32, arch, qtype, path, name):
     return deq
 
 
+def hf_weight_names(model):
+    """The HF tensor names a GGUF file of `model` holds (the tied lm_head excluded)."""
+    names = list(model.state_dict())
+    if model.config.tie_word_embeddings:
+        names = [n for n in names if n != "lm_head.weight"]
+    return names
+
+
+def read_gguf_weights(path, model, arch):
+    """Every tensor of the GGUF file at path, dequantized to fp32 (gguf.quants.dequantize, one
+    ggml type per tensor: llama-quantize mixes them), q/k rows un-permuted for the llama arch as
+    write_gguf's reference does, under its HF name. Returns (HF state dict, {ggml type: count}).
+    `rope_freqs.weight` (llama arch, Llama 3.1 rope) must hold make_reference's factors."""
+    import collections
+
+    import gguf
+
+    cfg = model.config
+    names = hf_weight_names(model)
+    to_hf = {common.gguf_tensor_name(n): n for n in names}
+    n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    counts = collections.Counter()
+    sd = {}
+    for t in gguf.GGUFReader(path).tensors:
+        counts[t.tensor_type.name] += 1
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # ggml ne order -> numpy
+        back = np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)  # a copy
+        if t.name == "rope_freqs.weight":
+            want = mr.llama3_rope_factors(cfg)
+            if arch != "llama" or not np.array_equal(back, want):
+                raise RuntimeError(f"{path}: rope_freqs.weight ({t.tensor_type.name}) differs from the factors written")
+            continue
+        hf = to_hf.get(t.name)
+        if hf is None:
+            raise RuntimeError(f"{path}: tensor {t.name} ({t.tensor_type.name}) has no HF counterpart")
+        if arch == "llama" and hf.endswith(("q_proj.weight", "k_proj.weight")):
+            back = common.unpermute(back, n_q if "q_proj" in hf else n_kv)
+        want_shape = tuple(model.state_dict()[hf].shape)
+        if back.shape != want_shape:
+            raise RuntimeError(f"{path}: {t.name} has shape {back.shape}, {hf} is {want_shape}")
+        sd[hf] = torch.from_numpy(np.ascontiguousarray(back))
+    missing = [n for n in names if n not in sd]
+    if missing:
+        raise RuntimeError(f"{path}: no tensor for {missing}")
+    return sd, dict(counts.most_common())
+
+
+def llama_cpp_dequant_check(binary, gpath, deq, model, arch, threads):
+    """Cross-checks gguf-py's dequantization with llama.cpp's own: `llama-quantize
+    --allow-requantize FILE TMP F32` writes every tensor dequantized by ggml (F32 tensors copied),
+    read back the same way as the reference. Returns dict(max_abs, rel = max_abs / max|w|,
+    identical tensors, tensors); the temporary F32 file is removed."""
+    tmp = gpath + ".llama-cpp-f32.gguf"
+    try:
+        llama_quantize(binary, gpath, tmp, "F32", threads, requantize=True)
+        theirs, _ = read_gguf_weights(tmp, model, arch)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    max_abs, scale, same = 0.0, 0.0, 0
+    for n, t in deq.items():
+        d = float((theirs[n] - t).abs().max())
+        max_abs = max(max_abs, d)
+        scale = max(scale, float(t.abs().max()))
+        same += d == 0.0
+    return dict(max_abs=max_abs, rel=max_abs / max(scale, 1e-30), identical=same, tensors=len(deq))
+
+
+def llama_quantize(binary, src, dst, qtype, threads, timeout=300, requantize=False):
+    """`llama-quantize SRC DST TYPE THREADS` into dst (written aside, renamed when complete).
+
+    Returns dict(argv, seconds, fallbacks: llama-quantize's lines about tensors it could not
+    give the type asked for) or raises RuntimeError. The source is F32, so --allow-requantize is
+    only added (and the run repeated) if llama-quantize asks for it."""
+    tmp = dst + ".tmp"
+    argv = [binary] + (["--allow-requantize"] if requantize else []) + [src, tmp, qtype, str(threads)]
+    r = common.run_cmd(argv, timeout)
+    text = r["stdout"] + r["stderr"]
+    if r["rc"] != 0 and "requantiz" in text.lower() and not requantize:
+        argv = [binary, "--allow-requantize", src, tmp, qtype, str(threads)]
+        r = common.run_cmd(argv, timeout)
+        text = r["stdout"] + r["stderr"]
+    if r["rc"] != 0 or not os.path.exists(tmp):
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        why = "timed out" if r["timed_out"] else f"exit {r['rc']}"
+        raise RuntimeError(f"llama-quantize {qtype}: {why}{common.tail(text, 6)}")
+    os.replace(tmp, dst)
+    # One line per tensor ("... not divisible by 256 (required for type q4_K) -> falling back to
+    # q5_0"), then a count line, which is left out.
+    fallbacks = [line.strip() for line in text.splitlines()
+                 if ("not divisible" in line or "fall" in line.lower()) and "tensor(s)" not in line]
+    return dict(argv=argv, seconds=round(r["seconds"], 3), fallbacks=fallbacks)
+
+
+@torch.no_grad()
+def vs_original(ref32, orig32, prompts, device):
+    """How far the dequantized reference is from the original fp32 weights, over the selected
+    prompts (teacher-forced: prompt + greedy[:-1]): rel = max|ref - orig| / max|orig|, and the
+    share of positions where the two argmaxes agree (a sanity number, not a criterion)."""
+    rel, agree, total = 0.0, 0, 0
+    for p in prompts:
+        x = torch.tensor([p["ids"] + p["greedy_fp32"][:-1]], device=device)
+        a = ref32(input_ids=x).logits.float()[0]
+        b = orig32(input_ids=x).logits.float()[0]
+        rel = max(rel, float((a - b).abs().max() / b.abs().max()))
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        total += a.shape[0]
+    return dict(rel=round(rel, 6), argmax_agree=agree, positions=total)
+
+
+def gguf_case(base, arch, name, kind, gpath, deq, orig32, vocab, device, gen, outdir, how, **extra):
+    """A GGUF case: the reference HF directory of the dequantized weights `deq` (fp32), prompts
+    selected on it (f16 twin), and the distance to the original fp32 weights."""
+    mq = build(base, peaks=False, overrides=extra.pop("overrides", None))  # same config; weights below
+    missing, unexpected = mq.load_state_dict(deq, strict=False)
+    if unexpected or any("lm_head" not in k for k in missing):
+        raise RuntimeError(f"{name}: dequantized weights do not fit: missing {missing}, unexpected {unexpected}")
+    if mq.config.tie_word_embeddings:
+        mq.tie_weights()
+    summary = model_summary(mq.config)
+    if "tensor_types" not in extra:
+        import collections
+
+        import gguf
+
+        counts = collections.Counter(t.tensor_type.name for t in gguf.GGUFReader(gpath).tensors)
+        extra["tensor_types"] = dict(counts.most_common())
+    ref_dir = os.path.join(outdir, "ref", name)
+    save_hf(mq, ref_dir)
+    w32 = mq.to(device).eval()
+    twin = low_twin(w32, kind, device)
+    prompts = select_prompts(w32, twin, vocab, device, gen, name)
+    del twin
+    orig = copy.deepcopy(orig32).to(device).eval()
+    near = vs_original(w32, orig, prompts, device)
+    del w32, orig, mq
+    case = dict(
+        name=name, kind=kind, arch=base, gguf_arch=arch, path=os.path.relpath(gpath, outdir),
+        ref=dict(hf_dir=os.path.relpath(ref_dir, outdir), dtype="float32", how=how),
+        config=summary, steps=STEPS, prompts=prompts, vs_original_fp32=near, **extra,
+    )
+    cross = extra.get("dequant_vs_llama_cpp")
+    log(f"{name}: {os.path.getsize(gpath)} bytes, arch {arch}, "
+        f"gap/noise {[p['min_gap_over_noise'] for p in prompts]}, vs original fp32: rel {near['rel']:.2e}, "
+        f"argmax {near['argmax_agree']}/{near['positions']}, tensor types {extra['tensor_types']}"
+        + (f", dequant vs llama.cpp: max abs {cross['max_abs']:.1e}, {cross['identical']}/{cross['tensors']} "
+           "tensors identical" if cross and "error" not in cross else ""))
+    return case
+
+
+def lq_cases(base, arch, binary, qtypes, threads, device, gen, outdir, skipped):
+    """The llama-quantize cases of one base model (see the module docstring); a type that
+    llama-quantize or the read-back fails on is skipped with a WARNING (and listed in skipped)."""
+    over = LQ_SHAPE.get(base)
+    m32 = build(base, overrides=over)
+    vocab = m32.config.vocab_size
+    src = os.path.join(outdir, "gguf", f"{base}-lq-f32.gguf")
+    os.makedirs(os.path.dirname(src), exist_ok=True)
+    import gguf
+
+    write_gguf(m32, arch, gguf.GGMLQuantizationType.F32, src, f"{base}-lq-f32")
+    # The read-back path on the F32 source must give the original weights bit for bit (names,
+    # shapes, q/k un-permutation).
+    back, types = read_gguf_weights(src, m32, arch)
+    sd = m32.state_dict()
+    bad = [n for n, t in back.items() if not torch.equal(t, sd[n].float())]
+    if bad:
+        raise RuntimeError(f"{src}: read back differs from the written weights: {bad}")
+    log(f"{base}-lq: F32 source {src} ({os.path.getsize(src)} bytes, {types}), read back exactly; "
+        f"shape {model_summary(m32.config)}")
+    del back, sd
+    cases = []
+    for qtype in qtypes:
+        q = qtype.lower()
+        name = f"{base}-lq-{q}"
+        gpath = os.path.join(outdir, "gguf", f"{name}.gguf")
+        try:
+            run = llama_quantize(binary, src, gpath, qtype, threads)
+            deq, types = read_gguf_weights(gpath, m32, arch)
+        except Exception as e:  # noqa: BLE001
+            log(f"  WARNING {name}: skipped: {e.__class__.__name__}: {e}")
+            skipped.append(dict(name=name, type=qtype, error=f"{e.__class__.__name__}: {e}"))
+            continue
+        if run["fallbacks"]:
+            log(f"  note {name}: llama-quantize fell back for {len(run['fallbacks'])} tensors: {run['fallbacks'][:3]}")
+        try:
+            cross = llama_cpp_dequant_check(binary, gpath, deq, m32, arch, threads)
+        except Exception as e:  # noqa: BLE001
+            cross = dict(error=f"{e.__class__.__name__}: {e}")
+        if "error" in cross or cross["rel"] > 1e-6:
+            log(f"  WARNING {name}: gguf-py's dequantization differs from llama.cpp's: {cross}")
+        cases.append(gguf_case(
+            base, arch, name, f"gguf-{q}", gpath, deq, m32, vocab, device, gen, outdir,
+            how=f"transformers fp32 with the weights of llama-quantize's {qtype} file read back "
+                "(gguf.GGUFReader, gguf.quants.dequantize per tensor type"
+                + (", q/k rows un-permuted)" if arch == "llama" else ")"),
+            overrides=over, made_by="llama-quantize", llama_quantize_type=qtype,
+            tensor_types=types, llama_quantize=dict(seconds=run["seconds"], fallbacks=run["fallbacks"],
+                                                    argv=[os.path.basename(a) for a in run["argv"]]),
+            dequant_vs_llama_cpp=cross,
+        ))
+        del deq
+        gc.collect()
+    del m32
+    return cases
+
+
 def model_summary(cfg):
     keys = ["model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings",
@@ -356,8 +600,18 @@ def main():
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--only", default=None, help="comma-separated base names (default: all)")
-    ap.add_argument("--no-gguf", action="store_true")
+    ap.add_argument("--no-gguf", action="store_true", help="no GGUF cases at all (--quantize ignored)")
+    ap.add_argument("--quantize", default=None, metavar="PATH",
+                    help="llama.cpp's llama-quantize: adds the <base>-lq-<type> cases (default: none)")
+    ap.add_argument("--qtypes", default=DEFAULT_QTYPES,
+                    help=f"llama-quantize types for --quantize, comma-separated (default {DEFAULT_QTYPES})")
+    ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8), help="llama-quantize threads")
     args = ap.parse_args()
+    qtypes = [t.strip().upper() for t in args.qtypes.split(",") if t.strip()]
+    if args.quantize:
+        args.quantize = os.path.abspath(args.quantize)
+        if not (os.path.isfile(args.quantize) and os.access(args.quantize, os.X_OK)):
+            sys.exit(f"--quantize {args.quantize}: not an executable file")
 
     t0 = time.time()
     seed = args.seed if args.seed is not None else time.time_ns() % (2**31 - 1)
@@ -375,6 +629,7 @@ def main():
             sys.exit(f"unknown model {n!r}; known: {', '.join(SPECS)}")
 
     cases = []
+    skipped = []  # llama-quantize types that failed
     for base in names:
         m32 = build(base)
         vocab = m32.config.vocab_size
@@ -418,38 +673,28 @@ def main():
                 gpath = os.path.join(outdir, "gguf", f"{name}.gguf")
                 os.makedirs(os.path.dirname(gpath), exist_ok=True)
                 deq = write_gguf(m32, arch, qtype, gpath, name)
-                mq = build(base, peaks=False)  # same config; weights replaced below
-                missing, unexpected = mq.load_state_dict(deq, strict=False)
-                if unexpected or any("lm_head" not in k for k in missing):
-                    raise RuntimeError(f"{name}: dequantized weights do not fit: missing {missing}, unexpected {unexpected}")
-                if mq.config.tie_word_embeddings:
-                    mq.tie_weights()
-                ref_dir = os.path.join(outdir, "ref", name)
-                save_hf(mq, ref_dir)
-                w32 = mq.to(device).eval()
-                twin = low_twin(w32, f"gguf-{q}", device)
-                prompts = select_prompts(w32, twin, vocab, device, gen, name)
-                del w32, twin, mq, deq
-                cases.append(dict(
-                    name=name, kind=f"gguf-{q}", arch=base, gguf_arch=arch,
-                    path=os.path.relpath(gpath, outdir),
-                    ref=dict(hf_dir=os.path.relpath(ref_dir, outdir), dtype="float32",
-                             how="transformers fp32 with the GGUF's dequantized weights "
-                                 "(gguf.quants.dequantize, q/k rows un-permuted)"),
-                    config=summary, steps=STEPS, prompts=prompts,
+                cases.append(gguf_case(
+                    base, arch, name, f"gguf-{q}", gpath, deq, m32, vocab, device, gen, outdir,
+                    how="transformers fp32 with the GGUF's dequantized weights "
+                        "(gguf.quants.dequantize, q/k rows un-permuted)",
+                    made_by="gguf-py",
                 ))
-                log(f"{name}: {os.path.getsize(gpath)} bytes, arch {arch}, "
-                    f"gap/noise {[p['min_gap_over_noise'] for p in prompts]}")
+                del deq
+            if args.quantize:
+                cases += lq_cases(base, arch, args.quantize, qtypes, args.threads, device, gen, outdir, skipped)
         del m32
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
     manifest = dict(seed=seed, steps=STEPS, made_with=common.versions(), cases=cases)
+    if args.quantize and not args.no_gguf:
+        manifest["llama_quantize"] = dict(binary=args.quantize, types=qtypes, skipped=skipped)
     common.write_json(os.path.join(outdir, "models.json"), manifest)
     ambiguous = sum(not p["unambiguous"] for c in cases for p in c["prompts"])
     log(f"make_models: {len(cases)} cases in {outdir}/models.json, {ambiguous} ambiguous prompts, "
-        f"{time.time() - t0:.1f} s")
+        f"{time.time() - t0:.1f} s"
+        + (f"; WARNING: llama-quantize types skipped: {[s_['name'] for s_ in skipped]}" if skipped else ""))
 
 
 if __name__ == "__main__":

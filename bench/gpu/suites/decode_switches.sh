@@ -40,8 +40,8 @@ if [ "${Q4:-0}" = 1 ]; then
   Q=$(bash bench/gpu/lib/synthetic_q4.sh ${Q4_GGUF:-}) || exit 1
   echo "== Q4_0 ($Q)"
   # Q4_0 runs as tiles on tensor cores (q4_tiles.cu); HOIST_NO_Q4_TILES=1 keeps the file's
-  # layout and the CUDA-core GEMVs (which launch without programmatic dependent launch unless
-  # HOIST_QUANTIZED_PDL=1). The sweep: the tiled GEMVs' warps per block and tiles per load.
+  # layout and the CUDA-core GEMVs of every block type (kernels/quant.cuh). The sweep: the tiled
+  # GEMVs' warps per block and tiles per load.
   run_set "$Q" "HOIST_NO_Q4_TILES=1 HOIST_NO_FUSED_ROPE=1 HOIST_NO_PDL=1 HOIST_NO_GRAPHS=1 ${Q4_SWEEP-HOIST_Q4T_WARPS=4 HOIST_Q4T_WARPS=16 HOIST_Q4T_BATCH=2 HOIST_Q4T_BATCH=8}"
 fi
 if [ ${#FAILED[@]} -gt 0 ]; then

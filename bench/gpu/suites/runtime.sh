@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Suites `logits` and `speed`: the GPU runtime's model checks (see bench/gpu/runtime/README.md):
-#  logits: make_models.py (fresh random small models: HF f32/bf16/f16, GGUF Q8_0/Q4_0)
-#          -> check_logits.py (hoist's gpu_logits vs transformers; "N passed, N failed")
+#  logits: make_models.py (fresh random small models: HF f32/bf16/f16, GGUF Q8_0/Q4_0, and when
+#          $HOIST_BIN/llama-quantize is carried, GGUF files llama-quantize makes: K-quants and
+#          the other types of RT_QTYPES) -> check_logits.py (hoist's gpu_logits vs transformers;
+#          "N passed, N failed")
 #  speed:  bench_speed.py (Llama-2-7B shape: hoist run --benchmark, bf16 and Q4_0, vs transformers
 #          generate; time to first token)
 # Usage: bench/gpu/run.sh logits | bench/gpu/run.sh speed   (~2-3 and ~5-7 min: one device call
 #        each; `bash bench/gpu/suites/runtime.sh all` runs both, which may pass a 10-minute limit)
-# Carries: .carry/bin/{gpu_logits,hoist}, .whl/gguf-*.whl. Results: $OUT/*.log, $OUT/logits.json,
-# $OUT/speed.json. Exit status: 0 when every step ran and passed, else 1 (steps keep going).
-# Overrides (for dry runs elsewhere): PYTHON, GPU_LOGITS, HOIST, RT_WORK, RT_SPEED_ARGS (e.g.
-# "--small"), RT_KEEP=1 keeps the 18 GB speed checkpoints for `bench_speed.py --skip-torch`.
+# Carries: .carry/bin/{gpu_logits,hoist}, .carry/bin/llama-quantize (optional: the llama-quantize
+# cases), .whl/gguf-*.whl. Results: $OUT/*.log, $OUT/logits.json, $OUT/speed.json.
+# Exit status: 0 when every step ran and passed, else 1 (steps keep going).
+# Overrides (for dry runs elsewhere): PYTHON, GPU_LOGITS, HOIST, LLAMA_QUANTIZE (default
+# $HOIST_BIN/llama-quantize; "none": no llama-quantize cases), RT_QTYPES (its types, default
+# make_models.py's), RT_MODELS_ARGS / RT_CHECK_ARGS (more arguments, e.g. "--only llama31,qwen3" /
+# "--only lq"), RT_MODELS_LIMIT / RT_CHECK_LIMIT (seconds, default 300 / 420), RT_WORK,
+# RT_SPEED_ARGS (e.g. "--small"), RT_KEEP=1 keeps the 18 GB speed checkpoints for
+# `bench_speed.py --skip-torch`.
 source "$(dirname "$0")/../lib/env.sh"
 PART=${1:-all}
 case "$PART" in all|logits|speed) ;; *) echo "usage: $0 [all|logits|speed]"; exit 2 ;; esac
@@ -17,6 +24,7 @@ W=${RT_WORK:-/var/tmp/hoist-rt}          # models and checkpoints (~18 GB for sp
 PY=${PYTHON:-python3}
 GPU_LOGITS=${GPU_LOGITS:-$HOIST_BIN/gpu_logits}
 HOIST=${HOIST:-$HOIST_BIN/hoist}
+LLAMA_QUANTIZE=${LLAMA_QUANTIZE:-$HOIST_BIN/llama-quantize}
 mkdir -p "$W"
 T0=$(date +%s)
 
@@ -59,8 +67,18 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
 
 if [ "$PART" = all ] || [ "$PART" = logits ]; then
   rm -rf "$W/models"
-  if step make_models 240 "$PY" bench/gpu/runtime/make_models.py "$W/models"; then
-    step check_logits 300 "$PY" bench/gpu/runtime/check_logits.py "$W/models" --gpu-logits "$GPU_LOGITS"
+  # llama-quantize cases when the binary is carried (make_models.py --quantize; README there).
+  LQ=()
+  if [ "$LLAMA_QUANTIZE" != none ] && [ -x "$LLAMA_QUANTIZE" ]; then
+    LQ=(--quantize "$LLAMA_QUANTIZE")
+    [ -n "${RT_QTYPES:-}" ] && LQ+=(--qtypes "$RT_QTYPES")
+  else
+    echo "note: no llama-quantize at $LLAMA_QUANTIZE: only the gguf-py GGUF cases (Q8_0, Q4_0)"
+  fi
+  # shellcheck disable=SC2086  # RT_MODELS_ARGS and RT_CHECK_ARGS are lists of words
+  if step make_models "${RT_MODELS_LIMIT:-300}" "$PY" bench/gpu/runtime/make_models.py "$W/models" "${LQ[@]}" ${RT_MODELS_ARGS:-}; then
+    # shellcheck disable=SC2086
+    step check_logits "${RT_CHECK_LIMIT:-420}" "$PY" bench/gpu/runtime/check_logits.py "$W/models" --gpu-logits "$GPU_LOGITS" ${RT_CHECK_ARGS:-}
   else
     echo "== check_logits: skipped (make_models failed)"; FAILED+=("check_logits"); SUMMARY+=("check_logits: skipped")
   fi

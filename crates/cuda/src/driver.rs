@@ -242,6 +242,8 @@ pub enum DeviceAttribute {
     MaxSharedMemoryPerBlockOptin,
     /// Whether the device can DMA from host memory registered read-only (1) or not (0).
     ReadOnlyHostRegisterSupported,
+    /// Streaming multiprocessors on the device.
+    MultiprocessorCount,
 }
 
 impl DeviceAttribute {
@@ -256,6 +258,7 @@ impl DeviceAttribute {
             DeviceAttribute::ReadOnlyHostRegisterSupported => {
                 CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED
             }
+            DeviceAttribute::MultiprocessorCount => CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         }
     }
 }

@@ -99,6 +99,31 @@ impl Module {
         })
     }
 
+    /// Blocks of `threads` threads and `dynamic_smem_bytes` of dynamic shared memory that can be
+    /// resident at once on one multiprocessor running `f`
+    /// (`cuOccupancyMaxActiveBlocksPerMultiprocessor`: its registers, shared memory and
+    /// threads); 0 when such a block does not fit at all.
+    pub fn max_active_blocks(
+        &self,
+        f: Function,
+        threads: u32,
+        dynamic_smem_bytes: u32,
+    ) -> Result<u32, CudaError> {
+        self.assert_owns(f);
+        let mut blocks = 0i32;
+        // SAFETY: f is a function of this live module (asserted above); out-pointer to a local.
+        self.gpu
+            .check("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                    &mut blocks,
+                    f.raw,
+                    threads as i32,
+                    dynamic_smem_bytes as usize,
+                )
+            })?;
+        Ok(blocks.max(0) as u32)
+    }
+
     /// Queues `f` on `stream` (`cuLaunchKernelEx`). `args` holds one pointer per kernel
     /// parameter, in order, each pointing to a value of exactly that parameter's C type (`u64`
     /// for a device address, `i32` for `int`, `f32` for `float`, a `#[repr(C)]` twin for a

@@ -224,15 +224,6 @@ impl Engine {
             })
         })?;
         shared.info.load_seconds = load_seconds;
-        if let Some(types) = gpu.as_ref().map(|g| &g.host_dequantized) {
-            if !types.is_empty() {
-                shared.info.warnings.push(format!(
-                    "the GPU has no kernels for {} yet: those matrices were dequantized to 16 \
-                     bits at load and run at 16-bit size and speed",
-                    types.join(", ")
-                ));
-            }
-        }
         shared.info.gpu = gpu;
         Ok(Engine {
             shared: Arc::new(shared),

@@ -15,13 +15,14 @@ use hoist_cuda::{DevSlice, Stream};
 use hoist_format::{DType, GgmlType};
 
 use super::blas::{Batch, Blas, Elem, Gemm};
-use super::kernels::{Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
+use super::kernels::{DEQUANT_THREADS, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
 use super::module::{args, Kernels, ARGMAX_THREADS, ELEMENTWISE_THREADS, ROW_THREADS};
 use super::GpuError;
 
 /// Weight element types the kernels read: the discriminants are the kernels' type codes, passed
 /// to them as `-DW_F32=0`… (see `kernels/mod.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)] // ggml's names
 pub(crate) enum WType {
     F32 = 0,
     F16 = 1,
@@ -31,7 +32,33 @@ pub(crate) enum WType {
     /// Q4_0 repacked on the device into tiles for the tensor-core GEMVs (see kernels/q4_tiles.cu);
     /// never a file's type.
     Q4_0Tiled = 5,
+    Q4_1 = 6,
+    Q5_0 = 7,
+    Q5_1 = 8,
+    Q2_K = 9,
+    Q3_K = 10,
+    Q4_K = 11,
+    Q5_K = 12,
+    Q6_K = 13,
+    IQ4_NL = 14,
+    IQ4_XS = 15,
 }
+
+/// Every ggml block type the kernels read directly (kernels/quant.cuh), with its file type.
+pub(crate) const BLOCK_TYPES: [(WType, GgmlType); 12] = [
+    (WType::Q8_0, GgmlType::Q8_0),
+    (WType::Q4_0, GgmlType::Q4_0),
+    (WType::Q4_1, GgmlType::Q4_1),
+    (WType::Q5_0, GgmlType::Q5_0),
+    (WType::Q5_1, GgmlType::Q5_1),
+    (WType::Q2_K, GgmlType::Q2_K),
+    (WType::Q3_K, GgmlType::Q3_K),
+    (WType::Q4_K, GgmlType::Q4_K),
+    (WType::Q5_K, GgmlType::Q5_K),
+    (WType::Q6_K, GgmlType::Q6_K),
+    (WType::IQ4_NL, GgmlType::IQ4_NL),
+    (WType::IQ4_XS, GgmlType::IQ4_XS),
+];
 
 impl WType {
     /// The kernels' type for a checkpoint dtype, if they read it.
@@ -40,10 +67,26 @@ impl WType {
             DType::F32 | DType::Ggml(GgmlType::F32) => WType::F32,
             DType::F16 | DType::Ggml(GgmlType::F16) => WType::F16,
             DType::BF16 | DType::Ggml(GgmlType::BF16) => WType::BF16,
-            DType::Ggml(GgmlType::Q8_0) => WType::Q8_0,
-            DType::Ggml(GgmlType::Q4_0) => WType::Q4_0,
+            DType::Ggml(g) => BLOCK_TYPES.iter().find(|(_, t)| *t == g)?.0,
             _ => return None,
         })
+    }
+
+    /// The file's block type of a block-quantized type (tiled Q4_0: Q4_0); `None` for floats.
+    pub(crate) fn ggml(self) -> Option<GgmlType> {
+        let w = if self == WType::Q4_0Tiled {
+            WType::Q4_0
+        } else {
+            self
+        };
+        BLOCK_TYPES.iter().find(|(t, _)| *t == w).map(|(_, g)| *g)
+    }
+
+    /// Values per block (1 for the float types).
+    pub(crate) fn block_values(self) -> usize {
+        self.ggml()
+            .and_then(|g| g.block())
+            .map_or(1, |(values, _)| values as usize)
     }
 
     /// The float type cuBLAS can read directly, if any.
@@ -52,17 +95,22 @@ impl WType {
             WType::F32 => Some(Elem::F32),
             WType::F16 => Some(Elem::F16),
             WType::BF16 => Some(Elem::BF16),
-            WType::Q8_0 | WType::Q4_0 | WType::Q4_0Tiled => None,
+            _ => None,
         }
     }
 
-    /// Bytes of `elements` values (quantized: `elements` is a multiple of 32).
+    /// Bytes of `elements` values (quantized: `elements` is a multiple of
+    /// [`WType::block_values`]).
     pub(crate) fn bytes(self, elements: usize) -> usize {
         match self {
             WType::F32 => elements * 4,
             WType::F16 | WType::BF16 => elements * 2,
             WType::Q8_0 => elements / QK * Q8_BLOCK_BYTES,
             WType::Q4_0 | WType::Q4_0Tiled => elements / QK * Q4_BLOCK_BYTES,
+            _ => {
+                let (values, bytes) = self.ggml().and_then(|g| g.block()).unwrap_or((1, 0));
+                elements / values as usize * bytes as usize
+            }
         }
     }
 }
@@ -149,13 +197,18 @@ pub(crate) struct FusedRope {
 }
 
 /// Whether decode can fuse the rotary embedding into the GEMV of these q, k and v matrices: all
-/// tiled Q4_0 or none (one kernel computes them), and head_dim even, for tiled ones a multiple
-/// of 32 (gemv_q4t pairs whole groups of 16 rows of a head).
+/// of one kernel's kind (16-bit/f32, block-quantized, or tiled Q4_0: one launch computes them),
+/// and head_dim even, for tiled ones a multiple of 32 (gemv_q4t pairs whole groups of 16 rows
+/// of a head).
 pub(crate) fn rope_fusable(qkv: [&Mat; 3], head_dim: usize) -> bool {
-    match qkv.map(|m| m.wtype == WType::Q4_0Tiled) {
-        [false, false, false] => head_dim.is_multiple_of(2),
-        [true, true, true] => head_dim.is_multiple_of(32),
-        _ => false,
+    let kind = |m: &Mat| (m.wtype == WType::Q4_0Tiled, m.wtype.elem().is_none());
+    if qkv.iter().any(|m| kind(m) != kind(qkv[0])) {
+        return false;
+    }
+    if qkv[0].wtype == WType::Q4_0Tiled {
+        head_dim.is_multiple_of(32)
+    } else {
+        head_dim.is_multiple_of(2)
     }
 }
 
@@ -190,7 +243,8 @@ impl Ops<'_> {
         Ok(())
     }
 
-    /// `dst[..n] = src[..n]` converted from `wtype` to `out` (dequantizing).
+    /// `dst[..n] = src[..n]` converted from `wtype` to `out` (dequantizing: `n` whole blocks,
+    /// a thread per 32-value slice).
     pub(crate) unsafe fn convert(
         &self,
         src: u64,
@@ -199,18 +253,25 @@ impl Ops<'_> {
         out: Act,
         n: usize,
     ) -> Result<(), GpuError> {
+        let block = wtype.block_values();
+        assert!(
+            n.is_multiple_of(block),
+            "{n} values of {wtype:?} are not whole blocks"
+        );
+        // Quantized: a block of DEQUANT_THREADS threads per as many 32-value slices.
+        let (grid, threads) = if block > 1 {
+            let slices = n / 32;
+            let grid = slices.div_ceil(DEQUANT_THREADS as usize).clamp(1, 8192) as u32;
+            (grid, DEQUANT_THREADS)
+        } else {
+            (blocks(n), ELEMENTWISE_THREADS)
+        };
         let (w, o, n64) = (wtype as i32, out as i32, n as i64);
         let mut a = args![src, w, dst, o, n64];
         // SAFETY: the module's contract.
         unsafe {
-            self.k.launch(
-                self.k.convert,
-                (blocks(n), 1),
-                ELEMENTWISE_THREADS,
-                0,
-                self.stream,
-                &mut a,
-            )
+            self.k
+                .launch(self.k.convert, (grid, 1), threads, 0, self.stream, &mut a)
         }
     }
 

@@ -16,7 +16,7 @@ use hoist_format::TensorTable;
 use hoist_io::PlanConfig;
 
 use super::blas::Blas;
-use super::layers::{Act, Mat, Ops, WType};
+use super::layers::{Act, Mat, Ops};
 use super::module::{default_cache_dir, Kernels};
 use super::options::{DecodeGemv, GpuOptions};
 use super::GpuError;
@@ -29,7 +29,6 @@ use crate::RuntimeError;
 use load::{check_dtypes, Builder};
 use weights::LayerStore;
 
-mod dequant;
 mod forward;
 mod graph;
 mod greedy;
@@ -67,9 +66,6 @@ pub struct LoadStats {
     pub weights_seconds: f64,
     /// Weight bytes loaded.
     pub weight_bytes: u64,
-    /// Matrices of types the kernels do not read yet, dequantized to 16 bits on the host at
-    /// load, by type: `["Q6_K x1", …]` (empty when every matrix runs in its own type).
-    pub host_dequantized: Vec<String>,
     /// Where each layer went: resident, or streamed from pinned host memory or the file.
     pub placement: LayerPlan,
     /// GPU bytes the budget kept for one session (KV cache, work buffers) and a margin.
@@ -149,39 +145,28 @@ impl GpuModel {
 
         let t = Instant::now();
         let cache = options.kernel_cache.clone().or_else(default_cache_dir);
-        let mut kernels = Kernels::load(&gpu, cache.as_deref(), &tuning)?;
+        let kernels = Kernels::load(&gpu, cache.as_deref(), &tuning)?;
         let stream = Stream::new(&gpu).map_err(GpuError::from)?;
         let blas = Blas::new(&gpu, &stream).map_err(GpuError::from)?;
         let kernel_seconds = t.elapsed().as_secs_f64();
 
-        // Host-dequantized matrices become the 16-bit type of the model's other float
-        // matrices: bf16 when any is bf16, else f16 (which quantized models compute in).
-        let dequant_to = match map
-            .selection()
-            .iter()
-            .any(|&i| WType::of(table.tensors[i].dtype) == Some(WType::BF16))
-        {
-            true => WType::BF16,
-            false => WType::F16,
-        };
         // Which layers stay resident and which are streamed, within the budgets; checked
         // against free memory before anything is allocated.
         let (free, _) = gpu.mem_info().map_err(GpuError::from)?;
-        let sizing = plan::plan(table, &map, &config, options, dequant_to, free)?;
+        let sizing = plan::plan(table, &map, &config, options, free)?;
         if sizing.plan.streams() {
             tracing::info!(plan = %sizing.plan.summary(), "layers streamed");
         }
         let streamed: std::collections::HashSet<usize> =
             sizing.streamed_tensors.iter().copied().collect();
 
-        // Types without kernels are read into host memory and dequantized there into 16-bit
-        // copies (dequant.rs); only the rest is loaded onto the GPU as it is in the file.
-        // Streamed layers' matrices are the streamer's.
-        let (selection, host_selection): (Vec<usize>, Vec<usize>) = map
+        // Every tensor is loaded onto the GPU as it is in the file, except the streamed
+        // layers' matrices: those are the streamer's.
+        let selection: Vec<usize> = map
             .selection()
             .into_iter()
             .filter(|i| !streamed.contains(i))
-            .partition(|&i| dequant::host_dequantized(table.tensors[i].dtype).is_none());
+            .collect();
         let weight_bytes: u64 = selection.iter().map(|&i| table.tensors[i].len).sum();
         let t = Instant::now();
         let (weights, _report) = hoist_cuda::load_to_gpu(
@@ -203,17 +188,6 @@ impl GpuModel {
             None,
         )
         .map_err(GpuError::from)?;
-        let host_tensors = match host_selection.is_empty() {
-            true => Vec::new(),
-            false => {
-                let engine = hoist_io::EngineConfig {
-                    progress: options.progress.clone(),
-                    cache: options.cache,
-                    ..Default::default()
-                };
-                hoist_io::load_host(table, &host_selection, PlanConfig::default(), &engine, None)?.0
-            }
-        };
         if sizing.plan.streams() {
             // The loader's pinned ring would sit beside the pinned tier: the host budget is
             // the streamer's now.
@@ -225,7 +199,6 @@ impl GpuModel {
                 table,
                 &sizing.plan,
                 sizing.streamed_mats,
-                dequant_to,
                 options.progress.as_deref(),
                 tuning.host_ffn,
                 (config.hidden_size, config.intermediate_size),
@@ -239,16 +212,8 @@ impl GpuModel {
             None => Vec::new(),
         };
         let mut built = Builder::new(&config, &map, &weights, &kernels, &blas, &stream, &gpu)?
-            .with_host_tensors(&host_tensors)
             .with_streamed(table, streamed_views)
-            .build(tuning.q4_tiles, dequant_to)?;
-        if !built.host_dequantized.is_empty() {
-            // Info, not a warning: the front ends say it to the user (the engine's warnings).
-            tracing::info!(
-                types = ?built.host_dequantized,
-                "the GPU runtime has no kernels for these weight types yet: dequantized to {dequant_to:?} at load (they run at 16-bit speed and size)"
-            );
-        }
+            .build(tuning.q4_tiles)?;
         let mut streamer = streamer;
         if let (Some(s), true) = (streamer.as_mut(), tuning.q4_tiles) {
             load::tile_pinned_layers(s, &mut built.layers, &kernels, &blas, &stream, &gpu)?;
@@ -258,16 +223,6 @@ impl GpuModel {
         let direct = layers
             .mats()
             .all(|m| m.wtype.elem() == Some(built.act.elem()));
-        // Quantized GEMVs that stage their whole input in shared memory (Q8_0, untiled Q4_0)
-        // run without programmatic dependent launch (see `disable_pdl`); the tiled ones stage
-        // a few KiB a warp and gain from it (H200: 388 against 382 tok/s).
-        let staged = layers
-            .mats()
-            .any(|m| matches!(m.wtype, WType::Q8_0 | WType::Q4_0));
-        // `quantized_pdl` keeps it on, for comparison (`bench/gpu/run.sh decode-switches`).
-        if staged && !tuning.quantized_pdl {
-            kernels.disable_pdl();
-        }
         let stats = LoadStats {
             device: gpu.name().to_string(),
             context_seconds,
@@ -276,7 +231,6 @@ impl GpuModel {
             kernel_arch: kernels.arch.clone(),
             weights_seconds,
             weight_bytes,
-            host_dequantized: built.host_dequantized.clone(),
             host_ffn_layers: layers.streamer().map_or(0, |s| s.host_ffn_layers()),
             host_gbps: layers.streamer().and_then(|s| s.host_gbps()),
             decode_streamed_bytes_per_token: layers

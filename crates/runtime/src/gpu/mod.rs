@@ -11,9 +11,12 @@
 //!   accumulation; quantized weights are dequantized to f16 first) and attention as two batched
 //!   cuBLAS products around a causal softmax.
 //! - Decode (one token) runs our GEMV kernels, fused with SwiGLU, biases, the residual add and
-//!   the rotary embedding with the KV-cache store, reading Q8_0/Q4_0 directly, and a split-key
-//!   attention kernel whose last block per head merges the slices. Kernels read the position
-//!   from device memory, so one captured CUDA graph replays a whole decode step at any position.
+//!   the rotary embedding with the KV-cache store, reading quantized blocks directly (every
+//!   GGUF block type: `kernels/quant.cuh`; their input quantized to int16 per 32 values, so
+//!   that the products are integer dot products within f32 rounding of the exact ones), and a
+//!   split-key attention kernel whose last block per head merges the slices. Kernels read the
+//!   position from device memory, so one captured CUDA graph replays a whole decode step at any
+//!   position.
 //! - Activations are f32; GEMM inputs are rounded to the weights' float type (as transformers
 //!   does for bf16/f16 models), and the KV cache holds that type too (f16 for quantized
 //!   weights): decode attention's time beyond its fixed cost is memory-bound, and the cuBLAS
@@ -29,10 +32,9 @@
 //! [`GpuTuning`]'s kernel choices and shapes, for diagnosis and tuning. The environment is read
 //! only by [`GpuOptions::with_env_overrides`], for the `HOIST_*` overrides listed in
 //! [`ENV_OVERRIDES`]; docs/run.md has the table of every knob, and
-//! `bench/gpu/run.sh decode-switches` measures the switches. Models with Q8_0 or untiled Q4_0
-//! weights launch without programmatic dependent launch (see `Kernels::disable_pdl`;
-//! [`GpuTuning::quantized_pdl`] keeps it on). Q4_0 matrices are repacked into tiles at load time
-//! for tensor-core GEMVs (`q4_tiles`; [`GpuTuning::q4_tiles`]).
+//! `bench/gpu/run.sh decode-switches` measures the switches. Q4_0 matrices are repacked into
+//! tiles at load time for tensor-core GEMVs (`q4_tiles`; [`GpuTuning::q4_tiles`]); the other
+//! block types are read as the file holds them (`kernels/quant.cuh`).
 //!
 //! Weights are reached through typed device views ([`hoist_cuda::DevSlice`]: an address and a
 //! length), so a launch's safety argument checks the lengths it relies on.

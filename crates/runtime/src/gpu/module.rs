@@ -78,12 +78,17 @@ pub(crate) struct Kernels {
     pub(crate) argmax_next: Function,
     pub(crate) gemv: Function,
     pub(crate) gemv_swiglu: Function,
+    pub(crate) gemv_q: Function,
+    pub(crate) gemv_swiglu_q: Function,
     pub(crate) gemv_q4t: Function,
     pub(crate) gemv_swiglu_q4t: Function,
     pub(crate) q4_tile_repack: Function,
     pub(crate) q4_tile_dequant: Function,
     /// Whether the GPU has the tensor-core products the tiled Q4_0 GEMVs use (sm_80 and newer).
     pub(crate) tensor_cores: bool,
+    /// Streaming multiprocessors: the quantized GEMVs' grids are at most as many blocks as are
+    /// resident at once ([`Kernels::resident_blocks`]).
+    pub(crate) sm_count: u32,
     /// Most dynamic shared memory one block of a tiled Q4_0 GEMV may use, bytes.
     pub(crate) q4t_smem_bytes: usize,
     /// Most dynamic shared memory one block of `attention_split` or of a GEMV may use, bytes.
@@ -307,6 +312,8 @@ impl Kernels {
         module.set_max_dynamic_shared_bytes(attention_split, attention_smem_bytes)?;
         let gemv = get("gemv")?;
         let gemv_swiglu = get("gemv_swiglu")?;
+        let gemv_q = get("gemv_q")?;
+        let gemv_swiglu_q = get("gemv_swiglu_q")?;
         let gemv_q4t = get("gemv_q4t")?;
         let gemv_swiglu_q4t = get("gemv_swiglu_q4t")?;
         // The tiled GEMVs' static shared memory (their cross-warp sums) is up to 3.2 KiB (16
@@ -315,11 +322,13 @@ impl Kernels {
         for (f, bytes) in [
             (gemv, attention_smem_bytes),
             (gemv_swiglu, attention_smem_bytes),
+            (gemv_q, attention_smem_bytes),
+            (gemv_swiglu_q, attention_smem_bytes),
             (gemv_q4t, q4t_smem_bytes),
             (gemv_swiglu_q4t, q4t_smem_bytes),
         ] {
             // Quantized GEMVs stage the input vector in dynamic shared memory, over 48 KiB for
-            // rows of 12k+ values.
+            // rows of 35k+ values.
             module.set_max_dynamic_shared_bytes(f, bytes)?;
         }
         Ok(Kernels {
@@ -335,12 +344,15 @@ impl Kernels {
             argmax_next: get("argmax_next")?,
             gemv,
             gemv_swiglu,
+            gemv_q,
+            gemv_swiglu_q,
             gemv_q4t,
             gemv_swiglu_q4t,
             q4_tile_repack: get("q4_tile_repack")?,
             q4_tile_dequant: get("q4_tile_dequant")?,
             module,
             tensor_cores: major >= 8,
+            sm_count: gpu.attribute(DeviceAttribute::MultiprocessorCount)?.max(1) as u32,
             q4t_smem_bytes,
             attention_smem_bytes,
             arch,
@@ -351,12 +363,16 @@ impl Kernels {
         })
     }
 
-    /// Turns programmatic dependent launch off. Models with Q8_0 or untiled Q4_0 weights do:
-    /// those GEMVs' blocks stage the whole input in tens of KiB of shared memory, and the next
-    /// kernel's blocks, resident early and waiting, take that room from the running one
-    /// (measured on an H200: such Q4_0 decode 7% faster without it, 16-bit decode 1.5% slower).
-    pub(crate) fn disable_pdl(&mut self) {
-        self.pdl = false;
+    /// How many blocks of `f` with `threads` threads and `smem_bytes` of dynamic shared memory
+    /// the whole GPU holds at once (at least one per multiprocessor).
+    pub(crate) fn resident_blocks(
+        &self,
+        f: Function,
+        threads: u32,
+        smem_bytes: u32,
+    ) -> Result<u32, GpuError> {
+        let per_sm = self.module.max_active_blocks(f, threads, smem_bytes)?;
+        Ok(self.sm_count * per_sm.max(1))
     }
 
     /// Launches `f` on `stream`, with programmatic dependent launch unless it is off. `args`
@@ -423,6 +439,8 @@ impl Kernels {
             (self.argmax_next, "argmax_next"),
             (self.gemv, "gemv"),
             (self.gemv_swiglu, "gemv_swiglu"),
+            (self.gemv_q, "gemv_q"),
+            (self.gemv_swiglu_q, "gemv_swiglu_q"),
             (self.gemv_q4t, "gemv_q4t"),
             (self.gemv_swiglu_q4t, "gemv_swiglu_q4t"),
             (self.q4_tile_repack, "q4_tile_repack"),

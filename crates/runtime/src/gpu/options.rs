@@ -82,9 +82,6 @@ pub struct GpuTuning {
     /// Programmatic dependent launch on compute capability 9.0 and newer (`HOIST_NO_PDL`
     /// turns it off).
     pub pdl: bool,
-    /// Keep programmatic dependent launch for models with Q8_0 or untiled Q4_0 weights, whose
-    /// GEMVs run faster without it (`HOIST_QUANTIZED_PDL`).
-    pub quantized_pdl: bool,
     /// Q4_0 matrices repacked into tiles at load for the tensor-core GEMVs
     /// (`HOIST_NO_Q4_TILES` keeps the file's layout).
     pub q4_tiles: bool,
@@ -95,7 +92,8 @@ pub struct GpuTuning {
     pub gemv_warps: u32,
     /// Unrolling of the 16-bit/f32 GEMV loop: 1 to 16 (`HOIST_GEMV_UNROLL`).
     pub gemv_unroll: u32,
-    /// Warps per block of the Q8_0 and untiled Q4_0 GEMVs: 1 to 32 (`HOIST_QGEMV_WARPS`).
+    /// Warps per block of the block-quantized GEMVs (every ggml type but tiled Q4_0): 1 to 16
+    /// (`HOIST_QGEMV_WARPS`; 32 warps of their registers do not fit a multiprocessor).
     pub qgemv_warps: u32,
     /// Warps per block of the tiled Q4_0 GEMVs: 4, 8 or 16 (`HOIST_Q4T_WARPS`).
     pub q4t_warps: u32,
@@ -117,7 +115,6 @@ impl Default for GpuTuning {
             graphs: true,
             fused_rope: true,
             pdl: true,
-            quantized_pdl: false,
             q4_tiles: true,
             profile: false,
             gemv_warps: shape.warps,
@@ -145,15 +142,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "1: rotary embedding as its own kernel",
     ),
     ("HOIST_NO_PDL", "1: no programmatic dependent launch"),
-    (
-        "HOIST_QUANTIZED_PDL",
-        "1: keep PDL for Q8_0/untiled Q4_0 models",
-    ),
     ("HOIST_NO_Q4_TILES", "1: keep Q4_0 in the file's layout"),
     ("HOIST_PROFILE", "1: per-kernel times, printed at exit"),
     ("HOIST_GEMV_WARPS", "16-bit GEMV warps: 1, 2, 4, 8, 16"),
     ("HOIST_GEMV_UNROLL", "16-bit GEMV unrolling: 1 to 16"),
-    ("HOIST_QGEMV_WARPS", "quantized GEMV warps: 1 to 32"),
+    ("HOIST_QGEMV_WARPS", "quantized GEMV warps: 1 to 16"),
     ("HOIST_Q4T_WARPS", "tiled Q4_0 GEMV warps: 4, 8, 16"),
     ("HOIST_Q4T_BATCH", "tiled Q4_0 tiles per load: 1 to 8"),
     ("HOIST_Q4T_MIN_BLOCKS", "tiled Q4_0 blocks per SM: 1 to 4"),
@@ -194,8 +187,8 @@ const SHAPES: [Shape; 6] = [
     Shape {
         field: "qgemv_warps",
         variable: "HOIST_QGEMV_WARPS",
-        accepted: "1 to 32",
-        ok: |v| (1..=32).contains(&v),
+        accepted: "1 to 16",
+        ok: |v| (1..=16).contains(&v),
         get: |t| &mut t.qgemv_warps,
     },
     Shape {
@@ -317,7 +310,6 @@ impl GpuOptions {
             ("HOIST_NO_GRAPHS", &mut t.graphs, true),
             ("HOIST_NO_FUSED_ROPE", &mut t.fused_rope, true),
             ("HOIST_NO_PDL", &mut t.pdl, true),
-            ("HOIST_QUANTIZED_PDL", &mut t.quantized_pdl, false),
             ("HOIST_NO_Q4_TILES", &mut t.q4_tiles, true),
             ("HOIST_PROFILE", &mut t.profile, false),
         ] {
@@ -373,7 +365,7 @@ mod tests {
         assert_eq!(t.gemv_shape(), GemvShape::DEFAULT);
         t.validate().unwrap();
         assert!(t.graphs && t.fused_rope && t.pdl && t.q4_tiles);
-        assert!(!t.quantized_pdl && !t.profile);
+        assert!(!t.profile);
         assert_eq!(t.decode_gemv, DecodeGemv::Kernels);
         let o = with(&[]).unwrap();
         assert_eq!(o.tuning, t);
@@ -388,12 +380,11 @@ mod tests {
             ("HOIST_NO_GRAPHS", "1"),
             ("HOIST_NO_FUSED_ROPE", "true"),
             ("HOIST_NO_PDL", "yes"),
-            ("HOIST_QUANTIZED_PDL", "on"),
             ("HOIST_NO_Q4_TILES", "1"),
             ("HOIST_PROFILE", "1"),
             ("HOIST_GEMV_WARPS", "8"),
             ("HOIST_GEMV_UNROLL", "2"),
-            ("HOIST_QGEMV_WARPS", "32"),
+            ("HOIST_QGEMV_WARPS", "16"),
             ("HOIST_Q4T_WARPS", "16"),
             ("HOIST_Q4T_BATCH", "8"),
             ("HOIST_Q4T_MIN_BLOCKS", "1"),
@@ -411,7 +402,7 @@ mod tests {
         let t = o.tuning;
         assert_eq!(t.decode_gemv, DecodeGemv::Cublas);
         assert!(!t.graphs && !t.fused_rope && !t.pdl && !t.q4_tiles);
-        assert!(t.quantized_pdl && t.profile);
+        assert!(t.profile);
         assert_eq!(
             (
                 t.gemv_warps,

@@ -16,6 +16,7 @@ mod attention;
 mod elementwise;
 mod gemv;
 mod q4_tiles;
+mod quant;
 
 struct Rig {
     gpu: Arc<Gpu>,
@@ -136,6 +137,7 @@ fn encode(t: WType, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
         WType::Q8_0 => cpu::quantize_q8_0(values),
         WType::Q4_0 => cpu::quantize_q4_0(values),
         WType::Q4_0Tiled => unreachable!("tiled on the device: see tile_q4_0"),
+        other => unreachable!("{other:?} has no quantizer here: see random_blocks"),
     };
     let exact = match t {
         WType::F32 => values.to_vec(),
@@ -143,9 +145,99 @@ fn encode(t: WType, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
         WType::BF16 => cpu::bf16_to_f32(&bytes),
         WType::Q8_0 => cpu::dequantize_q8_0(&bytes),
         WType::Q4_0 => cpu::dequantize_q4_0(&bytes),
-        WType::Q4_0Tiled => unreachable!(),
+        _ => unreachable!(),
     };
     (bytes, exact)
+}
+
+/// `x` as the block-quantized GEMVs read it (`stage_xq` in kernels/gemv.cu): per 32 values
+/// d = max|x| / 32767 and q = x / d rounded half to even, x ≈ d·q.
+fn quantized_input(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|c| {
+            let amax = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 32767.0;
+            c.iter().map(move |&v| {
+                if amax == 0.0 {
+                    0.0
+                } else {
+                    d * (v / d).round_ties_even()
+                }
+            })
+        })
+        .collect()
+}
+
+/// The input a GEMV on weights of type `t` multiplies: `x` quantized (`quantized_input`) for the
+/// block types, `x` itself for the float ones and tiled Q4_0.
+fn gemv_input(t: WType, x: &[f32]) -> Vec<f32> {
+    if t.elem().is_none() && t != WType::Q4_0Tiled {
+        quantized_input(x)
+    } else {
+        x.to_vec()
+    }
+}
+
+/// The f16 fields of a block of `t` (byte offset, and the magnitude that keeps its values
+/// near ±0.1: the largest quant times the largest sub-block scale is about 1 / magnitude).
+fn scale_fields(t: WType) -> &'static [(usize, f32)] {
+    match t {
+        WType::Q8_0 => &[(0, 0.05 / 127.0)],
+        WType::Q4_0 => &[(0, 0.05 / 8.0)],
+        WType::Q4_1 => &[(0, 0.1 / 15.0), (2, 0.05)],
+        WType::Q5_0 => &[(0, 0.05 / 16.0)],
+        WType::Q5_1 => &[(0, 0.1 / 31.0), (2, 0.05)],
+        WType::Q2_K => &[(80, 0.1 / 45.0), (82, 0.05 / 15.0)],
+        WType::Q3_K => &[(108, 0.05 / 128.0)],
+        WType::Q4_K => &[(0, 0.1 / 945.0), (2, 0.05 / 63.0)],
+        WType::Q5_K => &[(0, 0.1 / 1953.0), (2, 0.05 / 63.0)],
+        WType::Q6_K => &[(208, 0.05 / 4096.0)],
+        WType::IQ4_NL => &[(0, 0.05 / 127.0)],
+        WType::IQ4_XS => &[(0, 0.05 / 4064.0)],
+        other => panic!("{other:?} is not a block type"),
+    }
+}
+
+/// `values` values of the block type `t` as random blocks: random quants and scale bytes, f16
+/// scales of random sign and of `scale_fields`' magnitude (times 0.5..1), or with `extreme`,
+/// any finite f16 (subnormals and 65504 included). Returns the bytes and the values the CPU
+/// reference dequantizes them to.
+fn random_blocks(r: &mut Rig, t: WType, values: usize, extreme: bool) -> (Vec<u8>, Vec<f32>) {
+    let g = t.ggml().expect("a block type");
+    let (block_values, block_bytes) = g.block().expect("a block size");
+    assert!(values.is_multiple_of(block_values as usize));
+    let blocks = values / block_values as usize;
+    let mut bytes: Vec<u8> = (0..blocks * block_bytes as usize)
+        .map(|_| r.rng.next_u64() as u8)
+        .collect();
+    for block in bytes.chunks_exact_mut(block_bytes as usize) {
+        for &(at, magnitude) in scale_fields(t) {
+            let bits = if extreme {
+                // Any sign and mantissa; exponents 0..=30 (31 is inf/NaN).
+                let b = r.rng.next_u64() as u16;
+                (b & 0x83ff) | ((b % 31) << 10)
+            } else {
+                let v = magnitude * (0.5 + 0.5 * r.rng.next_f64() as f32);
+                let signed = if r.rng.next_u64() & 1 == 0 { v } else { -v };
+                half::f16::from_f32(signed).to_bits()
+            };
+            block[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+        }
+    }
+    let exact = crate::quant::dequantize(g, &bytes, values).expect("whole blocks");
+    (bytes, exact)
+}
+
+/// Fresh weights of type `t`: quantized from random values where hoist has a quantizer (the
+/// float types, Q8_0, Q4_0), else random blocks; with the values they hold.
+fn random_weights(r: &mut Rig, t: WType, values: usize, scale: f32) -> (Vec<u8>, Vec<f32>) {
+    match t {
+        WType::F32 | WType::F16 | WType::BF16 | WType::Q8_0 | WType::Q4_0 => {
+            let v = r.randn(values, scale);
+            encode(t, &v)
+        }
+        _ => random_blocks(r, t, values, false),
+    }
 }
 
 /// `values` in the float type `t` (bytes, and the values they hold).
@@ -213,7 +305,7 @@ fn added_with_bias(r: &mut Rig, m: &Mat, exact: &[f32], x: &[f32], tol: f32) {
     };
     // SAFETY: sized above.
     unsafe { r.ops().gemv(&[out], dx.ptr(), true, None).unwrap() };
-    let prod = cpu::matmul_t(x, exact, cols, rows);
+    let prod = cpu::matmul_t(&gemv_input(m.wtype, x), exact, cols, rows);
     let want: Vec<f32> = (0..rows).map(|i| y0[i] + prod[i] + bias[i]).collect();
     let e = rel_err(&r.download(&dy, rows), &want);
     assert!(e < tol, "{:?} {rows}x{cols}: {e}", m.wtype);
@@ -252,9 +344,10 @@ fn three_at_once(
     ];
     // SAFETY: sized above; the caller's x and bias hold cols and rows values.
     unsafe { r.ops().gemv(&outs, dx, false, None).unwrap() };
-    let want = cpu::matmul_t(x, exact, cols, rows);
+    let want = cpu::matmul_t(&gemv_input(m.wtype, x), exact, cols, rows);
     assert!(rel_err(&r.download(&ya, rows), &want) < tol);
-    assert!(rel_err(&r.download(&yb, rows2), &cpu::matmul_t(x, e2, cols, rows2)) < tol);
+    let want2 = cpu::matmul_t(&gemv_input(m2.wtype, x), e2, cols, rows2);
+    assert!(rel_err(&r.download(&yb, rows2), &want2) < tol);
     let with_bias: Vec<f32> = want.iter().zip(third_bias.1).map(|(a, b)| a + b).collect();
     assert!(rel_err(&r.download(&yc, rows), &with_bias) < tol);
 }

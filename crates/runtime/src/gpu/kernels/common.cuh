@@ -7,8 +7,8 @@
 // the host as a 64-bit device address; every count is an `int` (the host checks ranges).
 //
 // Conventions (see gpu/mod.rs): activations are f32, row-major [tokens, features]; weights are
-// [out, in] row-major in their file type (wtype: W_F32, W_F16, W_BF16, W_Q8_0, W_Q4_0; Q4_0
-// repacked into tiles at load is read by q4_tiles.cu alone);
+// [out, in] row-major in their file type (wtype: W_F32, W_F16, W_BF16, or one of ggml's block
+// types, quant.cuh; Q4_0 repacked into tiles at load is read by q4_tiles.cu alone);
 // "act" is the float type GEMM inputs are rounded to (0 f32, 1 f16, 2 bf16).
 
 #ifndef HOIST_COMMON_CUH
@@ -46,9 +46,9 @@ typedef unsigned long long usize; // no headers, so no usize
     } while (0)
 
 // Constants shared with the host, passed by it as -D options from one Rust definition each
-// (gpu/kernels/mod.rs): the weight-type codes (WType's), the values per quantized block and the
-// bytes of a Q8_0 block (f16 scale + 32 int8) and of a Q4_0 block (f16 scale + 16 bytes of
-// nibbles).
+// (gpu/kernels/mod.rs): the weight-type codes (WType's; the other block types' are checked in
+// quant.cuh), the values per quantized block and the bytes of a Q8_0 block (f16 scale + 32
+// int8) and of a Q4_0 block (f16 scale + 16 bytes of nibbles).
 #ifndef W_F32
 #error "W_F32 must be passed by hoist (-DW_F32=...): weight-type code"
 #endif
@@ -110,24 +110,30 @@ __device__ __forceinline__ void store_act(u64 out, usize i, float v, int act) {
     else ((u16*)out)[i] = f_to_bf16(v);
 }
 
-// Element i of a weight tensor of type wtype, as f32 (quantized types: i indexes values).
+// A 16-byte weight load that bypasses L1 (weights are read once; L1 keeps the input vector,
+// which every row reads).
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+// An 8-byte weight load that bypasses L1 (see ld_stream).
+__device__ __forceinline__ uint2 ld_stream2(const uint2* p) {
+    uint2 v;
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+
+// Element i of a 16-bit or f32 weight tensor of type wtype, as f32 (block-quantized types are
+// read by slices: quant.cuh).
 __device__ __forceinline__ float load_w(const u8* w, usize i, int wtype) {
     switch (wtype) {
     case W_F32: return ((const float*)w)[i];
     case W_F16: return f16_to_f(((const u16*)w)[i]);
-    case W_BF16: return bf16_to_f(((const u16*)w)[i]);
-    case W_Q8_0: {
-        const u8* b = w + (i / QK) * Q8_BLOCK_BYTES;
-        float d = f16_to_f(*(const u16*)b);
-        return d * (float)(signed char)b[2 + i % QK];
-    }
-    default: {
-        const u8* b = w + (i / QK) * Q4_BLOCK_BYTES;
-        float d = f16_to_f(*(const u16*)b);
-        int j = i % QK;
-        int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
-        return d * (float)(q - 8);
-    }
+    default: return bf16_to_f(((const u16*)w)[i]);
     }
 }
 

@@ -1,7 +1,8 @@
-// Matrix-vector products of decode on CUDA cores: 16-bit/f32 weights, and Q8_0/Q4_0 read
-// directly (tiled Q4_0: q4_tiles.cu).
+// Matrix-vector products of decode on CUDA cores: 16-bit/f32 weights, and every ggml block
+// type read directly (quant.cuh; tiled Q4_0: q4_tiles.cu).
 
 #include "gemv.cuh"
+#include "quant.cuh"
 
 // Warps per GEMV block and loop unrolling of the 16-bit/f32 GEMV: the host passes both (-D) and
 // sizes its grids with the same GEMV_WARPS.
@@ -12,139 +13,95 @@
 #error "GEMV_UNROLL must be passed by hoist (-DGEMV_UNROLL=...): unrolling of the 16-bit/f32 GEMV (GemvShape)"
 #endif
 
-// Where value v of the input vector sits in the padded shared-memory copy the quantized GEMVs
-// read: 4 floats of padding per 32 keep the float4 reads of lanes that read "their" blocks on
-// distinct banks (a block's 32 inputs start 36 floats after the previous block's).
-#ifndef XS_PAD
-#error "XS_PAD must be passed by hoist (-DXS_PAD=...): padding floats per 32 staged inputs"
-#endif
-__device__ __forceinline__ int xs_index(int v) { return v + (v / QK) * XS_PAD; }
+// The quantized GEMVs' staged input (stage_xq), dynamic shared memory of xq_bytes(cols).
+extern __shared__ __align__(16) u8 xq_smem[];
 
-// Copies x (cols floats) into shared memory `xs`, padded (xs_index); the whole block calls it.
-__device__ void stage_input(const float* x, float* xs, int cols) {
-    if (cols % 4 == 0) {  // four values stay together (32 is a multiple of 4)
-        for (int v = threadIdx.x * 4; v < cols; v += blockDim.x * 4)
-            *(float4*)(xs + xs_index(v)) = *(const float4*)(x + v);
-    } else {
-        for (int v = threadIdx.x; v < cols; v += blockDim.x) xs[xs_index(v)] = x[v];
+// Quantizes the input x (cols f32, a multiple of 32) into shared memory for the quantized
+// GEMVs (see Xq in quant.cuh): per 32 values d = max|x| / 32767 and q = rint(x / d) (0 where
+// all are 0), a warp per 32, four groups' loads at a time (their latencies overlap: the block
+// waits on this before its products); the whole block calls it.
+__device__ void stage_xq(const float* x, u8* smem, int cols) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    short* q = (short*)smem;
+    float* d = (float*)(smem + 2 * cols);
+    int* sum = (int*)(smem + 2 * cols + cols / 8);
+    int groups = cols / 32;
+    for (int b0 = warp; b0 < groups; b0 += 4 * warps) {
+        float v[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            int b = b0 + j * warps;
+            v[j] = b < groups ? x[32 * b + lane] : 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            int b = b0 + j * warps;  // the same for the whole warp
+            if (b >= groups) break;
+            float amax = warp_max(fabsf(v[j]));
+            float scale = amax / 32767.f;
+            int qv = amax == 0.f ? 0 : (int)rintf(v[j] / scale);
+            q[32 * b + lane] = (short)qv;
+            int s = qv;
+#pragma unroll
+            for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0) d[b] = scale;
+            if ((lane & 15) == 0) sum[2 * b + lane / 16] = s;
+        }
     }
     __syncthreads();
 }
 
-// 2^23 + byte k (0..3) of w, as a float, exactly: the byte placed in the mantissa of 2^23 by one
-// byte permute. Subtracting 2^23 (plus the quantization offset) gives the value without an
-// int-to-float conversion, which runs at a fraction of the FMA rate.
-__device__ __forceinline__ float byte_f(u32 w, u32 k) {
-    u32 r;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(w), "r"(0x4b000000u), "r"(k | 0x7440u));
-    return __uint_as_float(r);
-}
-
-// (lo, hi) >> shift, the low word (shift < 32).
-__device__ __forceinline__ u32 shr64(u32 lo, u32 hi, u32 shift) {
-    u32 r;
-    asm("shf.r.wrap.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(lo), "r"(hi), "r"(shift));
-    return r;
-}
-
-// The dot product of one Q4_0 block at `blk` with its 32 inputs x (8 float4s). The 18-byte
-// block is read as the three aligned 8-byte words that hold it (never past the row's end when
-// rows are 16-byte aligned: a row's last block ends a word) and realigned with funnel shifts.
-__device__ __forceinline__ float q4_block(const u8* blk, const float4* x) {
-    usize a = (usize)blk;
-    const uint2* base = (const uint2*)(a & ~(usize)7);
-    uint2 p0 = ld_stream2(base), p1 = ld_stream2(base + 1), p2 = ld_stream2(base + 2);
-    u32 w[6] = {p0.x, p0.y, p1.x, p1.y, p2.x, p2.y};
-    u32 o = (u32)a & 7u;  // 0, 2, 4 or 6
-    u32 sh = (o & 2u) * 8u;
-    float d = f16_to_f((u16)(((o >> 2) ? w[1] : w[0]) >> sh));
-    // The 16 bytes of nibbles start at byte o + 2 of the window: words s2.. shifted by sh2.
-    u32 s2 = (o + 2u) >> 2, sh2 = sh ^ 16u;
-    u32 v[5];
-#pragma unroll
-    for (int k = 0; k < 5; ++k) {
-        u32 w2 = k + 2 < 6 ? w[k + 2] : 0u;
-        v[k] = s2 == 0 ? w[k] : (s2 == 1 ? w[k + 1] : w2);
-    }
-    const float c = 8388616.f;  // 2^23 + 8
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        u32 q = shr64(v[j], v[j + 1], sh2);  // nibble bytes 4j..4j+3
-        u32 lo = q & 0x0f0f0f0fu, hi = (q >> 4) & 0x0f0f0f0fu;
-        float4 xl = x[j], xh = x[4 + j];
-        s += (byte_f(lo, 0) - c) * xl.x + (byte_f(lo, 1) - c) * xl.y +
-             (byte_f(lo, 2) - c) * xl.z + (byte_f(lo, 3) - c) * xl.w;
-        s += (byte_f(hi, 0) - c) * xh.x + (byte_f(hi, 1) - c) * xh.y +
-             (byte_f(hi, 2) - c) * xh.z + (byte_f(hi, 3) - c) * xh.w;
-    }
-    return d * s;
-}
-
-// Whether Q4_0 rows of `cols` values take q4_dot2: whole 16-byte-aligned rows.
-__device__ __forceinline__ bool q4_aligned(int wtype, int cols) {
-    return wtype == W_Q4_0 && cols % 256 == 0;
-}
-
-// Dot products of two Q4_0 rows (q4_aligned) with the staged input `xs`, by one warp: lane l
-// takes blocks l, l + 32, ... of both rows, reading each block's inputs once for the two.
+// Dot products of rows w0 and w1 (R = 2; R = 1: w0 alone) of type T (quant.cuh) with the
+// staged input `xs` (stage_xq), by one warp: lane l takes slices l, l + 32, … of the rows
+// (consecutive lanes, consecutive bytes), reading each slice's inputs once for both rows.
 // Results in every lane.
-__device__ void q4_dot2(const u8* row0, const u8* row1, int cols, const float* xs, float* out0,
-                        float* out1) {
-    int lane = threadIdx.x & 31, nblocks = cols / QK;
-    float a0 = 0.f, a1 = 0.f;
-#pragma unroll 2
-    for (int b = lane; b < nblocks; b += 32) {
-        const float4* x4 = (const float4*)(xs + b * (QK + XS_PAD));
-        float4 x[8];
+template <int T, int R>
+__device__ void qdot(const u8* w0, const u8* w1, int cols, const u8* xs, float* out0,
+                     float* out1) {
+    const int per_block = Layout<T>::VALUES / 32;
+    Xq x = xq_view(xs, cols);
+    int lane = threadIdx.x & 31, slices = cols / 32;
+    float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll 1
+    for (int sl = lane; sl < slices; sl += 32) {
+        int blk = sl / per_block, k = sl % per_block;
+        usize at = (usize)blk * Layout<T>::BYTES;
+        Slice s0 = Quant<T>::slice(w0 + at, k), s1;
+        if (R == 2) s1 = Quant<T>::slice(w1 + at, k);
 #pragma unroll
-        for (int k = 0; k < 8; ++k) x[k] = x4[k];
-        a0 += q4_block(row0 + (usize)b * Q4_BLOCK_BYTES, x);
-        a1 += q4_block(row1 + (usize)b * Q4_BLOCK_BYTES, x);
+        for (int g = 0; g < 2; ++g) {
+            int p = blk * Layout<T>::VALUES + s0.pos[g];
+            acc0 += run_dot<T>(s0, g, x, p);
+            if (R == 2) acc1 += run_dot<T>(s1, g, x, p);
+        }
     }
-    *out0 = warp_sum(a0);
-    *out1 = warp_sum(a1);
+    *out0 = warp_sum(acc0);
+    if (R == 2) *out1 = warp_sum(acc1);
 }
 
-// Dot product of quantized row `r` of w with the staged input `xs`, by one warp; the result is
-// in every lane. Lane l decodes whole
-// blocks l, l + 32, ...: its 18 (Q4_0) or 34 (Q8_0) bytes with 16-bit loads (block sizes are
-// even, not multiples of 4; a warp's loads cover contiguous bytes), its 32 inputs from shared
-// memory as float4s without bank conflicts. (Aligned Q4_0 rows take q4_dot2.)
-__device__ float qrow_dot(const u8* w, int wtype, usize r, int cols, const float* xs) {
-    int lane = threadIdx.x & 31;
-    float acc = 0.f;
-    int bb = wtype == W_Q8_0 ? Q8_BLOCK_BYTES : Q4_BLOCK_BYTES;
-    int nblocks = cols / QK;
-    const u8* row = w + r * (usize)nblocks * bb;
-    for (int b = lane; b < nblocks; b += 32) {
-        const u16* blk = (const u16*)(row + (usize)b * bb);
-        float d = f16_to_f(blk[0]);
-        const float4* xb = (const float4*)(xs + b * (QK + XS_PAD));
-        float s = 0.f;
-        if (wtype == W_Q8_0) {
-#pragma unroll
-            for (int j = 0; j < QK; j += 4) {
-                u16 p0 = blk[1 + j / 2], p1 = blk[2 + j / 2];
-                float4 xv = xb[j / 4];
-                s += (float)(signed char)(p0 & 0xff) * xv.x + (float)(signed char)(p0 >> 8) * xv.y +
-                     (float)(signed char)(p1 & 0xff) * xv.z + (float)(signed char)(p1 >> 8) * xv.w;
-            }
-        } else {
-#pragma unroll
-            for (int j = 0; j < 16; j += 4) {
-                u32 q = (u32)blk[1 + j / 2] | ((u32)blk[2 + j / 2] << 16);  // bytes j..j+3
-                float4 xl = xb[j / 4], xh = xb[4 + j / 4];
-                s += (float)((int)(q & 15) - 8) * xl.x + (float)((int)((q >> 8) & 15) - 8) * xl.y +
-                     (float)((int)((q >> 16) & 15) - 8) * xl.z + (float)((int)((q >> 24) & 15) - 8) * xl.w;
-                s += (float)((int)((q >> 4) & 15) - 8) * xh.x +
-                     (float)((int)((q >> 12) & 15) - 8) * xh.y +
-                     (float)((int)((q >> 20) & 15) - 8) * xh.z + (float)((int)(q >> 28) - 8) * xh.w;
-            }
-        }
-        acc += d * s;
-    }
-    return warp_sum(acc);
+// Dot products of row r0 of w0 and row r1 of w1, both of the block type `wtype` (rows of `cols`
+// values), with the staged input, by one warp (see qdot). Not inlined: the twelve types'
+// loops inlined into one kernel take the registers of all (170 against 72 for the calling
+// kernel with a call per row pair, whose cost is nothing beside a row's work).
+__device__ __noinline__ void quant_dot2(int wtype, const u8* w0, usize r0, const u8* w1, usize r1, int cols,
+                           const u8* xs, float* d0, float* d1) {
+#define QDOT2(T)                                                     \
+    usize rb = (usize)(cols / Layout<T>::VALUES) * Layout<T>::BYTES; \
+    qdot<T, 2>(w0 + r0 * rb, w1 + r1 * rb, cols, xs, d0, d1);
+    QUANT_DISPATCH(wtype, QDOT2)
+#undef QDOT2
+}
+
+// Dot product of row r of w (block type `wtype`) with the staged input, by one warp (not
+// inlined, as quant_dot2).
+__device__ __noinline__ float quant_dot(int wtype, const u8* w, usize r, int cols, const u8* xs) {
+    float d = 0.f, unused;
+#define QDOT1(T)                                                     \
+    usize rb = (usize)(cols / Layout<T>::VALUES) * Layout<T>::BYTES; \
+    qdot<T, 1>(w + r * rb, w + r * rb, cols, xs, &d, &unused);
+    QUANT_DISPATCH(wtype, QDOT1)
+#undef QDOT1
+    return d;
 }
 
 // Eight 16-bit weights (one 16-byte load) times eight f32 inputs.
@@ -202,22 +159,6 @@ __device__ void dot2_part(const u8* row0, const u8* row1, int wtype, int cols, c
     *out1 = warp_sum(d1);
 }
 
-// Dot products of rows r0 and r1 of w (any type) with the input, by one warp: 16-bit/f32 rows
-// read x, quantized rows its staged copy xs.
-__device__ void rows2(const u8* w, int wtype, int r0, int r1, int cols, const float* x,
-                      const float* xs, float* d0, float* d1) {
-    if (wtype <= W_BF16) {
-        usize row_bytes = (usize)cols * (wtype == W_F32 ? 4 : 2);
-        dot2_part(w + r0 * row_bytes, w + r1 * row_bytes, wtype, cols, x, 0, 1, d0, d1);
-    } else if (q4_aligned(wtype, cols)) {
-        usize row_bytes = (usize)(cols / QK) * Q4_BLOCK_BYTES;
-        q4_dot2(w + r0 * row_bytes, w + r1 * row_bytes, cols, xs, d0, d1);
-    } else {
-        *d0 = qrow_dot(w, wtype, (usize)r0, cols, xs);
-        *d1 = qrow_dot(w, wtype, (usize)r1, cols, xs);
-    }
-}
-
 // Partial dot product of 16-bit/f32 row r of w with x over the part-th of `parts` column
 // slices, by one warp.
 __device__ float frow_part(const u8* w, int wtype, int r, int cols, const float* x, int part,
@@ -230,9 +171,9 @@ __device__ float frow_part(const u8* w, int wtype, int r, int cols, const float*
 
 // Dot product of row r of w (any type) with the input, by one warp (as rows2, one row).
 __device__ float row_dot(const u8* w, int wtype, int r, int cols, const float* x,
-                         const float* xs) {
+                         const u8* xs) {
     return wtype <= W_BF16 ? frow_part(w, wtype, r, cols, x, 0, 1)
-                           : qrow_dot(w, wtype, (usize)r, cols, xs);
+                           : quant_dot(wtype, w, (usize)r, cols, xs);
 }
 
 // Sums the warps' partial pairs of a block (GEMV_WARPS warps): thread 0 gets both sums.
@@ -269,64 +210,138 @@ __device__ __forceinline__ void pair_rows(int p, int rope_hd, int style, int* r0
     }
 }
 
-// Grid: ceil(total row pairs / warps) blocks of `warps` warps (GEMV_WARPS; more when a matrix is
-// quantized, so that the input staged in shared memory, a read as large as a Q4_0 row pair per
-// warp, serves more rows: see GemvShape in module.rs); each warp takes a pair
-// of rows of one matrix (pairs never straddle matrices), reading the input once for both and
-// keeping twice the weight loads in flight. (Measured on an H200: better than one row per warp,
-// and than splitting a row pair's columns over a block's warps.)
-extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate, int stage_x) {
+// Row pair `pair` of a batch: its matrix m and rows r0, r1 (as the GEMV grids number them: the
+// pairs of matrix 0, then of 1...; with the rotary embedding fused in, rotation pairs); false
+// past the last.
+__device__ __forceinline__ bool batch_pair(const GemvBatch& b, int pair, int* m, int* r0,
+                                           int* r1) {
+    int k = 0;
+    while (k < b.count && pair >= (b.rows[k] + 1) / 2) pair -= (b.rows[k++] + 1) / 2;
+    if (k >= b.count) return false;
+    pair_rows(pair, k < 2 ? b.rope_hd : 0, b.rope_style, r0, r1);
+    *r1 = min(*r1, b.rows[k] - 1);
+    *m = k;
+    return true;
+}
+
+// Adds bias and (with `accumulate`) what y holds to a row pair's results and stores them where
+// the batch sends them (by lane 0).
+__device__ __forceinline__ void store_pair(const GemvBatch& b, int m, int r0, int r1, float d0,
+                                           float d1, int accumulate) {
+    if ((threadIdx.x & 31) != 0) return;
+    float* y = (float*)b.y[m];
+    const float* bias = (const float*)b.bias[m];
+    float v0 = d0 + (bias ? bias[r0] : 0.f) + (accumulate ? y[r0] : 0.f);
+    float v1 = d1 + (bias ? bias[r1] : 0.f) + (accumulate ? y[r1] : 0.f);
+    if (b.rope_hd) {
+        store_rope_pair(b, m, r0, r1, v0, v1);
+    } else {
+        y[r0] = v0;
+        if (r1 != r0) y[r1] = v1;
+    }
+}
+
+// Up to three 16-bit/f32 matrices (GemvBatch) in one launch. Grid: ceil(total row pairs /
+// GEMV_WARPS) blocks of GEMV_WARPS warps; each warp takes a pair of rows of one matrix (pairs
+// never straddle matrices), reading the input once for both and keeping twice the weight
+// loads in flight. (Measured on an H200: better than one row per warp, and than splitting a
+// row pair's columns over a block's warps.)
+extern "C" __global__ void gemv(GemvBatch b, u64 x, int cols, int accumulate) {
     PDL_BEGIN();
-    // Quantized matrices read the input from shared memory (dynamic: xs_index(cols) floats).
-    extern __shared__ float xs[];
-    if (stage_x) stage_input((const float*)x, xs, cols);
-    int warp = threadIdx.x >> 5;
-    int pair = blockIdx.x * (blockDim.x >> 5) + warp;
-    int m = 0;
-    while (m < b.count && pair >= (b.rows[m] + 1) / 2) pair -= (b.rows[m++] + 1) / 2;
-    if (m >= b.count) return;
-    int r0, r1;
-    pair_rows(pair, m < 2 ? b.rope_hd : 0, b.rope_style, &r0, &r1);
-    r1 = min(r1, b.rows[m] - 1);
+    int m, r0, r1;
+    if (!batch_pair(b, blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), &m, &r0, &r1)) return;
     float d0, d1;
-    rows2((const u8*)b.w[m], b.wtype[m], r0, r1, cols, (const float*)x, xs, &d0, &d1);
-    if ((threadIdx.x & 31) == 0) {
-        float* y = (float*)b.y[m];
-        const float* bias = (const float*)b.bias[m];
-        float v0 = d0 + (bias ? bias[r0] : 0.f) + (accumulate ? y[r0] : 0.f);
-        float v1 = d1 + (bias ? bias[r1] : 0.f) + (accumulate ? y[r1] : 0.f);
-        if (b.rope_hd) {
-            store_rope_pair(b, m, r0, r1, v0, v1);
-        } else {
-            y[r0] = v0;
-            if (r1 != r0) y[r1] = v1;
+    const u8* w = (const u8*)b.w[m];
+    usize row_bytes = (usize)cols * (b.wtype[m] == W_F32 ? 4 : 2);
+    dot2_part(w + r0 * row_bytes, w + r1 * row_bytes, b.wtype[m], cols, (const float*)x, 0, 1,
+              &d0, &d1);
+    store_pair(b, m, r0, r1, d0, d1, accumulate);
+}
+
+// Brings row pair `pair`'s weights into L2 (nothing past the last pair).
+__device__ __forceinline__ void prefetch_pair(const GemvBatch& b, int pair, int cols) {
+    int m, r0, r1;
+    if (!batch_pair(b, pair, &m, &r0, &r1)) return;
+    usize rb = quant_row_bytes(b.wtype[m], cols);
+    prefetch_l2((const u8*)b.w[m] + r0 * rb, rb);
+    if (r1 != r0) prefetch_l2((const u8*)b.w[m] + r1 * rb, rb);
+}
+
+// Up to three block-quantized matrices (any mix of types) in one launch, a row pair per warp
+// as `gemv`, but on a grid of at most as many blocks as are resident at once (the host sizes
+// it): each block quantizes the input into shared memory once (xq_bytes(cols), stage_xq) and
+// its warps go through pairs gridDim.x · warps apart, each asking L2 for its next pair's
+// weights before computing the current one. The first pair's are asked for before the wait
+// on the previous kernel (they do not depend on it).
+extern "C" __global__ void gemv_q(GemvBatch b, u64 x, int cols, int accumulate) {
+    PDL_LAUNCH();
+    int step = gridDim.x * (blockDim.x >> 5);
+    int first = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    prefetch_pair(b, first, cols);
+    PDL_WAIT();
+    stage_xq((const float*)x, xq_smem, cols);
+#pragma unroll 1
+    for (int pair = first;; pair += step) {
+        int m, r0, r1;
+        if (!batch_pair(b, pair, &m, &r0, &r1)) return;
+        prefetch_pair(b, pair + step, cols);
+        float d0, d1;
+        const u8* w = (const u8*)b.w[m];
+        quant_dot2(b.wtype[m], w, (usize)r0, w, (usize)r1, cols, xq_smem, &d0, &d1);
+        store_pair(b, m, r0, r1, d0, d1, accumulate);
+    }
+}
+
+// h[r] = round_act(silu(dot(gate[r], x)) * dot(up[r], x)) for block-quantized gate and up: a
+// row of both per warp, on a grid sized and walked as gemv_q's (the input staged once a block,
+// the next row asked of L2 before the current one is computed).
+extern "C" __global__ void gemv_swiglu_q(u64 gate, u64 up, int wtype_gate, int wtype_up, u64 x,
+                                         u64 h, int rows, int cols, int act) {
+    PDL_LAUNCH();
+    int step = gridDim.x * (blockDim.x >> 5);
+    int first = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    usize gb = quant_row_bytes(wtype_gate, cols), ub = quant_row_bytes(wtype_up, cols);
+    if (first < rows) {
+        prefetch_l2((const u8*)gate + first * gb, gb);
+        prefetch_l2((const u8*)up + first * ub, ub);
+    }
+    PDL_WAIT();
+    stage_xq((const float*)x, xq_smem, cols);
+#pragma unroll 1
+    for (int r = first; r < rows; r += step) {
+        if (r + step < rows) {
+            prefetch_l2((const u8*)gate + (usize)(r + step) * gb, gb);
+            prefetch_l2((const u8*)up + (usize)(r + step) * ub, ub);
         }
+        float g, u;
+        if (wtype_up == wtype_gate) {
+            quant_dot2(wtype_gate, (const u8*)gate, (usize)r, (const u8*)up, (usize)r, cols,
+                       xq_smem, &g, &u);
+        } else {
+            g = quant_dot(wtype_gate, (const u8*)gate, (usize)r, cols, xq_smem);
+            u = quant_dot(wtype_up, (const u8*)up, (usize)r, cols, xq_smem);
+        }
+        if ((threadIdx.x & 31) == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);
     }
 }
 
 // h[r] = round_act(silu(dot(gate[r], x)) * dot(up[r], x)) (the feed-forward's first half).
-// Float weights: one block of GEMV_WARPS warps per row, the warps splitting the columns.
-// Quantized (stage_x = 1): one row per warp, as many warps per block as the host chooses, the
-// block sharing the input staged in shared memory (dynamic: xs_index(cols) floats).
+// Float weights: one block of GEMV_WARPS warps per row, the warps splitting the columns. One
+// block-quantized and one float matrix (stage_x = 1; both quantized: gemv_swiglu_q): one row per
+// warp, as many warps per block as the host chooses, the block sharing the input quantized in
+// shared memory (dynamic: xq_bytes(cols)).
 extern "C" __global__ void gemv_swiglu(u64 gate, u64 up, int wtype_gate, int wtype_up, u64 x,
                                        u64 h, int rows, int cols, int act, int stage_x) {
     PDL_BEGIN();
-    extern __shared__ float xs[];
     const float* xf = (const float*)x;
     float g, u;
     int r;
     if (stage_x) {
-        stage_input(xf, xs, cols);
+        stage_xq(xf, xq_smem, cols);
         r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
         if (r >= rows) return;
-        if (q4_aligned(wtype_gate, cols) && wtype_up == wtype_gate) {
-            usize row_bytes = (usize)(cols / QK) * Q4_BLOCK_BYTES;
-            q4_dot2((const u8*)gate + r * row_bytes, (const u8*)up + r * row_bytes, cols, xs, &g,
-                    &u);
-        } else {
-            g = row_dot((const u8*)gate, wtype_gate, r, cols, xf, xs);
-            u = row_dot((const u8*)up, wtype_up, r, cols, xf, xs);
-        }
+        g = row_dot((const u8*)gate, wtype_gate, r, cols, xf, xq_smem);
+        u = row_dot((const u8*)up, wtype_up, r, cols, xf, xq_smem);
         if ((threadIdx.x & 31) == 0) ((float*)h)[r] = round_act(g / (1.f + expf(-g)) * u, act);
         return;
     }

@@ -1,27 +1,10 @@
-// Shared by the two GEMV families (gemv.cu, q4_tiles.cu): weight loads that bypass L1, and the
-// batch of matrices one launch multiplies, with the fused rotary embedding's stores.
+// Shared by the two GEMV families (gemv.cu, q4_tiles.cu): the batch of matrices one launch
+// multiplies, with the fused rotary embedding's stores.
 
 #ifndef HOIST_GEMV_CUH
 #define HOIST_GEMV_CUH
 
 #include "common.cuh"
-
-// A 16-byte weight load that bypasses L1 (weights are read once; L1 keeps the input vector,
-// which every row reads).
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p));
-    return v;
-}
-
-// An 8-byte weight load that bypasses L1 (see ld_stream).
-__device__ __forceinline__ uint2 ld_stream2(const uint2* p) {
-    uint2 v;
-    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-    return v;
-}
 
 // Up to three matrix-vector products in one launch (q, k and v share their input):
 // y_m[r] = (accumulate ? y_m[r] : 0) + dot(w_m[r, :], x) + (bias_m ? bias_m[r] : 0).

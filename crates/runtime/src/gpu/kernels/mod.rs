@@ -10,9 +10,10 @@ use super::layers::WType;
 
 /// Every source file, by the name the others include it by: the shared headers (`.cuh`), then
 /// the op families (`.cu`), in the order the program includes them.
-pub(super) const FILES: [(&str, &str); 11] = [
+pub(super) const FILES: [(&str, &str); 12] = [
     ("common.cuh", include_str!("common.cuh")),
     ("gemv.cuh", include_str!("gemv.cuh")),
+    ("quant.cuh", include_str!("quant.cuh")),
     ("convert.cu", include_str!("convert.cu")),
     ("embed.cu", include_str!("embed.cu")),
     ("norm.cu", include_str!("norm.cu")),
@@ -39,9 +40,9 @@ pub(crate) const QK: usize = 32;
 pub(crate) const Q8_BLOCK_BYTES: usize = 34;
 /// Bytes of a Q4_0 block: an f16 scale and 16 bytes of nibbles.
 pub(crate) const Q4_BLOCK_BYTES: usize = 18;
-/// Floats of padding per block of `QK` inputs in the quantized GEMVs' shared-memory copy of the
-/// input (`xs_index`): they keep lanes reading their own blocks on distinct banks.
-pub(crate) const XS_PAD: usize = 4;
+/// Threads of a block of `convert` on block-quantized types: each decodes one 32-value slice
+/// into shared memory (`DEQUANT_THREADS * 32 * 4` bytes) before the block's coalesced stores.
+pub(crate) const DEQUANT_THREADS: u32 = 256;
 /// Most key slices per query of `attention_split` (`attention_merge` gives each a lane).
 pub(crate) const ATTN_SPLITS: usize = 32;
 /// Fewest keys per slice of `attention_split`: short contexts use fewer slices.
@@ -52,17 +53,27 @@ pub(crate) const ARGMAX_THREADS: u32 = 1024;
 /// Every constant the kernels take from the host, as (macro name, value). The weight-type codes
 /// are [`WType`]'s discriminants (`Q4_0Tiled` is read by the tiled kernels alone, which take no
 /// type code).
-pub(super) fn shared_constants() -> [(&'static str, usize); 12] {
+pub(super) fn shared_constants() -> [(&'static str, usize); 22] {
     [
         ("W_F32", WType::F32 as usize),
         ("W_F16", WType::F16 as usize),
         ("W_BF16", WType::BF16 as usize),
         ("W_Q8_0", WType::Q8_0 as usize),
         ("W_Q4_0", WType::Q4_0 as usize),
+        ("W_Q4_1", WType::Q4_1 as usize),
+        ("W_Q5_0", WType::Q5_0 as usize),
+        ("W_Q5_1", WType::Q5_1 as usize),
+        ("W_Q2_K", WType::Q2_K as usize),
+        ("W_Q3_K", WType::Q3_K as usize),
+        ("W_Q4_K", WType::Q4_K as usize),
+        ("W_Q5_K", WType::Q5_K as usize),
+        ("W_Q6_K", WType::Q6_K as usize),
+        ("W_IQ4_NL", WType::IQ4_NL as usize),
+        ("W_IQ4_XS", WType::IQ4_XS as usize),
         ("QK", QK),
         ("Q8_BLOCK_BYTES", Q8_BLOCK_BYTES),
         ("Q4_BLOCK_BYTES", Q4_BLOCK_BYTES),
-        ("XS_PAD", XS_PAD),
+        ("DEQUANT_THREADS", DEQUANT_THREADS as usize),
         ("ATTN_SPLITS", ATTN_SPLITS),
         ("ATTN_SLICE_KEYS", ATTN_SLICE_KEYS),
         ("ARGMAX_THREADS", ARGMAX_THREADS as usize),
@@ -104,6 +115,27 @@ mod tests {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
         word == name
+    }
+
+    /// quant.cuh's block layouts (`Layout<W_X> { enum { VALUES = v, BYTES = b }; }`) are the
+    /// host's: one line per type the kernels read, with GgmlType's values and bytes.
+    #[test]
+    fn kernel_block_layouts_match_the_host() {
+        let src = super::FILES
+            .iter()
+            .find(|(n, _)| *n == "quant.cuh")
+            .map(|(_, s)| *s)
+            .unwrap_or_default();
+        for (w, g) in crate::gpu::layers::BLOCK_TYPES {
+            let (values, bytes) = g.block().unwrap_or_else(|| panic!("{g:?} has a block"));
+            let line = format!(
+                "template <> struct Layout<W_{}> {{ enum {{ VALUES = {values}, BYTES = {bytes} }}; }};",
+                g.name()
+            );
+            assert!(src.contains(&line), "quant.cuh lacks `{line}` ({w:?})");
+            assert_eq!(w.bytes(values as usize), bytes as usize, "{w:?}");
+            assert_eq!(w.block_values(), values as usize, "{w:?}");
+        }
     }
 
     /// One definition per constant: each is passed as an option with its Rust value, no source

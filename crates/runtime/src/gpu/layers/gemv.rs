@@ -1,8 +1,7 @@
-//! Decode's matrix-vector products on 16-bit, f32 and Q8_0/Q4_0 weights (the tiled Q4_0 ones
+//! Decode's matrix-vector products on 16-bit, f32 and block-quantized weights (the tiled Q4_0 ones
 //! are in [`crate::gpu::q4_tiles`]). The same `unsafe` contract as [`super`].
 
 use super::{int, rope_fusable, Act, FusedRope, GemvBatch, GemvOut, Mat, Ops, WType};
-use crate::gpu::kernels::{QK, XS_PAD};
 use crate::gpu::module::args;
 use crate::gpu::GpuError;
 
@@ -20,12 +19,17 @@ impl Ops<'_> {
             (1..=3).contains(&outs.len()),
             "gemv takes one to three matrices"
         );
-        let tiled = outs
+        // Three kernels: float (gemv), block-quantized (gemv_q) and tiled Q4_0 (gemv_q4t).
+        let kind = |w: WType| match w {
+            WType::Q4_0Tiled => 2,
+            w if w.elem().is_none() => 1,
+            _ => 0,
+        };
+        if outs
             .iter()
-            .filter(|o| o.w.wtype == WType::Q4_0Tiled)
-            .count();
-        if tiled > 0 && tiled < outs.len() {
-            // Two kernels: one matrix at a time.
+            .any(|o| kind(o.w.wtype) != kind(outs[0].w.wtype))
+        {
+            // Kernels of two kinds: one matrix at a time.
             assert!(
                 rope.is_none(),
                 "the fused rotary embedding takes q, k and v of one kind"
@@ -76,27 +80,26 @@ impl Ops<'_> {
             // Each warp takes a pair of rows of one matrix.
             total += o.w.rows.div_ceil(2);
         }
-        if tiled > 0 {
+        if kind(outs[0].w.wtype) == 2 {
             // SAFETY: forwarded contract.
             return unsafe { self.gemv_q4t(outs, &b, x, accumulate) };
         }
-        let quantized = outs.iter().any(|o| o.w.wtype.elem().is_none());
+        let quantized = kind(outs[0].w.wtype) == 1;
         let smem = self.staged_input_bytes(cols, quantized)?;
-        let (cols, acc, stage_x) = (int(cols), i32::from(accumulate), i32::from(quantized));
-        let mut a = args![b, x, cols, acc, stage_x];
+        let (cols, acc) = (int(cols), i32::from(accumulate));
+        let mut a = args![b, x, cols, acc];
         // A row pair per warp.
         let warps = self.gemv_warps(quantized);
         let grid = total.div_ceil(warps as usize) as u32;
+        let f = if quantized {
+            self.k.gemv_q
+        } else {
+            self.k.gemv
+        };
         // SAFETY: the module's contract.
         unsafe {
-            self.k.launch(
-                self.k.gemv,
-                (grid, 1),
-                32 * warps,
-                smem,
-                self.stream,
-                &mut a,
-            )
+            self.k
+                .launch(f, (grid, 1), 32 * warps, smem, self.stream, &mut a)
         }
     }
 
@@ -118,6 +121,7 @@ impl Ops<'_> {
             return unsafe { self.gemv_swiglu_q4t(gate, up, x, h, act) };
         }
         let quantized = gate.wtype.elem().is_none() || up.wtype.elem().is_none();
+        let both = gate.wtype.elem().is_none() && up.wtype.elem().is_none();
         let smem = self.staged_input_bytes(gate.cols, quantized)?;
         let (g, u, wg, wu, rows, cols, act, stage_x) = (
             gate.ptr(),
@@ -129,15 +133,30 @@ impl Ops<'_> {
             act as i32,
             i32::from(quantized),
         );
-        let mut a = args![g, u, wg, wu, x, h, rows, cols, act, stage_x];
-        // Float weights: a block per row (its warps split the columns); quantized: a warp per
-        // row, the block sharing the staged input.
         let warps = self.gemv_warps(quantized);
+        if both {
+            // gemv_swiglu_q: a row of both per warp, on at most the blocks resident at once.
+            let f = self.k.gemv_swiglu_q;
+            let grid = (gate.rows.div_ceil(warps as usize) as u32).min(self.k.resident_blocks(
+                f,
+                32 * warps,
+                smem,
+            )?);
+            let mut a = args![g, u, wg, wu, x, h, rows, cols, act];
+            // SAFETY: the module's contract.
+            return unsafe {
+                self.k
+                    .launch(f, (grid, 1), 32 * warps, smem, self.stream, &mut a)
+            };
+        }
+        // gemv_swiglu. Float weights: a block per row (its warps split the columns); one of
+        // them quantized: a warp per row, the block sharing the staged input.
         let grid = if quantized {
             gate.rows.div_ceil(warps as usize)
         } else {
             gate.rows
         } as u32;
+        let mut a = args![g, u, wg, wu, x, h, rows, cols, act, stage_x];
         // SAFETY: the module's contract.
         unsafe {
             self.k.launch(
@@ -160,14 +179,18 @@ impl Ops<'_> {
         }
     }
 
-    /// Dynamic shared memory of a GEMV whose quantized weights read a staged input of `cols`
-    /// values (0 when nothing is quantized).
+    /// Dynamic shared memory of a GEMV whose quantized weights read the input quantized into
+    /// shared memory (`xq_bytes` in kernels/quant.cuh: int16 values, a scale per 32, a sum per
+    /// 16); 0 when nothing is quantized.
     fn staged_input_bytes(&self, cols: usize, quantized: bool) -> Result<u32, GpuError> {
         if !quantized {
             return Ok(0);
         }
-        // As `xs_index` in kernels/gemv.cu: XS_PAD floats of padding per QK values.
-        let bytes = (cols + cols / QK * XS_PAD + XS_PAD) * 4;
+        assert!(
+            cols.is_multiple_of(32),
+            "quantized rows are whole 32-value blocks ({cols})"
+        );
+        let bytes = 2 * cols + cols / 8 + cols / 4;
         if bytes > self.k.attention_smem_bytes {
             return Err(GpuError::Unsupported(format!(
                 "quantized rows of {cols} values do not fit the GPU's shared memory"

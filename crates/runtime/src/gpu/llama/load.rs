@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use hoist_cuda::{DevSlice, DeviceBuf, Gpu, GpuTensors, Stream};
 use hoist_format::TensorTable;
-use hoist_io::HostTensor;
 
 use super::bytes_of;
 use super::weights::Layer;
@@ -17,23 +16,31 @@ use crate::gpu::GpuError;
 use crate::weights::{LayerTensor, WeightId, WeightMap};
 
 /// The weight types the kernels read ([`WType::of`]), for messages.
-const GPU_DTYPES: &str = "F32, F16, BF16, Q8_0 and Q4_0";
+const GPU_DTYPES: &str =
+    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS";
 
-fn unsupported_dtype(name: &str, dtype: hoist_format::DType) -> GpuError {
+/// A tensor of a type the kernels do not read, named.
+pub(super) fn unsupported_dtype(name: &str, dtype: hoist_format::DType) -> GpuError {
     GpuError::Unsupported(format!(
         "tensor {name} is {dtype}; the GPU runtime reads {GPU_DTYPES} weights (--device cpu reads more)"
     ))
 }
 
-/// Refuses, before any device work, a model with tensors of a type the kernels do not read
-/// and the host cannot dequantize for them ([`super::dequant`]): names the first such tensor
-/// and every such type.
+/// A matrix whose rows are not whole blocks of its type: the kernels read a row block by block.
+fn whole_blocks(name: &str, wtype: WType, cols: usize) -> GpuError {
+    GpuError::Unsupported(format!(
+        "tensor {name} is quantized in blocks of {} values; its rows of {cols} values are not whole blocks",
+        wtype.block_values()
+    ))
+}
+
+/// Refuses, before any device work, a model with tensors of a type the kernels do not read:
+/// names the first such tensor and every such type.
 pub(super) fn check_dtypes(table: &TensorTable, map: &WeightMap) -> Result<(), GpuError> {
     let mut first = None;
     let mut types: Vec<&str> = Vec::new();
     for info in map.selection().into_iter().map(|i| &table.tensors[i]) {
-        if WType::of(info.dtype).is_none() && super::dequant::host_dequantized(info.dtype).is_none()
-        {
+        if WType::of(info.dtype).is_none() {
             first.get_or_insert(info);
             if !types.contains(&info.dtype.name()) {
                 types.push(info.dtype.name());
@@ -63,10 +70,8 @@ pub(super) struct Built {
     pub(super) output_norm: DevSlice<f32>,
     pub(super) layers: Vec<Layer>,
     pub(super) inv_freq: DeviceBuf,
-    /// Device copies owned by the model: f32 norms and biases, host-dequantized matrices.
+    /// Device copies owned by the model: f32 norms and biases.
     pub(super) small: Vec<DeviceBuf>,
-    /// The types of the host-dequantized matrices, with counts (`Q6_K x1`).
-    pub(super) host_dequantized: Vec<String>,
 }
 
 /// Turns loaded tensors into matrices (views) and f32 vectors (converted copies).
@@ -75,15 +80,9 @@ pub(super) struct Builder<'a> {
     map: &'a WeightMap,
     weights: &'a GpuTensors,
     by_name: HashMap<&'a str, usize>,
-    /// The tensors of types the kernels do not read, in host memory, by name.
-    host: HashMap<&'a str, &'a HostTensor>,
     ops: Ops<'a>,
     gpu: &'a Arc<Gpu>,
     small: Vec<DeviceBuf>,
-    /// The 16-bit type host-dequantized matrices become.
-    dequant_to: WType,
-    /// The ggml type of each host-dequantized matrix.
-    host_dequantized: Vec<hoist_format::GgmlType>,
     /// The streamed layers' matrices: their views in their slots, by table index.
     streamed: HashMap<usize, (DevSlice<u8>, &'a hoist_format::TensorInfo)>,
 }
@@ -109,7 +108,6 @@ impl<'a> Builder<'a> {
             map,
             weights,
             by_name,
-            host: HashMap::new(),
             ops: Ops {
                 k: kernels,
                 blas,
@@ -117,8 +115,6 @@ impl<'a> Builder<'a> {
             },
             gpu,
             small: Vec::new(),
-            dequant_to: WType::F16,
-            host_dequantized: Vec::new(),
             streamed: HashMap::new(),
         })
     }
@@ -137,8 +133,7 @@ impl<'a> Builder<'a> {
         self
     }
 
-    /// A streamed layer's matrix: its view in its slot, with the type the slot holds (the
-    /// file's, or the 16-bit type the host dequantized it to).
+    /// A streamed layer's matrix: its view in its slot, of the file's type.
     fn streamed_mat(
         &self,
         data: DevSlice<u8>,
@@ -146,23 +141,16 @@ impl<'a> Builder<'a> {
         rows: usize,
         cols: usize,
     ) -> Result<Mat, GpuError> {
-        let wtype = match super::dequant::host_dequantized(info.dtype) {
-            Some(_) => self.dequant_to,
-            None => {
-                WType::of(info.dtype).ok_or_else(|| unsupported_dtype(&info.name, info.dtype))?
-            }
-        };
+        let wtype =
+            WType::of(info.dtype).ok_or_else(|| unsupported_dtype(&info.name, info.dtype))?;
         if info.elements() != (rows * cols) as u64 || wtype.bytes(rows * cols) != data.len() {
             return Err(GpuError::Unsupported(format!(
                 "tensor {} has shape {:?} ({} bytes in its slot), expected [{rows}, {cols}] of {wtype:?}",
                 info.name, info.shape, data.len()
             )));
         }
-        if matches!(wtype, WType::Q8_0 | WType::Q4_0) && !cols.is_multiple_of(32) {
-            return Err(GpuError::Unsupported(format!(
-                "tensor {} is quantized with rows of {cols} values, not a multiple of 32",
-                info.name
-            )));
+        if !cols.is_multiple_of(wtype.block_values()) {
+            return Err(whole_blocks(&info.name, wtype, cols));
         }
         Ok(Mat {
             data,
@@ -170,13 +158,6 @@ impl<'a> Builder<'a> {
             rows,
             cols,
         })
-    }
-
-    /// The tensors of types the kernels do not read, loaded into host memory instead of onto
-    /// the GPU: their matrices are dequantized from these.
-    pub(super) fn with_host_tensors(mut self, host: &'a [HostTensor]) -> Builder<'a> {
-        self.host = host.iter().map(|t| (t.info.name.as_str(), t)).collect();
-        self
     }
 
     fn tensor(&self, id: WeightId) -> Result<&'a hoist_cuda::GpuTensor, GpuError> {
@@ -193,17 +174,11 @@ impl<'a> Builder<'a> {
                 return self.streamed_mat(view, info, rows, cols);
             }
         }
-        if let Some(&t) = self.host.get(self.map.source.name(id).as_str()) {
-            return self.host_dequantized_mat(t, rows, cols);
-        }
         let t = self.tensor(id)?;
         let wtype =
             WType::of(t.info.dtype).ok_or_else(|| unsupported_dtype(&t.info.name, t.info.dtype))?;
-        if matches!(wtype, WType::Q8_0 | WType::Q4_0) && !cols.is_multiple_of(32) {
-            return Err(GpuError::Unsupported(format!(
-                "tensor {} is quantized with rows of {cols} values, not a multiple of 32",
-                t.info.name
-            )));
+        if !cols.is_multiple_of(wtype.block_values()) {
+            return Err(whole_blocks(&t.info.name, wtype, cols));
         }
         if t.info.elements() != (rows * cols) as u64
             || wtype.bytes(rows * cols) as u64 != t.info.len
@@ -221,47 +196,6 @@ impl<'a> Builder<'a> {
         })
     }
 
-    /// A matrix of a type the kernels do not read, from host memory: dequantized there
-    /// ([`super::dequant`]) into `dequant_to` and uploaded as a matrix of that type, owned by
-    /// the model.
-    fn host_dequantized_mat(
-        &mut self,
-        t: &HostTensor,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Mat, GpuError> {
-        let ty = super::dequant::host_dequantized(t.info.dtype)
-            .ok_or_else(|| unsupported_dtype(&t.info.name, t.info.dtype))?;
-        if t.info.elements() != (rows * cols) as u64 {
-            return Err(GpuError::Unsupported(format!(
-                "tensor {} has shape {:?}, expected [{rows}, {cols}]",
-                t.info.name, t.info.shape
-            )));
-        }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let bytes = super::dequant::dequantize_to_16bit(
-            &t.info.name,
-            ty,
-            t.bytes(),
-            rows * cols,
-            self.dequant_to,
-            threads,
-        )?;
-        let buf = DeviceBuf::new(self.gpu, bytes.len())?;
-        buf.write_async(self.ops.stream, &bytes)?;
-        // `bytes` must outlive the asynchronous copy.
-        self.ops.stream.synchronize()?;
-        let mat = Mat {
-            data: DevSlice::of(&buf)?,
-            wtype: self.dequant_to,
-            rows,
-            cols,
-        };
-        self.small.push(buf);
-        self.host_dequantized.push(ty);
-        Ok(mat)
-    }
-
     /// An f32 copy of a small tensor of `len` values.
     fn vector(&mut self, id: WeightId, len: usize) -> Result<DevSlice<f32>, GpuError> {
         let t = self.tensor(id)?;
@@ -273,6 +207,9 @@ impl<'a> Builder<'a> {
                 t.info.name,
                 t.info.elements()
             )));
+        }
+        if !len.is_multiple_of(wtype.block_values()) {
+            return Err(whole_blocks(&t.info.name, wtype, len));
         }
         let buf = DeviceBuf::new(self.gpu, len * 4)?;
         // SAFETY: the source holds `len` values of `wtype` (checked), the buffer len f32.
@@ -288,8 +225,7 @@ impl<'a> Builder<'a> {
 
     /// The model's weights; with `q4_tiles`, Q4_0 matrices repacked into tiles
     /// ([`crate::gpu::GpuTuning::q4_tiles`]).
-    pub(super) fn build(mut self, q4_tiles: bool, dequant_to: WType) -> Result<Built, GpuError> {
-        self.dequant_to = dequant_to;
+    pub(super) fn build(mut self, q4_tiles: bool) -> Result<Built, GpuError> {
         let c = self.config;
         let (h, qd, kvd, inter) = (
             c.hidden_size,
@@ -349,16 +285,7 @@ impl<'a> Builder<'a> {
             .collect();
         let act = activation_type(&types);
         let inv_freq = self.inv_freqs()?;
-        let mut host_dequantized: Vec<String> = Vec::new();
-        for ty in &self.host_dequantized {
-            let prefix = format!("{} x", ty.name());
-            if !host_dequantized.iter().any(|s| s.starts_with(&prefix)) {
-                let n = self.host_dequantized.iter().filter(|t| *t == ty).count();
-                host_dequantized.push(format!("{prefix}{n}"));
-            }
-        }
         Ok(Built {
-            host_dequantized,
             act,
             embed,
             output,
@@ -504,7 +431,7 @@ pub(super) fn tile_pinned_layers(
 }
 
 /// The type GEMM inputs are rounded to for matrices of `types`: bf16 if any is bf16, f16 for
-/// f16 and quantized weights (Q8_0/Q4_0 are dequantized to f16 for cuBLAS), f32 only when every
+/// f16 and quantized weights (prefill dequantizes them to f16 for cuBLAS), f32 only when every
 /// matrix is f32.
 pub(super) fn activation_type(types: &[WType]) -> Act {
     if types.contains(&WType::BF16) {

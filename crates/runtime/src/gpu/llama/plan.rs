@@ -38,14 +38,17 @@ pub(super) struct Sizing {
     pub(super) streamed_mats: Vec<Vec<StreamedMat>>,
 }
 
-/// Bytes tensor `i` takes in GPU memory: its file bytes, or 16-bit values when the host
-/// dequantizes it.
+/// Bytes tensor `i` takes in GPU memory: its file bytes (the kernels read every type as it is
+/// in the file).
 fn gpu_bytes(table: &TensorTable, i: usize) -> u64 {
+    table.tensors[i].len
+}
+
+/// The type the kernels read tensor `i` as; an error naming it if they do not read its type
+/// (which `check_dtypes` refused before).
+fn wtype(table: &TensorTable, i: usize) -> Result<WType, GpuError> {
     let t = &table.tensors[i];
-    match super::dequant::host_dequantized(t.dtype) {
-        Some(_) => t.elements() * 2,
-        None => t.len,
-    }
+    WType::of(t.dtype).ok_or_else(|| super::load::unsupported_dtype(&t.name, t.dtype))
 }
 
 /// Sizes the model, resolves the budgets (`free_bytes` of GPU memory now) and plans.
@@ -54,7 +57,6 @@ pub(super) fn plan(
     map: &WeightMap,
     config: &ModelConfig,
     options: &GpuOptions,
-    dequant_to: WType,
     free_bytes: u64,
 ) -> Result<Sizing, GpuError> {
     let mut layer_mats: Vec<Vec<usize>> = Vec::with_capacity(config.num_layers);
@@ -98,20 +100,16 @@ pub(super) fn plan(
         .selection()
         .into_iter()
         .filter(|i| table.tensors[*i].shape.len() == 2)
-        .map(|i| WType::of(table.tensors[i].dtype).unwrap_or(dequant_to))
-        .collect();
+        .map(|i| wtype(table, i))
+        .collect::<Result<_, _>>()?;
     let act = super::load::activation_type(&wtypes);
-    let scratch_values = layer_mats
-        .iter()
-        .flatten()
-        .filter(|&&i| {
-            WType::of(table.tensors[i].dtype)
-                .unwrap_or(dequant_to)
-                .elem()
-                != Some(act.elem())
-        })
-        .map(|&i| table.tensors[i].elements() as usize)
-        .max();
+    let mut scratch_values = None;
+    for &i in layer_mats.iter().flatten() {
+        if wtype(table, i)?.elem() != Some(act.elem()) {
+            let values = table.tensors[i].elements() as usize;
+            scratch_values = scratch_values.max(Some(values));
+        }
+    }
     let context = options
         .context
         .unwrap_or(crate::gpu::options::DEFAULT_RESERVE_CONTEXT)
@@ -154,20 +152,17 @@ pub(super) fn plan(
             .map(|(&i, &offset)| {
                 let t = &table.tensors[i];
                 streamed_tensors.push(i);
-                StreamedMat {
+                Ok(StreamedMat {
                     tensor: i,
                     file: t.file,
                     file_offset: t.offset,
-                    file_bytes: t.len as usize,
-                    values: t.elements() as usize,
                     offset,
                     bytes: gpu_bytes(table, i) as usize,
-                    dequant: super::dequant::host_dequantized(t.dtype),
-                    wtype: WType::of(t.dtype).unwrap_or(dequant_to),
+                    wtype: wtype(table, i)?,
                     rows: t.shape.first().copied().unwrap_or(1) as usize,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, GpuError>>()?;
         streamed_mats.push(mats);
     }
     Ok(Sizing {

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hoist_cuda::{DevSlice, DeviceBuf, Event, Gpu, PinnedAlloc, PinnedBuf, Stream};
-use hoist_format::{GgmlType, TensorTable};
+use hoist_format::TensorTable;
 
 use super::host_ffn::{host_wtype, HostCompute, HostMat};
 use super::tier::{fill, read_mat};
@@ -67,17 +67,11 @@ pub(super) struct StreamedMat {
     pub(super) file: usize,
     /// Where its bytes start in that file.
     pub(super) file_offset: u64,
-    /// Its bytes in the file.
-    pub(super) file_bytes: usize,
-    /// Values (for dequantizing).
-    pub(super) values: usize,
     /// Offset in the packed layer (and in its slot).
     pub(super) offset: usize,
-    /// Bytes in the slot: the file's bytes, or 16-bit values when `dequant` is set.
+    /// Its bytes, the same in the file and in the slot (kernels read the file's layout).
     pub(super) bytes: usize,
-    /// A type the kernels do not read: dequantized on the host into the pinned tier.
-    pub(super) dequant: Option<GgmlType>,
-    /// The type the slot holds (the file's, or the 16-bit type of a dequantized matrix).
+    /// Its type, the file's.
     pub(super) wtype: WType,
     /// Rows of the matrix.
     pub(super) rows: usize,
@@ -156,8 +150,8 @@ pub(super) struct Streamer {
 }
 
 impl Streamer {
-    /// Allocates the slots (and staging), fills the pinned tier from the files (dequantizing
-    /// what the kernels do not read into `dequant_to`), counting bytes into `progress`.
+    /// Allocates the slots (and staging), fills the pinned tier from the files, counting bytes
+    /// into `progress`.
     /// `mats[j]` are streamed layer `j`'s matrices, in the order of the plan's streamed layers.
     /// Then decides which layers decode as hybrids (`host_ffn`, for a model of `hidden` and
     /// `inter` widths).
@@ -167,7 +161,6 @@ impl Streamer {
         table: &TensorTable,
         plan: &LayerPlan,
         mats: Vec<Vec<StreamedMat>>,
-        dequant_to: WType,
         progress: Option<&AtomicU64>,
         host_ffn: HostFfn,
         (hidden, inter): (usize, usize),
@@ -218,17 +211,7 @@ impl Streamer {
                 "layer {layer} fits its slot"
             );
             let pinned = match tier {
-                Tier::File => {
-                    if let Some(m) = mats.iter().find(|m| m.dequant.is_some()) {
-                        return Err(GpuError::Unsupported(format!(
-                            "layer {layer} would be streamed from the file, but its tensor {} is {} which the GPU kernels do not read (it must be dequantized once, into pinned host memory); give a --host-memory that holds every streamed layer ({} bytes)",
-                            table.tensors[m.tensor].name,
-                            table.tensors[m.tensor].dtype,
-                            plan.streamed_bytes_per_step
-                        )));
-                    }
-                    None
-                }
+                Tier::File => None,
                 Tier::Pinned => {
                     // Ordinary pages registered with the driver, asked to be huge: the CPU
                     // reads hybrid layers from here, and 4 KiB pages cost it TLB misses.
@@ -237,15 +220,7 @@ impl Streamer {
                         bytes.next_multiple_of(4096).max(4096),
                         PinnedAlloc::MmapRegister,
                     )?;
-                    fill(
-                        table,
-                        &files,
-                        layer,
-                        &mats,
-                        buf.as_mut_slice(),
-                        dequant_to,
-                        threads,
-                    )?;
+                    fill(&files, layer, &mats, buf.as_mut_slice(), threads)?;
                     if let Some(p) = progress {
                         p.fetch_add(bytes as u64, Ordering::Relaxed);
                     }

@@ -5,16 +5,13 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use hoist_format::TensorTable;
-
 use super::stream::StreamedMat;
-use crate::gpu::layers::WType;
 use crate::gpu::GpuError;
 
 /// Bytes one thread reads at a time.
 const READ_PIECE_BYTES: usize = 16 << 20;
 
-/// Reads matrix `m` of `layer` as it is in its file into `dst` (its `file_bytes`).
+/// Reads matrix `m` of `layer` as it is in its file into `dst` (its `bytes`).
 pub(super) fn read_mat(
     files: &[Option<(PathBuf, File)>],
     layer: usize,
@@ -22,7 +19,7 @@ pub(super) fn read_mat(
     dst: &mut [u8],
     threads: usize,
 ) -> Result<(), GpuError> {
-    debug_assert_eq!(dst.len(), m.file_bytes);
+    debug_assert_eq!(dst.len(), m.bytes);
     let Some((path, file)) = &files[m.file] else {
         unreachable!("Streamer::new opens every file a streamed matrix comes from")
     };
@@ -33,30 +30,22 @@ pub(super) fn read_mat(
     })
 }
 
-/// Fills a pinned layer: each matrix read at its packed offset, or read and dequantized there.
+/// Fills a pinned layer: each matrix read at its packed offset.
 pub(super) fn fill(
-    table: &TensorTable,
     files: &[Option<(PathBuf, File)>],
     layer: usize,
     mats: &[StreamedMat],
     dst: &mut [u8],
-    dequant_to: WType,
     threads: usize,
 ) -> Result<(), GpuError> {
     for m in mats {
-        let out = &mut dst[m.offset..m.offset + m.bytes];
-        match m.dequant {
-            None => read_mat(files, layer, m, out, threads)?,
-            Some(ty) => {
-                let mut raw = vec![0u8; m.file_bytes];
-                read_mat(files, layer, m, &mut raw, threads)?;
-                let name = &table.tensors[m.tensor].name;
-                let values = super::dequant::dequantize_to_16bit(
-                    name, ty, &raw, m.values, dequant_to, threads,
-                )?;
-                out.copy_from_slice(&values);
-            }
-        }
+        read_mat(
+            files,
+            layer,
+            m,
+            &mut dst[m.offset..m.offset + m.bytes],
+            threads,
+        )?;
     }
     Ok(())
 }

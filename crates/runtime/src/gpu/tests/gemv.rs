@@ -68,7 +68,7 @@ fn gemv_with_fused_rope_matches_reference() {
             for rows in [heads * hd, kv_heads * hd, kv_heads * hd] {
                 let (bytes, exact) = encode(file_type, &r.randn(rows * cols, 0.05));
                 let bias = r.randn(rows, 1.0);
-                let y: Vec<f32> = cpu::matmul_t(&x, &exact, cols, rows)
+                let y: Vec<f32> = cpu::matmul_t(&gemv_input(t, &x), &exact, cols, rows)
                     .iter()
                     .zip(&bias)
                     .map(|(a, b)| a + b)
@@ -179,8 +179,9 @@ fn gemv_swiglu_matches_reference() {
                 .gemv_swiglu(&mg, &mu, dx.ptr(), h.ptr(), Act::F32)
                 .unwrap()
         };
-        let mut want = cpu::matmul_t(&x, &ge, cols, rows);
-        cpu::swiglu(&mut want, &cpu::matmul_t(&x, &ue, cols, rows));
+        let xq = gemv_input(t, &x);
+        let mut want = cpu::matmul_t(&xq, &ge, cols, rows);
+        cpu::swiglu(&mut want, &cpu::matmul_t(&xq, &ue, cols, rows));
         let e = rel_err(&r.download(&h, rows), &want);
         assert!(e < 1e-5, "{t:?}: {e}");
     }
