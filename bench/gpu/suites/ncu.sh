@@ -5,8 +5,10 @@
 #    attention, rms_norm, rope and embed launch, summed by kernel and grid (ncu_summary.py);
 #  - Q4_0 decode attention at ~600 positions: its time and DRAM bytes, then ncu's full report
 #    with caches and clocks left as they run.
-#   bench/gpu/run.sh ncu   NCU_MODELS: "bf16 q4" (default) or one of them; Q4_GGUF=path reuses
-#                          (or makes) the Q4_0 file.
+#   bench/gpu/run.sh ncu   NCU_MODELS: "bf16 q4" (default) or one of them, or "gguf" with
+#                          NCU_GGUF=path: any GGUF file of the 7B shape (e.g. gguf-peer's
+#                          llama-quantize files: a Q4_K_M's block-quantized GEMVs); Q4_GGUF=path
+#                          reuses (or makes) the Q4_0 file.
 # Carries: .carry/bin/{gpu_speed,make_checkpoint}, .whl/gguf-*.whl (q4). Results: $OUT/ncu_<model>.csv
 # and .txt (the summary), $OUT/attention.txt, $OUT/attention_full.txt.
 source "$(dirname "$0")/../lib/env.sh"
@@ -19,7 +21,9 @@ for m in ${NCU_MODELS:-bf16 q4}; do
     # Skip the prefills (the first 1500 of these kernels); count two decode steps' launches.
     bf16) model=$(bash bench/gpu/lib/synthetic_llama7b.sh) || { FAILED+=(bf16); continue; }; count=454 ;;
     q4) model=$(bash bench/gpu/lib/synthetic_q4.sh ${Q4_GGUF:-}) || { FAILED+=(q4); continue; }; count=518 ;;
-    *) echo "unknown NCU_MODELS entry '$m' (bf16, q4)"; FAILED+=("$m"); continue ;;
+    # Untiled GGUF types launch as bf16 does (gemv_q/gemv_swiglu_q in place of gemv/gemv_swiglu).
+    gguf) model=${NCU_GGUF:?NCU_MODELS=gguf needs NCU_GGUF=path}; [ -s "$model" ] || { FAILED+=(gguf); continue; }; count=454 ;;
+    *) echo "unknown NCU_MODELS entry '$m' (bf16, q4, gguf)"; FAILED+=("$m"); continue ;;
   esac
   echo "== $m: two decode steps ($model)"
   timeout 300 ncu --csv --metrics $METRICS -k regex:"gemv|attention|rms_norm|rope|embed" -s 1500 -c $count \
