@@ -91,6 +91,7 @@ pub(super) fn defines() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::super::module::{options, GemvShape};
+    use super::WType;
 
     /// The macro names the host passes (shared constants and the GEMV shape).
     fn passed_names() -> Vec<String> {
@@ -128,14 +129,24 @@ mod tests {
             .unwrap_or_default();
         for (w, g) in crate::gpu::layers::BLOCK_TYPES {
             let (values, bytes) = g.block().unwrap_or_else(|| panic!("{g:?} has a block"));
+            // Q8_0's and Q4_0's sizes are the host's constants, passed as options.
+            let (v, b) = match w {
+                WType::Q8_0 => ("QK".to_string(), "Q8_BLOCK_BYTES".to_string()),
+                WType::Q4_0 => ("QK".to_string(), "Q4_BLOCK_BYTES".to_string()),
+                _ => (values.to_string(), bytes.to_string()),
+            };
             let line = format!(
-                "template <> struct Layout<W_{}> {{ enum {{ VALUES = {values}, BYTES = {bytes} }}; }};",
+                "template <> struct Layout<W_{}> {{ enum {{ VALUES = {v}, BYTES = {b} }}; }};",
                 g.name()
             );
             assert!(src.contains(&line), "quant.cuh lacks `{line}` ({w:?})");
             assert_eq!(w.bytes(values as usize), bytes as usize, "{w:?}");
             assert_eq!(w.block_values(), values as usize, "{w:?}");
         }
+        assert_eq!(
+            (super::QK, super::Q8_BLOCK_BYTES, super::Q4_BLOCK_BYTES),
+            (32, 34, 18)
+        );
     }
 
     /// One definition per constant: each is passed as an option with its Rust value, no source

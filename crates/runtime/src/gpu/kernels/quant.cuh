@@ -47,11 +47,12 @@
 #error "W_IQ4_XS must be passed by hoist (-DW_IQ4_XS=...): weight-type code"
 #endif
 
-// Values and bytes of a block of each type (ggml's layouts; the host's GgmlType::block gives
-// the same numbers, checked by a test in kernels/mod.rs).
+// Values and bytes of a block of each type (ggml's layouts; Q8_0's and Q4_0's passed by the
+// host, the others' the same as the host's GgmlType::block, checked by a test in
+// kernels/mod.rs).
 template <int T> struct Layout;
-template <> struct Layout<W_Q8_0> { enum { VALUES = 32, BYTES = 34 }; };
-template <> struct Layout<W_Q4_0> { enum { VALUES = 32, BYTES = 18 }; };
+template <> struct Layout<W_Q8_0> { enum { VALUES = QK, BYTES = Q8_BLOCK_BYTES }; };
+template <> struct Layout<W_Q4_0> { enum { VALUES = QK, BYTES = Q4_BLOCK_BYTES }; };
 template <> struct Layout<W_Q4_1> { enum { VALUES = 32, BYTES = 20 }; };
 template <> struct Layout<W_Q5_0> { enum { VALUES = 32, BYTES = 22 }; };
 template <> struct Layout<W_Q5_1> { enum { VALUES = 32, BYTES = 24 }; };
