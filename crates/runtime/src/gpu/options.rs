@@ -384,7 +384,7 @@ mod tests {
             ("HOIST_PROFILE", "1"),
             ("HOIST_GEMV_WARPS", "8"),
             ("HOIST_GEMV_UNROLL", "2"),
-            ("HOIST_QGEMV_WARPS", "16"),
+            ("HOIST_QGEMV_WARPS", "8"),
             ("HOIST_Q4T_WARPS", "16"),
             ("HOIST_Q4T_BATCH", "8"),
             ("HOIST_Q4T_MIN_BLOCKS", "1"),
@@ -412,10 +412,10 @@ mod tests {
                 t.q4t_batch,
                 t.q4t_min_blocks
             ),
-            (8, 2, 32, 16, 8, 1)
+            (8, 2, 8, 16, 8, 1)
         );
         // Each variable of the table is read (the test above sets them all).
-        assert_eq!(ENV_OVERRIDES.len(), 15);
+        assert_eq!(ENV_OVERRIDES.len(), 14);
     }
 
     #[test]
