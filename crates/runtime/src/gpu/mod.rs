@@ -13,10 +13,10 @@
 //! - Decode (one token) runs our GEMV kernels, fused with SwiGLU, biases, the residual add and
 //!   the rotary embedding with the KV-cache store, reading quantized blocks directly (every
 //!   GGUF block type: `kernels/quant.cuh`; their input quantized to int16 per 32 values, so
-//!   that the products are integer dot products within f32 rounding of the exact ones), and a
-//!   split-key attention kernel whose last block per head merges the slices. Kernels read the
-//!   position from device memory, so one captured CUDA graph replays a whole decode step at any
-//!   position.
+//!   that the products are integer dot products, within 2^-16 of each block's largest input),
+//!   and a split-key attention kernel whose last block per head merges the slices. Kernels read
+//!   the position from device memory, so one captured CUDA graph replays a whole decode step at
+//!   any position.
 //! - Activations are f32; GEMM inputs are rounded to the weights' float type (as transformers
 //!   does for bf16/f16 models), and the KV cache holds that type too (f16 for quantized
 //!   weights): decode attention's time beyond its fixed cost is memory-bound, and the cuBLAS

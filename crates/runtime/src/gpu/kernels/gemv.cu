@@ -62,6 +62,8 @@ __device__ void qdot(const u8* w0, const u8* w1, int cols, const u8* xs, float* 
     Xq x = xq_view(xs, cols);
     int lane = threadIdx.x & 31, slices = cols / 32;
     float acc0 = 0.f, acc1 = 0.f;
+    // Not unrolled: as measured (unrolled twice it would take 100 registers, the same
+    // occupancy; not measured yet).
 #pragma unroll 1
     for (int sl = lane; sl < slices; sl += 32) {
         int blk = sl / per_block, k = sl % per_block;
@@ -83,8 +85,8 @@ __device__ void qdot(const u8* w0, const u8* w1, int cols, const u8* xs, float* 
 // values), with the staged input, by one warp (see qdot). Not inlined: the twelve types'
 // loops inlined into one kernel take the registers of all (170 against 72 for the calling
 // kernel with a call per row pair, whose cost is nothing beside a row's work).
-__device__ __noinline__ void quant_dot2(int wtype, const u8* w0, usize r0, const u8* w1, usize r1, int cols,
-                           const u8* xs, float* d0, float* d1) {
+__device__ __noinline__ void quant_dot2(int wtype, const u8* w0, usize r0, const u8* w1,
+                                        usize r1, int cols, const u8* xs, float* d0, float* d1) {
 #define QDOT2(T)                                                     \
     usize rb = (usize)(cols / Layout<T>::VALUES) * Layout<T>::BYTES; \
     qdot<T, 2>(w0 + r0 * rb, w1 + r1 * rb, cols, xs, d0, d1);
@@ -94,7 +96,8 @@ __device__ __noinline__ void quant_dot2(int wtype, const u8* w0, usize r0, const
 
 // Dot product of row r of w (block type `wtype`) with the staged input, by one warp (not
 // inlined, as quant_dot2).
-__device__ __noinline__ float quant_dot(int wtype, const u8* w, usize r, int cols, const u8* xs) {
+__device__ __noinline__ float quant_dot(int wtype, const u8* w, usize r, int cols,
+                                        const u8* xs) {
     float d = 0.f, unused;
 #define QDOT1(T)                                                     \
     usize rb = (usize)(cols / Layout<T>::VALUES) * Layout<T>::BYTES; \

@@ -99,9 +99,10 @@ __device__ __forceinline__ u32 shr64(u32 lo, u32 hi, u32 shift) {
 
 // The 16 bytes at p (2-byte aligned, as every field of every block is) as four little-endian
 // words: one load where 16-byte aligned, else the aligned words that hold them, realigned by
-// funnel shifts (the same instructions for every lane: no divergence between alignments). No
-// 4-byte word outside the 16 bytes is read, so reads stay inside an allocation whose size is a
-// multiple of 4 (the last block of a matrix may end one).
+// funnel shifts (every other alignment takes the same instructions, so lanes of one warp at
+// different alignments do not diverge further). Every 4-byte word read holds some of the 16
+// bytes, so reads stay inside an allocation whose size is a multiple of 4 (the last block of a
+// matrix may end one).
 __device__ __forceinline__ uint4 ld16(const u8* p) {
     usize a = (usize)p;
     if ((a & 15) == 0) return ld_stream((const uint4*)p);
@@ -299,13 +300,15 @@ template <> struct Quant<W_Q3_K> {
         Slice s;
         int sg[2], n = k / 4, h = k % 2;
         two_bit_runs(ld16(b + 32 + 32 * n + 16 * h), k, &s, sg);
-        uint4 m = ld16(b + 16 * h);  // bit 4n + sg of hmask[l]: value 32·(4n + sg) + l ≥ 0
+        // Bit 4n + sg of hmask[16h + i] is run g's value i's third bit (clear: 4 below).
+        uint4 m = ld16(b + 16 * h);
         u32 mv[4] = {m.x, m.y, m.z, m.w};
         float d = f16_at(b + 108);
 #pragma unroll
         for (int g = 0; g < 2; ++g) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) s.q[g][j] |= ((mv[j] >> (4 * n + sg[g])) & 0x01010101u) << 2;
+            for (int j = 0; j < 4; ++j)
+                s.q[g][j] |= ((mv[j] >> (4 * n + sg[g])) & 0x01010101u) << 2;
             s.a[g] = d * q3_scale(b + 96, 8 * n + 2 * sg[g] + h);
         }
         return s;
@@ -398,7 +401,8 @@ template <> struct Quant<W_IQ4_XS> {
     }
 };
 
-// Byte k (0..3) of w plus 2^23, as a float, exactly (one byte permute; see gemv.cu's uses).
+// Byte k (0..3) of w plus 2^23, as a float, exactly: one byte permute into 2^23's mantissa,
+// where an int-to-float conversion runs at a fraction of the rate.
 __device__ __forceinline__ float byte_f(u32 w, u32 k) {
     u32 r;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(w), "r"(0x4b000000u), "r"(k | 0x7440u));
@@ -427,11 +431,12 @@ __device__ __forceinline__ int dp2a_hi(u32 x, u32 w, int c) {
 }
 
 // The decode GEMVs' input, quantized into shared memory by each block (stage_xq in gemv.cu):
-// per 32 values an f32 scale d and int16 q (x ≈ d·q, 15 bits: finer than the f16 activations
-// prefill rounds to), and the sum of q over each 16. A run's products are then 8 dp2a with
-// the quant bytes as they are, where converting each weight to a float costs 3 instructions a
-// value and leaves the GEMVs instruction-bound. (llama.cpp quantizes the input to 8 bits for
-// dp4a; 16 bits keep the products within f32 rounding of the exact ones.)
+// per 32 values an f32 scale d and int16 q (x ≈ d·q, within 2^-16 of the block's largest
+// |x|: finer than the f16 activations prefill rounds to), and the sum of q over each 16. A
+// run's products are then 8 dp2a with the quant bytes as they are, where converting each
+// weight to a float costs 3 instructions a value and leaves the GEMVs instruction-bound.
+// (llama.cpp quantizes the input to 8 bits for dp4a; measured here, 8 bits doubled the GGUF
+// fixtures' error against transformers, 16 bits kept it.)
 struct Xq {
     const u8* q;      // [cols] int16
     const float* d;   // [cols / 32]
