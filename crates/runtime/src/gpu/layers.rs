@@ -15,7 +15,7 @@ use hoist_cuda::{DevSlice, Stream};
 use hoist_format::{DType, GgmlType};
 
 use super::blas::{Batch, Blas, Elem, Gemm};
-use super::kernels::{DEQUANT_THREADS, Q4_BLOCK_BYTES, Q8_BLOCK_BYTES, QK};
+use super::kernels::DEQUANT_THREADS;
 use super::module::{args, Kernels, ARGMAX_THREADS, ELEMENTWISE_THREADS, ROW_THREADS};
 use super::GpuError;
 
@@ -105,8 +105,7 @@ impl WType {
         match self {
             WType::F32 => elements * 4,
             WType::F16 | WType::BF16 => elements * 2,
-            WType::Q8_0 => elements / QK * Q8_BLOCK_BYTES,
-            WType::Q4_0 | WType::Q4_0Tiled => elements / QK * Q4_BLOCK_BYTES,
+            // Every other type is a block type (tiled Q4_0 keeps Q4_0's bytes).
             _ => {
                 let (values, bytes) = self.ggml().and_then(|g| g.block()).unwrap_or((1, 0));
                 elements / values as usize * bytes as usize

@@ -10,10 +10,9 @@ extern "C" __global__ void embed(u64 table, int wtype, u64 ids, int hidden, u64 
     usize row = ((const int*)ids)[t];
     float* out = (float*)x + (usize)t * hidden;
     if (is_quant(wtype)) {
-#define EMBED(T)                                                              \
-    usize row_bytes = (usize)(hidden / Layout<T>::VALUES) * Layout<T>::BYTES; \
-    const u8* src = (const u8*)table + row * row_bytes;                       \
-    for (int s = threadIdx.x; s < hidden / 32; s += blockDim.x)               \
+        const u8* src = (const u8*)table + row * quant_row_bytes(wtype, hidden);
+#define EMBED(T)                                                \
+    for (int s = threadIdx.x; s < hidden / 32; s += blockDim.x) \
         dequant_slice<T>(src, s, (u64)out, 0, 0);
         QUANT_DISPATCH(wtype, EMBED)
 #undef EMBED

@@ -87,9 +87,8 @@ __device__ void qdot(const u8* w0, const u8* w1, int cols, const u8* xs, float* 
 // kernel with a call per row pair, whose cost is nothing beside a row's work).
 __device__ __noinline__ void quant_dot2(int wtype, const u8* w0, usize r0, const u8* w1,
                                         usize r1, int cols, const u8* xs, float* d0, float* d1) {
-#define QDOT2(T)                                                     \
-    usize rb = (usize)(cols / Layout<T>::VALUES) * Layout<T>::BYTES; \
-    qdot<T, 2>(w0 + r0 * rb, w1 + r1 * rb, cols, xs, d0, d1);
+    usize rb = quant_row_bytes(wtype, cols);
+#define QDOT2(T) qdot<T, 2>(w0 + r0 * rb, w1 + r1 * rb, cols, xs, d0, d1);
     QUANT_DISPATCH(wtype, QDOT2)
 #undef QDOT2
 }
@@ -99,9 +98,8 @@ __device__ __noinline__ void quant_dot2(int wtype, const u8* w0, usize r0, const
 __device__ __noinline__ float quant_dot(int wtype, const u8* w, usize r, int cols,
                                         const u8* xs) {
     float d = 0.f, unused;
-#define QDOT1(T)                                                     \
-    usize rb = (usize)(cols / Layout<T>::VALUES) * Layout<T>::BYTES; \
-    qdot<T, 1>(w + r * rb, w + r * rb, cols, xs, &d, &unused);
+    usize rb = quant_row_bytes(wtype, cols);
+#define QDOT1(T) qdot<T, 1>(w + r * rb, w + r * rb, cols, xs, &d, &unused);
     QUANT_DISPATCH(wtype, QDOT1)
 #undef QDOT1
     return d;

@@ -85,9 +85,20 @@ template <> struct Layout<W_IQ4_XS> { enum { VALUES = 256, BYTES = 136 }; };
 
 // Whether `wtype` is one of the block-quantized types above (not Q4_0 tiles: q4_tiles.cu).
 __device__ __forceinline__ bool is_quant(int wtype) {
-    return wtype == W_Q8_0 || wtype == W_Q4_0 || wtype == W_Q4_1 || wtype == W_Q5_0 ||
-           wtype == W_Q5_1 || wtype == W_Q2_K || wtype == W_Q3_K || wtype == W_Q4_K ||
-           wtype == W_Q5_K || wtype == W_Q6_K || wtype == W_IQ4_NL || wtype == W_IQ4_XS;
+    bool quant = false;
+#define IS_QUANT(T) quant = true;
+    QUANT_DISPATCH(wtype, IS_QUANT)
+#undef IS_QUANT
+    return quant;
+}
+
+// Bytes of a row of `cols` values of the block type `wtype` (0 for other codes).
+__device__ __forceinline__ usize quant_row_bytes(int wtype, int cols) {
+    usize bytes = 0;
+#define ROW_BYTES(T) bytes = (usize)(cols / Layout<T>::VALUES) * Layout<T>::BYTES;
+    QUANT_DISPATCH(wtype, ROW_BYTES)
+#undef ROW_BYTES
+    return bytes;
 }
 
 // (lo, hi) >> shift, the low word (shift < 32).
@@ -472,15 +483,6 @@ __device__ __forceinline__ float run_dot(const Slice& s, int g, const Xq& x, int
     float dx = x.d[p >> 5];
     float r = s.a[g] * (dx * (float)(acc - Quant<T>::OFF * xsum));
     return Quant<T>::MIN ? r + s.b[g] * (dx * (float)xsum) : r;
-}
-
-// Bytes of a row of `cols` values of the block type `wtype` (0 for other codes).
-__device__ __forceinline__ usize quant_row_bytes(int wtype, int cols) {
-    usize bytes = 0;
-#define ROW_BYTES(T) bytes = (usize)(cols / Layout<T>::VALUES) * Layout<T>::BYTES;
-    QUANT_DISPATCH(wtype, ROW_BYTES)
-#undef ROW_BYTES
-    return bytes;
 }
 
 // Asks for `bytes` at p to be brought into L2, by the warp (a line of 128 bytes a lane at a
