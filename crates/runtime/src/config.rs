@@ -81,13 +81,13 @@ pub enum ArchFamily {
     /// Qwen3: RMS norm on q and k per head, no biases (`Qwen3ForCausalLM`, GGUF `qwen3`).
     Qwen3,
     /// Mixtral: Mistral attention, every feed-forward block a mixture of experts
-    /// (`MixtralForCausalLM`; Hugging Face checkpoints only).
+    /// (`MixtralForCausalLM`; GGUF files call it `llama` and give it `llama.expert_count`).
     Mixtral,
     /// Qwen2-MoE: Qwen2 attention (q/k/v biases), experts plus a sigmoid-gated shared expert
-    /// (`Qwen2MoeForCausalLM`; Hugging Face checkpoints only).
+    /// (`Qwen2MoeForCausalLM`, GGUF `qwen2moe`).
     Qwen2Moe,
-    /// Qwen3-MoE: Qwen3 attention (q/k norms), experts (`Qwen3MoeForCausalLM`; Hugging Face
-    /// checkpoints only).
+    /// Qwen3-MoE: Qwen3 attention (q/k norms), experts (`Qwen3MoeForCausalLM`, GGUF
+    /// `qwen3moe`).
     Qwen3Moe,
 }
 
@@ -96,7 +96,7 @@ impl ArchFamily {
     pub const HF_NAMES: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
         Qwen3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM";
     /// The GGUF `general.architecture` values this runtime runs.
-    pub const GGUF_NAMES: &'static str = "llama, qwen2, qwen3";
+    pub const GGUF_NAMES: &'static str = "llama, qwen2, qwen3, qwen2moe, qwen3moe";
 
     /// From a Hugging Face `architectures` entry.
     pub fn from_hf(name: &str) -> Option<ArchFamily> {
@@ -112,12 +112,15 @@ impl ArchFamily {
         })
     }
 
-    /// From GGUF `general.architecture`.
+    /// From GGUF `general.architecture`. `llama` gives [`ArchFamily::Llama`]: whether the file
+    /// is Mixtral depends on its `llama.expert_count`, which [`ModelConfig::from_gguf`] reads.
     pub fn from_gguf(name: &str) -> Option<ArchFamily> {
         Some(match name {
             "llama" => ArchFamily::Llama,
             "qwen2" => ArchFamily::Qwen2,
             "qwen3" => ArchFamily::Qwen3,
+            "qwen2moe" => ArchFamily::Qwen2Moe,
+            "qwen3moe" => ArchFamily::Qwen3Moe,
             _ => return None,
         })
     }
@@ -369,20 +372,28 @@ impl ModelConfig {
             path,
         };
         let arch_name = m.str("general.architecture")?;
-        let arch = ArchFamily::from_gguf(arch_name).ok_or_else(|| {
+        let family = ArchFamily::from_gguf(arch_name).ok_or_else(|| {
             m.unsupported("general.architecture", arch_name, ArchFamily::GGUF_NAMES)
         })?;
         let k = |suffix: &str| format!("{arch_name}.{suffix}");
-        // llama.cpp writes Mixtral as `llama` with an expert count; its stacked expert tensors
-        // are not read here (yet).
-        if let Some(n) = m.opt_usize(&k("expert_count"))?.filter(|&n| n > 0) {
-            return Err(m.unsupported(
-                &k("expert_count"),
-                &n.to_string(),
-                "dense GGUF models only; mixture-of-experts models run from their Hugging Face \
-                 safetensors checkpoints",
-            ));
-        }
+        let num_layers = m.usize(&k("block_count"))?;
+        let feed_forward_length = m.opt_usize(&k("feed_forward_length"))?;
+        // llama.cpp writes Mixtral as `llama` with an expert count.
+        let (arch, moe) = moe::gguf_moe(
+            &m,
+            table,
+            arch_name,
+            family,
+            num_layers,
+            feed_forward_length,
+        )?;
+        // The dense block's width; a model whose every layer is sparse has none, and llama.cpp
+        // does not need the key then.
+        let intermediate_size = match (feed_forward_length, &moe) {
+            (Some(ff), _) => ff,
+            (None, Some(moe)) if moe.mlp_only_layers.is_empty() => moe.expert_intermediate_size,
+            (None, _) => return Err(m.missing(&k("feed_forward_length"))),
+        };
         let hidden_size = m.usize(&k("embedding_length"))?;
         let num_heads = m.usize(&k("attention.head_count"))?;
         let head_dim = match m.opt_usize(&k("attention.key_length"))? {
@@ -431,13 +442,13 @@ impl ModelConfig {
             arch,
             vocab_size,
             hidden_size,
-            num_layers: m.usize(&k("block_count"))?,
+            num_layers,
             num_heads,
             num_kv_heads: m
                 .opt_usize(&k("attention.head_count_kv"))?
                 .unwrap_or(num_heads),
             head_dim,
-            intermediate_size: m.usize(&k("feed_forward_length"))?,
+            intermediate_size,
             rms_norm_eps: m.f32(&k("attention.layer_norm_rms_epsilon"))?,
             rope_theta: m.opt_f32(&k("rope.freq_base"))?.unwrap_or(10000.0),
             // Llama 3.1 GGUF files carry the scaling as the `rope_freqs.weight` tensor.
@@ -450,12 +461,21 @@ impl ModelConfig {
             },
             max_position_embeddings: m.usize(&k("context_length"))?,
             tie_word_embeddings: table.get("output.weight").is_none(),
-            attention_bias: arch == ArchFamily::Qwen2,
-            qk_norm: arch == ArchFamily::Qwen3,
+            // llama.cpp's q/k/v biases are optional tensors; Qwen2-MoE checkpoints may turn them
+            // off (transformers' `qkv_bias`), so the file decides.
+            attention_bias: match arch {
+                ArchFamily::Qwen2 => true,
+                ArchFamily::Qwen2Moe => table.get("blk.0.attn_q.bias").is_some(),
+                _ => false,
+            },
+            qk_norm: matches!(arch, ArchFamily::Qwen3 | ArchFamily::Qwen3Moe),
+            // llama.cpp's converter writes no sliding window for these architectures and its
+            // `llama` graph attends over the whole context (Mistral's and Mixtral's GGUF files
+            // run without the window the Hugging Face checkpoint may have).
             sliding_window: None,
             bos_token_id,
             eos_token_ids,
-            moe: None,
+            moe,
         }
         .check(path)
     }
@@ -607,6 +627,14 @@ impl Meta<'_> {
             Some(n) => u32::try_from(n)
                 .map(Some)
                 .map_err(|_| self.invalid(key, "is too large for a token id")),
+        }
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.meta.get(key) {
+            None => Ok(None),
+            Some(MetaValue::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.invalid(key, "is not a boolean")),
         }
     }
 

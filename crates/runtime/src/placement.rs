@@ -324,6 +324,15 @@ impl Placement {
         }
     }
 
+    /// Whether the plan names a streamed layer (an automatic plan names none: it streams only
+    /// what does not fit).
+    pub fn names_streamed(&self) -> bool {
+        match &self.plan {
+            Plan::Fit { .. } => false,
+            _ => !self.is_all_resident(),
+        }
+    }
+
     /// Checks the plan's shape against a model of `num_layers` layers, before any sizes are
     /// known (a plan for another model, a streamed layer without slots).
     pub fn check(&self, num_layers: usize) -> Result<(), PlacementError> {

@@ -14,22 +14,36 @@
 //! | `Layer(n, FfnNorm)` | `….post_attention_layernorm.weight` | `blk.n.ffn_norm.weight` |
 //! | `Layer(n, Gate/Up/Down)` | `….mlp.{gate,up,down}_proj.weight` | `blk.n.ffn_{gate,up,down}.weight` |
 //! | `Layer(n, Router(s))` | `….mlp.gate.weight` (Mixtral: `….block_sparse_moe.gate.weight`) | `blk.n.ffn_gate_inp.weight` |
-//! | `Layer(n, Expert(s, e, p))` | `….mlp.experts.e.{gate,up,down}_proj.weight` (Mixtral: `….block_sparse_moe.experts.e.w{1,3,2}.weight`) | `blk.n.ffn_{gate,up,down}.e.weight` |
+//! | `Layer(n, Expert(s, e, p))` | `….mlp.experts.e.{gate,up,down}_proj.weight` (Mixtral: `….block_sparse_moe.experts.e.w{1,3,2}.weight`) | (`blk.n.ffn_{gate,up,down}.e.weight`: not read) |
+//! | `Layer(n, Experts(p))` | — | `blk.n.ffn_{gate,up,down}_exps.weight` |
 //! | `Layer(n, SharedGate/SharedUp/SharedDown)` | `….mlp.shared_expert.{gate,up,down}_proj.weight` | `blk.n.ffn_{gate,up,down}_shexp.weight` |
 //! | `Layer(n, SharedExpertGate)` | `….mlp.shared_expert_gate.weight` | `blk.n.ffn_gate_inp_shexp.weight` |
 //!
 //! Mixture-of-experts tensors exist only in the sparse layers of a model with
-//! [`ModelConfig::moe`]; the others keep `Gate/Up/Down`. The GGUF names of experts are
-//! llama.cpp's early per-expert ones, for error messages only: GGUF MoE files are refused when
-//! their configuration is read.
+//! [`ModelConfig::moe`]; the others keep `Gate/Up/Down`. The two sources store experts
+//! differently, so [`LayerTensor::for_layer`] lists different tensors for each:
+//!
+//! - Hugging Face checkpoints hold one tensor per expert and projection: `Expert(s, e, p)`,
+//!   `[expert_intermediate, hidden]` (down: `[hidden, expert_intermediate]`).
+//! - Current llama.cpp GGUF files stack every expert of a projection in one tensor:
+//!   `Experts(p)`, `[experts, expert_intermediate, hidden]` (down:
+//!   `[experts, hidden, expert_intermediate]`). ggml quantizes along the innermost dimension,
+//!   so every row is whole blocks and expert `e`'s matrix is one contiguous byte range,
+//!   `e × rows × row bytes` from the tensor's start: [`ExpertSlice`] and
+//!   [`WeightMap::expert_slice`] say where. llama.cpp's early per-expert GGUF names are kept
+//!   for the error that says such a file must be converted again.
 //!
 //! Shapes are outermost-first in both (the format crate reverses GGUF's order), so a projection
-//! is `[out_features, in_features]` either way. Rotary layout: llama.cpp permutes the q and k
-//! rows of `llama` GGUF files; see [`crate::RopeStyle`] for how the forward pass accounts for it.
+//! is `[out_features, in_features]` either way. GGUF shapes match as ggml matches them: missing
+//! outer dimensions count as 1 (llama.cpp's converter writes the shared expert's gate
+//! `[1, hidden]`, as Hugging Face holds it; ggml's own shape for it is `[hidden]`). Rotary
+//! layout: llama.cpp permutes the q and k rows of `llama` GGUF files; see [`crate::RopeStyle`]
+//! for how the forward pass accounts for it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
-use hoist_format::{DType, FileFormat, TensorTable};
+use hoist_format::{DType, FileFormat, TensorInfo, TensorTable};
 
 use crate::config::{ArchFamily, ModelConfig};
 
@@ -124,15 +138,20 @@ pub enum LayerTensor {
     /// Mixture-of-experts router `[experts, hidden]` (named after the checkpoint's family).
     Router(MoeNaming),
     /// Projection `p` of expert `e` (`[expert_intermediate, hidden]`, down
-    /// `[hidden, expert_intermediate]`).
+    /// `[hidden, expert_intermediate]`): Hugging Face checkpoints.
     Expert(MoeNaming, usize, ExpertProj),
+    /// Projection `p` of every expert, stacked (`[experts, expert_intermediate, hidden]`, down
+    /// `[experts, hidden, expert_intermediate]`): GGUF files. [`WeightMap::expert_slice`] finds
+    /// one expert's matrix in it.
+    Experts(ExpertProj),
     /// The shared expert's gate projection `[shared_intermediate, hidden]` (Qwen2-MoE).
     SharedGate,
     /// The shared expert's up projection `[shared_intermediate, hidden]` (Qwen2-MoE).
     SharedUp,
     /// The shared expert's down projection `[hidden, shared_intermediate]` (Qwen2-MoE).
     SharedDown,
-    /// The shared expert's sigmoid gate `[1, hidden]` (Qwen2-MoE).
+    /// The shared expert's sigmoid gate `[1, hidden]` (Qwen2-MoE; GGUF files may hold it as
+    /// `[hidden]`).
     SharedExpertGate,
 }
 
@@ -155,6 +174,17 @@ pub enum ExpertProj {
     Up,
     /// Down projection (Mixtral's `w2`).
     Down,
+}
+
+impl ExpertProj {
+    /// The projection's word in llama.cpp's tensor names (`ffn_gate_exps`).
+    fn gguf_word(self) -> &'static str {
+        match self {
+            ExpertProj::Gate => "gate",
+            ExpertProj::Up => "up",
+            ExpertProj::Down => "down",
+        }
+    }
 }
 
 impl LayerTensor {
@@ -187,6 +217,11 @@ impl LayerTensor {
                 };
                 return format!("{block}.experts.{e}.{proj}.weight");
             }
+            // Not a Hugging Face tensor ([`LayerTensor::for_layer`] never asks for it there);
+            // a name that says what it would be.
+            LayerTensor::Experts(p) => {
+                return format!("mlp.experts.{}_exps.weight", p.gguf_word());
+            }
             LayerTensor::SharedGate => "mlp.shared_expert.gate_proj.weight",
             LayerTensor::SharedUp => "mlp.shared_expert.up_proj.weight",
             LayerTensor::SharedDown => "mlp.shared_expert.down_proj.weight",
@@ -212,14 +247,8 @@ impl LayerTensor {
             LayerTensor::Up => "ffn_up.weight",
             LayerTensor::Down => "ffn_down.weight",
             LayerTensor::Router(_) => "ffn_gate_inp.weight",
-            LayerTensor::Expert(_, e, p) => {
-                let proj = match p {
-                    ExpertProj::Gate => "gate",
-                    ExpertProj::Up => "up",
-                    ExpertProj::Down => "down",
-                };
-                return format!("ffn_{proj}.{e}.weight");
-            }
+            LayerTensor::Expert(_, e, p) => return format!("ffn_{}.{e}.weight", p.gguf_word()),
+            LayerTensor::Experts(p) => return format!("ffn_{}_exps.weight", p.gguf_word()),
             LayerTensor::SharedGate => "ffn_gate_shexp.weight",
             LayerTensor::SharedUp => "ffn_up_shexp.weight",
             LayerTensor::SharedDown => "ffn_down_shexp.weight",
@@ -229,15 +258,18 @@ impl LayerTensor {
     }
 
     /// The tensors of one layer of a dense model of `config`'s architecture (every layer is
-    /// alike), in the order they are used; [`LayerTensor::for_layer`] for any model.
-    pub fn for_config(config: &ModelConfig) -> Vec<LayerTensor> {
-        LayerTensor::for_layer(config, 0)
+    /// alike) stored in `source`, in the order they are used; [`LayerTensor::for_layer`] for any
+    /// model.
+    pub fn for_config(config: &ModelConfig, source: WeightSource) -> Vec<LayerTensor> {
+        LayerTensor::for_layer(config, 0, source)
     }
 
-    /// The tensors of layer `layer` of `config`'s model, in the order they are used: a
-    /// mixture-of-experts model's sparse layers have a router and experts in place of
-    /// `Gate/Up/Down`.
-    pub fn for_layer(config: &ModelConfig, layer: usize) -> Vec<LayerTensor> {
+    /// The tensors of layer `layer` of `config`'s model stored in `source`, in the order they
+    /// are used: a mixture-of-experts model's sparse layers have a router and experts in place
+    /// of `Gate/Up/Down`, one tensor per expert and projection from a Hugging Face checkpoint
+    /// ([`LayerTensor::Expert`]), one stacked tensor per projection from a GGUF file
+    /// ([`LayerTensor::Experts`]).
+    pub fn for_layer(config: &ModelConfig, layer: usize, source: WeightSource) -> Vec<LayerTensor> {
         use LayerTensor::*;
         let mut out = vec![AttnNorm, Q, K, V];
         if config.attention_bias {
@@ -254,10 +286,14 @@ impl LayerTensor {
                     _ => MoeNaming::Qwen,
                 };
                 out.push(Router(naming));
-                for e in 0..moe.num_experts {
-                    for p in [ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down] {
-                        out.push(Expert(naming, e, p));
+                let projs = [ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down];
+                match source {
+                    WeightSource::HuggingFace => {
+                        for e in 0..moe.num_experts {
+                            out.extend(projs.map(|p| Expert(naming, e, p)));
+                        }
                     }
+                    WeightSource::Gguf => out.extend(projs.map(Experts)),
                 }
                 if moe.shared_expert_intermediate_size.is_some() {
                     out.extend([SharedGate, SharedUp, SharedDown, SharedExpertGate]);
@@ -296,6 +332,8 @@ impl LayerTensor {
             LayerTensor::Router(_) => vec![experts, h],
             LayerTensor::Expert(_, _, ExpertProj::Gate | ExpertProj::Up) => vec![ei, h],
             LayerTensor::Expert(_, _, ExpertProj::Down) => vec![h, ei],
+            LayerTensor::Experts(ExpertProj::Gate | ExpertProj::Up) => vec![experts, ei, h],
+            LayerTensor::Experts(ExpertProj::Down) => vec![experts, h, ei],
             LayerTensor::SharedGate | LayerTensor::SharedUp => vec![si, h],
             LayerTensor::SharedDown => vec![h, si],
             LayerTensor::SharedExpertGate => vec![1, h],
@@ -336,6 +374,23 @@ impl WeightSource {
         }
     }
 
+    /// Whether a tensor of shape `found` is one of shape `expected`: equal for Hugging Face
+    /// checkpoints; for GGUF files as ggml compares them, outer dimensions of 1 dropped (a
+    /// `[1, hidden]` row is a `[hidden]` vector).
+    fn same_shape(self, found: &[u64], expected: &[u64]) -> bool {
+        match self {
+            WeightSource::HuggingFace => found == expected,
+            WeightSource::Gguf => {
+                let inner = |s: &[u64]| {
+                    let ones = s.iter().take_while(|&&d| d == 1).count();
+                    // Keep one dimension: `[1]` and `[1, 1]` are both the scalar `[1]`.
+                    s[ones.min(s.len().saturating_sub(1))..].to_vec()
+                };
+                inner(found) == inner(expected)
+            }
+        }
+    }
+
     /// The name of `id` in this source.
     pub fn name(self, id: WeightId) -> String {
         match (self, id) {
@@ -372,6 +427,9 @@ pub struct WeightMap {
     pub source: WeightSource,
     /// `(id, index into table.tensors)` for every tensor the forward pass reads.
     pub entries: Vec<(WeightId, usize)>,
+    /// `entries` by id: a mixture-of-experts model has tens of thousands of tensors, looked up
+    /// one by one at load.
+    by_id: HashMap<WeightId, usize>,
 }
 
 impl WeightMap {
@@ -394,8 +452,23 @@ impl WeightMap {
             ));
         }
         for n in 0..c.num_layers {
-            for t in LayerTensor::for_layer(c, n) {
-                let what = format!("layer {n} of {} ({:?})", c.num_layers, c.arch);
+            for t in LayerTensor::for_layer(c, n, source) {
+                let mut what = format!("layer {n} of {} ({:?})", c.num_layers, c.arch);
+                if let LayerTensor::Experts(p) = t {
+                    // llama.cpp's first MoE files held one tensor per expert; say so rather
+                    // than only that the stacked one is missing.
+                    let old = source.name(WeightId::Layer(
+                        n,
+                        LayerTensor::Expert(MoeNaming::Qwen, 0, p),
+                    ));
+                    if table.get(&old).is_some() {
+                        what.push_str(&format!(
+                            "; the file holds llama.cpp's older per-expert tensors ('{old}', …), \
+                             which hoist does not read: convert the checkpoint again with a \
+                             current llama.cpp"
+                        ));
+                    }
+                }
                 wanted.push((WeightId::Layer(n, t), t.shape(c), what));
             }
         }
@@ -415,7 +488,7 @@ impl WeightMap {
                 what,
             })?;
             let info = &table.tensors[index];
-            if info.shape != expected {
+            if !source.same_shape(&info.shape, &expected) {
                 return Err(WeightError::Shape {
                     path: path.clone(),
                     name,
@@ -432,12 +505,38 @@ impl WeightMap {
             }
             entries.push((id, index));
         }
-        Ok(WeightMap { source, entries })
+        let by_id = entries.iter().copied().collect();
+        Ok(WeightMap {
+            source,
+            entries,
+            by_id,
+        })
     }
 
     /// The table index of `id`, if the model has it.
     pub fn index(&self, id: WeightId) -> Option<usize> {
-        self.entries.iter().find(|e| e.0 == id).map(|e| e.1)
+        self.by_id.get(&id).copied()
+    }
+
+    /// Where expert `expert`'s `proj` matrix of layer `layer` lies in `table` (the table this
+    /// map was resolved from): the whole of its own tensor in a Hugging Face checkpoint, one
+    /// expert's byte range of the stacked tensor in a GGUF file. `None` when the map has no
+    /// such expert (a dense layer, an expert past the count).
+    pub fn expert_slice(
+        &self,
+        table: &TensorTable,
+        layer: usize,
+        expert: usize,
+        proj: ExpertProj,
+    ) -> Option<ExpertSlice> {
+        use LayerTensor::{Expert, Experts};
+        if let Some(index) = self.index(WeightId::Layer(layer, Experts(proj))) {
+            return ExpertSlice::of_stacked(index, table.tensors.get(index)?, expert);
+        }
+        [MoeNaming::Mixtral, MoeNaming::Qwen]
+            .into_iter()
+            .find_map(|naming| self.index(WeightId::Layer(layer, Expert(naming, expert, proj))))
+            .and_then(|index| ExpertSlice::whole(index, table.tensors.get(index)?))
     }
 
     /// The table indices of every tensor, for a load.
@@ -446,9 +545,78 @@ impl WeightMap {
     }
 }
 
-/// Whether the architecture's GGUF files permute q/k rows (llama.cpp does it for `llama`).
+/// Bytes from one expert's `[rows, cols]` matrix to the next in a stacked expert tensor of
+/// `dtype` (`[experts, rows, cols]`): `rows` rows of `cols` elements, each row whole blocks
+/// for a block-quantized type (ggml quantizes along the innermost dimension, and GGUF files
+/// are checked for it when opened). `None` when `cols` is not whole blocks, the type's size is
+/// unknown, or the count overflows.
+pub fn expert_stride(dtype: DType, rows: u64, cols: u64) -> Option<u64> {
+    rows.checked_mul(dtype.byte_len(cols)?)
+}
+
+/// Where one expert's projection matrix lies: bytes `offset..offset + len` of the data of
+/// tensor `index` of the table (see [`WeightMap::expert_slice`]). The bytes are the matrix in
+/// the tensor's own element type, `[rows, cols]` row-major, so a kernel that reads a whole
+/// `[rows, cols]` tensor of that type reads this slice the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertSlice {
+    /// Index into [`TensorTable::tensors`] of the tensor that holds the matrix.
+    pub index: usize,
+    /// Byte offset of the matrix from the first byte of that tensor's data (0 for a
+    /// per-expert tensor; a multiple of the block size for a quantized stacked one).
+    pub offset: u64,
+    /// Bytes of the matrix.
+    pub len: u64,
+    /// Rows of the matrix (output features).
+    pub rows: usize,
+    /// Columns of the matrix (input features).
+    pub cols: usize,
+}
+
+impl ExpertSlice {
+    /// The whole of a per-expert tensor `[rows, cols]`.
+    fn whole(index: usize, info: &TensorInfo) -> Option<ExpertSlice> {
+        let [rows, cols] = info.shape[..] else {
+            return None;
+        };
+        Some(ExpertSlice {
+            index,
+            offset: 0,
+            len: info.len,
+            rows: usize::try_from(rows).ok()?,
+            cols: usize::try_from(cols).ok()?,
+        })
+    }
+
+    /// Expert `expert` of the stacked tensor `info` (`[experts, rows, cols]`), tensor `index`
+    /// of its table; `None` when `info` is not 3-D, holds fewer experts, or its bytes are not
+    /// `experts` matrices of [`expert_stride`] bytes.
+    pub fn of_stacked(index: usize, info: &TensorInfo, expert: usize) -> Option<ExpertSlice> {
+        let [experts, rows, cols] = info.shape[..] else {
+            return None;
+        };
+        let e = u64::try_from(expert).ok().filter(|&e| e < experts)?;
+        let stride = expert_stride(info.dtype, rows, cols)?;
+        if stride.checked_mul(experts)? != info.len {
+            return None;
+        }
+        Some(ExpertSlice {
+            index,
+            offset: e * stride,
+            len: stride,
+            rows: usize::try_from(rows).ok()?,
+            cols: usize::try_from(cols).ok()?,
+        })
+    }
+}
+
+/// Whether the architecture's GGUF files permute q/k rows (llama.cpp does it for `llama`,
+/// Mixtral's included).
 pub fn gguf_permutes_qk(arch: ArchFamily) -> bool {
-    matches!(arch, ArchFamily::Llama | ArchFamily::Mistral)
+    matches!(
+        arch,
+        ArchFamily::Llama | ArchFamily::Mistral | ArchFamily::Mixtral
+    )
 }
 
 #[cfg(test)]
@@ -495,5 +663,197 @@ mod tests {
         assert!(!supported_dtype(DType::Ggml(GgmlType(16))), "IQ2_XXS");
         assert!(!supported_dtype(DType::Ggml(GgmlType(9999))), "unknown");
         assert!(!supported_dtype(DType::I64));
+    }
+
+    #[test]
+    fn stacked_expert_names() {
+        let gg = WeightSource::Gguf;
+        let id = |p| WeightId::Layer(2, LayerTensor::Experts(p));
+        assert_eq!(gg.name(id(ExpertProj::Gate)), "blk.2.ffn_gate_exps.weight");
+        assert_eq!(gg.name(id(ExpertProj::Up)), "blk.2.ffn_up_exps.weight");
+        assert_eq!(gg.name(id(ExpertProj::Down)), "blk.2.ffn_down_exps.weight");
+        let old = WeightId::Layer(2, LayerTensor::Expert(MoeNaming::Qwen, 7, ExpertProj::Down));
+        assert_eq!(gg.name(old), "blk.2.ffn_down.7.weight");
+    }
+
+    fn qwen2_moe() -> ModelConfig {
+        let json = serde_json::json!({
+            "architectures": ["Qwen2MoeForCausalLM"], "vocab_size": 288, "hidden_size": 64,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "intermediate_size": 96, "num_experts": 4, "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32, "shared_expert_intermediate_size": 48,
+            "mlp_only_layers": [1],
+        });
+        ModelConfig::from_hf_json(&json, std::path::Path::new("config.json")).unwrap()
+    }
+
+    #[test]
+    fn each_source_lists_its_expert_tensors() {
+        let c = qwen2_moe();
+        let hf = LayerTensor::for_layer(&c, 0, WeightSource::HuggingFace);
+        let gg = LayerTensor::for_layer(&c, 0, WeightSource::Gguf);
+        let per_expert = |v: &[LayerTensor]| {
+            v.iter()
+                .filter(|t| matches!(t, LayerTensor::Expert(..)))
+                .count()
+        };
+        let stacked: Vec<_> = gg
+            .iter()
+            .filter(|t| matches!(t, LayerTensor::Experts(_)))
+            .collect();
+        assert_eq!((per_expert(&hf), per_expert(&gg)), (4 * 3, 0));
+        assert_eq!(stacked.len(), 3);
+        assert!(!hf.iter().any(|t| matches!(t, LayerTensor::Experts(_))));
+        // Everything else is the same list, in the same order.
+        let rest = |v: &[LayerTensor]| -> Vec<LayerTensor> {
+            v.iter()
+                .copied()
+                .filter(|t| !matches!(t, LayerTensor::Expert(..) | LayerTensor::Experts(_)))
+                .collect()
+        };
+        assert_eq!(rest(&hf), rest(&gg));
+        assert!(gg.contains(&LayerTensor::SharedExpertGate));
+        // The dense layer is dense in both.
+        for source in [WeightSource::HuggingFace, WeightSource::Gguf] {
+            let dense = LayerTensor::for_layer(&c, 1, source);
+            assert!(
+                dense.contains(&LayerTensor::Gate)
+                    && !dense.iter().any(|t| matches!(t, LayerTensor::Router(_)))
+            );
+        }
+        let shape = |p| LayerTensor::Experts(p).shape(&c);
+        assert_eq!(shape(ExpertProj::Gate), [4, 32, 64]);
+        assert_eq!(shape(ExpertProj::Up), [4, 32, 64]);
+        assert_eq!(shape(ExpertProj::Down), [4, 64, 32]);
+    }
+
+    #[test]
+    fn gguf_shapes_match_as_ggml_matches_them() {
+        let (hf, gg) = (WeightSource::HuggingFace, WeightSource::Gguf);
+        assert!(gg.same_shape(&[64], &[1, 64]) && gg.same_shape(&[1, 64], &[64]));
+        assert!(gg.same_shape(&[1, 1, 8], &[8]) && gg.same_shape(&[1], &[1, 1]));
+        assert!(
+            !gg.same_shape(&[64, 1], &[64]),
+            "inner dimensions of 1 are dimensions"
+        );
+        assert!(!gg.same_shape(&[2, 64], &[64]) && !gg.same_shape(&[], &[64]));
+        assert!(!hf.same_shape(&[64], &[1, 64]) && hf.same_shape(&[1, 64], &[1, 64]));
+    }
+
+    /// Types with different block shapes: plain, 32-value legacy blocks, 256-value k-quant and
+    /// IQ4_XS blocks.
+    const STACKED_TYPES: [GgmlType; 9] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+    ];
+
+    #[test]
+    fn expert_stride_by_hand() {
+        let q = |g| DType::Ggml(g);
+        // Q8_0: 64 columns are 2 blocks of 34 bytes; 32 rows of them.
+        assert_eq!(expert_stride(q(GgmlType::Q8_0), 32, 64), Some(32 * 68));
+        assert_eq!(expert_stride(q(GgmlType::Q4_K), 3, 512), Some(3 * 2 * 144));
+        assert_eq!(expert_stride(DType::BF16, 5, 7), Some(70));
+        assert_eq!(
+            expert_stride(q(GgmlType::Q8_0), 32, 48),
+            None,
+            "a partial block"
+        );
+        assert_eq!(
+            expert_stride(q(GgmlType(9999)), 1, 32),
+            None,
+            "an unknown type"
+        );
+        assert_eq!(expert_stride(DType::F32, u64::MAX, 2), None, "overflow");
+        let info = |shape: Vec<u64>, len| TensorInfo {
+            name: "blk.0.ffn_up_exps.weight".into(),
+            dtype: q(GgmlType::Q8_0),
+            shape,
+            file: 0,
+            offset: 4096,
+            len,
+        };
+        let s = ExpertSlice::of_stacked(7, &info(vec![4, 32, 64], 4 * 32 * 68), 3).unwrap();
+        assert_eq!(
+            s,
+            ExpertSlice {
+                index: 7,
+                offset: 3 * 32 * 68,
+                len: 32 * 68,
+                rows: 32,
+                cols: 64
+            }
+        );
+        assert_eq!(
+            ExpertSlice::of_stacked(7, &info(vec![4, 32, 64], 4 * 32 * 68), 4),
+            None
+        );
+        assert_eq!(
+            ExpertSlice::of_stacked(7, &info(vec![32, 64], 32 * 68), 0),
+            None
+        );
+        assert_eq!(
+            ExpertSlice::of_stacked(7, &info(vec![4, 32, 64], 100), 0),
+            None
+        );
+    }
+
+    proptest::proptest! {
+        /// Expert `e`'s slice of a stacked tensor holds exactly its matrix: dequantized alone,
+        /// it is rows `e·rows..(e+1)·rows` of the whole tensor dequantized, bit for bit (random
+        /// bytes, NaN scales included), and the slices tile the tensor.
+        #[test]
+        fn expert_slices_tile_the_stacked_tensor(
+            ty in proptest::sample::select(STACKED_TYPES.to_vec()),
+            experts in 1u64..5,
+            rows in 1u64..4,
+            blocks in 1u64..3,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let dtype = DType::Ggml(ty);
+            let (block_elems, _) = ty.block().unwrap();
+            let cols = blocks * block_elems;
+            let elements = experts * rows * cols;
+            let len = dtype.byte_len(elements).unwrap();
+            let mut state = seed | 1;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let info = TensorInfo {
+                name: "stacked".into(),
+                dtype,
+                shape: vec![experts, rows, cols],
+                file: 0,
+                offset: 0,
+                len,
+            };
+            let whole = crate::quant::dequantize(ty, &bytes, elements as usize).unwrap();
+            let per = (rows * cols) as usize;
+            let mut end = 0;
+            for e in 0..experts as usize {
+                let s = ExpertSlice::of_stacked(0, &info, e).unwrap();
+                proptest::prop_assert_eq!(s.offset, end);
+                proptest::prop_assert_eq!(s.len, expert_stride(dtype, rows, cols).unwrap());
+                end = s.offset + s.len;
+                let part = &bytes[s.offset as usize..end as usize];
+                let alone = crate::quant::dequantize(ty, part, per).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                proptest::prop_assert_eq!(bits(&alone), bits(&whole[e * per..(e + 1) * per]));
+            }
+            proptest::prop_assert_eq!(end, len);
+            proptest::prop_assert!(ExpertSlice::of_stacked(0, &info, experts as usize).is_none());
+        }
     }
 }

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use hoist_format::TensorTable;
+use hoist_format::{DType, MetaValue, TensorTable};
 use hoist_runtime::config::ConfigError;
 use hoist_runtime::cpu::CpuModel;
+use hoist_runtime::weights::{ExpertProj, WeightError};
 use hoist_runtime::{ArchFamily, ModelConfig, RopeStyle, RuntimeError, WeightMap};
 use hoist_synth::gguf::{write_gguf, GgufTensor, GgufValue};
 
@@ -196,4 +197,362 @@ fn forward_errors() {
         .to_string();
     assert!(e.contains("9999"), "{e}");
     assert!(cache.is_empty(), "failed calls leave the cache untouched");
+}
+
+#[test]
+fn gguf_moe_configs_match_the_hf_ones() {
+    for (gguf, hf) in [
+        ("mixtral-f32", "mixtral"),
+        ("qwen2_moe-f32", "qwen2_moe"),
+        ("qwen3_moe-f32", "qwen3_moe"),
+    ] {
+        let table = TensorTable::open(fixtures().join(format!("gguf/{gguf}.gguf"))).unwrap();
+        let g = ModelConfig::from_gguf(&table).unwrap();
+        let h = ModelConfig::from_hf_file(&fixtures().join(hf).join("config.json")).unwrap();
+        assert_eq!(g.arch, h.arch, "{gguf}");
+        assert_eq!(g.moe, h.moe, "{gguf}: routing, widths and sparse layers");
+        assert_eq!(
+            (g.vocab_size, g.hidden_size, g.num_layers, g.head_dim),
+            (h.vocab_size, h.hidden_size, h.num_layers, h.head_dim),
+            "{gguf}"
+        );
+        assert_eq!(g.intermediate_size, h.intermediate_size, "{gguf}");
+        assert_eq!(
+            (g.attention_bias, g.qk_norm, g.tie_word_embeddings),
+            (h.attention_bias, h.qk_norm, h.tie_word_embeddings),
+            "{gguf}"
+        );
+        assert_eq!(
+            (g.rms_norm_eps, g.rope_theta),
+            (h.rms_norm_eps, h.rope_theta)
+        );
+    }
+}
+
+/// A GGUF file's metadata and tensors, to write again changed.
+#[derive(Clone)]
+struct Gguf {
+    kvs: Vec<(String, GgufValue)>,
+    /// `(name, shape, ggml type, bytes)`.
+    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+}
+
+fn meta_to_gguf(v: &MetaValue) -> GgufValue {
+    match v {
+        MetaValue::U64(n) => GgufValue::U64(*n),
+        MetaValue::I64(n) => GgufValue::I64(*n),
+        MetaValue::F64(x) => GgufValue::F64(*x),
+        MetaValue::Bool(b) => GgufValue::Bool(*b),
+        MetaValue::String(s) => GgufValue::String(s.clone()),
+        MetaValue::Array(a) => GgufValue::Array(a.iter().map(meta_to_gguf).collect()),
+    }
+}
+
+impl Gguf {
+    fn read(name: &str) -> Gguf {
+        let path = fixtures().join(format!("gguf/{name}.gguf"));
+        let table = TensorTable::open(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        Gguf {
+            kvs: table
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), meta_to_gguf(v)))
+                .collect(),
+            tensors: table
+                .tensors
+                .iter()
+                .map(|t| {
+                    let DType::Ggml(g) = t.dtype else {
+                        panic!("{}: not a ggml type", t.name)
+                    };
+                    let data = bytes[t.offset as usize..t.end() as usize].to_vec();
+                    (t.name.clone(), t.shape.clone(), g.0, data)
+                })
+                .collect(),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: GgufValue) -> &mut Gguf {
+        self.remove(key);
+        self.kvs.push((key.into(), value));
+        self
+    }
+
+    fn remove(&mut self, key: &str) -> &mut Gguf {
+        self.kvs.retain(|(k, _)| k != key);
+        self
+    }
+
+    fn drop_tensor(&mut self, name: &str) -> &mut Gguf {
+        self.tensors.retain(|t| t.0 != name);
+        self
+    }
+
+    fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("moe.gguf");
+        let tensors: Vec<GgufTensor<'_>> = self
+            .tensors
+            .iter()
+            .map(|(name, shape, ty, data)| GgufTensor {
+                name,
+                shape,
+                ggml_type: *ty,
+                data,
+            })
+            .collect();
+        write_gguf(&path, &self.kvs, &tensors, 32).unwrap();
+        path
+    }
+
+    fn config(&self, dir: &Path) -> Result<ModelConfig, ConfigError> {
+        ModelConfig::from_gguf(&TensorTable::open(self.write(dir)).unwrap())
+    }
+}
+
+#[test]
+fn gguf_moe_config_errors_name_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = Gguf::read("qwen3_moe-f32");
+    let err = |g: &Gguf| g.config(d).unwrap_err().to_string();
+
+    let e = err(&edited(&base, |g| {
+        g.set("qwen3moe.expert_used_count", GgufValue::U32(9))
+    }));
+    assert!(
+        e.contains("moe.gguf")
+            && e.contains("'qwen3moe.expert_used_count'")
+            && e.contains("exceeds the number of experts (8)"),
+        "{e}"
+    );
+    let e = err(&edited(&base, |g| {
+        g.set("qwen3moe.expert_used_count", GgufValue::U32(0))
+    }));
+    assert!(
+        e.contains("'qwen3moe.expert_used_count' must be positive"),
+        "{e}"
+    );
+    let e = err(&edited(&base, |g| {
+        g.set("qwen3moe.expert_count", GgufValue::U32(0))
+    }));
+    assert!(
+        e.contains("'qwen3moe.expert_count' must be positive"),
+        "{e}"
+    );
+    for key in ["qwen3moe.expert_count", "qwen3moe.expert_used_count"] {
+        let e = edited(&base, |g| g.remove(key)).config(d).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Missing { key: k, .. } if k == key),
+            "{key}: {e}"
+        );
+    }
+    let e = err(&edited(&base, |g| {
+        g.set(
+            "qwen3moe.expert_weights_norm",
+            GgufValue::String("yes".into()),
+        )
+    }));
+    assert!(
+        e.contains("'qwen3moe.expert_weights_norm' is not a boolean"),
+        "{e}"
+    );
+
+    // Without the expert width, llama.cpp's fallback: feed_forward_length / expert_used_count
+    // (64 / 2 = 32, the fixture's width); without both, the width is missing.
+    let c = edited(&base, |g| g.remove("qwen3moe.expert_feed_forward_length"))
+        .config(d)
+        .unwrap();
+    assert_eq!(c.moe.unwrap().expert_intermediate_size, 32);
+    let e = edited(&base, |g| {
+        g.remove("qwen3moe.expert_feed_forward_length")
+            .remove("qwen3moe.feed_forward_length")
+    })
+    .config(d)
+    .unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::Missing { key, .. } if key == "qwen3moe.expert_feed_forward_length"),
+        "{e}"
+    );
+    // `expert_weights_norm`, where a file has it, overrides the architecture's choice.
+    let c = edited(&base, |g| {
+        g.set("qwen3moe.expert_weights_norm", GgufValue::Bool(false))
+    })
+    .config(d)
+    .unwrap();
+    assert!(!c.moe.unwrap().norm_topk_prob);
+
+    // Mixtral is `llama` with experts; without them it is a dense Llama.
+    let mixtral = Gguf::read("mixtral-f32");
+    let c = mixtral.config(d).unwrap();
+    assert_eq!(
+        (c.arch, c.rope_style),
+        (ArchFamily::Mixtral, RopeStyle::Interleaved)
+    );
+    let e = err(&edited(&mixtral, |g| {
+        g.set("llama.expert_used_count", GgufValue::U32(9))
+    }));
+    assert!(
+        e.contains("'llama.expert_used_count'") && e.contains("exceeds"),
+        "{e}"
+    );
+    let c = edited(&mixtral, |g| g.set("llama.expert_count", GgufValue::U32(0)))
+        .config(d)
+        .unwrap();
+    assert_eq!((c.arch, c.moe), (ArchFamily::Llama, None));
+
+    // A dense architecture with experts is not one llama.cpp runs either.
+    let e = err(&edited(&Gguf::read("qwen3-q4_0"), |g| {
+        g.set("qwen3.expert_count", GgufValue::U32(4))
+    }));
+    assert!(
+        e.contains("'qwen3.expert_count' = 4") && e.contains("qwen3moe"),
+        "{e}"
+    );
+}
+
+/// `base` changed by `edit`.
+fn edited(base: &Gguf, edit: impl FnOnce(&mut Gguf) -> &mut Gguf) -> Gguf {
+    let mut g = base.clone();
+    edit(&mut g);
+    g
+}
+
+#[test]
+fn gguf_moe_weight_errors_name_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let load_err = |g: &Gguf| match CpuModel::load(&g.write(d)) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e,
+    };
+
+    let e = load_err(&edited(&Gguf::read("mixtral-f32"), |g| {
+        g.drop_tensor("blk.0.ffn_down_exps.weight")
+    }));
+    let msg = e.to_string();
+    assert!(matches!(
+        e,
+        RuntimeError::Weights(WeightError::Missing { .. })
+    ));
+    assert!(
+        msg.contains("'blk.0.ffn_down_exps.weight'") && msg.contains("layer 0 of 2 (Mixtral)"),
+        "{msg}"
+    );
+
+    // The experts' width disagrees with the stacked tensors' shapes.
+    let e = load_err(&edited(&Gguf::read("qwen3_moe-f32"), |g| {
+        g.set("qwen3moe.expert_feed_forward_length", GgufValue::U32(16))
+    }))
+    .to_string();
+    assert!(
+        e.contains("'blk.0.ffn_gate_exps.weight'")
+            && e.contains("[8, 32, 64]")
+            && e.contains("[8, 16, 64]"),
+        "{e}"
+    );
+
+    // llama.cpp's older per-expert layout (`blk.N.ffn_gate.E.weight`): refused, saying so.
+    let old = edited(&Gguf::read("qwen3_moe-f32"), |g| {
+        let mut per_expert = Vec::new();
+        for (name, shape, ty, data) in &g.tensors {
+            let Some(p) = name
+                .strip_prefix("blk.0.ffn_")
+                .and_then(|n| n.strip_suffix("_exps.weight"))
+            else {
+                continue;
+            };
+            let stride = data.len() / shape[0] as usize;
+            for (e, chunk) in data.chunks(stride).enumerate() {
+                let n = format!("blk.0.ffn_{p}.{e}.weight");
+                per_expert.push((n, shape[1..].to_vec(), *ty, chunk.to_vec()));
+            }
+        }
+        g.tensors
+            .retain(|t| !t.0.starts_with("blk.0.") || !t.0.ends_with("_exps.weight"));
+        g.tensors.extend(per_expert);
+        g
+    });
+    let e = load_err(&old).to_string();
+    assert!(
+        e.contains("'blk.0.ffn_gate_exps.weight'")
+            && e.contains("per-expert tensors ('blk.0.ffn_gate.0.weight'")
+            && e.contains("convert the checkpoint again"),
+        "{e}"
+    );
+
+    // ggml's shape for the shared expert's gate is `[hidden]`; llama.cpp's converter writes
+    // `[1, hidden]`. Both load, to the same model.
+    let vector = edited(&Gguf::read("qwen2_moe-f32"), |g| {
+        for t in &mut g.tensors {
+            if t.0.ends_with("ffn_gate_inp_shexp.weight") {
+                assert_eq!(t.1, [1, 64]);
+                t.1 = vec![64];
+            }
+        }
+        g
+    });
+    let a = CpuModel::load(&vector.write(d)).unwrap();
+    let b = CpuModel::load(&fixtures().join("gguf/qwen2_moe-f32.gguf")).unwrap();
+    let run = |m: &CpuModel| {
+        let mut cache = m.new_cache(8).unwrap();
+        m.forward(&[5, 6, 7, 8, 9, 10, 11, 12], &mut cache).unwrap()
+    };
+    assert_eq!(run(&a), run(&b));
+}
+
+/// The bytes of each expert's matrix, as `WeightMap::expert_slice` places them: in their own
+/// tensor of the Hugging Face checkpoint, in the stacked tensor of the F32 GGUF file made from
+/// it; the same floats either way.
+#[test]
+fn expert_slices_are_the_hf_experts() {
+    let read = |table: &TensorTable, s: hoist_runtime::weights::ExpertSlice| -> Vec<u8> {
+        let info = &table.tensors[s.index];
+        let bytes = std::fs::read(&table.files[info.file].path).unwrap();
+        assert!(s.offset + s.len <= info.len);
+        let start = (info.offset + s.offset) as usize;
+        bytes[start..start + s.len as usize].to_vec()
+    };
+    for name in ["qwen3_moe", "qwen2_moe"] {
+        let hf = TensorTable::open(fixtures().join(name)).unwrap();
+        let hf_config =
+            ModelConfig::from_hf_file(&fixtures().join(name).join("config.json")).unwrap();
+        let hf_map = WeightMap::resolve(&hf, &hf_config).unwrap();
+        let gg = TensorTable::open(fixtures().join(format!("gguf/{name}-f32.gguf"))).unwrap();
+        let gg_config = ModelConfig::from_gguf(&gg).unwrap();
+        let gg_map = WeightMap::resolve(&gg, &gg_config).unwrap();
+        let moe = gg_config.moe.as_ref().unwrap();
+        let (h, ei) = (gg_config.hidden_size, moe.expert_intermediate_size);
+        for layer in 0..gg_config.num_layers {
+            for proj in [ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down] {
+                if !moe.is_sparse(layer) {
+                    assert_eq!(
+                        gg_map.expert_slice(&gg, layer, 0, proj),
+                        None,
+                        "dense layer"
+                    );
+                    continue;
+                }
+                for e in 0..moe.num_experts {
+                    let a = hf_map.expert_slice(&hf, layer, e, proj).unwrap();
+                    let b = gg_map.expert_slice(&gg, layer, e, proj).unwrap();
+                    let dims = if proj == ExpertProj::Down {
+                        (h, ei)
+                    } else {
+                        (ei, h)
+                    };
+                    assert_eq!(((a.rows, a.cols), (b.rows, b.cols)), (dims, dims));
+                    assert_eq!((a.offset, b.offset), (0, e as u64 * b.len));
+                    assert_eq!(
+                        read(&hf, a),
+                        read(&gg, b),
+                        "{name} layer {layer} expert {e} {proj:?}"
+                    );
+                }
+                let past = moe.num_experts;
+                assert_eq!(gg_map.expert_slice(&gg, layer, past, proj), None);
+                assert_eq!(hf_map.expert_slice(&hf, layer, past, proj), None);
+            }
+        }
+    }
 }

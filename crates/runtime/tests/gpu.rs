@@ -163,6 +163,11 @@ fn device_greedy_decoding_matches_the_host_loop() {
             g.join("qwen3-q4_0.gguf"),
             g.join("qwen3-q4_0.ref/reference.json"),
         ),
+        // Decode's expert kernels captured in the graph.
+        (
+            fixtures().join("qwen2_moe"),
+            fixtures().join("qwen2_moe/reference.json"),
+        ),
     ] {
         let m = GpuModel::load(&model, &options()).unwrap();
         let meta: serde_json::Value =
@@ -267,4 +272,148 @@ fn placements_for_another_model_are_refused_before_any_device_work() {
     let msg =
         placement_refusal(Placement::per_layer(vec![Residency::Resident; layers + 1])).to_string();
     assert!(msg.contains(&format!("the model has {layers}")), "{msg}");
+}
+
+#[test]
+fn moe_models_match_transformers() {
+    if !gpu_or_skip("moe_models_match_transformers") {
+        return;
+    }
+    // Mixtral (top-2, renormalised), Qwen2-MoE (a shared expert with its gate, a dense layer
+    // among the sparse ones, unnormalised top-k), Qwen3-MoE (q/k norms, normalised top-k).
+    for name in ["mixtral", "qwen2_moe", "qwen3_moe"] {
+        let dir = fixtures().join(name);
+        for split in [false, true] {
+            check(
+                &dir,
+                &dir.join("reference.json"),
+                &dir.join("logits.f32"),
+                1e-4,
+                split,
+            );
+        }
+    }
+}
+
+/// `dir`'s f32 safetensors checkpoint stored as bf16 in `out` (config.json copied).
+fn bf16_copy(dir: &Path, out: &Path) {
+    use hoist_format::DType;
+    use hoist_synth::TensorSpec;
+    let (table, _) = open_checkpoint(dir).unwrap();
+    let mut specs = Vec::new();
+    let mut data = Vec::new();
+    for t in &table.tensors {
+        assert_eq!(t.dtype, DType::F32, "{}", t.name);
+        let file = std::fs::read(&table.files[t.file].path).unwrap();
+        let bytes = &file[t.offset as usize..(t.offset + t.len) as usize];
+        let bf16: Vec<u8> = bytes
+            .chunks_exact(4)
+            .flat_map(|c| {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                half::bf16::from_f32(v).to_le_bytes()
+            })
+            .collect();
+        specs.push(TensorSpec {
+            name: t.name.clone(),
+            dtype: DType::BF16,
+            shape: t.shape.clone(),
+        });
+        data.push(bf16);
+    }
+    hoist_synth::write_safetensors(
+        &out.join("model.safetensors"),
+        &specs,
+        &[("format", "pt")],
+        |i, offset, buf| {
+            let at = offset as usize;
+            buf.copy_from_slice(&data[i][at..at + buf.len()]);
+        },
+    )
+    .unwrap();
+    std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
+}
+
+#[test]
+fn bf16_moe_models_match_the_cpu_reference() {
+    if !gpu_or_skip("bf16_moe_models_match_the_cpu_reference") {
+        return;
+    }
+    // bf16 weights: activations rounded to bf16 between the GEMMs, against the f32 reference on
+    // the same (bf16) weights, row by row. A token whose router has a near tie may take another
+    // expert under bf16 rounding (transformers in bf16 as well): its row, and the rows after it
+    // through the cache, may differ by more. So: most rows within the bf16 tolerance
+    // (2e-2), none far off, and the same arg-max wherever the reference's top-2 margin is clear.
+    for name in ["mixtral", "qwen2_moe", "qwen3_moe"] {
+        let tmp = tempfile::tempdir().unwrap();
+        bf16_copy(&fixtures().join(name), tmp.path());
+        let cpu = hoist_runtime::cpu::CpuModel::load(tmp.path()).unwrap();
+        let gpu = GpuModel::load(tmp.path(), &options()).unwrap();
+        let prompt: Vec<u32> = (0..40u32).map(|i| (i * 37 + 11) % 250).collect();
+        let mut cache = cpu.new_cache(prompt.len() + 8).unwrap();
+        let mut s = gpu.session(prompt.len() + 8).unwrap();
+        let mut want = cpu.forward(&prompt, &mut cache).unwrap();
+        let mut got = s.forward(&prompt, true).unwrap();
+        // Then decode steps, each fed the reference's greedy token.
+        let v = gpu.config().vocab_size;
+        for _ in 0..8 {
+            let next = argmax(&want[want.len() - v..]);
+            want.extend(cpu.forward(&[next], &mut cache).unwrap());
+            got.extend(s.forward(&[next], true).unwrap());
+        }
+        let rows: Vec<f32> = got
+            .chunks(v)
+            .zip(want.chunks(v))
+            .map(|(g, w)| rel_error(g, w))
+            .collect();
+        let within = rows.iter().filter(|&&e| e <= 2e-2).count();
+        let worst = rows.iter().fold(0f32, |m, &e| m.max(e));
+        eprintln!(
+            "{name} bf16: {within} of {} rows within 2e-2, worst {worst:.2e}; rows over 1e-2: {:?}",
+            rows.len(),
+            rows.iter()
+                .enumerate()
+                .filter(|(_, &e)| e > 1e-2)
+                .map(|(i, e)| format!("{i}:{e:.1e}"))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            within * 10 >= rows.len() * 9 && worst <= 0.1,
+            "{name} bf16: {rows:?}"
+        );
+        for (i, (g, w)) in got.chunks(v).zip(want.chunks(v)).enumerate() {
+            let mut sorted = w.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            if sorted[0] - sorted[1] > 0.05 * sorted[0].abs().max(1.0) {
+                assert_eq!(argmax(g), argmax(w), "{name} bf16: row {i}'s arg-max");
+            }
+        }
+    }
+}
+
+#[test]
+fn gguf_moe_models_match_transformers() {
+    if !gpu_or_skip("gguf_moe_models_match_transformers") {
+        return;
+    }
+    // Stacked expert tensors (each expert a byte range of `ffn_*_exps`), as llama.cpp writes
+    // them (tests/fixtures/make_gguf_moe.py): f32 against transformers' logits of the same
+    // model; Q8_0 experts (with llama.cpp's F16 fallback for rows that are not whole blocks)
+    // against transformers on the dequantized weights, f16 activations.
+    let g = fixtures().join("gguf");
+    for (file, reference, tolerance) in [
+        ("mixtral-f32.gguf", g.join("mixtral-f32.ref"), 1e-4),
+        ("qwen2_moe-f32.gguf", fixtures().join("qwen2_moe"), 1e-4),
+        ("qwen3_moe-f32.gguf", fixtures().join("qwen3_moe"), 1e-4),
+        ("qwen2_moe-q8_0.gguf", g.join("qwen2_moe-q8_0.ref"), 5e-3),
+    ] {
+        for split in [false, true] {
+            check(
+                &g.join(file),
+                &reference.join("reference.json"),
+                &reference.join("logits.f32"),
+                tolerance,
+                split,
+            );
+        }
+    }
 }

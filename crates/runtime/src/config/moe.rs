@@ -1,23 +1,33 @@
 //! Mixture-of-experts settings: which layers route each token to a few of many expert
 //! feed-forward blocks, and how the router's weights are formed.
 //!
-//! The three Hugging Face families spell the same things differently:
+//! The three Hugging Face families spell the same things differently, and llama.cpp's GGUF
+//! files (`{arch}` = `llama` for Mixtral, `qwen2moe`, `qwen3moe`) differently again:
 //!
-//! | | Mixtral | Qwen3-MoE | Qwen2-MoE |
-//! | --- | --- | --- | --- |
-//! | experts | `num_local_experts` | `num_experts` | `num_experts` |
-//! | (alias, as transformers' `attribute_map`) | `num_experts` | `num_local_experts` | — |
-//! | experts per token | `num_experts_per_tok` | `num_experts_per_tok` | `num_experts_per_tok` |
-//! | expert width | `intermediate_size` | `moe_intermediate_size` | `moe_intermediate_size` |
-//! | renormalised top-k | always | `norm_topk_prob` | `norm_topk_prob` |
-//! | shared expert | — | — | `shared_expert_intermediate_size` |
-//! | sparse layers | all | `decoder_sparse_step`, `mlp_only_layers` | same as Qwen3-MoE |
+//! | | Mixtral | Qwen3-MoE | Qwen2-MoE | GGUF |
+//! | --- | --- | --- | --- | --- |
+//! | experts | `num_local_experts` | `num_experts` | `num_experts` | `{arch}.expert_count` |
+//! | (alias, as transformers' `attribute_map`) | `num_experts` | `num_local_experts` | — | — |
+//! | experts per token | `num_experts_per_tok` | `num_experts_per_tok` | `num_experts_per_tok` | `{arch}.expert_used_count` |
+//! | expert width | `intermediate_size` | `moe_intermediate_size` | `moe_intermediate_size` | `{arch}.expert_feed_forward_length` (Mixtral: `llama.feed_forward_length`) |
+//! | renormalised top-k | always | `norm_topk_prob` | `norm_topk_prob` | `{arch}.expert_weights_norm`, else llama.cpp's choice per architecture |
+//! | shared expert | — | — | `shared_expert_intermediate_size` | `qwen2moe.expert_shared_feed_forward_length` |
+//! | sparse layers | all | `decoder_sparse_step`, `mlp_only_layers` | same as Qwen3-MoE | those with a router tensor |
 //!
-//! Layers that are not sparse keep the dense SwiGLU block of width `intermediate_size`.
+//! Layers that are not sparse keep the dense SwiGLU block of width `intermediate_size`
+//! (GGUF: `{arch}.feed_forward_length`).
+//!
+//! GGUF metadata has no `mlp_only_layers`: llama.cpp builds every layer of these architectures
+//! sparse. Its converter still writes a dense layer's `blk.N.ffn_{gate,up,down}.weight` in
+//! place of the router and experts, so a layer whose file holds those and no
+//! `blk.N.ffn_gate_inp.weight` is read as dense (llama.cpp itself cannot load such a file; real
+//! checkpoints have none).
 
+use hoist_format::TensorTable;
 use serde_json::Value;
 
-use super::{ArchFamily, ConfigError, Json};
+use super::{ArchFamily, ConfigError, Json, Meta};
+use crate::weights::{LayerTensor, MoeNaming, WeightId, WeightSource};
 
 /// How a mixture-of-experts model routes tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +59,16 @@ impl MoeConfig {
     }
 }
 
+/// The keys a [`MoeConfig`]'s numbers were read from, to name them in errors.
+struct Keys<'a> {
+    experts: &'a str,
+    used: &'a str,
+    width: &'a str,
+    shared: &'a str,
+    step: &'a str,
+    mlp_only: &'a str,
+}
+
 /// Reads the mixture-of-experts keys of a Hugging Face `config.json` for `arch`; `None` for
 /// dense architectures.
 pub(super) fn hf_moe(
@@ -56,42 +76,177 @@ pub(super) fn hf_moe(
     arch: ArchFamily,
     num_layers: usize,
 ) -> Result<Option<MoeConfig>, ConfigError> {
-    let moe = match arch {
+    let (moe, keys) = match arch {
         ArchFamily::Llama | ArchFamily::Mistral | ArchFamily::Qwen2 | ArchFamily::Qwen3 => {
             return Ok(None)
         }
         // Mixtral renormalises the top-k weights unconditionally and has no dense layers.
-        ArchFamily::Mixtral => MoeConfig {
-            num_experts: experts(j, "num_local_experts", "num_experts")?,
-            experts_per_token: j.usize("num_experts_per_tok")?,
-            expert_intermediate_size: j.usize("intermediate_size")?,
-            norm_topk_prob: true,
-            shared_expert_intermediate_size: None,
-            decoder_sparse_step: 1,
-            mlp_only_layers: Vec::new(),
-        },
-        ArchFamily::Qwen2Moe | ArchFamily::Qwen3Moe => MoeConfig {
-            num_experts: match arch {
-                ArchFamily::Qwen3Moe => experts(j, "num_experts", "num_local_experts")?,
-                _ => j.usize("num_experts")?,
+        ArchFamily::Mixtral => (
+            MoeConfig {
+                num_experts: experts(j, "num_local_experts", "num_experts")?,
+                experts_per_token: j.usize("num_experts_per_tok")?,
+                expert_intermediate_size: j.usize("intermediate_size")?,
+                norm_topk_prob: true,
+                shared_expert_intermediate_size: None,
+                decoder_sparse_step: 1,
+                mlp_only_layers: Vec::new(),
             },
-            experts_per_token: j.usize("num_experts_per_tok")?,
-            expert_intermediate_size: j.usize("moe_intermediate_size")?,
-            // transformers' default for both configuration classes.
-            norm_topk_prob: match j.json.get("norm_topk_prob") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(j.invalid("norm_topk_prob", "is not a boolean")),
+            Keys {
+                experts: "num_local_experts",
+                used: "num_experts_per_tok",
+                width: "intermediate_size",
+                shared: "shared_expert_intermediate_size",
+                step: "decoder_sparse_step",
+                mlp_only: "mlp_only_layers",
             },
-            shared_expert_intermediate_size: match arch {
-                ArchFamily::Qwen2Moe => Some(j.usize("shared_expert_intermediate_size")?),
-                _ => None,
+        ),
+        ArchFamily::Qwen2Moe | ArchFamily::Qwen3Moe => (
+            MoeConfig {
+                num_experts: match arch {
+                    ArchFamily::Qwen3Moe => experts(j, "num_experts", "num_local_experts")?,
+                    _ => j.usize("num_experts")?,
+                },
+                experts_per_token: j.usize("num_experts_per_tok")?,
+                expert_intermediate_size: j.usize("moe_intermediate_size")?,
+                // transformers' default for both configuration classes.
+                norm_topk_prob: match j.json.get("norm_topk_prob") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err(j.invalid("norm_topk_prob", "is not a boolean")),
+                },
+                shared_expert_intermediate_size: match arch {
+                    ArchFamily::Qwen2Moe => Some(j.usize("shared_expert_intermediate_size")?),
+                    _ => None,
+                },
+                decoder_sparse_step: j.opt_usize("decoder_sparse_step")?.unwrap_or(1),
+                mlp_only_layers: mlp_only_layers(j)?,
             },
-            decoder_sparse_step: j.opt_usize("decoder_sparse_step")?.unwrap_or(1),
-            mlp_only_layers: mlp_only_layers(j)?,
-        },
+            Keys {
+                experts: "num_experts",
+                used: "num_experts_per_tok",
+                width: "moe_intermediate_size",
+                shared: "shared_expert_intermediate_size",
+                step: "decoder_sparse_step",
+                mlp_only: "mlp_only_layers",
+            },
+        ),
     };
-    check(j, moe, num_layers).map(Some)
+    check(moe, num_layers, &keys, |key, reason| j.invalid(key, reason)).map(Some)
+}
+
+/// Reads the mixture-of-experts keys of a GGUF file whose `general.architecture` is
+/// `arch_name` (read as `family`), with the layers that keep a dense block found from its
+/// tensors (see the module documentation). Returns the architecture, which is
+/// [`ArchFamily::Mixtral`] for a `llama` file with experts, and its routing (`None` for a dense
+/// model).
+///
+/// Where a key is absent, the value is llama.cpp's (`llama-model.cpp`, `models/*.cpp`): the
+/// `llama` architecture takes `feed_forward_length` as the experts' width and renormalises the
+/// top-k weights; `qwen2moe` and `qwen3moe` fall back to `feed_forward_length /
+/// expert_used_count` for the experts' width (what files converted before the key existed
+/// need), `qwen2moe`'s shared expert to `feed_forward_length`; `qwen3moe` renormalises,
+/// `qwen2moe` does not.
+pub(super) fn gguf_moe(
+    m: &Meta<'_>,
+    table: &TensorTable,
+    arch_name: &str,
+    family: ArchFamily,
+    num_layers: usize,
+    feed_forward_length: Option<usize>,
+) -> Result<(ArchFamily, Option<MoeConfig>), ConfigError> {
+    let k = |suffix: &str| format!("{arch_name}.{suffix}");
+    let expert_count = m.opt_usize(&k("expert_count"))?;
+    let arch = match family {
+        ArchFamily::Llama if expert_count.is_some_and(|n| n > 0) => ArchFamily::Mixtral,
+        ArchFamily::Qwen2Moe | ArchFamily::Qwen3Moe => family,
+        // Dense architectures: llama.cpp's `qwen2`/`qwen3` graphs have no experts either.
+        _ => {
+            return match expert_count.filter(|&n| n > 0) {
+                Some(n) => Err(m.unsupported(
+                    &k("expert_count"),
+                    &n.to_string(),
+                    &format!(
+                        "0 for a dense '{arch_name}' model; mixture-of-experts GGUF files are \
+                         'llama' (Mixtral), 'qwen2moe' or 'qwen3moe'"
+                    ),
+                )),
+                None => Ok((family, None)),
+            };
+        }
+    };
+    let (experts_key, used_key) = (k("expert_count"), k("expert_used_count"));
+    let num_experts = expert_count.ok_or_else(|| m.missing(&experts_key))?;
+    let experts_per_token = m.usize(&used_key)?;
+    let ffl_key = k("feed_forward_length");
+    let (width_key, expert_intermediate_size) = match arch {
+        // llama.cpp's `llama` graph sizes the experts by `feed_forward_length` and never reads
+        // `expert_feed_forward_length`.
+        ArchFamily::Mixtral => (
+            ffl_key.clone(),
+            feed_forward_length.ok_or_else(|| m.missing(&ffl_key))?,
+        ),
+        _ => {
+            let key = k("expert_feed_forward_length");
+            let width = match m.opt_usize(&key)? {
+                Some(w) => w,
+                // llama.cpp's fallback, `n_ff / n_expert_used`, for files older than the key;
+                // only where it divides evenly (else the file does not say).
+                None => match feed_forward_length {
+                    // No width without a count; `check` names the count.
+                    Some(_) if experts_per_token == 0 => 0,
+                    Some(ff) if ff.is_multiple_of(experts_per_token) => ff / experts_per_token,
+                    _ => return Err(m.missing(&key)),
+                },
+            };
+            (key, width)
+        }
+    };
+    let shared_key = k("expert_shared_feed_forward_length");
+    let shared_expert_intermediate_size = match arch {
+        ArchFamily::Qwen2Moe => Some(match m.opt_usize(&shared_key)? {
+            Some(s) => s,
+            None => feed_forward_length.ok_or_else(|| m.missing(&shared_key))?,
+        }),
+        _ => None,
+    };
+    // llama.cpp's graphs for these architectures fix the choice; a file that states it anyway
+    // says what its checkpoint does.
+    let norm_topk_prob = match m.opt_bool(&k("expert_weights_norm"))? {
+        Some(b) => b,
+        None => !matches!(arch, ArchFamily::Qwen2Moe),
+    };
+    let has = |l: usize, t: LayerTensor| {
+        let name = WeightSource::Gguf.name(WeightId::Layer(l, t));
+        table.get(&name).is_some()
+    };
+    let mlp_only_layers = (0..num_layers)
+        .filter(|&l| {
+            !has(l, LayerTensor::Router(MoeNaming::Qwen))
+                && [LayerTensor::Gate, LayerTensor::Up, LayerTensor::Down]
+                    .into_iter()
+                    .any(|t| has(l, t))
+        })
+        .collect();
+    let moe = MoeConfig {
+        num_experts,
+        experts_per_token,
+        expert_intermediate_size,
+        norm_topk_prob,
+        shared_expert_intermediate_size,
+        decoder_sparse_step: 1,
+        mlp_only_layers,
+    };
+    let keys = Keys {
+        experts: &experts_key,
+        used: &used_key,
+        width: &width_key,
+        shared: &shared_key,
+        // Neither is read from a GGUF file: every layer is sparse unless its tensors say not.
+        step: "decoder_sparse_step",
+        mlp_only: "mlp_only_layers",
+    };
+    let moe = check(moe, num_layers, &keys, |key, reason| m.invalid(key, reason))?;
+    Ok((arch, Some(moe)))
 }
 
 /// The expert count under its usual key or its alias (transformers 5 writes Qwen3-MoE's as
@@ -115,25 +270,31 @@ fn mlp_only_layers(j: &Json<'_>) -> Result<Vec<usize>, ConfigError> {
     }
 }
 
-/// Relations between the numbers: a router needs at least as many experts as it picks.
-fn check(j: &Json<'_>, moe: MoeConfig, num_layers: usize) -> Result<MoeConfig, ConfigError> {
+/// Relations between the numbers: all positive, and a router needs at least as many experts as
+/// it picks. `invalid(key, reason)` makes the error of the source the numbers came from.
+fn check(
+    moe: MoeConfig,
+    num_layers: usize,
+    keys: &Keys<'_>,
+    invalid: impl Fn(&str, &str) -> ConfigError,
+) -> Result<MoeConfig, ConfigError> {
     for (key, v) in [
-        ("num_experts", moe.num_experts),
-        ("num_experts_per_tok", moe.experts_per_token),
-        ("moe_intermediate_size", moe.expert_intermediate_size),
-        ("decoder_sparse_step", moe.decoder_sparse_step),
+        (keys.experts, moe.num_experts),
+        (keys.used, moe.experts_per_token),
+        (keys.width, moe.expert_intermediate_size),
+        (keys.step, moe.decoder_sparse_step),
         (
-            "shared_expert_intermediate_size",
+            keys.shared,
             moe.shared_expert_intermediate_size.unwrap_or(1),
         ),
     ] {
         if v == 0 {
-            return Err(j.invalid(key, "must be positive"));
+            return Err(invalid(key, "must be positive"));
         }
     }
     if moe.experts_per_token > moe.num_experts {
-        return Err(j.invalid(
-            "num_experts_per_tok",
+        return Err(invalid(
+            keys.used,
             &format!(
                 "= {} exceeds the number of experts ({})",
                 moe.experts_per_token, moe.num_experts
@@ -141,8 +302,8 @@ fn check(j: &Json<'_>, moe: MoeConfig, num_layers: usize) -> Result<MoeConfig, C
         ));
     }
     if let Some(&l) = moe.mlp_only_layers.iter().find(|&&l| l >= num_layers) {
-        return Err(j.invalid(
-            "mlp_only_layers",
+        return Err(invalid(
+            keys.mlp_only,
             &format!("names layer {l}, but the model has {num_layers}"),
         ));
     }

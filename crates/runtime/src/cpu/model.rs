@@ -6,13 +6,17 @@
 //! `attention_bias` (Qwen2), `qk_norm` (Qwen3), `rope_scaling` / `rope_freqs.weight`
 //! (Llama 3.1), `sliding_window` (Mistral v0.1), `rope_style` (llama-arch GGUF files),
 //! `tie_word_embeddings`, and `moe` (routed experts in sparse layers, [`super::moe`]). This is a test reference, not the product path: simple, not fast.
+//!
+//! Experts come one tensor each from a Hugging Face checkpoint; from a GGUF file each expert's
+//! matrix is its byte range of the stacked tensor ([`crate::weights::ExpertSlice`], the range
+//! the GPU runtime reads too), converted on its own.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use hoist_format::TensorTable;
+use hoist_format::{TensorInfo, TensorTable};
 use hoist_io::{EngineConfig, HostTensor, PlanConfig};
 
 use super::attention::{attention, KvCache};
@@ -22,7 +26,7 @@ use super::ops::{add_bias, embedding, matmul_t, rms_norm};
 use super::rope::{inv_freqs, Rope};
 use crate::config::ModelConfig;
 use crate::weights::{
-    ExpertProj, LayerTensor, MoeNaming, WeightError, WeightId, WeightMap, WeightSource,
+    ExpertProj, ExpertSlice, LayerTensor, MoeNaming, WeightError, WeightId, WeightMap, WeightSource,
 };
 use crate::RuntimeError;
 
@@ -155,16 +159,46 @@ impl CpuModel {
     ) -> Result<CpuModel, WeightError> {
         let by_name: HashMap<&str, &HostTensor> =
             tensors.iter().map(|t| (t.info.name.as_str(), t)).collect();
-        let get = |id: WeightId| -> Result<Vec<f32>, WeightError> {
+        let host = |id: WeightId| -> Result<&HostTensor, WeightError> {
             let name = map.source.name(id);
-            let t = by_name
+            by_name
                 .get(name.as_str())
+                .copied()
                 .ok_or_else(|| WeightError::Missing {
                     path: PathBuf::new(),
-                    name: name.clone(),
+                    name,
                     what: "not among the loaded tensors".into(),
-                })?;
+                })
+        };
+        let get = |id: WeightId| -> Result<Vec<f32>, WeightError> {
+            let t = host(id)?;
             tensor_to_f32(&t.info, t.bytes())
+        };
+        // Expert `e`'s matrix of a stacked GGUF tensor: its own byte range converted as a
+        // `[rows, cols]` tensor of the same type (the range the GPU runtime reads, too).
+        let stacked = |t: &HostTensor, e: usize| -> Result<Vec<f32>, WeightError> {
+            let bytes = t.bytes();
+            let bad = || WeightError::Bytes {
+                name: t.info.name.clone(),
+                len: bytes.len(),
+                elements: t.info.elements(),
+                dtype: t.info.dtype,
+            };
+            // The table index (0) is not used: the tensor's bytes are already loaded.
+            let s = ExpertSlice::of_stacked(0, &t.info, e).ok_or_else(bad)?;
+            let range = usize::try_from(s.offset)
+                .ok()
+                .zip(usize::try_from(s.len).ok())
+                .and_then(|(start, len)| Some(start..start.checked_add(len)?))
+                .ok_or_else(bad)?;
+            let part = bytes.get(range).ok_or_else(bad)?;
+            let info = TensorInfo {
+                name: format!("{} (expert {e})", t.info.name),
+                shape: vec![s.rows as u64, s.cols as u64],
+                len: s.len,
+                ..t.info.clone()
+            };
+            tensor_to_f32(&info, part)
         };
         let layer = |n: usize| -> Result<Layer, WeightError> {
             let t = |lt: LayerTensor| get(WeightId::Layer(n, lt));
@@ -175,13 +209,34 @@ impl CpuModel {
                         crate::ArchFamily::Mixtral => MoeNaming::Mixtral,
                         _ => MoeNaming::Qwen,
                     };
-                    let expert = |e: usize| -> Result<SwiGlu, WeightError> {
-                        Ok(SwiGlu {
-                            gate: t(Expert(naming, e, ExpertProj::Gate))?,
-                            up: t(Expert(naming, e, ExpertProj::Up))?,
-                            down: t(Expert(naming, e, ExpertProj::Down))?,
-                            inter: moe.expert_intermediate_size,
-                        })
+                    let inter = moe.expert_intermediate_size;
+                    let experts = match map.source {
+                        WeightSource::HuggingFace => (0..moe.num_experts)
+                            .map(|e| {
+                                Ok(SwiGlu {
+                                    gate: t(Expert(naming, e, ExpertProj::Gate))?,
+                                    up: t(Expert(naming, e, ExpertProj::Up))?,
+                                    down: t(Expert(naming, e, ExpertProj::Down))?,
+                                    inter,
+                                })
+                            })
+                            .collect::<Result<Vec<_>, WeightError>>()?,
+                        WeightSource::Gguf => {
+                            let stack = |p| host(WeightId::Layer(n, Experts(p)));
+                            let gate = stack(ExpertProj::Gate)?;
+                            let up = stack(ExpertProj::Up)?;
+                            let down = stack(ExpertProj::Down)?;
+                            (0..moe.num_experts)
+                                .map(|e| {
+                                    Ok(SwiGlu {
+                                        gate: stacked(gate, e)?,
+                                        up: stacked(up, e)?,
+                                        down: stacked(down, e)?,
+                                        inter,
+                                    })
+                                })
+                                .collect::<Result<Vec<_>, WeightError>>()?
+                        }
                     };
                     let shared = match moe.shared_expert_intermediate_size {
                         Some(inter) => Some(SharedExpert {
@@ -197,7 +252,7 @@ impl CpuModel {
                     };
                     Ffn::Moe(MoeBlock {
                         router: t(Router(naming))?,
-                        experts: (0..moe.num_experts).map(expert).collect::<Result<_, _>>()?,
+                        experts,
                         shared,
                         top_k: moe.experts_per_token,
                         norm_topk_prob: moe.norm_topk_prob,

@@ -10,6 +10,9 @@
 
 mod attention;
 mod gemv;
+mod moe;
+
+pub(crate) use moe::{MoeFfn, Routes, SharedFfn};
 
 use hoist_cuda::{DevSlice, Stream};
 use hoist_format::{DType, GgmlType};

@@ -34,6 +34,7 @@ mod graph;
 mod greedy;
 mod host_ffn;
 mod load;
+mod moe;
 mod plan;
 mod session;
 mod stream;
@@ -126,9 +127,9 @@ impl GpuModel {
         config: ModelConfig,
         options: &GpuOptions,
     ) -> Result<GpuModel, RuntimeError> {
-        if config.moe.is_some() {
-            // Refused before the device or any dense FFN tensor is touched.
-            let why = "the GPU runtime does not run mixture-of-experts models yet; --device cpu runs them (the f32 CPU reference)";
+        if config.moe.is_some() && options.placement.names_streamed() {
+            // Refused before the device is touched.
+            let why = "the GPU runtime does not stream a mixture-of-experts model's layers yet: every layer must be resident (drop the streamed placement), or run it with --device cpu";
             return Err(GpuError::Unsupported(why.into()).into());
         }
         let start = Instant::now();
@@ -211,9 +212,18 @@ impl GpuModel {
             Some(s) => s.views()?,
             None => Vec::new(),
         };
-        let mut built = Builder::new(&config, &map, &weights, &kernels, &blas, &stream, &gpu)?
-            .with_streamed(table, streamed_views)
-            .build(tuning.q4_tiles)?;
+        let mut built = Builder::new(
+            (&config, table, &map),
+            &weights,
+            Ops {
+                k: &kernels,
+                blas: &blas,
+                stream: &stream,
+            },
+            &gpu,
+        )?
+        .with_streamed(table, streamed_views)
+        .build(tuning.q4_tiles)?;
         let mut streamer = streamer;
         if let (Some(s), true) = (streamer.as_mut(), tuning.q4_tiles) {
             load::tile_pinned_layers(s, &mut built.layers, &kernels, &blas, &stream, &gpu)?;
@@ -277,10 +287,10 @@ impl GpuModel {
     }
 
     /// Bytes of weights one decoded token reads: every matrix once (the embedding only for its
-    /// row, unless it is also the output projection).
+    /// row, unless it is also the output projection); of a sparse layer's experts, the `k` a
+    /// token goes through (at the experts' mean size).
     pub fn weight_bytes_per_token(&self) -> u64 {
-        let layers: usize = self.layers.mats().map(|m| m.bytes()).sum();
-        (layers + self.output.bytes()) as u64
+        (self.layers.bytes_per_token() + self.output.bytes()) as u64
     }
 
     /// A fresh sequence with a KV cache of `context` positions; a clear error when it does not
@@ -340,9 +350,18 @@ impl GpuModel {
         }
     }
 
-    /// `(rows, cols)` of every matrix a prefill multiplies, per layer, for FLOP counts.
+    /// `(rows, cols)` of every matrix a prefill multiplies, per layer, for FLOP counts: of a
+    /// sparse layer's experts, `k` (each token goes through `k` of them).
     pub(crate) fn layer_shapes(&self) -> Vec<(usize, usize)> {
-        self.layers.mats().map(|m| (m.rows, m.cols)).collect()
+        let mut shapes: Vec<(usize, usize)> =
+            self.layers.mats().map(|m| (m.rows, m.cols)).collect();
+        for l in 0..self.layers.len() {
+            if let weights::Ffn::Moe(f) = &self.layers.layer(l).ffn {
+                let per_token = f.experts[..f.top_k].iter().flatten();
+                shapes.extend(per_token.map(|m| (m.rows, m.cols)));
+            }
+        }
+        shapes
     }
 }
 

@@ -16,7 +16,7 @@ use hoist_cuda::{
 use super::{GpuError, GpuTuning};
 
 use super::kernels::{main_source, FILES};
-pub(crate) use super::kernels::{ARGMAX_THREADS, ATTN_SLICE_KEYS, ATTN_SPLITS};
+pub(crate) use super::kernels::{ARGMAX_THREADS, ATTN_SLICE_KEYS, ATTN_SPLITS, MOE_MAX_TOP_K};
 
 /// Threads per block of the row kernels (norms, attention, softmax).
 pub(crate) const ROW_THREADS: u32 = 256;
@@ -84,6 +84,11 @@ pub(crate) struct Kernels {
     pub(crate) gemv_swiglu_q4t: Function,
     pub(crate) q4_tile_repack: Function,
     pub(crate) q4_tile_dequant: Function,
+    pub(crate) moe_route: Function,
+    pub(crate) moe_swiglu: Function,
+    pub(crate) moe_down: Function,
+    pub(crate) moe_gather: Function,
+    pub(crate) moe_scatter: Function,
     /// Whether the GPU has the tensor-core products the tiled Q4_0 GEMVs use (sm_80 and newer).
     pub(crate) tensor_cores: bool,
     /// Streaming multiprocessors: the quantized GEMVs' grids are at most as many blocks as are
@@ -316,6 +321,9 @@ impl Kernels {
         let gemv_swiglu_q = get("gemv_swiglu_q")?;
         let gemv_q4t = get("gemv_q4t")?;
         let gemv_swiglu_q4t = get("gemv_swiglu_q4t")?;
+        let moe_route = get("moe_route")?;
+        let moe_swiglu = get("moe_swiglu")?;
+        let moe_down = get("moe_down")?;
         // The tiled GEMVs' static shared memory (their cross-warp sums) is up to 3.2 KiB (16
         // warps); the driver refuses a dynamic limit that leaves no room for it.
         let q4t_smem_bytes = attention_smem_bytes.saturating_sub(4096);
@@ -324,6 +332,9 @@ impl Kernels {
             (gemv_swiglu, attention_smem_bytes),
             (gemv_q, attention_smem_bytes),
             (gemv_swiglu_q, attention_smem_bytes),
+            (moe_route, attention_smem_bytes),
+            (moe_swiglu, attention_smem_bytes),
+            (moe_down, attention_smem_bytes),
             (gemv_q4t, q4t_smem_bytes),
             (gemv_swiglu_q4t, q4t_smem_bytes),
         ] {
@@ -350,6 +361,11 @@ impl Kernels {
             gemv_swiglu_q4t,
             q4_tile_repack: get("q4_tile_repack")?,
             q4_tile_dequant: get("q4_tile_dequant")?,
+            moe_route,
+            moe_swiglu,
+            moe_down,
+            moe_gather: get("moe_gather")?,
+            moe_scatter: get("moe_scatter")?,
             module,
             tensor_cores: major >= 8,
             sm_count: gpu.attribute(DeviceAttribute::MultiprocessorCount)?.max(1) as u32,
@@ -445,6 +461,11 @@ impl Kernels {
             (self.gemv_swiglu_q4t, "gemv_swiglu_q4t"),
             (self.q4_tile_repack, "q4_tile_repack"),
             (self.q4_tile_dequant, "q4_tile_dequant"),
+            (self.moe_route, "moe_route"),
+            (self.moe_swiglu, "moe_swiglu"),
+            (self.moe_down, "moe_down"),
+            (self.moe_gather, "moe_gather"),
+            (self.moe_scatter, "moe_scatter"),
         ];
         named.iter().find(|(g, _)| *g == f).map_or("?", |(_, n)| n)
     }

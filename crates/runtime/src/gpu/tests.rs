@@ -15,6 +15,7 @@ use crate::sampler::Rng;
 mod attention;
 mod elementwise;
 mod gemv;
+mod moe;
 mod q4_tiles;
 mod quant;
 

@@ -10,10 +10,11 @@ use super::layers::WType;
 
 /// Every source file, by the name the others include it by: the shared headers (`.cuh`), then
 /// the op families (`.cu`), in the order the program includes them.
-pub(super) const FILES: [(&str, &str); 12] = [
+pub(super) const FILES: [(&str, &str); 14] = [
     ("common.cuh", include_str!("common.cuh")),
     ("gemv.cuh", include_str!("gemv.cuh")),
     ("quant.cuh", include_str!("quant.cuh")),
+    ("rows.cuh", include_str!("rows.cuh")),
     ("convert.cu", include_str!("convert.cu")),
     ("embed.cu", include_str!("embed.cu")),
     ("norm.cu", include_str!("norm.cu")),
@@ -22,6 +23,7 @@ pub(super) const FILES: [(&str, &str); 12] = [
     ("attention.cu", include_str!("attention.cu")),
     ("argmax.cu", include_str!("argmax.cu")),
     ("gemv.cu", include_str!("gemv.cu")),
+    ("moe.cu", include_str!("moe.cu")),
     ("q4_tiles.cu", include_str!("q4_tiles.cu")),
 ];
 
@@ -49,11 +51,14 @@ pub(crate) const ATTN_SPLITS: usize = 32;
 pub(crate) const ATTN_SLICE_KEYS: usize = 32;
 /// Threads of `argmax_next`'s one block.
 pub(crate) const ARGMAX_THREADS: u32 = 1024;
+/// Most experts a token goes through (`moe_route` keeps them in registers): Mixtral's 2 and
+/// the Qwen MoE models' 4 to 8 with room to spare.
+pub(crate) const MOE_MAX_TOP_K: usize = 16;
 
 /// Every constant the kernels take from the host, as (macro name, value). The weight-type codes
 /// are [`WType`]'s discriminants (`Q4_0Tiled` is read by the tiled kernels alone, which take no
 /// type code).
-pub(super) fn shared_constants() -> [(&'static str, usize); 22] {
+pub(super) fn shared_constants() -> [(&'static str, usize); 23] {
     [
         ("W_F32", WType::F32 as usize),
         ("W_F16", WType::F16 as usize),
@@ -77,6 +82,7 @@ pub(super) fn shared_constants() -> [(&'static str, usize); 22] {
         ("ATTN_SPLITS", ATTN_SPLITS),
         ("ATTN_SLICE_KEYS", ATTN_SLICE_KEYS),
         ("ARGMAX_THREADS", ARGMAX_THREADS as usize),
+        ("MOE_MAX_TOP_K", MOE_MAX_TOP_K),
     ]
 }
 

@@ -182,7 +182,7 @@ impl Ops<'_> {
     /// Dynamic shared memory of a GEMV whose quantized weights read the input quantized into
     /// shared memory (`xq_bytes` in kernels/quant.cuh: int16 values, a scale per 32, a sum per
     /// 16); 0 when nothing is quantized.
-    fn staged_input_bytes(&self, cols: usize, quantized: bool) -> Result<u32, GpuError> {
+    pub(super) fn staged_input_bytes(&self, cols: usize, quantized: bool) -> Result<u32, GpuError> {
         if !quantized {
             return Ok(0);
         }

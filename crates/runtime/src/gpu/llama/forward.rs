@@ -2,6 +2,7 @@
 
 use hoist_cuda::DevSlice;
 
+use super::weights::Ffn;
 use super::GpuSession;
 use crate::gpu::layers::{rope_fusable, AttnDims, FusedRope, GemvOut, Mat};
 use crate::gpu::GpuError;
@@ -194,15 +195,22 @@ impl GpuSession<'_> {
                     }
                     continue;
                 }
-                if !gemm_path {
-                    ops.gemv_swiglu(&layer.gate, &layer.up, b.xn.ptr(), b.h.ptr(), act)?;
-                } else {
-                    let x_in = input(b.xn.ptr());
-                    ops.linear(&layer.gate, x_in, act, n, b.g.ptr(), 0.0, scratch)?;
-                    ops.linear(&layer.up, x_in, act, n, b.u.ptr(), 0.0, scratch)?;
-                    ops.swiglu(b.g.ptr(), b.u.ptr(), b.h.ptr(), xa, act, n * inter)?;
+                match &layer.ffn {
+                    Ffn::Dense { gate, up, down } => {
+                        if !gemm_path {
+                            ops.gemv_swiglu(gate, up, b.xn.ptr(), b.h.ptr(), act)?;
+                        } else {
+                            let x_in = input(b.xn.ptr());
+                            ops.linear(gate, x_in, act, n, b.g.ptr(), 0.0, scratch)?;
+                            ops.linear(up, x_in, act, n, b.u.ptr(), 0.0, scratch)?;
+                            ops.swiglu(b.g.ptr(), b.u.ptr(), b.h.ptr(), xa, act, n * inter)?;
+                        }
+                        add_to_residual(down, b.h.ptr())?;
+                    }
+                    // Decode's experts by our kernels even under `HOIST_DECODE_GEMV=cublas`
+                    // (cuBLAS would need the chosen ids on the host).
+                    Ffn::Moe(f) => self.moe_ffn(f, n)?,
                 }
-                add_to_residual(&layer.down, b.h.ptr())?;
                 m.layers.after(l, ops.stream)?;
             }
             ops.rms_norm(b.x.ptr(), m.output_norm, b.xn.ptr(), xa, n, h, eps, act)?;

@@ -7,13 +7,13 @@ use hoist_cuda::{DevSlice, DeviceBuf, Gpu, GpuTensors, Stream};
 use hoist_format::TensorTable;
 
 use super::bytes_of;
-use super::weights::Layer;
-use crate::config::ModelConfig;
+use super::weights::{Ffn, Layer};
+use crate::config::{ArchFamily, ModelConfig};
 use crate::gpu::blas::Blas;
-use crate::gpu::layers::{Act, Mat, Ops, WType};
-use crate::gpu::module::Kernels;
+use crate::gpu::layers::{Act, Mat, MoeFfn, Ops, SharedFfn, WType};
+use crate::gpu::module::{Kernels, MOE_MAX_TOP_K};
 use crate::gpu::GpuError;
-use crate::weights::{LayerTensor, WeightId, WeightMap};
+use crate::weights::{ExpertProj, LayerTensor, MoeNaming, WeightId, WeightMap};
 
 /// The weight types the kernels read ([`WType::of`]), for messages.
 const GPU_DTYPES: &str =
@@ -77,6 +77,7 @@ pub(super) struct Built {
 /// Turns loaded tensors into matrices (views) and f32 vectors (converted copies).
 pub(super) struct Builder<'a> {
     config: &'a ModelConfig,
+    table: &'a TensorTable,
     map: &'a WeightMap,
     weights: &'a GpuTensors,
     by_name: HashMap<&'a str, usize>,
@@ -88,13 +89,12 @@ pub(super) struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
+    /// A builder of `config`'s model from `weights`, the tensors `map` resolved in `table`
+    /// loaded onto `gpu`, converting on `ops`' stream.
     pub(super) fn new(
-        config: &'a ModelConfig,
-        map: &'a WeightMap,
+        (config, table, map): (&'a ModelConfig, &'a TensorTable, &'a WeightMap),
         weights: &'a GpuTensors,
-        kernels: &'a Kernels,
-        blas: &'a Blas,
-        stream: &'a Stream,
+        ops: Ops<'a>,
         gpu: &'a Arc<Gpu>,
     ) -> Result<Builder<'a>, GpuError> {
         let by_name = weights
@@ -105,14 +105,11 @@ impl<'a> Builder<'a> {
             .collect();
         Ok(Builder {
             config,
+            table,
             map,
             weights,
             by_name,
-            ops: Ops {
-                k: kernels,
-                blas,
-                stream,
-            },
+            ops,
             gpu,
             small: Vec::new(),
             streamed: HashMap::new(),
@@ -196,6 +193,53 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// Expert `e`'s `proj` matrix of layer `n` (`[rows, cols]`): its own tensor (Hugging Face)
+    /// or its bytes of the layer's stacked tensor (GGUF).
+    fn expert_mat(
+        &self,
+        n: usize,
+        e: usize,
+        proj: ExpertProj,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Mat, GpuError> {
+        let what = || format!("layer {n}'s expert {e} ({proj:?})");
+        let s = self
+            .map
+            .expert_slice(self.table, n, e, proj)
+            .ok_or_else(|| {
+                GpuError::Unsupported(format!("{} is missing from the checkpoint", what()))
+            })?;
+        let info = &self.table.tensors[s.index];
+        let wtype =
+            WType::of(info.dtype).ok_or_else(|| unsupported_dtype(&info.name, info.dtype))?;
+        if (s.rows, s.cols) != (rows, cols) || wtype.bytes(rows * cols) as u64 != s.len {
+            return Err(GpuError::Unsupported(format!(
+                "{} in tensor {} is [{}, {}] ({} bytes), expected [{rows}, {cols}] of {wtype:?}",
+                what(),
+                info.name,
+                s.rows,
+                s.cols,
+                s.len
+            )));
+        }
+        if !cols.is_multiple_of(wtype.block_values()) {
+            return Err(whole_blocks(&info.name, wtype, cols));
+        }
+        let t = self
+            .by_name
+            .get(info.name.as_str())
+            .map(|&i| &self.weights.tensors()[i])
+            .ok_or_else(|| GpuError::Unsupported(format!("tensor {} was not loaded", info.name)))?;
+        let data = DevSlice::of_tensor(t)?.slice(s.offset as usize..(s.offset + s.len) as usize)?;
+        Ok(Mat {
+            data,
+            wtype,
+            rows,
+            cols,
+        })
+    }
+
     /// An f32 copy of a small tensor of `len` values.
     fn vector(&mut self, id: WeightId, len: usize) -> Result<DevSlice<f32>, GpuError> {
         let t = self.tensor(id)?;
@@ -270,9 +314,14 @@ impl<'a> Builder<'a> {
                 qkv_bias,
                 qk_norm,
                 ffn_norm: self.vector(id(FfnNorm), h)?,
-                gate: self.mat(id(Gate), inter, h)?,
-                up: self.mat(id(Up), inter, h)?,
-                down: self.mat(id(Down), h, inter)?,
+                ffn: match &c.moe {
+                    Some(moe) if moe.is_sparse(n) => Ffn::Moe(self.moe_ffn(n, moe)?),
+                    _ => Ffn::Dense {
+                        gate: self.mat(id(Gate), inter, h)?,
+                        up: self.mat(id(Up), inter, h)?,
+                        down: self.mat(id(Down), h, inter)?,
+                    },
+                },
             });
         }
         if q4_tiles {
@@ -280,7 +329,7 @@ impl<'a> Builder<'a> {
         }
         let types: Vec<WType> = layers
             .iter()
-            .flat_map(|l| l.mats().map(|m| m.wtype))
+            .flat_map(|l| l.mats().into_iter().chain(l.experts()).map(|m| m.wtype))
             .chain([embed.wtype, output.wtype])
             .collect();
         let act = activation_type(&types);
@@ -293,6 +342,74 @@ impl<'a> Builder<'a> {
             layers,
             inv_freq,
             small: self.small,
+        })
+    }
+
+    /// Sparse layer `n`'s router, experts (with the device table of their addresses) and
+    /// shared expert. The experts of one projection must share a type (decode's kernels take
+    /// one type per projection).
+    fn moe_ffn(&mut self, n: usize, moe: &crate::config::MoeConfig) -> Result<MoeFfn, GpuError> {
+        let c = self.config;
+        let h = c.hidden_size;
+        let id = |t| WeightId::Layer(n, t);
+        if !(1..=MOE_MAX_TOP_K).contains(&moe.experts_per_token) {
+            return Err(GpuError::Unsupported(format!(
+                "the model routes each token to {} experts; the GPU runtime takes 1 to {MOE_MAX_TOP_K}",
+                moe.experts_per_token
+            )));
+        }
+        let naming = match c.arch {
+            ArchFamily::Mixtral => MoeNaming::Mixtral,
+            _ => MoeNaming::Qwen,
+        };
+        let ei = moe.expert_intermediate_size;
+        let router = self.mat(id(LayerTensor::Router(naming)), moe.num_experts, h)?;
+        let mut experts = Vec::with_capacity(moe.num_experts);
+        for e in 0..moe.num_experts {
+            experts.push([
+                self.expert_mat(n, e, ExpertProj::Gate, ei, h)?,
+                self.expert_mat(n, e, ExpertProj::Up, ei, h)?,
+                self.expert_mat(n, e, ExpertProj::Down, h, ei)?,
+            ]);
+        }
+        for (p, proj) in [ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(e) = experts
+                .iter()
+                .position(|x| x[p].wtype != experts[0][p].wtype)
+            {
+                return Err(GpuError::Unsupported(format!(
+                    "layer {n}: expert {e}'s {proj:?} projection is {:?} but expert 0's is {:?}; the GPU runtime needs one type for every expert's {proj:?} projection of a layer",
+                    experts[e][p].wtype,
+                    experts[0][p].wtype
+                )));
+            }
+        }
+        let shared = match moe.shared_expert_intermediate_size {
+            Some(si) => Some(SharedFfn {
+                gate: self.mat(id(LayerTensor::SharedGate), si, h)?,
+                up: self.mat(id(LayerTensor::SharedUp), si, h)?,
+                down: self.mat(id(LayerTensor::SharedDown), h, si)?,
+                gate_inp: self.mat(id(LayerTensor::SharedExpertGate), 1, h)?,
+            }),
+            None => None,
+        };
+        // The address tables: every gate, then every up, then every down.
+        let addresses: Vec<u64> = (0..3)
+            .flat_map(|p| experts.iter().map(move |x| x[p].ptr()))
+            .collect();
+        let tables = DeviceBuf::new(self.gpu, addresses.len() * 8)?;
+        tables.write_async(self.ops.stream, bytes_of(&addresses))?;
+        self.ops.stream.synchronize()?;
+        Ok(MoeFfn {
+            router,
+            experts,
+            tables,
+            shared,
+            top_k: moe.experts_per_token,
+            norm_topk_prob: moe.norm_topk_prob,
         })
     }
 
@@ -370,18 +487,23 @@ fn upload_f32(gpu: &Arc<Gpu>, stream: &Stream, values: &[f32]) -> Result<DeviceB
 
 /// The matrices of `l` that Q4_0 tiling repacks: gate and up only together (one kernel reads
 /// both).
+/// (Sparse layers' experts keep the file's layout: decode's expert kernels read it.)
 fn tile_targets<'m>(k: &Kernels, l: &'m mut Layer) -> Vec<&'m mut Mat> {
     let ok = |m: &Mat| crate::gpu::q4_tiles::tileable(k, m);
-    let pair = ok(&l.gate) && ok(&l.up);
     let mut targets = Vec::new();
-    for m in [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.down] {
+    for m in [&mut l.q, &mut l.k, &mut l.v, &mut l.o] {
         if ok(m) {
             targets.push(m);
         }
     }
-    if pair {
-        targets.push(&mut l.gate);
-        targets.push(&mut l.up);
+    if let Ffn::Dense { gate, up, down } = &mut l.ffn {
+        if ok(down) {
+            targets.push(down);
+        }
+        if ok(gate) && ok(up) {
+            targets.push(gate);
+            targets.push(up);
+        }
     }
     targets
 }

@@ -26,6 +26,15 @@ const MATS: [LayerTensor; 7] = [
     LayerTensor::Down,
 ];
 
+/// Whether `t` is a matrix of a sparse layer's feed-forward block.
+fn is_moe_matrix(t: LayerTensor) -> bool {
+    use LayerTensor::*;
+    matches!(
+        t,
+        Router(_) | Expert(..) | Experts(_) | SharedGate | SharedUp | SharedDown | SharedExpertGate
+    )
+}
+
 /// The planner's inputs and outputs for one model.
 pub(super) struct Sizing {
     /// The plan.
@@ -61,7 +70,22 @@ pub(super) fn plan(
 ) -> Result<Sizing, GpuError> {
     let mut layer_mats: Vec<Vec<usize>> = Vec::with_capacity(config.num_layers);
     for l in 0..config.num_layers {
-        let ids = MATS
+        let sparse = config.moe.as_ref().is_some_and(|m| m.is_sparse(l));
+        // A sparse layer's matrices: attention's, then the router's, the experts' and the
+        // shared expert's (its vectors are small, with the norms).
+        let tensors: Vec<LayerTensor> = match sparse {
+            false => MATS.to_vec(),
+            true => MATS[..4]
+                .iter()
+                .copied()
+                .chain(
+                    LayerTensor::for_layer(config, l, map.source)
+                        .into_iter()
+                        .filter(|t| is_moe_matrix(*t)),
+                )
+                .collect(),
+        };
+        let ids = tensors
             .iter()
             .map(|&t| {
                 map.index(WeightId::Layer(l, t)).ok_or_else(|| {
@@ -114,8 +138,9 @@ pub(super) fn plan(
         .context
         .unwrap_or(crate::gpu::options::DEFAULT_RESERVE_CONTEXT)
         .clamp(1, super::MAX_CONTEXT);
-    let (_, _, sizes) = buffer_sizes(config, act, context, scratch_values);
-    let reserve_bytes = sizes.iter().sum::<usize>() as u64 + MARGIN_BYTES;
+    let (chunk, _, sizes) = buffer_sizes(config, act, context, scratch_values);
+    let moe_sizes = super::moe::moe_buffer_sizes(config, act, chunk);
+    let reserve_bytes = sizes.iter().chain(&moe_sizes).sum::<usize>() as u64 + MARGIN_BYTES;
 
     let budget = options.placement.budget();
     let gpu_budget = budget
@@ -128,6 +153,18 @@ pub(super) fn plan(
             .unwrap_or(0),
     };
     let plan = options.placement.plan(&bytes, gpu_budget, host_budget)?;
+    if config.moe.is_some() && plan.streams() {
+        // Expert streaming is not built: every layer must be resident.
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let all = bytes.fixed_bytes + bytes.layer_bytes.iter().sum::<u64>();
+        return Err(GpuError::Unsupported(format!(
+            "this mixture-of-experts model's weights take {:.2} GiB and a session of {context} positions {:.2} GiB; the GPU budget is {:.2} GiB ({}), and the GPU runtime does not stream experts yet: free GPU memory, give a shorter --context, or run it with --device cpu",
+            gib(all),
+            gib(reserve_bytes),
+            gib(gpu_budget),
+            plan.summary(),
+        )));
+    }
     if plan.gpu_bytes + reserve_bytes > free_bytes {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         return Err(GpuError::Unsupported(format!(

@@ -3,6 +3,8 @@
 use hoist_cuda::{DevSlice, DeviceBuf};
 
 use super::graph::Graph;
+use super::moe::{ffn_widest, moe_buffer_sizes, MoeBufs};
+use super::weights::Ffn;
 use super::{bytes_of, greedy, GpuModel, MAX_CHUNK_TOKENS, MAX_CONTEXT, SCORES_BUDGET_BYTES};
 use crate::cpu::ForwardError;
 use crate::gpu::layers::{Act, AttnDims, Mat, Ops, WType};
@@ -60,6 +62,8 @@ pub(super) struct Buffers {
     /// Logits of one step: `chunk` rows when every position's logits were asked for.
     pub(super) logits: DeviceBuf,
     pub(super) logits_rows: usize,
+    /// Mixture-of-experts models' routing and expert buffers.
+    pub(super) moe: Option<MoeBufs>,
 }
 
 impl<'a> GpuSession<'a> {
@@ -80,6 +84,7 @@ impl<'a> GpuSession<'a> {
         let scratch_values = model
             .layers
             .mats()
+            .chain(model.layers.experts())
             .chain([&model.output])
             .filter(|m| m.wtype.elem() != Some(model.act.elem()))
             .map(|m| m.rows * m.cols)
@@ -88,7 +93,8 @@ impl<'a> GpuSession<'a> {
         let attn = attn_dims(c, model.act, context);
         // Refused here rather than at the first decode step.
         model.ops().attention_smem(attn)?;
-        let needed: usize = sizes.iter().sum();
+        let moe_sizes = moe_buffer_sizes(c, model.act, chunk);
+        let needed: usize = sizes.iter().chain(&moe_sizes).sum();
         let (free, _) = model.gpu.mem_info().map_err(GpuError::from)?;
         // Keep a little for cuBLAS's workspace and the driver.
         let reserve = 256usize << 20;
@@ -126,6 +132,7 @@ impl<'a> GpuSession<'a> {
             counters: alloc(sizes[16])?,
             qa: alloc_some(sizes[17])?,
             probs: alloc_some(sizes[18])?,
+            moe: MoeBufs::new(gpu, moe_sizes)?,
         };
         bufs.counters
             .zero_async(&model.stream)
@@ -265,15 +272,36 @@ impl<'a> GpuSession<'a> {
         let xa = b.xa.as_ref().map_or(b.xn.ptr(), |x| x.ptr());
         for l in 0..m.layers.len() {
             let layer = m.layers.layer(l);
-            for (w, y, beta) in [
+            let mut products = vec![
                 (&layer.q, b.q.ptr(), 0.0),
                 (&layer.k, b.k.ptr(), 0.0),
                 (&layer.v, b.v.ptr(), 0.0),
                 (&layer.o, b.x.ptr(), 1.0),
-                (&layer.gate, b.g.ptr(), 0.0),
-                (&layer.up, b.u.ptr(), 0.0),
-                (&layer.down, b.x.ptr(), 1.0),
-            ] {
+            ];
+            match &layer.ffn {
+                Ffn::Dense { gate, up, down } => products.extend([
+                    (gate, b.g.ptr(), 0.0),
+                    (up, b.u.ptr(), 0.0),
+                    (down, b.x.ptr(), 1.0),
+                ]),
+                // Each token through k experts: k experts' products over all the tokens (the
+                // same FLOPs as the grouped ones).
+                Ffn::Moe(f) => {
+                    let shared = f.shared.as_ref().map(|s| [&s.gate, &s.up, &s.down]);
+                    for [gate, up, down] in f.experts[..f.top_k]
+                        .iter()
+                        .map(|e| [&e[0], &e[1], &e[2]])
+                        .chain(shared)
+                    {
+                        products.extend([
+                            (gate, b.g.ptr(), 0.0),
+                            (up, b.u.ptr(), 0.0),
+                            (down, b.x.ptr(), 1.0),
+                        ]);
+                    }
+                }
+            }
+            for (w, y, beta) in products {
                 let direct = w.wtype.elem() == Some(m.act.elem());
                 let a = match (&b.scratch, direct) {
                     (_, true) => *w,
@@ -320,7 +348,7 @@ pub(super) fn buffer_sizes(
         c.hidden_size,
         c.num_heads * c.head_dim,
         c.num_kv_heads * c.head_dim,
-        c.intermediate_size,
+        ffn_widest(c),
         c.vocab_size,
     );
     let act_bytes = act.elem().bytes();

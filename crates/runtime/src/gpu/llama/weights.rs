@@ -5,7 +5,7 @@
 use hoist_cuda::{DevSlice, Stream};
 
 use super::stream::Streamer;
-use crate::gpu::layers::Mat;
+use crate::gpu::layers::{Mat, MoeFfn};
 use crate::gpu::GpuError;
 
 /// One decoder block's weights on the device.
@@ -20,16 +20,54 @@ pub(super) struct Layer {
     /// f32 per-head q and k norms (Qwen3).
     pub(super) qk_norm: Option<[DevSlice<f32>; 2]>,
     pub(super) ffn_norm: DevSlice<f32>,
-    pub(super) gate: Mat,
-    pub(super) up: Mat,
-    pub(super) down: Mat,
+    pub(super) ffn: Ffn,
+}
+
+/// A layer's feed-forward block.
+pub(super) enum Ffn {
+    /// SwiGLU: gate, up, down.
+    Dense { gate: Mat, up: Mat, down: Mat },
+    /// Routed experts (a sparse layer of a mixture-of-experts model).
+    Moe(MoeFfn),
 }
 
 impl Layer {
-    pub(super) fn mats(&self) -> [&Mat; 7] {
-        [
-            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
-        ]
+    /// The matrices every token of a step reads: attention's, and the dense feed-forward's or
+    /// the sparse layer's router and shared expert (not its routed experts: [`Layer::experts`]).
+    pub(super) fn mats(&self) -> Vec<&Mat> {
+        let mut m = vec![&self.q, &self.k, &self.v, &self.o];
+        match &self.ffn {
+            Ffn::Dense { gate, up, down } => m.extend([gate, up, down]),
+            Ffn::Moe(f) => {
+                m.push(&f.router);
+                if let Some(s) = &f.shared {
+                    m.extend([&s.gate, &s.up, &s.down, &s.gate_inp]);
+                }
+            }
+        }
+        m
+    }
+
+    /// The routed experts' matrices (none in a dense layer).
+    pub(super) fn experts(&self) -> impl Iterator<Item = &Mat> {
+        let experts: &[[Mat; 3]] = match &self.ffn {
+            Ffn::Moe(f) => &f.experts,
+            Ffn::Dense { .. } => &[],
+        };
+        experts.iter().flatten()
+    }
+
+    /// Bytes of weights one decoded token reads: [`Layer::mats`] and `top_k` experts (of the
+    /// experts' mean size).
+    pub(super) fn bytes_per_token(&self) -> usize {
+        let fixed: usize = self.mats().iter().map(|m| m.bytes()).sum();
+        match &self.ffn {
+            Ffn::Moe(f) => {
+                let all: usize = self.experts().map(|m| m.bytes()).sum();
+                fixed + all * f.top_k / f.experts.len().max(1)
+            }
+            Ffn::Dense { .. } => fixed,
+        }
     }
 }
 
@@ -110,8 +148,19 @@ impl LayerStore {
         self.streamer.as_ref()
     }
 
-    /// Every matrix of every layer, for load-time scans (types, sizes, shapes).
+    /// Every matrix every token reads ([`Layer::mats`]) of every layer, for load-time scans
+    /// (types, sizes, shapes).
     pub(super) fn mats(&self) -> impl Iterator<Item = &Mat> {
         self.layers.iter().flat_map(|l| l.mats())
+    }
+
+    /// Every routed expert's matrices of every layer.
+    pub(super) fn experts(&self) -> impl Iterator<Item = &Mat> {
+        self.layers.iter().flat_map(|l| l.experts())
+    }
+
+    /// Bytes of weights one decoded token reads in the decoder layers.
+    pub(super) fn bytes_per_token(&self) -> usize {
+        self.layers.iter().map(|l| l.bytes_per_token()).sum()
     }
 }
