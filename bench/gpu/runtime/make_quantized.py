@@ -139,18 +139,25 @@ def main():
         t = time.time()
         write_f16(src, a.shape, seed)
         log(f"wrote {src} ({a.shape}, seed {seed}) in {time.time() - t:.1f} s")
+    write_files(a.outdir, src, a.types, a.quantize, a.threads, dict(shape=a.shape, seed=seed))
+
+
+def write_files(outdir, src, types, quantizer, threads, about):
+    """Each type of `types` (comma-separated; F16: src itself) made from src by llama-quantize
+    (kept when it exists), then OUTDIR/files.json: `about` and each file's type, path, size and
+    tensor types (gguf_peer.py's input)."""
     files = []
-    for spec in [t.strip() for t in a.types.split(",") if t.strip()]:
-        path = src if spec.upper() == "F16" else os.path.join(a.outdir, file_name(spec))
+    for spec in [t.strip() for t in types.split(",") if t.strip()]:
+        path = src if spec.upper() == "F16" else os.path.join(outdir, file_name(spec))
         if not os.path.exists(path):
             t = time.time()
-            quantize(a.quantize, src, path, spec, a.threads)
+            quantize(quantizer, src, path, spec, threads)
             log(f"  {spec}: {time.time() - t:.1f} s")
-        types = tensor_types(path)
-        log(f"{spec}: {path}, {os.path.getsize(path) / 1e9:.2f} GB, tensor types {types}")
-        files.append(dict(type=spec, path=path, bytes=os.path.getsize(path), tensor_types=types))
-    with open(os.path.join(a.outdir, "files.json"), "w") as f:
-        json.dump(dict(shape=a.shape, seed=seed, files=files), f, indent=1)
+        types_of = tensor_types(path)
+        log(f"{spec}: {path}, {os.path.getsize(path) / 1e9:.2f} GB, tensor types {types_of}")
+        files.append(dict(type=spec, path=path, bytes=os.path.getsize(path), tensor_types=types_of))
+    with open(os.path.join(outdir, "files.json"), "w") as f:
+        json.dump(dict(about, files=files), f, indent=1)
 
 
 if __name__ == "__main__":

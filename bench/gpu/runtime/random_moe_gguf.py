@@ -17,7 +17,6 @@ kept; each is written aside and renamed when complete. Needs numpy and gguf.
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gguf_meta import add_gguf_tokenizer  # noqa: E402
-from make_quantized import TOKENIZER, file_name, log, quantize, tensor_types  # noqa: E402
+from make_quantized import TOKENIZER, log, write_files  # noqa: E402
 
 SHAPE = dict(hidden=2048, heads=32, kv_heads=4, head_dim=128, experts=128, top_k=8, width=768,
              ffn=6144, vocab=151936, context=40960)
@@ -123,19 +122,8 @@ def main():
         t = time.time()
         write_f16(src, a.layers, seed)
         log(f"wrote {src} (qwen3moe, {a.layers} layers, seed {seed}) in {time.time() - t:.1f} s")
-    files = []
-    for spec in [t.strip() for t in a.types.split(",") if t.strip()]:
-        path = src if spec.upper() == "F16" else os.path.join(a.outdir, file_name(spec))
-        if not os.path.exists(path):
-            t = time.time()
-            quantize(a.quantize, src, path, spec, a.threads)
-            log(f"  {spec}: {time.time() - t:.1f} s")
-        types = tensor_types(path)
-        log(f"{spec}: {path}, {os.path.getsize(path) / 1e9:.2f} GB, tensor types {types}")
-        files.append(dict(type=spec, path=path, bytes=os.path.getsize(path), tensor_types=types))
-    with open(os.path.join(a.outdir, "files.json"), "w") as f:
-        json.dump(dict(shape=f"qwen3moe-30b-a3b-L{a.layers}", seed=seed, files=files), f, indent=1)
-
+    write_files(a.outdir, src, a.types, a.quantize, a.threads,
+                dict(shape=f"qwen3moe-30b-a3b-L{a.layers}", seed=seed))
 
 if __name__ == "__main__":
     main()

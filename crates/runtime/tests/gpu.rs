@@ -50,12 +50,24 @@ fn rel_error(a: &[f32], b: &[f32]) -> f32 {
 /// Loads `model` (a fixture directory or GGUF file) with its reference in `reference` and
 /// checks logits rows and greedy tokens; `split` prefills the prompt in two steps.
 fn check(model: &Path, reference: &Path, logits: &Path, tolerance: f32, split: bool) {
+    check_with(model, reference, logits, tolerance, split, &options());
+}
+
+/// [`check`] with these options.
+fn check_with(
+    model: &Path,
+    reference: &Path,
+    logits: &Path,
+    tolerance: f32,
+    split: bool,
+    options: &GpuOptions,
+) {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
     let (prompt, want_greedy) = (ids(&meta, "prompt"), ids(&meta, "greedy"));
     let from = meta["logits_from"].as_u64().unwrap() as usize;
     let want = read_f32(logits);
-    let m = GpuModel::load(model, &options()).unwrap();
+    let m = GpuModel::load(model, options).unwrap();
     let v = m.config().vocab_size;
     let mut s = m.session(prompt.len() + want_greedy.len()).unwrap();
     let mut rows = if split {
@@ -76,8 +88,9 @@ fn check(model: &Path, reference: &Path, logits: &Path, tolerance: f32, split: b
     }
     let err = rel_error(&rows, &want);
     eprintln!(
-        "{}: max relative error {err:.2e} (split {split})",
-        model.display()
+        "{}: max relative error {err:.2e} (split {split}, MoE prefill batched {})",
+        model.display(),
+        options.tuning.moe_batched
     );
     assert!(err <= tolerance, "{}: {err} > {tolerance}", model.display());
     assert_eq!(greedy, want_greedy, "{}: greedy tokens", model.display());
@@ -283,16 +296,25 @@ fn moe_models_match_transformers() {
     // among the sparse ones, unnormalised top-k), Qwen3-MoE (q/k norms, normalised top-k).
     for name in ["mixtral", "qwen2_moe", "qwen3_moe"] {
         let dir = fixtures().join(name);
-        for split in [false, true] {
-            check(
+        // Prefill's experts batched, then one at a time.
+        for (split, batched) in [(false, true), (true, true), (false, false)] {
+            check_with(
                 &dir,
                 &dir.join("reference.json"),
                 &dir.join("logits.f32"),
                 1e-4,
                 split,
+                &moe_options(batched),
             );
         }
     }
+}
+
+/// The default options, prefill's experts batched or one at a time.
+fn moe_options(batched: bool) -> GpuOptions {
+    let mut o = options();
+    o.tuning.moe_batched = batched;
+    o
 }
 
 /// `dir`'s f32 safetensors checkpoint stored as bf16 in `out` (config.json copied).
@@ -339,11 +361,12 @@ fn bf16_moe_models_match_the_cpu_reference() {
         return;
     }
     // bf16 weights: activations rounded to bf16 between the GEMMs, against the f32 reference on
-    // the same (bf16) weights, row by row. A token whose router has a near tie may take another
-    // expert under bf16 rounding (transformers in bf16 as well): its row, and the rows after it
-    // through the cache, may differ by more. So: most rows within the bf16 tolerance
-    // (2e-2), none far off, and the same arg-max wherever the reference's top-2 margin is clear.
-    for name in ["mixtral", "qwen2_moe", "qwen3_moe"] {
+    // the same (bf16) weights, row by row: the rows' mean within the bf16 tolerance
+    // (2e-2), none far off (a token whose router has a near tie may take another expert under
+    // bf16 rounding, as transformers in bf16 may), and the same arg-max wherever the reference's
+    // top-2 margin is clear. The dense Qwen3 beside them: its q/k norms make the tiny fixtures'
+    // bf16 rows ~1e-2 off with or without experts (measured on the H200).
+    for name in ["mixtral", "qwen2_moe", "qwen3_moe", "qwen3"] {
         let tmp = tempfile::tempdir().unwrap();
         bf16_copy(&fixtures().join(name), tmp.path());
         let cpu = hoist_runtime::cpu::CpuModel::load(tmp.path()).unwrap();
@@ -365,21 +388,17 @@ fn bf16_moe_models_match_the_cpu_reference() {
             .zip(want.chunks(v))
             .map(|(g, w)| rel_error(g, w))
             .collect();
-        let within = rows.iter().filter(|&&e| e <= 2e-2).count();
+        let mean = rows.iter().sum::<f32>() / rows.len() as f32;
         let worst = rows.iter().fold(0f32, |m, &e| m.max(e));
         eprintln!(
-            "{name} bf16: {within} of {} rows within 2e-2, worst {worst:.2e}; rows over 1e-2: {:?}",
-            rows.len(),
+            "{name} bf16: row errors mean {mean:.2e}, worst {worst:.2e}; rows over 1e-2: {:?}",
             rows.iter()
                 .enumerate()
                 .filter(|(_, &e)| e > 1e-2)
                 .map(|(i, e)| format!("{i}:{e:.1e}"))
                 .collect::<Vec<_>>()
         );
-        assert!(
-            within * 10 >= rows.len() * 9 && worst <= 0.1,
-            "{name} bf16: {rows:?}"
-        );
+        assert!(mean <= 2e-2 && worst <= 0.1, "{name} bf16: {rows:?}");
         for (i, (g, w)) in got.chunks(v).zip(want.chunks(v)).enumerate() {
             let mut sorted = w.to_vec();
             sorted.sort_by(|a, b| b.total_cmp(a));
@@ -406,14 +425,40 @@ fn gguf_moe_models_match_transformers() {
         ("qwen3_moe-f32.gguf", fixtures().join("qwen3_moe"), 1e-4),
         ("qwen2_moe-q8_0.gguf", g.join("qwen2_moe-q8_0.ref"), 5e-3),
     ] {
-        for split in [false, true] {
-            check(
+        for (split, batched) in [(false, true), (true, true), (false, false)] {
+            check_with(
                 &g.join(file),
                 &reference.join("reference.json"),
                 &reference.join("logits.f32"),
                 tolerance,
                 split,
+                &moe_options(batched),
             );
+        }
+    }
+}
+
+#[test]
+fn moe_prefill_with_one_expert_taking_every_token() {
+    if !gpu_or_skip("moe_prefill_with_one_expert_taking_every_token") {
+        return;
+    }
+    // One token repeated: the first layer routes every position alike, so its k experts hold
+    // every token, more than a batched block holds: they run on their own rows beside the
+    // blocks. Against the CPU reference and the one-expert-at-a-time prefill.
+    for name in ["mixtral", "qwen2_moe", "qwen3_moe"] {
+        let dir = fixtures().join(name);
+        let prompt = vec![7u32; 48];
+        let cpu = hoist_runtime::cpu::CpuModel::load(&dir).unwrap();
+        let mut cache = cpu.new_cache(prompt.len()).unwrap();
+        let want = cpu.forward(&prompt, &mut cache).unwrap();
+        for batched in [true, false] {
+            let gpu = GpuModel::load(&dir, &moe_options(batched)).unwrap();
+            let mut s = gpu.session(prompt.len()).unwrap();
+            let got = s.forward(&prompt, true).unwrap();
+            let err = rel_error(&got, &want);
+            eprintln!("{name}, one token repeated, batched {batched}: {err:.2e}");
+            assert!(err <= 1e-4, "{name} (batched {batched}): {err}");
         }
     }
 }

@@ -89,6 +89,8 @@ pub struct GpuModel {
     /// Decode's q/k/v GEMV applies the rotary embedding and stores k and v into the cache
     /// itself, where no q/k norm comes between ([`super::GpuTuning::fused_rope`]).
     fused_rope: bool,
+    /// Prefill batches a sparse layer's experts ([`super::GpuTuning::moe_batched`]).
+    moe_batched: bool,
     /// Sessions replay captured decode graphs ([`super::GpuTuning::graphs`], off when
     /// profiling: each profiled launch synchronizes, which a graph cannot hold).
     graphs: bool,
@@ -253,6 +255,7 @@ impl GpuModel {
         Ok(GpuModel {
             blas_decode: direct && tuning.decode_gemv == DecodeGemv::Cublas,
             fused_rope: tuning.fused_rope,
+            moe_batched: tuning.moe_batched,
             graphs: tuning.graphs && !tuning.profile,
             act: built.act,
             embed: built.embed,

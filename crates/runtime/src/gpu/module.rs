@@ -87,6 +87,7 @@ pub(crate) struct Kernels {
     pub(crate) moe_route: Function,
     pub(crate) moe_swiglu: Function,
     pub(crate) moe_down: Function,
+    pub(crate) moe_combine: Function,
     pub(crate) moe_gather: Function,
     pub(crate) moe_scatter: Function,
     /// Whether the GPU has the tensor-core products the tiled Q4_0 GEMVs use (sm_80 and newer).
@@ -364,6 +365,7 @@ impl Kernels {
             moe_route,
             moe_swiglu,
             moe_down,
+            moe_combine: get("moe_combine")?,
             moe_gather: get("moe_gather")?,
             moe_scatter: get("moe_scatter")?,
             module,
@@ -464,6 +466,7 @@ impl Kernels {
             (self.moe_route, "moe_route"),
             (self.moe_swiglu, "moe_swiglu"),
             (self.moe_down, "moe_down"),
+            (self.moe_combine, "moe_combine"),
             (self.moe_gather, "moe_gather"),
             (self.moe_scatter, "moe_scatter"),
         ];

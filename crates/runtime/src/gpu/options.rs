@@ -85,6 +85,9 @@ pub struct GpuTuning {
     /// Q4_0 matrices repacked into tiles at load for the tensor-core GEMVs
     /// (`HOIST_NO_Q4_TILES` keeps the file's layout).
     pub q4_tiles: bool,
+    /// Prefill multiplies every expert of a sparse layer in one strided batched product per
+    /// projection where their weights allow (`HOIST_NO_MOE_BATCHED`: one expert at a time).
+    pub moe_batched: bool,
     /// Per-kernel times, each launch synchronized (so no graphs), printed when the model is
     /// dropped (`HOIST_PROFILE`).
     pub profile: bool,
@@ -116,6 +119,7 @@ impl Default for GpuTuning {
             fused_rope: true,
             pdl: true,
             q4_tiles: true,
+            moe_batched: true,
             profile: false,
             gemv_warps: shape.warps,
             gemv_unroll: shape.unroll,
@@ -143,6 +147,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ),
     ("HOIST_NO_PDL", "1: no programmatic dependent launch"),
     ("HOIST_NO_Q4_TILES", "1: keep Q4_0 in the file's layout"),
+    ("HOIST_NO_MOE_BATCHED", "1: prefill's experts one at a time"),
     ("HOIST_PROFILE", "1: per-kernel times, printed at exit"),
     ("HOIST_GEMV_WARPS", "16-bit GEMV warps: 1, 2, 4, 8, 16"),
     ("HOIST_GEMV_UNROLL", "16-bit GEMV unrolling: 1 to 16"),
@@ -311,6 +316,7 @@ impl GpuOptions {
             ("HOIST_NO_FUSED_ROPE", &mut t.fused_rope, true),
             ("HOIST_NO_PDL", &mut t.pdl, true),
             ("HOIST_NO_Q4_TILES", &mut t.q4_tiles, true),
+            ("HOIST_NO_MOE_BATCHED", &mut t.moe_batched, true),
             ("HOIST_PROFILE", &mut t.profile, false),
         ] {
             if let Some(set) = flag(name)? {
@@ -364,7 +370,7 @@ mod tests {
         let t = GpuTuning::default();
         assert_eq!(t.gemv_shape(), GemvShape::DEFAULT);
         t.validate().unwrap();
-        assert!(t.graphs && t.fused_rope && t.pdl && t.q4_tiles);
+        assert!(t.graphs && t.fused_rope && t.pdl && t.q4_tiles && t.moe_batched);
         assert!(!t.profile);
         assert_eq!(t.decode_gemv, DecodeGemv::Kernels);
         let o = with(&[]).unwrap();
@@ -381,6 +387,7 @@ mod tests {
             ("HOIST_NO_FUSED_ROPE", "true"),
             ("HOIST_NO_PDL", "yes"),
             ("HOIST_NO_Q4_TILES", "1"),
+            ("HOIST_NO_MOE_BATCHED", "on"),
             ("HOIST_PROFILE", "1"),
             ("HOIST_GEMV_WARPS", "8"),
             ("HOIST_GEMV_UNROLL", "2"),
@@ -401,7 +408,7 @@ mod tests {
         assert_eq!(o.kernel_cache, Some(PathBuf::from("/tmp/k")));
         let t = o.tuning;
         assert_eq!(t.decode_gemv, DecodeGemv::Cublas);
-        assert!(!t.graphs && !t.fused_rope && !t.pdl && !t.q4_tiles);
+        assert!(!t.graphs && !t.fused_rope && !t.pdl && !t.q4_tiles && !t.moe_batched);
         assert!(t.profile);
         assert_eq!(
             (
@@ -415,7 +422,7 @@ mod tests {
             (8, 2, 8, 16, 8, 1)
         );
         // Each variable of the table is read (the test above sets them all).
-        assert_eq!(ENV_OVERRIDES.len(), 14);
+        assert_eq!(ENV_OVERRIDES.len(), 15);
     }
 
     #[test]

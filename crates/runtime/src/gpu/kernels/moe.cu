@@ -145,9 +145,22 @@ extern "C" __global__ void moe_swiglu(MoeMats m, u64 ids, int k, u64 x, int cols
     int wt[3], rows;
     moe_slot(m, ids, k, s, &gate, &up, &down, wt, &rows);
     const float* xf = (const float*)x;
-    if (wt[0] > W_BF16 || wt[1] > W_BF16) stage_xq(xf, xq_smem, cols);
+    // Row bytes of gate and up (the float types' included), for the L2 prefetches below.
+    usize gb = wt[0] > W_BF16 ? quant_row_bytes(wt[0], cols) : (usize)cols * (wt[0] == W_F32 ? 4 : 2);
+    usize ub = wt[1] > W_BF16 ? quant_row_bytes(wt[1], cols) : (usize)cols * (wt[1] == W_F32 ? 4 : 2);
     int step = gridDim.x * (blockDim.x >> 5);
-    for (int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += step) {
+    int first = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (first < rows) {
+        // The first rows' weights are on their way while the input is staged.
+        prefetch_l2((const u8*)gate + first * gb, gb);
+        prefetch_l2((const u8*)up + first * ub, ub);
+    }
+    if (wt[0] > W_BF16 || wt[1] > W_BF16) stage_xq(xf, xq_smem, cols);
+    for (int r = first; r < rows; r += step) {
+        if (r + step < rows) {
+            prefetch_l2((const u8*)gate + (usize)(r + step) * gb, gb);
+            prefetch_l2((const u8*)up + (usize)(r + step) * ub, ub);
+        }
         float g, u;
         if (wt[0] == wt[1] && wt[0] > W_BF16) {
             quant_dot2(wt[0], (const u8*)gate, (usize)r, (const u8*)up, (usize)r, cols, xq_smem,
@@ -178,15 +191,20 @@ __device__ __forceinline__ int moe_staged_at(const MoeMats& m, int s) {
 extern "C" __global__ void moe_down(MoeMats m, u64 ids, int k, int slots, u64 h, int stride,
                                     int hidden, u64 w, u64 y) {
     PDL_BEGIN();
+    int step = gridDim.x * (blockDim.x >> 5);
+    int first = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     for (int s = 0; s < slots; ++s) {
         u64 gate, up, down;
         int wt[3], cols;
         moe_slot(m, ids, k, s, &gate, &up, &down, wt, &cols);
+        // The warp's first row of every slot on its way to L2 while the inputs are staged.
+        usize rb = wt[2] > W_BF16 ? quant_row_bytes(wt[2], cols)
+                                  : (usize)cols * (wt[2] == W_F32 ? 4 : 2);
+        if (first < hidden) prefetch_l2((const u8*)down + first * rb, rb);
         if (wt[2] > W_BF16)
             stage_xq((const float*)h + (usize)s * stride, xq_smem + moe_staged_at(m, s), cols);
     }
-    int step = gridDim.x * (blockDim.x >> 5);
-    for (int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < hidden; r += step) {
+    for (int r = first; r < hidden; r += step) {
         float acc = 0.f;
         for (int s = 0; s < slots; ++s) {
             u64 gate, up, down;
@@ -201,15 +219,36 @@ extern "C" __global__ void moe_down(MoeMats m, u64 ids, int k, int slots, u64 h,
 }
 
 // Prefill: dst[i] = src[list[2i]] for i < n, rows of `row_words` 16-bit words (the tokens that
-// go to one expert, gathered into consecutive rows for its GEMMs). A block per row.
+// go to experts, gathered into consecutive rows for their GEMMs); a token of -1 is padding, a
+// row of zeros. A block per row.
 extern "C" __global__ void moe_gather(u64 src, u64 list, int n, int row_words, u64 dst) {
     PDL_BEGIN();
     int i = blockIdx.x;
     if (i >= n) return;
     int t = ((const int*)list)[2 * i];
-    const u16* from = (const u16*)src + (usize)t * row_words;
     u16* to = (u16*)dst + (usize)i * row_words;
+    if (t < 0) {
+        for (int c = threadIdx.x; c < row_words; c += blockDim.x) to[c] = 0;
+        return;
+    }
+    const u16* from = (const u16*)src + (usize)t * row_words;
     for (int c = threadIdx.x; c < row_words; c += blockDim.x) to[c] = from[c];
+}
+
+// Prefill, the experts batched: y[t] += Σ_{j < k} w[t·(k+1) + j] · out[rows[t·k + j]] (rows of
+// `cols` f32; j ascending is the experts ascending, as moe_route orders them). A block per
+// token.
+extern "C" __global__ void moe_combine(u64 out, u64 rows, u64 w, int k, int cols, u64 y) {
+    PDL_BEGIN();
+    int t = blockIdx.x;
+    const int* r = (const int*)rows + (usize)t * k;
+    const float* wt = (const float*)w + (usize)t * (k + 1);
+    float* to = (float*)y + (usize)t * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float acc = 0.f;
+        for (int j = 0; j < k; ++j) acc += wt[j] * ((const float*)out)[(usize)r[j] * cols + c];
+        to[c] += acc;
+    }
 }
 
 // Prefill: y[t] += w[t·wstride + j] · out[i] for i < n, (t, j) = (list[2i], list[2i + 1]) (a

@@ -3,7 +3,7 @@
 
 use hoist_cuda::DeviceBuf;
 
-use super::{int, Act, Mat, Ops, WType};
+use super::{int, Act, Batch, Gemm, Mat, Ops, WType};
 use crate::gpu::module::{args, MOE_MAX_TOP_K, ROW_THREADS};
 use crate::gpu::GpuError;
 
@@ -70,6 +70,73 @@ impl MoeFfn {
     }
 }
 
+/// One projection of every expert, at one stride in memory (a GGUF stacked tensor, or per-expert
+/// tensors loaded one after another): what one strided batched cuBLAS product multiplies.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Strided {
+    /// Expert 0's matrix (every expert's shape and type).
+    pub first: Mat,
+    /// Bytes from one expert's matrix to the next.
+    pub stride_bytes: usize,
+}
+
+impl MoeFfn {
+    /// Projection `p` (0 gate, 1 up, 2 down) of every expert, if the experts lie at one stride
+    /// and share the first's type.
+    pub(crate) fn strided(&self, p: usize) -> Option<Strided> {
+        let first = self.experts.first()?[p];
+        let stride = match self.experts.get(1) {
+            Some(next) => next[p].ptr().checked_sub(first.ptr())? as usize,
+            None => first.bytes(),
+        };
+        let uniform = self.experts.iter().enumerate().all(|(e, x)| {
+            x[p].wtype == first.wtype && x[p].ptr() == first.ptr() + (e * stride) as u64
+        });
+        (uniform && stride >= first.bytes()).then_some(Strided {
+            first,
+            stride_bytes: stride,
+        })
+    }
+
+    /// Whether prefill can run the experts as three strided batched products in the
+    /// activation type `act`: each projection at one stride, of `act` itself (read in place,
+    /// the stride a whole number of elements) or contiguous (converted to `act` in one launch).
+    pub(crate) fn batchable(&self, act: Act) -> bool {
+        (0..3).all(|p| {
+            self.strided(p).is_some_and(|s| {
+                if s.first.wtype.elem() == Some(act.elem()) {
+                    s.stride_bytes.is_multiple_of(act.elem().bytes())
+                } else {
+                    s.stride_bytes == s.first.bytes()
+                }
+            })
+        })
+    }
+
+    /// Values of `act` a batched prefill converts at once (every expert's matrix of the
+    /// largest projection not of `act`); 0 when none is converted or prefill is not batched.
+    pub(crate) fn batched_scratch_values(&self, act: Act) -> usize {
+        if !self.batchable(act) {
+            return 0;
+        }
+        (0..3)
+            .filter_map(|p| self.strided(p))
+            .filter(|s| s.first.wtype.elem() != Some(act.elem()))
+            .map(|s| self.experts.len() * s.first.rows * s.first.cols)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// One projection of every expert as prefill's products read it ([`Ops::experts_in_act`]):
+/// expert e's matrix in the activation type at `at + e · stride` elements.
+pub(crate) struct ExpertsInAct {
+    /// Expert 0's matrix as the file has it (shape).
+    first: Mat,
+    at: u64,
+    stride: usize,
+}
+
 /// #[repr(C)] twin of `MoeMats` in kernels/moe.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -122,13 +189,15 @@ impl Ops<'_> {
         };
         let (ids, w) = (routes.ids, routes.weights);
         let mut a = args![logits, experts, k, norm, shared, ids, w];
+        // A warp per token, its probabilities in shared memory.
+        let smem = self.checked_smem(ffn.experts.len() * 4)?;
         // SAFETY: the module's contract.
         unsafe {
             self.k.launch(
                 self.k.moe_route,
                 (int(n) as u32, 1),
                 32,
-                0,
+                smem,
                 self.stream,
                 &mut a,
             )
@@ -254,8 +323,106 @@ impl Ops<'_> {
             .max(1) as u32)
     }
 
+    /// Projection `p` of every expert in the activation type `act`, for prefill's products: the
+    /// weights themselves, or converted into `scratch` in one launch (every expert's:
+    /// [`MoeFfn::batched_scratch_values`]). The experts must be [`MoeFfn::batchable`].
+    pub(crate) unsafe fn experts_in_act(
+        &self,
+        ffn: &MoeFfn,
+        p: usize,
+        act: Act,
+        scratch: u64,
+    ) -> Result<ExpertsInAct, GpuError> {
+        let Some(s) = ffn.strided(p).filter(|_| ffn.batchable(act)) else {
+            unreachable!("batched products only for batchable experts")
+        };
+        let (w, experts) = (s.first, ffn.experts.len());
+        if w.wtype.elem() == Some(act.elem()) {
+            return Ok(ExpertsInAct {
+                first: w,
+                at: w.ptr(),
+                stride: s.stride_bytes / act.elem().bytes(),
+            });
+        }
+        assert_ne!(scratch, 0, "a conversion scratch buffer is needed");
+        // SAFETY: the experts are contiguous (batchable), scratch holds them all in act.
+        unsafe { self.convert(w.ptr(), w.wtype, scratch, act, experts * w.rows * w.cols)? };
+        Ok(ExpertsInAct {
+            first: w,
+            at: scratch,
+            stride: w.rows * w.cols,
+        })
+    }
+
+    /// Prefill's products of `experts` experts from `first` on, one `[rows, ·]` block of `x_a`
+    /// each: `y[e][rows, out] = x_a[e][rows, in] · W_eᵀ` (in one strided batched product).
+    pub(crate) unsafe fn experts_linear(
+        &self,
+        w: &ExpertsInAct,
+        (first, experts): (usize, usize),
+        x_a: u64,
+        act: Act,
+        rows: usize,
+        y: u64,
+    ) -> Result<(), GpuError> {
+        let m = &w.first;
+        let g = Gemm {
+            trans_a: true,
+            trans_b: false,
+            m: m.rows,
+            n: rows,
+            k: m.cols,
+            a: w.at + (first * w.stride * act.elem().bytes()) as u64,
+            a_type: act.elem(),
+            lda: m.cols,
+            b: x_a,
+            b_type: act.elem(),
+            ldb: m.cols,
+            c: y,
+            ldc: m.rows,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        let batch = Batch {
+            count: int(experts),
+            stride_a: w.stride as i64,
+            stride_b: (rows * m.cols) as i64,
+            stride_c: (rows * m.rows) as i64,
+        };
+        // SAFETY: the module's contract.
+        unsafe { self.gemm("cublas experts", &g, Some(batch)) }
+    }
+
+    /// Prefill's weighted sum of the batched experts: `y[t] += Σ_j weights[t·(k+1) + j] ·
+    /// out[rows[t·k + j]]` for `n` tokens (rows of `cols` f32; j ascending: the experts in
+    /// ascending order).
+    pub(crate) unsafe fn moe_combine(
+        &self,
+        out: u64,
+        rows: u64,
+        weights: u64,
+        k: usize,
+        n: usize,
+        cols: usize,
+        y: u64,
+    ) -> Result<(), GpuError> {
+        let (k32, c) = (int(k), int(cols));
+        let mut a = args![out, rows, weights, k32, c, y];
+        // SAFETY: the module's contract.
+        unsafe {
+            self.k.launch(
+                self.k.moe_combine,
+                (int(n) as u32, 1),
+                ROW_THREADS,
+                0,
+                self.stream,
+                &mut a,
+            )
+        }
+    }
+
     /// Prefill: `dst[i] = src[list[2i]]` for `n` rows of `cols` values of `act` (the tokens of
-    /// one expert, gathered for its GEMMs).
+    /// experts, gathered for their GEMMs; a token of -1 is a row of zeros, padding).
     pub(crate) unsafe fn moe_gather(
         &self,
         src: u64,

@@ -88,6 +88,8 @@ impl<'a> GpuSession<'a> {
             .chain([&model.output])
             .filter(|m| m.wtype.elem() != Some(model.act.elem()))
             .map(|m| m.rows * m.cols)
+            // Batched prefill converts a projection of every expert at once.
+            .chain(model.layers.batched_scratch_values(model.act))
             .max();
         let (chunk, tile, sizes) = buffer_sizes(c, model.act, context, scratch_values);
         let attn = attn_dims(c, model.act, context);
@@ -132,7 +134,7 @@ impl<'a> GpuSession<'a> {
             counters: alloc(sizes[16])?,
             qa: alloc_some(sizes[17])?,
             probs: alloc_some(sizes[18])?,
-            moe: MoeBufs::new(gpu, moe_sizes)?,
+            moe: MoeBufs::new(gpu, c, chunk, moe_sizes)?,
         };
         bufs.counters
             .zero_async(&model.stream)

@@ -5,7 +5,7 @@
 use hoist_cuda::{DevSlice, Stream};
 
 use super::stream::Streamer;
-use crate::gpu::layers::{Mat, MoeFfn};
+use crate::gpu::layers::{Act, Mat, MoeFfn};
 use crate::gpu::GpuError;
 
 /// One decoder block's weights on the device.
@@ -157,6 +157,15 @@ impl LayerStore {
     /// Every routed expert's matrices of every layer.
     pub(super) fn experts(&self) -> impl Iterator<Item = &Mat> {
         self.layers.iter().flat_map(|l| l.experts())
+    }
+
+    /// Values of the activation type `act` each sparse layer's batched prefill converts at once
+    /// ([`MoeFfn::batched_scratch_values`]).
+    pub(super) fn batched_scratch_values(&self, act: Act) -> impl Iterator<Item = usize> + '_ {
+        self.layers.iter().filter_map(move |l| match &l.ffn {
+            Ffn::Moe(f) => Some(f.batched_scratch_values(act)),
+            Ffn::Dense { .. } => None,
+        })
     }
 
     /// Bytes of weights one decoded token reads in the decoder layers.
