@@ -5,7 +5,9 @@
 //! (Qwen2), RMS norms on q and k per head (Qwen3), and the rotary frequencies (Llama 3.1's
 //! scaling). Everything else is the same block, so one configuration type covers them.
 //! Mixture-of-experts variants (Mixtral, Qwen2-MoE, Qwen3-MoE) replace the feed-forward block of
-//! some layers by routed experts; [`MoeConfig`] (in `config/moe.rs`) says how.
+//! some layers by routed experts; [`MoeConfig`] (in `config/moe.rs`) says how. The hybrid
+//! Qwen3-Next and Qwen3.5-MoE mix Gated DeltaNet (linear-attention) layers with gated
+//! full-attention layers; [`LinearAttnConfig`] (in `config/linear.rs`) says which and how.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +15,10 @@ use std::path::{Path, PathBuf};
 use hoist_format::{MetaValue, TensorTable};
 use serde_json::Value;
 
+mod linear;
 mod moe;
 
+pub use linear::{DeltaLayout, LayerKind, LinearAttnConfig};
 pub use moe::MoeConfig;
 
 /// A configuration could not be read, or describes a model this runtime cannot run.
@@ -89,12 +93,19 @@ pub enum ArchFamily {
     /// Qwen3-MoE: Qwen3 attention (q/k norms), experts (`Qwen3MoeForCausalLM`, GGUF
     /// `qwen3moe`).
     Qwen3Moe,
+    /// Qwen3-Next: Gated DeltaNet layers between gated full-attention layers, experts plus a
+    /// sigmoid-gated shared expert (`Qwen3NextForCausalLM`; CPU reference only).
+    Qwen3Next,
+    /// Qwen3.5-MoE, its language model: Qwen3-Next's blocks, every layer sparse
+    /// (`Qwen3_5MoeForConditionalGeneration`, `Qwen3_5MoeForCausalLM`; CPU reference only).
+    Qwen35Moe,
 }
 
 impl ArchFamily {
     /// The Hugging Face `architectures` entries this runtime runs.
     pub const HF_NAMES: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
-        Qwen3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM";
+        Qwen3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, \
+        Qwen3NextForCausalLM, Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeForCausalLM";
     /// The GGUF `general.architecture` values this runtime runs.
     pub const GGUF_NAMES: &'static str = "llama, qwen2, qwen3, qwen2moe, qwen3moe";
 
@@ -108,6 +119,8 @@ impl ArchFamily {
             "MixtralForCausalLM" => ArchFamily::Mixtral,
             "Qwen2MoeForCausalLM" => ArchFamily::Qwen2Moe,
             "Qwen3MoeForCausalLM" => ArchFamily::Qwen3Moe,
+            "Qwen3NextForCausalLM" => ArchFamily::Qwen3Next,
+            "Qwen3_5MoeForConditionalGeneration" | "Qwen3_5MoeForCausalLM" => ArchFamily::Qwen35Moe,
             _ => return None,
         })
     }
@@ -203,6 +216,9 @@ pub struct ModelConfig {
     /// Routed experts in place of the feed-forward block (Mixtral, Qwen2-MoE, Qwen3-MoE);
     /// `None`: a dense model.
     pub moe: Option<MoeConfig>,
+    /// The hybrid linear-attention layout (Qwen3-Next, Qwen3.5-MoE): DeltaNet layers, gated
+    /// attention with partial rotary, zero-centred norms; `None` for every other family.
+    pub linear: Option<LinearAttnConfig>,
 }
 
 impl ModelConfig {
@@ -278,6 +294,17 @@ impl ModelConfig {
         };
         let arch = ArchFamily::from_hf(arch_name)
             .ok_or_else(|| j.unsupported("architectures", arch_name, ArchFamily::HF_NAMES))?;
+        // Qwen3.5-MoE's multimodal checkpoints keep the language model's settings under
+        // `text_config`; everything below reads them there (the vision tower is not run).
+        let top = json;
+        let (json, nested) = match (arch, json.get("text_config")) {
+            (ArchFamily::Qwen35Moe, Some(t)) if t.is_object() => (t, true),
+            (ArchFamily::Qwen35Moe, Some(_)) => {
+                return Err(j.invalid("text_config", "is not an object"))
+            }
+            _ => (json, false),
+        };
+        let j = Json { json, path };
         if let Some(act) = json.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
                 return Err(j.unsupported("hidden_act", act, "silu"));
@@ -305,7 +332,12 @@ impl ModelConfig {
         };
         let sliding_window = match arch {
             ArchFamily::Mistral | ArchFamily::Mixtral => j.opt_usize("sliding_window")?,
-            ArchFamily::Qwen2 | ArchFamily::Qwen3 | ArchFamily::Qwen2Moe | ArchFamily::Qwen3Moe => {
+            ArchFamily::Qwen2
+            | ArchFamily::Qwen3
+            | ArchFamily::Qwen2Moe
+            | ArchFamily::Qwen3Moe
+            | ArchFamily::Qwen3Next
+            | ArchFamily::Qwen35Moe => {
                 if json.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
                     return Err(j.unsupported("use_sliding_window", "true", "false"));
                 }
@@ -337,6 +369,19 @@ impl ModelConfig {
         };
         let num_layers = j.usize("num_hidden_layers")?;
         let moe = moe::hf_moe(&j, arch, num_layers)?;
+        let linear = linear::hf_linear(&j, arch, num_layers, head_dim, nested)?;
+        // Qwen3.5-MoE has no dense layer and no `intermediate_size`; the experts' width stands
+        // in (nothing reads it).
+        let intermediate_size = match (arch, &moe) {
+            (ArchFamily::Qwen35Moe, Some(m)) => j
+                .opt_usize("intermediate_size")?
+                .unwrap_or(m.expert_intermediate_size),
+            _ => j.usize("intermediate_size")?,
+        };
+        // A multimodal checkpoint states the tie at its top level.
+        let tie = top
+            .get("tie_word_embeddings")
+            .or_else(|| json.get("tie_word_embeddings"));
         ModelConfig {
             arch,
             vocab_size: j.usize("vocab_size")?,
@@ -345,20 +390,26 @@ impl ModelConfig {
             num_heads,
             num_kv_heads: j.opt_usize("num_key_value_heads")?.unwrap_or(num_heads),
             head_dim,
-            intermediate_size: j.usize("intermediate_size")?,
+            intermediate_size,
             rms_norm_eps: j.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
             rope_style: RopeStyle::Neox,
             max_position_embeddings: j.opt_usize("max_position_embeddings")?.unwrap_or(4096),
-            tie_word_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool)
-                == Some(true),
+            tie_word_embeddings: tie.and_then(Value::as_bool) == Some(true),
             attention_bias,
-            qk_norm: matches!(arch, ArchFamily::Qwen3 | ArchFamily::Qwen3Moe),
+            qk_norm: matches!(
+                arch,
+                ArchFamily::Qwen3
+                    | ArchFamily::Qwen3Moe
+                    | ArchFamily::Qwen3Next
+                    | ArchFamily::Qwen35Moe
+            ),
             sliding_window,
             bos_token_id,
             eos_token_ids,
             moe,
+            linear,
         }
         .check(path)
     }
@@ -476,6 +527,8 @@ impl ModelConfig {
             bos_token_id,
             eos_token_ids,
             moe,
+            // No GGUF architecture of this runtime has linear-attention layers.
+            linear: None,
         }
         .check(path)
     }

@@ -19,6 +19,19 @@
 //! | `Layer(n, SharedGate/SharedUp/SharedDown)` | `….mlp.shared_expert.{gate,up,down}_proj.weight` | `blk.n.ffn_{gate,up,down}_shexp.weight` |
 //! | `Layer(n, SharedExpertGate)` | `….mlp.shared_expert_gate.weight` | `blk.n.ffn_gate_inp_shexp.weight` |
 //!
+//! | `Layer(n, LinearQkvz/LinearBa)` | `….linear_attn.in_proj_{qkvz,ba}.weight` (Qwen3-Next) | — |
+//! | `Layer(n, LinearQkv/LinearZ/LinearB/LinearA)` | `….linear_attn.in_proj_{qkv,z,b,a}.weight` (Qwen3.5) | — |
+//! | `Layer(n, Conv1d/ALog/DtBias)` | `….linear_attn.{conv1d.weight,A_log,dt_bias}` | — |
+//! | `Layer(n, LinearNorm/LinearOut)` | `….linear_attn.{norm,out_proj}.weight` | — |
+//!
+//! Hybrid linear-attention models ([`ModelConfig::linear`]: Qwen3-Next, Qwen3.5-MoE; Hugging
+//! Face checkpoints only) have the `Linear*`/`Conv1d`/`ALog`/`DtBias` tensors in their DeltaNet
+//! layers in place of `Q/K/V/O` and the q/k norms, and a query projection twice as wide in
+//! their full-attention layers (query and output gate per head). A Qwen3.5-MoE checkpoint with
+//! a vision tower holds its language model under `model.language_model.` ([`WeightMap::name`]
+//! applies the prefix); its `model.visual.*` tensors and any multi-token-prediction `mtp.*`
+//! tensors are not part of the model and are never looked up.
+//!
 //! Mixture-of-experts tensors exist only in the sparse layers of a model with
 //! [`ModelConfig::moe`]; the others keep `Gate/Up/Down`. The two sources store experts
 //! differently, so [`LayerTensor::for_layer`] lists different tensors for each:
@@ -45,7 +58,7 @@ use std::path::PathBuf;
 
 use hoist_format::{DType, FileFormat, TensorInfo, TensorTable};
 
-use crate::config::{ArchFamily, ModelConfig};
+use crate::config::{ArchFamily, DeltaLayout, ModelConfig};
 
 /// A checkpoint lacks a tensor the configuration implies, or holds one the runtime cannot use.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +166,30 @@ pub enum LayerTensor {
     /// The shared expert's sigmoid gate `[1, hidden]` (Qwen2-MoE; GGUF files may hold it as
     /// `[hidden]`).
     SharedExpertGate,
+    /// DeltaNet queries, keys, values, output gate, b and a, interleaved per key-head group
+    /// `[2·key_dim + 2·value_dim, hidden]` (Qwen3-Next's `in_proj_qkvz`).
+    LinearQkvz,
+    /// DeltaNet b and a, interleaved per key-head group `[2·v_heads, hidden]` (Qwen3-Next's
+    /// `in_proj_ba`).
+    LinearBa,
+    /// DeltaNet queries, keys and values `[2·key_dim + value_dim, hidden]` (Qwen3.5).
+    LinearQkv,
+    /// DeltaNet output gate `[value_dim, hidden]` (Qwen3.5).
+    LinearZ,
+    /// DeltaNet write strength (before the sigmoid) `[v_heads, hidden]` (Qwen3.5).
+    LinearB,
+    /// DeltaNet time step (before `dt_bias` and the softplus) `[v_heads, hidden]` (Qwen3.5).
+    LinearA,
+    /// DeltaNet causal depthwise convolution `[2·key_dim + value_dim, 1, kernel]`.
+    Conv1d,
+    /// DeltaNet log decay rates `[v_heads]`.
+    ALog,
+    /// DeltaNet time-step bias `[v_heads]`.
+    DtBias,
+    /// DeltaNet gated output norm `[v_head_dim]`.
+    LinearNorm,
+    /// DeltaNet output projection `[hidden, value_dim]`.
+    LinearOut,
 }
 
 /// How a family names its mixture-of-experts tensors in Hugging Face checkpoints: part of the
@@ -226,6 +263,17 @@ impl LayerTensor {
             LayerTensor::SharedUp => "mlp.shared_expert.up_proj.weight",
             LayerTensor::SharedDown => "mlp.shared_expert.down_proj.weight",
             LayerTensor::SharedExpertGate => "mlp.shared_expert_gate.weight",
+            LayerTensor::LinearQkvz => "linear_attn.in_proj_qkvz.weight",
+            LayerTensor::LinearBa => "linear_attn.in_proj_ba.weight",
+            LayerTensor::LinearQkv => "linear_attn.in_proj_qkv.weight",
+            LayerTensor::LinearZ => "linear_attn.in_proj_z.weight",
+            LayerTensor::LinearB => "linear_attn.in_proj_b.weight",
+            LayerTensor::LinearA => "linear_attn.in_proj_a.weight",
+            LayerTensor::Conv1d => "linear_attn.conv1d.weight",
+            LayerTensor::ALog => "linear_attn.A_log",
+            LayerTensor::DtBias => "linear_attn.dt_bias",
+            LayerTensor::LinearNorm => "linear_attn.norm.weight",
+            LayerTensor::LinearOut => "linear_attn.out_proj.weight",
         };
         name.into()
     }
@@ -253,6 +301,19 @@ impl LayerTensor {
             LayerTensor::SharedUp => "ffn_up_shexp.weight",
             LayerTensor::SharedDown => "ffn_down_shexp.weight",
             LayerTensor::SharedExpertGate => "ffn_gate_inp_shexp.weight",
+            // Hybrid models load from Hugging Face checkpoints only ([`LayerTensor::for_layer`]
+            // never asks for these in a GGUF file); llama.cpp's words, to say what they would be.
+            LayerTensor::LinearQkvz => "ssm_in.weight",
+            LayerTensor::LinearBa => "ssm_ba.weight",
+            LayerTensor::LinearQkv => "attn_qkv.weight",
+            LayerTensor::LinearZ => "attn_gate.weight",
+            LayerTensor::LinearB => "ssm_beta.weight",
+            LayerTensor::LinearA => "ssm_alpha.weight",
+            LayerTensor::Conv1d => "ssm_conv1d.weight",
+            LayerTensor::ALog => "ssm_a",
+            LayerTensor::DtBias => "ssm_dt.bias",
+            LayerTensor::LinearNorm => "ssm_norm.weight",
+            LayerTensor::LinearOut => "ssm_out.weight",
         };
         name.into()
     }
@@ -269,16 +330,32 @@ impl LayerTensor {
     /// of `Gate/Up/Down`, one tensor per expert and projection from a Hugging Face checkpoint
     /// ([`LayerTensor::Expert`]), one stacked tensor per projection from a GGUF file
     /// ([`LayerTensor::Experts`]).
+    ///
+    /// A hybrid model's DeltaNet layers have their linear-attention tensors in place of the
+    /// attention ones.
     pub fn for_layer(config: &ModelConfig, layer: usize, source: WeightSource) -> Vec<LayerTensor> {
         use LayerTensor::*;
-        let mut out = vec![AttnNorm, Q, K, V];
-        if config.attention_bias {
-            out.extend([QBias, KBias, VBias]);
+        let mut out = vec![AttnNorm];
+        match &config.linear {
+            Some(lin) if lin.is_linear(layer) => {
+                match lin.layout {
+                    DeltaLayout::Fused => out.extend([LinearQkvz, LinearBa]),
+                    DeltaLayout::Split => out.extend([LinearQkv, LinearZ, LinearB, LinearA]),
+                }
+                out.extend([Conv1d, ALog, DtBias, LinearNorm, LinearOut]);
+            }
+            _ => {
+                out.extend([Q, K, V]);
+                if config.attention_bias {
+                    out.extend([QBias, KBias, VBias]);
+                }
+                if config.qk_norm {
+                    out.extend([QNorm, KNorm]);
+                }
+                out.push(O);
+            }
         }
-        if config.qk_norm {
-            out.extend([QNorm, KNorm]);
-        }
-        out.extend([O, FfnNorm]);
+        out.push(FfnNorm);
         match &config.moe {
             Some(moe) if moe.is_sparse(layer) => {
                 let naming = match config.arch {
@@ -319,8 +396,16 @@ impl LayerTensor {
         let si = moe
             .and_then(|m| m.shared_expert_intermediate_size)
             .unwrap_or(0) as u64;
+        // Zero for a model without linear-attention layers, which has no such tensors.
+        let lin = c.linear.as_ref();
+        let dim = |f: fn(&crate::config::LinearAttnConfig) -> usize| lin.map_or(0, f) as u64;
+        let v_heads = dim(|l| l.num_v_heads);
+        let key_dim = dim(|l| l.num_k_heads * l.k_head_dim);
+        let value_dim = dim(|l| l.num_v_heads * l.v_head_dim);
         match self {
             LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
+            // Hybrid models' gated attention: a query and an output gate per head.
+            LayerTensor::Q if lin.is_some() => vec![2 * q, h],
             LayerTensor::Q => vec![q, h],
             LayerTensor::K | LayerTensor::V => vec![kv, h],
             LayerTensor::O => vec![h, q],
@@ -337,6 +422,15 @@ impl LayerTensor {
             LayerTensor::SharedGate | LayerTensor::SharedUp => vec![si, h],
             LayerTensor::SharedDown => vec![h, si],
             LayerTensor::SharedExpertGate => vec![1, h],
+            LayerTensor::LinearQkvz => vec![2 * key_dim + 2 * value_dim, h],
+            LayerTensor::LinearBa => vec![2 * v_heads, h],
+            LayerTensor::LinearQkv => vec![2 * key_dim + value_dim, h],
+            LayerTensor::LinearZ => vec![value_dim, h],
+            LayerTensor::LinearB | LayerTensor::LinearA => vec![v_heads, h],
+            LayerTensor::Conv1d => vec![2 * key_dim + value_dim, 1, dim(|l| l.conv_kernel)],
+            LayerTensor::ALog | LayerTensor::DtBias => vec![v_heads],
+            LayerTensor::LinearNorm => vec![dim(|l| l.v_head_dim)],
+            LayerTensor::LinearOut => vec![h, value_dim],
         }
     }
 }
@@ -410,6 +504,16 @@ impl WeightSource {
     }
 }
 
+/// `source`'s name of `id`, its leading `model.` replaced by `prefix` if any (the output
+/// projection `lm_head.weight` stays at the top level).
+fn prefixed(source: WeightSource, prefix: Option<&str>, id: WeightId) -> String {
+    let name = source.name(id);
+    match (prefix, name.strip_prefix("model.")) {
+        (Some(p), Some(rest)) => format!("{p}{rest}"),
+        _ => name,
+    }
+}
+
 /// The element types the runtime reads: every one the CPU reference converts to f32 (the GPU
 /// runtime reads a subset and checks it itself).
 pub fn supported_dtype(d: DType) -> bool {
@@ -430,6 +534,9 @@ pub struct WeightMap {
     /// `entries` by id: a mixture-of-experts model has tens of thousands of tensors, looked up
     /// one by one at load.
     by_id: HashMap<WeightId, usize>,
+    /// Where a Hugging Face checkpoint keeps the language model instead of `model.`
+    /// (`model.language_model.` beside a vision tower); `None`: the usual names.
+    prefix: Option<String>,
 }
 
 impl WeightMap {
@@ -439,6 +546,13 @@ impl WeightMap {
         let source = WeightSource::of(table);
         let path = &table.root;
         let c = config;
+        let prefix = match (source, &c.linear) {
+            (WeightSource::HuggingFace, Some(lin)) if lin.hf_prefix != "model." => {
+                Some(lin.hf_prefix.clone())
+            }
+            _ => None,
+        };
+        let name_of = |id| prefixed(source, prefix.as_deref(), id);
         let (v, h) = (c.vocab_size as u64, c.hidden_size as u64);
         let mut wanted: Vec<(WeightId, Vec<u64>, String)> = vec![
             (WeightId::Embedding, vec![v, h], "token embedding".into()),
@@ -481,7 +595,7 @@ impl WeightMap {
         }
         let mut entries = Vec::with_capacity(wanted.len());
         for (id, expected, what) in wanted {
-            let name = source.name(id);
+            let name = name_of(id);
             let index = table.index_of(&name).ok_or_else(|| WeightError::Missing {
                 path: path.clone(),
                 name: name.clone(),
@@ -510,7 +624,14 @@ impl WeightMap {
             source,
             entries,
             by_id,
+            prefix,
         })
+    }
+
+    /// The name of `id` in the checkpoint this map was resolved from: [`WeightSource::name`],
+    /// with the language model's prefix of a checkpoint that nests it.
+    pub fn name(&self, id: WeightId) -> String {
+        prefixed(self.source, self.prefix.as_deref(), id)
     }
 
     /// The table index of `id`, if the model has it.

@@ -100,6 +100,51 @@ pub(super) fn hf_moe(
                 mlp_only: "mlp_only_layers",
             },
         ),
+        // Qwen3-Next: Qwen2-MoE's keys, the top-k weights renormalised unless turned off
+        // (its configuration class defaults `norm_topk_prob` to true); no experts at all (a
+        // count of 0) makes every layer dense, as transformers builds it.
+        ArchFamily::Qwen3Next if j.opt_usize("num_experts")? == Some(0) => return Ok(None),
+        ArchFamily::Qwen3Next | ArchFamily::Qwen35Moe => {
+            let next = arch == ArchFamily::Qwen3Next;
+            (
+                MoeConfig {
+                    num_experts: j.usize("num_experts")?,
+                    experts_per_token: j.usize("num_experts_per_tok")?,
+                    expert_intermediate_size: j.usize("moe_intermediate_size")?,
+                    // Qwen3.5-MoE's router always renormalises (its config has no such key).
+                    norm_topk_prob: match j.json.get("norm_topk_prob") {
+                        Some(Value::Bool(b)) if next => *b,
+                        None | Some(Value::Null) => true,
+                        Some(_) if next => {
+                            return Err(j.invalid("norm_topk_prob", "is not a boolean"))
+                        }
+                        Some(_) => true,
+                    },
+                    shared_expert_intermediate_size: Some(
+                        j.usize("shared_expert_intermediate_size")?,
+                    ),
+                    // Every Qwen3.5-MoE layer is sparse.
+                    decoder_sparse_step: if next {
+                        j.opt_usize("decoder_sparse_step")?.unwrap_or(1)
+                    } else {
+                        1
+                    },
+                    mlp_only_layers: if next {
+                        mlp_only_layers(j)?
+                    } else {
+                        Vec::new()
+                    },
+                },
+                Keys {
+                    experts: "num_experts",
+                    used: "num_experts_per_tok",
+                    width: "moe_intermediate_size",
+                    shared: "shared_expert_intermediate_size",
+                    step: "decoder_sparse_step",
+                    mlp_only: "mlp_only_layers",
+                },
+            )
+        }
         ArchFamily::Qwen2Moe | ArchFamily::Qwen3Moe => (
             MoeConfig {
                 num_experts: match arch {

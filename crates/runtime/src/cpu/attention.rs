@@ -1,11 +1,17 @@
 //! Causal attention with grouped-query heads over a KV cache, for prefill (many new tokens)
 //! and decode (one).
 
+use super::deltanet::DeltaState;
 use super::model::ForwardError;
 use super::ops::{dot, softmax};
 
 /// Keys and values of every layer for the positions seen so far, `[position, kv_head, dim]`
 /// per layer, with a fixed capacity.
+///
+/// A hybrid linear-attention model (Qwen3-Next, Qwen3.5) keeps keys and values for its
+/// full-attention layers only (its `layers` are those) and, beside them, the conv and
+/// recurrent state of each Gated DeltaNet layer ([`KvCache::with_delta_states`]): one cache
+/// type is one sequence's whole state, whatever the architecture.
 #[derive(Clone, Debug)]
 pub struct KvCache {
     k: Vec<Vec<f32>>,
@@ -13,6 +19,7 @@ pub struct KvCache {
     len: usize,
     capacity: usize,
     row: usize,
+    delta: Vec<DeltaState>,
 }
 
 impl KvCache {
@@ -55,7 +62,28 @@ impl KvCache {
             len: 0,
             capacity,
             row,
+            delta: Vec::new(),
         })
+    }
+
+    /// The cache with the initial states of a hybrid model's DeltaNet layers (in layer order)
+    /// beside its keys and values.
+    pub fn with_delta_states(mut self, states: Vec<DeltaState>) -> KvCache {
+        self.delta = states;
+        self
+    }
+
+    /// The state of DeltaNet layer `i` (counting DeltaNet layers only).
+    ///
+    /// # Panics
+    /// If the cache holds fewer DeltaNet states (the model makes its own caches).
+    pub fn delta_mut(&mut self, i: usize) -> &mut DeltaState {
+        &mut self.delta[i]
+    }
+
+    /// The DeltaNet layers' states, in layer order (empty for other models).
+    pub fn delta_states(&self) -> &[DeltaState] {
+        &self.delta
     }
 
     /// Positions committed (the position of the next token).
@@ -98,6 +126,7 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.k.iter_mut().for_each(Vec::clear);
         self.v.iter_mut().for_each(Vec::clear);
+        self.delta.iter_mut().for_each(DeltaState::clear);
         self.len = 0;
     }
 

@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod convert;
+pub mod deltanet;
 pub mod gemv;
 pub mod model;
 pub mod moe;
@@ -19,6 +20,7 @@ pub use convert::{
     bf16_to_f32, dequantize_q4_0, dequantize_q8_0, f16_to_f32, quantize_q4_0, quantize_q8_0,
     tensor_to_f32,
 };
+pub use deltanet::{DeltaNet, DeltaState};
 pub use model::{CpuModel, ForwardError};
 pub use moe::{route, MoeBlock};
 pub use ops::{embedding, matmul_t, rms_norm, silu, softmax, swiglu};

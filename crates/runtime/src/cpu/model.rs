@@ -7,6 +7,14 @@
 //! (Llama 3.1), `sliding_window` (Mistral v0.1), `rope_style` (llama-arch GGUF files),
 //! `tie_word_embeddings`, and `moe` (routed experts in sparse layers, [`super::moe`]). This is a test reference, not the product path: simple, not fast.
 //!
+//! The hybrid Qwen3-Next and Qwen3.5-MoE ([`ModelConfig::linear`]) swap the attention of most
+//! layers for a Gated DeltaNet ([`super::deltanet`]), whose conv and recurrent state ride in
+//! the [`KvCache`] beside the keys and values of the remaining full-attention layers. Those are
+//! gated (`o_proj(attention · sigmoid(gate))`, the gate the second half of each head's query
+//! projection) with q/k norms and rotary on the first `rotary_dim` dimensions of each head; all
+//! their RMS norms but the DeltaNet output norm scale by `1 + weight`, which the loader folds
+//! into the weights once.
+//!
 //! Experts come one tensor each from a Hugging Face checkpoint; from a GGUF file each expert's
 //! matrix is its byte range of the stacked tensor ([`crate::weights::ExpertSlice`], the range
 //! the GPU runtime reads too), converted on its own.
@@ -21,10 +29,11 @@ use hoist_io::{EngineConfig, HostTensor, PlanConfig};
 
 use super::attention::{attention, KvCache};
 use super::convert::tensor_to_f32;
+use super::deltanet::{DeltaDims, DeltaNet, DeltaState};
 use super::moe::{MoeBlock, SharedExpert, SwiGlu};
 use super::ops::{add_bias, embedding, matmul_t, rms_norm};
 use super::rope::{inv_freqs, Rope};
-use crate::config::ModelConfig;
+use crate::config::{DeltaLayout, LinearAttnConfig, ModelConfig};
 use crate::weights::{
     ExpertProj, ExpertSlice, LayerTensor, MoeNaming, WeightError, WeightId, WeightMap, WeightSource,
 };
@@ -63,14 +72,33 @@ pub enum ForwardError {
 #[derive(Clone, Debug)]
 struct Layer {
     attn_norm: Vec<f32>,
+    mixer: Mixer,
+    ffn_norm: Vec<f32>,
+    ffn: Ffn,
+}
+
+/// How a layer mixes tokens.
+#[derive(Clone, Debug)]
+enum Mixer {
+    /// Softmax attention over the KV cache, slot `slot` of it.
+    Attention { attn: Box<Attention>, slot: usize },
+    /// A Gated DeltaNet, state `slot` of the cache's DeltaNet states.
+    Delta { net: Box<DeltaNet>, slot: usize },
+}
+
+/// An attention block's weights.
+#[derive(Clone, Debug)]
+struct Attention {
+    /// `[heads·head_dim, hidden]`; gated attention: `[heads·2·head_dim, hidden]`, each head's
+    /// query then its output gate.
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
     o: Vec<f32>,
     qkv_bias: Option<[Vec<f32>; 3]>,
     qk_norm: Option<[Vec<f32>; 2]>,
-    ffn_norm: Vec<f32>,
-    ffn: Ffn,
+    /// Whether the output is gated by `sigmoid` of the query projection's second half.
+    gated: bool,
 }
 
 /// A layer's feed-forward block.
@@ -160,7 +188,7 @@ impl CpuModel {
         let by_name: HashMap<&str, &HostTensor> =
             tensors.iter().map(|t| (t.info.name.as_str(), t)).collect();
         let host = |id: WeightId| -> Result<&HostTensor, WeightError> {
-            let name = map.source.name(id);
+            let name = map.name(id);
             by_name
                 .get(name.as_str())
                 .copied()
@@ -200,6 +228,9 @@ impl CpuModel {
             };
             tensor_to_f32(&info, part)
         };
+        // Each layer's place among the layers of its kind: its KV cache slot, or its DeltaNet
+        // state.
+        let slots = layer_slots(&config);
         let layer = |n: usize| -> Result<Layer, WeightError> {
             let t = |lt: LayerTensor| get(WeightId::Layer(n, lt));
             use LayerTensor::*;
@@ -265,31 +296,62 @@ impl CpuModel {
                     inter: config.intermediate_size,
                 }),
             };
+            // Hybrid models' norms scale by `1 + weight` (zero-centred): folded in here, in
+            // f32 as transformers adds it.
+            let zero_centred = config.linear.is_some();
+            let norm = |lt: LayerTensor| -> Result<Vec<f32>, WeightError> {
+                let mut w = t(lt)?;
+                if zero_centred {
+                    w.iter_mut().for_each(|v| *v += 1.0);
+                }
+                Ok(w)
+            };
+            let mixer = match &config.linear {
+                Some(lin) if lin.is_linear(n) => Mixer::Delta {
+                    net: Box::new(delta_net(&config, lin, &t)?),
+                    slot: slots[n],
+                },
+                _ => Mixer::Attention {
+                    attn: Box::new(Attention {
+                        q: t(Q)?,
+                        k: t(K)?,
+                        v: t(V)?,
+                        o: t(O)?,
+                        qkv_bias: if config.attention_bias {
+                            Some([t(QBias)?, t(KBias)?, t(VBias)?])
+                        } else {
+                            None
+                        },
+                        qk_norm: if config.qk_norm {
+                            Some([norm(QNorm)?, norm(KNorm)?])
+                        } else {
+                            None
+                        },
+                        gated: config.linear.is_some(),
+                    }),
+                    slot: slots[n],
+                },
+            };
             Ok(Layer {
-                attn_norm: t(AttnNorm)?,
-                q: t(Q)?,
-                k: t(K)?,
-                v: t(V)?,
-                o: t(O)?,
-                qkv_bias: if config.attention_bias {
-                    Some([t(QBias)?, t(KBias)?, t(VBias)?])
-                } else {
-                    None
-                },
-                qk_norm: if config.qk_norm {
-                    Some([t(QNorm)?, t(KNorm)?])
-                } else {
-                    None
-                },
-                ffn_norm: t(FfnNorm)?,
+                attn_norm: norm(AttnNorm)?,
+                mixer,
+                ffn_norm: norm(FfnNorm)?,
                 ffn,
             })
         };
-        let mut freqs = inv_freqs(config.head_dim, config.rope_theta, config.rope_scaling);
+        let rotary_dim = config
+            .linear
+            .as_ref()
+            .map_or(config.head_dim, |l| l.rotary_dim);
+        let mut freqs = inv_freqs(rotary_dim, config.rope_theta, config.rope_scaling);
         if map.index(WeightId::RopeFreqs).is_some() {
             for (f, d) in freqs.iter_mut().zip(get(WeightId::RopeFreqs)?) {
                 *f /= d;
             }
+        }
+        let mut output_norm = get(WeightId::OutputNorm)?;
+        if config.linear.is_some() {
+            output_norm.iter_mut().for_each(|v| *v += 1.0);
         }
         Ok(CpuModel {
             embed: get(WeightId::Embedding)?,
@@ -298,7 +360,7 @@ impl CpuModel {
             } else {
                 Some(get(WeightId::Output)?)
             },
-            output_norm: get(WeightId::OutputNorm)?,
+            output_norm,
             layers: (0..config.num_layers)
                 .map(layer)
                 .collect::<Result<_, _>>()?,
@@ -311,9 +373,24 @@ impl CpuModel {
     ///
     /// # Errors
     /// [`ForwardError::CacheTooLarge`] when its memory cannot be reserved.
+    ///
+    /// A hybrid model's cache holds keys and values for its full-attention layers only, and the
+    /// (zero) initial state of each DeltaNet layer.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ForwardError> {
         let c = &self.config;
-        KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, capacity)
+        let Some(lin) = &c.linear else {
+            return KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, capacity);
+        };
+        let full = (0..c.num_layers).filter(|&l| !lin.is_linear(l)).count();
+        let states = self
+            .layers
+            .iter()
+            .filter_map(|l| match &l.mixer {
+                Mixer::Delta { net, .. } => Some(DeltaState::new(&net.dims)),
+                Mixer::Attention { .. } => None,
+            })
+            .collect();
+        Ok(KvCache::new(full, c.num_kv_heads, c.head_dim, capacity)?.with_delta_states(states))
     }
 
     /// Runs `tokens` (the positions after those already in `cache`) through the model,
@@ -342,28 +419,54 @@ impl CpuModel {
             }
         })?;
         let rope = Rope::from_inv_freqs(c.rope_style, &self.inv_freqs, start + n);
-        for (l, layer) in self.layers.iter().enumerate() {
+        // Rotary turns the first `rot` dimensions of each head (all of them but in hybrid
+        // models).
+        let rot = 2 * self.inv_freqs.len();
+        for layer in &self.layers {
             let mut h = x.clone();
             rms_norm(&mut h, &layer.attn_norm, eps);
-            let mut q = matmul_t(&h, &layer.q, hidden, q_dim);
-            let mut k = matmul_t(&h, &layer.k, hidden, kv_dim);
-            let mut v = matmul_t(&h, &layer.v, hidden, kv_dim);
-            if let Some([qb, kb, vb]) = &layer.qkv_bias {
+            let (attn, l) = match &layer.mixer {
+                Mixer::Attention { attn, slot } => (attn, *slot),
+                Mixer::Delta { net, slot } => {
+                    let o = net.forward(&h, hidden, cache.delta_mut(*slot));
+                    x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+                    self.ffn(layer, &mut x);
+                    continue;
+                }
+            };
+            let (mut q, gate) = if attn.gated {
+                split_query_gate(&matmul_t(&h, &attn.q, hidden, 2 * q_dim), hd)
+            } else {
+                (matmul_t(&h, &attn.q, hidden, q_dim), Vec::new())
+            };
+            let mut k = matmul_t(&h, &attn.k, hidden, kv_dim);
+            let mut v = matmul_t(&h, &attn.v, hidden, kv_dim);
+            if let Some([qb, kb, vb]) = &attn.qkv_bias {
                 add_bias(&mut q, qb);
                 add_bias(&mut k, kb);
                 add_bias(&mut v, vb);
             }
-            if let Some([qn, kn]) = &layer.qk_norm {
+            if let Some([qn, kn]) = &attn.qk_norm {
                 rms_norm(&mut q, qn, eps);
                 rms_norm(&mut k, kn, eps);
             }
             for t in 0..n {
-                rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], start + t);
-                rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], start + t);
+                if rot == hd {
+                    rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], start + t);
+                    rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], start + t);
+                } else {
+                    // Partial rotary: each head's first `rot` dimensions, the rest passed on.
+                    for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
+                        rope.apply(&mut head[..rot], start + t);
+                    }
+                    for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                        rope.apply(&mut head[..rot], start + t);
+                    }
+                }
             }
             cache.append(l, &k, &v);
             let (keys, values) = cache.layer(l);
-            let att = attention(
+            let mut att = attention(
                 &q,
                 keys,
                 values,
@@ -373,10 +476,26 @@ impl CpuModel {
                 hd,
                 c.sliding_window,
             );
-            let o = matmul_t(&att, &layer.o, q_dim, hidden);
+            if attn.gated {
+                att.iter_mut()
+                    .zip(&gate)
+                    .for_each(|(a, g)| *a *= 1.0 / (1.0 + (-g).exp()));
+            }
+            let o = matmul_t(&att, &attn.o, q_dim, hidden);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            self.ffn(layer, &mut x);
+        }
+        cache.commit(n);
+        rms_norm(&mut x, &self.output_norm, eps);
+        let out = self.output.as_ref().unwrap_or(&self.embed);
+        Ok(matmul_t(&x, out, hidden, c.vocab_size))
+    }
 
-            let mut h = x.clone();
+    /// The feed-forward half of `layer`, added into `x`.
+    fn ffn(&self, layer: &Layer, x: &mut [f32]) {
+        let (hidden, eps) = (self.config.hidden_size, self.config.rms_norm_eps);
+        {
+            let mut h = x.to_vec();
             rms_norm(&mut h, &layer.ffn_norm, eps);
             let d = match &layer.ffn {
                 Ffn::Dense(mlp) => mlp.forward(&h, hidden),
@@ -384,10 +503,6 @@ impl CpuModel {
             };
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
-        cache.commit(n);
-        rms_norm(&mut x, &self.output_norm, eps);
-        let out = self.output.as_ref().unwrap_or(&self.embed);
-        Ok(matmul_t(&x, out, hidden, c.vocab_size))
     }
 
     /// Greedy decoding: the prompt's logits, then `max_new` tokens each the arg-max of the
@@ -410,4 +525,113 @@ impl CpuModel {
         }
         Ok((logits, out))
     }
+}
+
+/// Each layer's index among the layers of its kind (full attention or DeltaNet): its KV cache
+/// slot or its DeltaNet state. Every layer is full attention but in hybrid models.
+fn layer_slots(config: &ModelConfig) -> Vec<usize> {
+    let (mut full, mut linear) = (0, 0);
+    (0..config.num_layers)
+        .map(|l| {
+            let counter = match &config.linear {
+                Some(lin) if lin.is_linear(l) => &mut linear,
+                _ => &mut full,
+            };
+            *counter += 1;
+            *counter - 1
+        })
+        .collect()
+}
+
+/// The query and the output gate of a gated attention projection (`[n, heads, 2·head_dim]`,
+/// each head's query then its gate, as transformers' `view(…, head_dim * 2).chunk(2)`), each
+/// `[n, heads·head_dim]`.
+fn split_query_gate(qg: &[f32], head_dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut q = Vec::with_capacity(qg.len() / 2);
+    let mut g = Vec::with_capacity(qg.len() / 2);
+    for head in qg.chunks_exact(2 * head_dim) {
+        q.extend_from_slice(&head[..head_dim]);
+        g.extend_from_slice(&head[head_dim..]);
+    }
+    (q, g)
+}
+
+/// A DeltaNet layer's weights from the tensors `t` gives, Qwen3-Next's interleaved projections
+/// reordered into the Qwen3.5 layout.
+fn delta_net(
+    config: &ModelConfig,
+    lin: &LinearAttnConfig,
+    t: &dyn Fn(LayerTensor) -> Result<Vec<f32>, WeightError>,
+) -> Result<DeltaNet, WeightError> {
+    use LayerTensor::*;
+    let dims = DeltaDims {
+        k_heads: lin.num_k_heads,
+        v_heads: lin.num_v_heads,
+        k_dim: lin.k_head_dim,
+        v_dim: lin.v_head_dim,
+        conv_kernel: lin.conv_kernel,
+    };
+    let hidden = config.hidden_size;
+    let (in_qkv, in_z, in_b, in_a) = match lin.layout {
+        DeltaLayout::Split => (t(LinearQkv)?, t(LinearZ)?, t(LinearB)?, t(LinearA)?),
+        DeltaLayout::Fused => {
+            let (qkv, z) = unfuse_qkvz(&t(LinearQkvz)?, &dims, hidden);
+            let (b, a) = unfuse_ba(&t(LinearBa)?, &dims, hidden);
+            (qkv, z, b, a)
+        }
+    };
+    Ok(DeltaNet {
+        dims,
+        in_qkv,
+        in_z,
+        in_b,
+        in_a,
+        // `[conv_dim, 1, kernel]` is `[conv_dim, kernel]` row-major.
+        conv: t(Conv1d)?,
+        a_log: t(ALog)?,
+        dt_bias: t(DtBias)?,
+        norm: t(LinearNorm)?,
+        out: t(LinearOut)?,
+        eps: config.rms_norm_eps,
+    })
+}
+
+/// Qwen3-Next's `in_proj_qkvz` rows (per key-head group: `q [k_dim]`, `k [k_dim]`,
+/// `v [r·v_dim]`, `z [r·v_dim]`, `r = v_heads / k_heads`; transformers'
+/// `fix_query_key_value_ordering`) as `in_proj_qkv` (all queries, all keys, all values) and
+/// `in_proj_z`.
+fn unfuse_qkvz(w: &[f32], d: &DeltaDims, hidden: usize) -> (Vec<f32>, Vec<f32>) {
+    let r = d.v_heads / d.k_heads;
+    let group = 2 * d.k_dim + 2 * r * d.v_dim;
+    let rows = |g: usize, from: usize, len: usize| {
+        let start = (g * group + from) * hidden;
+        &w[start..start + len * hidden]
+    };
+    let mut qkv = Vec::with_capacity(d.conv_dim() * hidden);
+    let mut z = Vec::with_capacity(d.value_dim() * hidden);
+    for g in 0..d.k_heads {
+        qkv.extend_from_slice(rows(g, 0, d.k_dim));
+    }
+    for g in 0..d.k_heads {
+        qkv.extend_from_slice(rows(g, d.k_dim, d.k_dim));
+    }
+    for g in 0..d.k_heads {
+        qkv.extend_from_slice(rows(g, 2 * d.k_dim, r * d.v_dim));
+        z.extend_from_slice(rows(g, 2 * d.k_dim + r * d.v_dim, r * d.v_dim));
+    }
+    (qkv, z)
+}
+
+/// Qwen3-Next's `in_proj_ba` rows (per key-head group: `b [r]`, `a [r]`) as `in_proj_b` and
+/// `in_proj_a`.
+fn unfuse_ba(w: &[f32], d: &DeltaDims, hidden: usize) -> (Vec<f32>, Vec<f32>) {
+    let r = d.v_heads / d.k_heads;
+    let mut b = Vec::with_capacity(d.v_heads * hidden);
+    let mut a = Vec::with_capacity(d.v_heads * hidden);
+    for g in 0..d.k_heads {
+        let start = g * 2 * r * hidden;
+        b.extend_from_slice(&w[start..start + r * hidden]);
+        a.extend_from_slice(&w[start + r * hidden..start + 2 * r * hidden]);
+    }
+    (b, a)
 }

@@ -129,6 +129,11 @@ impl GpuModel {
         config: ModelConfig,
         options: &GpuOptions,
     ) -> Result<GpuModel, RuntimeError> {
+        if config.linear.is_some() {
+            // Refused before the device is touched: no GPU kernels for DeltaNet layers.
+            let why = "the GPU runtime does not run Qwen3-Next/Qwen3.5 linear-attention layers yet; --device cpu runs them";
+            return Err(GpuError::Unsupported(why.into()).into());
+        }
         if config.moe.is_some() && options.placement.names_streamed() {
             // Refused before the device is touched.
             let why = "the GPU runtime does not stream a mixture-of-experts model's layers yet: every layer must be resident (drop the streamed placement), or run it with --device cpu";

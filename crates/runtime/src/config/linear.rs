@@ -1,0 +1,190 @@
+//! Hybrid linear-attention settings (Qwen3-Next, Qwen3.5-MoE): which layers are Gated DeltaNet
+//! layers and which gated full attention, and the DeltaNet layers' shape.
+//!
+//! | | Qwen3-Next (`qwen3_next`) | Qwen3.5-MoE (`qwen3_5_moe`) |
+//! | --- | --- | --- |
+//! | text settings | top level of `config.json` | under `text_config` (a `Qwen3_5MoeForCausalLM` checkpoint: top level) |
+//! | layer kinds | `layer_types`, else every `full_attention_interval`-th (default 4) layer full | same |
+//! | DeltaNet projections | `in_proj_qkvz`, `in_proj_ba`, interleaved per key-head group | `in_proj_qkv`, `in_proj_z`, `in_proj_b`, `in_proj_a` |
+//! | tensor prefix | `model.` | `model.language_model.` (text-only checkpoint: `model.`) |
+//! | sparse layers | `decoder_sparse_step`, `mlp_only_layers` (as Qwen2-MoE) | every layer |
+//!
+//! Both have, unlike the rest of the family: RMS norms that scale by `1 + weight`
+//! (zero-centred; the DeltaNet output norm excepted), a query projection twice as wide whose
+//! second half per head gates the attention output through a sigmoid, and rotary embedding on
+//! the first `partial_rotary_factor · head_dim` dimensions of a head only (default 0.25).
+
+use serde_json::Value;
+
+use super::{ArchFamily, ConfigError, Json};
+
+/// What a layer mixes tokens with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// Gated DeltaNet (`"linear_attention"`).
+    Linear,
+    /// Gated softmax attention over a KV cache (`"full_attention"`).
+    Full,
+}
+
+/// How a checkpoint stores a DeltaNet layer's input projections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaLayout {
+    /// `in_proj_qkvz` and `in_proj_ba`, interleaved per key-head group (Qwen3-Next).
+    Fused,
+    /// `in_proj_qkv`, `in_proj_z`, `in_proj_b`, `in_proj_a` (Qwen3.5).
+    Split,
+}
+
+/// The hybrid linear-attention part of a Qwen3-Next / Qwen3.5 configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearAttnConfig {
+    /// Kind of each layer.
+    pub layer_types: Vec<LayerKind>,
+    /// DeltaNet query/key heads (`linear_num_key_heads`).
+    pub num_k_heads: usize,
+    /// DeltaNet value heads (`linear_num_value_heads`), a multiple of `num_k_heads`.
+    pub num_v_heads: usize,
+    /// Width of a DeltaNet query/key head (`linear_key_head_dim`).
+    pub k_head_dim: usize,
+    /// Width of a DeltaNet value head (`linear_value_head_dim`).
+    pub v_head_dim: usize,
+    /// Length of the causal convolution (`linear_conv_kernel_dim`).
+    pub conv_kernel: usize,
+    /// Dimensions of each attention head that rotary embedding turns
+    /// (`head_dim · partial_rotary_factor`, even).
+    pub rotary_dim: usize,
+    /// How the DeltaNet input projections are stored.
+    pub layout: DeltaLayout,
+    /// Prefix of the language model's tensor names in a Hugging Face checkpoint (`"model."`,
+    /// or `"model.language_model."` beside a vision tower).
+    pub hf_prefix: String,
+}
+
+impl LinearAttnConfig {
+    /// The kind of layer `layer` (full attention past the list, which `check` rules out).
+    pub fn kind(&self, layer: usize) -> LayerKind {
+        self.layer_types
+            .get(layer)
+            .copied()
+            .unwrap_or(LayerKind::Full)
+    }
+
+    /// Whether layer `layer` is a DeltaNet layer.
+    pub fn is_linear(&self, layer: usize) -> bool {
+        self.kind(layer) == LayerKind::Linear
+    }
+}
+
+/// Reads the linear-attention keys of the text settings `j` for `arch` (`None` for the other
+/// architectures). `nested` says the settings came from `text_config`, so the language model's
+/// tensors are under `model.language_model.`.
+pub(super) fn hf_linear(
+    j: &Json<'_>,
+    arch: ArchFamily,
+    num_layers: usize,
+    head_dim: usize,
+    nested: bool,
+) -> Result<Option<LinearAttnConfig>, ConfigError> {
+    let layout = match arch {
+        ArchFamily::Qwen3Next => DeltaLayout::Fused,
+        ArchFamily::Qwen35Moe => DeltaLayout::Split,
+        _ => return Ok(None),
+    };
+    let layer_types = match j.json.get("layer_types") {
+        None | Some(Value::Null) => {
+            let interval = j.opt_usize("full_attention_interval")?.unwrap_or(4);
+            if interval == 0 {
+                return Err(j.invalid("full_attention_interval", "must be positive"));
+            }
+            (0..num_layers)
+                .map(|i| {
+                    if (i + 1).is_multiple_of(interval) {
+                        LayerKind::Full
+                    } else {
+                        LayerKind::Linear
+                    }
+                })
+                .collect()
+        }
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v.as_str() {
+                Some("linear_attention") => Ok(LayerKind::Linear),
+                Some("full_attention") => Ok(LayerKind::Full),
+                Some(other) => {
+                    Err(j.unsupported("layer_types", other, "linear_attention, full_attention"))
+                }
+                None => Err(j.invalid("layer_types", "is not a list of strings")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(j.invalid("layer_types", "is not a list of strings")),
+    };
+    if layer_types.len() != num_layers {
+        return Err(j.invalid(
+            "layer_types",
+            &format!(
+                "has {} entries for num_hidden_layers = {num_layers}",
+                layer_types.len()
+            ),
+        ));
+    }
+    // transformers 5 keeps it in `rope_parameters`; older configs at the top level.
+    let factor = match j
+        .json
+        .get("rope_parameters")
+        .and_then(|r| r.get("partial_rotary_factor"))
+    {
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| j.invalid("rope_parameters.partial_rotary_factor", "is not a number"))?,
+        None => j.opt_f32("partial_rotary_factor")?.map_or(0.25, f64::from),
+    };
+    // transformers' `int(head_dim * partial_rotary_factor)`.
+    let rotary_dim = (head_dim as f64 * factor) as usize;
+    if !(factor > 0.0 && factor <= 1.0) || rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
+        return Err(j.invalid(
+            "partial_rotary_factor",
+            &format!(
+                "= {factor} gives {rotary_dim} rotary dimensions of head_dim {head_dim}; \
+                 they must be even and positive"
+            ),
+        ));
+    }
+    let c = LinearAttnConfig {
+        layer_types,
+        num_k_heads: j.usize("linear_num_key_heads")?,
+        num_v_heads: j.usize("linear_num_value_heads")?,
+        k_head_dim: j.usize("linear_key_head_dim")?,
+        v_head_dim: j.usize("linear_value_head_dim")?,
+        conv_kernel: j.usize("linear_conv_kernel_dim")?,
+        rotary_dim,
+        layout,
+        hf_prefix: if nested {
+            "model.language_model.".into()
+        } else {
+            "model.".into()
+        },
+    };
+    for (key, v) in [
+        ("linear_num_key_heads", c.num_k_heads),
+        ("linear_num_value_heads", c.num_v_heads),
+        ("linear_key_head_dim", c.k_head_dim),
+        ("linear_value_head_dim", c.v_head_dim),
+        ("linear_conv_kernel_dim", c.conv_kernel),
+    ] {
+        if v == 0 {
+            return Err(j.invalid(key, "must be positive"));
+        }
+    }
+    if !c.num_v_heads.is_multiple_of(c.num_k_heads) {
+        return Err(j.invalid(
+            "linear_num_value_heads",
+            &format!(
+                "= {} is not a multiple of linear_num_key_heads = {}",
+                c.num_v_heads, c.num_k_heads
+            ),
+        ));
+    }
+    Ok(Some(c))
+}

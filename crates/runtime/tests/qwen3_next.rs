@@ -1,0 +1,348 @@
+//! The CPU reference forward pass of the hybrid linear-attention models against logits made by
+//! Hugging Face `transformers` (fixtures from `tests/fixtures/make_next_reference.py`): a tiny
+//! random Qwen3-Next (Gated DeltaNet and gated full-attention layers alternating, grouped value
+//! heads, partial rotary 0.5, experts with a shared expert, one dense layer) and a tiny random
+//! Qwen3.5-MoE saved as the multimodal checkpoint the Hub holds (text settings under
+//! `text_config`, the language model under `model.language_model.`, a vision tower that must be
+//! skipped). Prefill runs the chunked delta rule over 64 tokens, decode the recurrent one.
+
+use std::path::{Path, PathBuf};
+
+use hoist_runtime::config::LayerKind;
+use hoist_runtime::cpu::CpuModel;
+use hoist_runtime::{ArchFamily, ModelConfig};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+struct Reference {
+    prompt: Vec<u32>,
+    greedy: Vec<u32>,
+    /// Rows from position `from` on, `[rows, vocab]`.
+    logits: Vec<f32>,
+    from: usize,
+    vocab: usize,
+}
+
+fn reference(dir: &Path) -> Reference {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let ids = |k: &str| -> Vec<u32> {
+        meta[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let shape = ids("logits_shape");
+    let bytes = std::fs::read(dir.join("logits.f32")).unwrap();
+    let logits: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(logits.len(), (shape[0] * shape[1]) as usize);
+    Reference {
+        prompt: ids("prompt"),
+        greedy: ids("greedy"),
+        logits,
+        from: meta["logits_from"].as_u64().unwrap() as usize,
+        vocab: shape[1] as usize,
+    }
+}
+
+/// Max |a − b| over max |b|.
+fn rel_error(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale
+}
+
+/// Prefill over the prompt then greedy decode one token at a time (conv and recurrent state
+/// carried in the cache), every logits row the reference has compared, and the greedy tokens;
+/// returns the largest relative error.
+fn check(model: &CpuModel, r: &Reference, tolerance: f32, label: &str) -> f32 {
+    let v = r.vocab;
+    assert_eq!(model.config.vocab_size, v);
+    let mut cache = model.new_cache(r.prompt.len() + r.greedy.len()).unwrap();
+    let prefill = model.forward(&r.prompt, &mut cache).unwrap();
+    let mut rows = prefill[r.from * v..].to_vec();
+    let mut greedy = vec![hoist_runtime::sampler::argmax(
+        &prefill[prefill.len() - v..],
+    )];
+    for _ in 1..r.greedy.len() {
+        let step = model
+            .forward(&[*greedy.last().unwrap()], &mut cache)
+            .unwrap();
+        greedy.push(hoist_runtime::sampler::argmax(&step));
+        rows.extend(step);
+    }
+    let err = rel_error(&rows, &r.logits);
+    eprintln!(
+        "{label}: max relative logits error {err:.2e} over {} rows",
+        rows.len() / v
+    );
+    assert!(
+        err <= tolerance,
+        "{label}: logits differ by {err:e} > {tolerance:e}"
+    );
+    assert_eq!(greedy, r.greedy, "{label}: greedy tokens differ");
+    err
+}
+
+fn hf(name: &str) -> f32 {
+    let dir = fixtures().join(name);
+    let model = CpuModel::load(&dir).unwrap();
+    check(&model, &reference(&dir), 1e-4, name)
+}
+
+#[test]
+fn qwen3_next_matches_transformers() {
+    hf("qwen3_next");
+}
+
+#[test]
+fn qwen3_5_moe_matches_transformers() {
+    hf("qwen3_5_moe");
+}
+
+#[test]
+fn configs_read_the_hybrid_layout() {
+    let next = ModelConfig::from_hf_file(&fixtures().join("qwen3_next/config.json")).unwrap();
+    assert_eq!(next.arch, ArchFamily::Qwen3Next);
+    let lin = next.linear.as_ref().unwrap();
+    use LayerKind::{Full, Linear};
+    assert_eq!(lin.layer_types, [Linear, Full, Linear, Full]);
+    assert_eq!(
+        (lin.num_k_heads, lin.num_v_heads, lin.rotary_dim),
+        (2, 4, 8)
+    );
+    let moe = next.moe.as_ref().unwrap();
+    assert!(moe.norm_topk_prob && !moe.is_sparse(2) && moe.is_sparse(3));
+
+    let q35 = ModelConfig::from_hf_file(&fixtures().join("qwen3_5_moe/config.json")).unwrap();
+    assert_eq!(q35.arch, ArchFamily::Qwen35Moe);
+    assert_eq!(q35.hidden_size, 64, "read from text_config");
+    let lin = q35.linear.as_ref().unwrap();
+    assert_eq!(
+        (lin.rotary_dim, lin.hf_prefix.as_str()),
+        (4, "model.language_model.")
+    );
+    assert!((0..4).all(|l| q35.moe.as_ref().unwrap().is_sparse(l)));
+}
+
+/// The checkpoint with `f` applied to the f32 tensor `tensor` (its flat index and value), in a
+/// temporary copy of fixture `name`.
+fn patched(name: &str, tensor: &str, f: impl Fn(usize, &mut f32)) -> tempfile::TempDir {
+    let src = fixtures().join(name);
+    let tmp = tempfile::tempdir().unwrap();
+    for file in ["config.json", "reference.json", "logits.f32"] {
+        std::fs::copy(src.join(file), tmp.path().join(file)).unwrap();
+    }
+    let mut bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let entry = &header[tensor];
+    assert_eq!(entry["dtype"], "F32", "{tensor}");
+    let [start, end] = [0, 1].map(|i| entry["data_offsets"][i].as_u64().unwrap() as usize);
+    for (i, c) in bytes[8 + n + start..8 + n + end]
+        .chunks_exact_mut(4)
+        .enumerate()
+    {
+        let mut v = f32::from_le_bytes(c.try_into().unwrap());
+        f(i, &mut v);
+        c.copy_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(tmp.path().join("model.safetensors"), bytes).unwrap();
+    tmp
+}
+
+/// Relative error of the prompt's logits of a checkpoint directory (or of `config`, when
+/// given, over it) against fixture `name`'s reference.
+fn error_of(dir: &Path, name: &str, config: Option<ModelConfig>) -> f32 {
+    let model = match config {
+        Some(c) => {
+            let table = hoist_format::TensorTable::open(dir).unwrap();
+            CpuModel::from_table(&table, c).unwrap()
+        }
+        None => CpuModel::load(dir).unwrap(),
+    };
+    let r = reference(&fixtures().join(name));
+    let mut cache = model.new_cache(r.prompt.len()).unwrap();
+    let logits = model.forward(&r.prompt, &mut cache).unwrap();
+    let rows = r.prompt.len() - r.from;
+    rel_error(&logits[r.from * r.vocab..], &r.logits[..rows * r.vocab])
+}
+
+/// The fixtures catch what an implementation could get wrong: with the convolution reduced to
+/// its current tap (no conv), without decay (A_log → −∞: no gating), with β fixed at ½, with
+/// the attention output gate made constant, or with rotary over whole heads, the logits move
+/// far.
+#[test]
+fn fixtures_exercise_conv_gating_and_partial_rotary() {
+    let kernel = 4;
+    for (name, prefix) in [
+        ("qwen3_next", "model."),
+        ("qwen3_5_moe", "model.language_model."),
+    ] {
+        let t = |s: &str| format!("{prefix}layers.0.linear_attn.{s}");
+        let tweaks: Vec<(&str, tempfile::TempDir)> = vec![
+            (
+                "no conv",
+                patched(name, &t("conv1d.weight"), |i, v| {
+                    *v = if i % kernel == kernel - 1 { 1.0 } else { 0.0 }
+                }),
+            ),
+            ("no decay", patched(name, &t("A_log"), |_, v| *v = -80.0)),
+            (
+                "constant beta",
+                patched(
+                    name,
+                    &t(if name == "qwen3_next" {
+                        "in_proj_ba.weight"
+                    } else {
+                        "in_proj_b.weight"
+                    }),
+                    |_, v| *v = 0.0,
+                ),
+            ),
+            (
+                "constant attention gate",
+                // The gate half of each head's query rows (`[heads, 2, head_dim, hidden]`)
+                // zeroed: a constant gate of ½ for the learned one.
+                patched(
+                    name,
+                    &format!("{prefix}layers.1.self_attn.q_proj.weight"),
+                    |i, v| {
+                        if (i / 64 / 16) % 2 == 1 {
+                            *v = 0.0
+                        }
+                    },
+                ),
+            ),
+        ];
+        for (what, dir) in tweaks {
+            let err = error_of(dir.path(), name, None);
+            eprintln!("{name}, {what}: {err:.2e}");
+            assert!(err > 1e-2, "{name}: '{what}' did not matter ({err:e})");
+        }
+        let dir = fixtures().join(name);
+        let mut config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+        if let Some(l) = config.linear.as_mut() {
+            l.rotary_dim = config.head_dim;
+        }
+        let err = error_of(&dir, name, Some(config));
+        assert!(err > 1e-2, "{name}: full rotary did not matter ({err:e})");
+    }
+}
+
+/// A layer whose kind the configuration gets wrong is missing its tensors, and the error says
+/// which; vision and MTP tensors beside the language model are never asked for.
+#[test]
+fn wrong_layer_kind_names_the_missing_tensor() {
+    let dir = fixtures().join("qwen3_5_moe");
+    let mut config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    if let Some(l) = config.linear.as_mut() {
+        l.layer_types[1] = LayerKind::Linear;
+    }
+    let table = hoist_format::TensorTable::open(&dir).unwrap();
+    assert!(table
+        .tensors
+        .iter()
+        .any(|t| t.name.starts_with("model.visual.")));
+    let e = CpuModel::from_table(&table, config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.language_model.layers.1.linear_attn.in_proj_qkv.weight")
+            && e.contains("missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let text = std::fs::read_to_string(fixtures().join("qwen3_next/config.json")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let err = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        edit(&mut v);
+        ModelConfig::from_hf_json(&v, Path::new("config.json"))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&|v| {
+        v.as_object_mut().unwrap().remove("linear_key_head_dim");
+    });
+    assert!(
+        e.contains("'linear_key_head_dim'") && e.contains("missing"),
+        "{e}"
+    );
+    let e = err(&|v| {
+        v["layer_types"] = serde_json::json!([
+            "linear_attention",
+            "mamba",
+            "linear_attention",
+            "full_attention"
+        ])
+    });
+    assert!(e.contains("'layer_types'") && e.contains("mamba"), "{e}");
+    let e = err(&|v| v["layer_types"] = serde_json::json!(["full_attention"]));
+    assert!(
+        e.contains("'layer_types'") && e.contains("1 entries"),
+        "{e}"
+    );
+    let e = err(&|v| v["linear_num_value_heads"] = serde_json::json!(3));
+    assert!(
+        e.contains("'linear_num_value_heads'") && e.contains("multiple"),
+        "{e}"
+    );
+    let e = err(&|v| v["rope_parameters"]["partial_rotary_factor"] = serde_json::json!(0.1));
+    assert!(e.contains("partial_rotary_factor"), "{e}");
+
+    // Qwen3.5-MoE's nested text settings.
+    let text = std::fs::read_to_string(fixtures().join("qwen3_5_moe/config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["text_config"]
+        .as_object_mut()
+        .unwrap()
+        .remove("num_experts");
+    let e = ModelConfig::from_hf_json(&v, Path::new("config.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'num_experts'") && e.contains("missing"), "{e}");
+    // Without `layer_types`: every `full_attention_interval`-th layer is full attention.
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let t = v["text_config"].as_object_mut().unwrap();
+    t.remove("layer_types");
+    t.insert("full_attention_interval".into(), serde_json::json!(4));
+    let c = ModelConfig::from_hf_json(&v, Path::new("config.json")).unwrap();
+    use LayerKind::{Full, Linear};
+    assert_eq!(
+        c.linear.unwrap().layer_types,
+        [Linear, Linear, Linear, Full]
+    );
+}
+
+/// The GPU runtime does not run linear-attention layers: it refuses these models before it
+/// opens a device (so this runs anywhere), pointing at the CPU.
+#[test]
+fn gpu_refuses_hybrid_models_before_touching_the_device() {
+    for name in ["qwen3_next", "qwen3_5_moe"] {
+        let dir = fixtures().join(name);
+        let config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+        let table = hoist_format::TensorTable::open(&dir).unwrap();
+        let options = hoist_runtime::gpu::GpuOptions::default();
+        let e = match hoist_runtime::gpu::GpuModel::from_table(&table, config, &options) {
+            Ok(_) => panic!("{name} loaded on the GPU"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("linear-attention") && e.contains("--device cpu"),
+            "{name}: {e}"
+        );
+    }
+}
