@@ -577,5 +577,7 @@ fn fit(
     Ok(layers)
 }
 
+pub mod experts;
+
 #[cfg(test)]
 mod tests;
