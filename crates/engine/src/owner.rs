@@ -6,7 +6,8 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hoist_runtime::generate::{generate_cancellable, GenerateOptions};
+use hoist_runtime::constrain::{Constraint, TokenTable};
+use hoist_runtime::generate::{generate_constrained, GenerateOptions};
 use hoist_runtime::gpu::LoadStats;
 use hoist_runtime::placement::Placement;
 use hoist_runtime::sampler::StopReason;
@@ -89,9 +90,18 @@ pub(crate) fn run(
     if ready.send(Ok(report)).is_err() {
         return;
     }
+    // The vocabulary's bytes for constrained requests: built on the first one (decoding every
+    // token takes a while on large vocabularies), then shared.
+    let mut tokens: Option<Arc<TokenTable>> = None;
     for job in jobs {
         let events = job.events.clone();
-        let event = match serve(&mut pool, &checkpoint, &stop_tokens, job) {
+        let constraint = job.request.constraint.clone().map(|grammar| {
+            let table = tokens
+                .get_or_insert_with(|| Arc::new(TokenTable::new(&checkpoint.tokenizer)))
+                .clone();
+            Constraint::new(grammar, table)
+        });
+        let event = match serve(&mut pool, &checkpoint, &stop_tokens, constraint, job) {
             Ok(c) => Event::Done(c),
             Err(e) => Event::Failed(e),
         };
@@ -105,6 +115,7 @@ fn serve(
     pool: &mut Pool<'_>,
     ck: &Checkpoint,
     model_stop_tokens: &[u32],
+    constraint: Option<Constraint>,
     job: Job,
 ) -> Result<Completion, EngineError> {
     let Job {
@@ -165,12 +176,13 @@ fn serve(
         stop_tokens,
     };
     let (head, new) = ids.split_at(cached);
-    let g = generate_cancellable(
+    let g = generate_constrained(
         session,
         &ck.tokenizer,
         head,
         new,
         &options,
+        constraint.as_ref(),
         &cancel,
         &mut |t| {
             // Nobody listens any more: stop at the next token.

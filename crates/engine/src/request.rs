@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hoist_runtime::chat::Message;
+use hoist_runtime::constrain::JsonGrammar;
 use hoist_runtime::sampler::SamplingParams;
 
 use crate::EngineError;
@@ -41,6 +42,11 @@ pub struct Request {
     /// A flag that stops the request when set (a Ctrl-C handler's); the stream's
     /// [`GenerationStream::cancel`] sets it too. `None`: a fresh one.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// What the reply must be: any JSON value ([`JsonGrammar::any`]) or JSON matching a schema
+    /// ([`JsonGrammar::from_schema`]). Tokens that would break it are masked at every step (on
+    /// the host: slower than unconstrained greedy decoding on a GPU); the end tokens only come
+    /// once it is complete. `None`: free text.
+    pub constraint: Option<Arc<JsonGrammar>>,
 }
 
 impl Request {
@@ -55,6 +61,7 @@ impl Request {
             stop_tokens: Vec::new(),
             session_key: None,
             cancel: None,
+            constraint: None,
         }
     }
 }

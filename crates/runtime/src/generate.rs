@@ -6,9 +6,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::constrain::{Constraint, Matcher};
 use crate::cpu::{CpuModel, ForwardError, KvCache};
 use crate::sampler::{Sampler, SamplingParams, StopCheck, StopReason, StopStrings};
-use crate::tokenizer::{TextStream, Tokenizer};
+use crate::tokenizer::{TextStream, Tokenizer, TokenizerError};
 use crate::RuntimeError;
 
 /// A model with its own state (KV cache) that turns new tokens into next-token logits.
@@ -129,8 +130,8 @@ pub fn generate(
 /// by `prompt` on an empty model.
 ///
 /// Every chosen token but the last is fed to the model. When the choice is the plain arg-max
-/// (temperature 0, no repetition penalty) and the model can decode greedily itself
-/// ([`LogitsModel::decode_greedy`]), it does, with the same result.
+/// (temperature 0, no repetition penalty, no constraint) and the model can decode greedily
+/// itself ([`LogitsModel::decode_greedy`]), it does, with the same result.
 pub fn generate_after(
     model: &mut dyn LogitsModel,
     tokenizer: &Tokenizer,
@@ -155,6 +156,34 @@ pub fn generate_cancellable(
     cancel: &AtomicBool,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, RuntimeError> {
+    generate_constrained(
+        model, tokenizer, cached, prompt, options, None, cancel, on_text,
+    )
+}
+
+/// [`generate_cancellable`] whose output must satisfy `constraint` (JSON, or JSON matching a
+/// schema: [`crate::constrain`]): each step's logits are masked on the host so that only
+/// tokens keeping the text a valid prefix can be chosen, and `options.stop_tokens` only once
+/// it is complete. With a constraint, a model's own greedy path
+/// ([`LogitsModel::decode_greedy`]) is not taken, since it never shows the host the logits.
+///
+/// Generation also ends when the constraint allows no token: the document is complete and
+/// there is no end token to choose ([`StopReason::MaxTokens`]). A document the vocabulary
+/// cannot continue is an error. `None` is [`generate_cancellable`].
+///
+/// (A separate function rather than a field of [`GenerateOptions`]: callers build that struct
+/// with literals, which a new field would break.)
+#[allow(clippy::too_many_arguments)]
+pub fn generate_constrained(
+    model: &mut dyn LogitsModel,
+    tokenizer: &Tokenizer,
+    cached: &[u32],
+    prompt: &[u32],
+    options: &GenerateOptions,
+    constraint: Option<&Constraint>,
+    cancel: &AtomicBool,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation, RuntimeError> {
     let mut sampler = Sampler::new(options.sampling)?;
     let start = Instant::now();
     let mut logits = model.next_logits(prompt)?;
@@ -173,23 +202,44 @@ pub fn generate_cancellable(
         on_text,
     };
     let mut first_token = None;
+    let mut matcher = constraint.map(Constraint::matcher);
     let stop = 'decode: {
         if options.max_tokens == 0 {
             break 'decode StopReason::MaxTokens;
         }
-        let mut next = sampler.sample(&logits, &context);
+        let Some(mut next) = choose(
+            &mut sampler,
+            matcher.as_mut(),
+            &mut logits,
+            &context,
+            options,
+        )?
+        else {
+            break 'decode StopReason::MaxTokens;
+        };
         context.push(next);
         let accepted = out.accept(next)?;
         first_token = Some(Instant::now());
         if let Some(stop) = accepted {
             break 'decode stop;
         }
-        if let Some(stop) = on_model(model, &sampler, next, &mut out)? {
-            break 'decode stop;
+        if matcher.is_none() {
+            if let Some(stop) = on_model(model, &sampler, next, &mut out)? {
+                break 'decode stop;
+            }
         }
         loop {
             logits = model.next_logits(&[next])?;
-            next = sampler.sample(&logits, &context);
+            next = match choose(
+                &mut sampler,
+                matcher.as_mut(),
+                &mut logits,
+                &context,
+                options,
+            )? {
+                Some(t) => t,
+                None => break 'decode StopReason::MaxTokens,
+            };
             context.push(next);
             if let Some(stop) = out.accept(next)? {
                 break 'decode stop;
@@ -204,6 +254,40 @@ pub fn generate_cancellable(
         prefill,
         decode: start.elapsed().saturating_sub(prefill),
         first_token,
+    })
+}
+
+/// The next token: the sampler's choice among what the constraint (if any) allows, the
+/// matcher then moved past it. `None`: the constraint allows nothing (the document is complete
+/// and there is no end token).
+fn choose(
+    sampler: &mut Sampler,
+    matcher: Option<&mut Matcher>,
+    logits: &mut [f32],
+    context: &[u32],
+    options: &GenerateOptions,
+) -> Result<Option<u32>, RuntimeError> {
+    let Some(m) = matcher else {
+        return Ok(Some(sampler.sample(logits, context)));
+    };
+    if !m.apply(logits, &options.stop_tokens) {
+        if m.is_complete() {
+            return Ok(None);
+        }
+        return Err(dead_end("no token of the vocabulary continues the JSON"));
+    }
+    let next = sampler.sample(logits, context);
+    if !options.stop_tokens.contains(&next) && !m.advance(next) {
+        return Err(dead_end("the sampler chose a token the constraint refused"));
+    }
+    Ok(Some(next))
+}
+
+/// The constraint cannot go on: the tokenizer's vocabulary lacks what it needs.
+fn dead_end(message: &str) -> RuntimeError {
+    RuntimeError::Tokenizer(TokenizerError::Library {
+        context: "constrained decoding".to_string(),
+        message: message.to_string(),
     })
 }
 
@@ -307,6 +391,107 @@ impl Output<'_> {
         if !t.is_empty() {
             (self.on_text)(t);
             self.text.push_str(t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::constrain::{JsonGrammar, TokenTable};
+
+    /// Logits that favour the same few tokens whatever came before, and a greedy path that
+    /// must not be taken under a constraint.
+    struct Stubborn {
+        favourite: Vec<f32>,
+        greedy_calls: usize,
+    }
+
+    impl LogitsModel for Stubborn {
+        fn next_logits(&mut self, _: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+            Ok(self.favourite.clone())
+        }
+
+        fn decode_greedy(
+            &mut self,
+            _: u32,
+            _: usize,
+            _: &mut dyn FnMut(u32) -> bool,
+        ) -> Option<Result<usize, RuntimeError>> {
+            self.greedy_calls += 1;
+            None
+        }
+    }
+
+    #[test]
+    fn a_constraint_leaves_the_greedy_path_and_yields_json() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
+        let tok = Tokenizer::from_hf_dir(&dir).unwrap();
+        let n = tok.vocab_size();
+        // Letters most, then a quote and a brace: unconstrained, greedy says "a" forever.
+        let mut favourite = vec![0.0f32; n];
+        let id = |s: &str| tok.token_to_id(s).unwrap() as usize;
+        favourite[id("a")] = 5.0;
+        favourite[id("\"")] = 4.0;
+        favourite[id("{")] = 3.0;
+        favourite[id("}")] = 2.0;
+        let eos = tok.eos().to_vec();
+        for &e in &eos {
+            favourite[e as usize] = 1.0;
+        }
+        let options = GenerateOptions {
+            max_tokens: 20,
+            stop_tokens: eos,
+            ..Default::default()
+        };
+        let mut model = Stubborn {
+            favourite,
+            greedy_calls: 0,
+        };
+        let never = AtomicBool::new(false);
+        let free = generate_cancellable(&mut model, &tok, &[], &[1], &options, &never, &mut |_| {})
+            .unwrap();
+        assert_eq!(model.greedy_calls, 1, "greedy asks the model's own path");
+        assert!(serde_json::from_str::<serde_json::Value>(&free.text).is_err());
+
+        let table = Arc::new(TokenTable::new(&tok));
+        // Cut by max_tokens: a string that the model never closes (its favourite is "a").
+        let any = format!("\"{}", "a".repeat(19));
+        let object = format!("{{\"{}", "a".repeat(18));
+        for (grammar, expect) in [
+            (JsonGrammar::any(), any.as_str()),
+            (
+                JsonGrammar::from_schema(&serde_json::json!({"type": "object"})).unwrap(),
+                object.as_str(),
+            ),
+            (
+                JsonGrammar::from_schema(&serde_json::json!({"enum": ["a", "b"]})).unwrap(),
+                "\"a\"",
+            ),
+        ] {
+            let c = Constraint::new(Arc::new(grammar), table.clone());
+            model.greedy_calls = 0;
+            let g = generate_constrained(
+                &mut model,
+                &tok,
+                &[],
+                &[1],
+                &options,
+                Some(&c),
+                &never,
+                &mut |_| {},
+            )
+            .unwrap();
+            assert_eq!(model.greedy_calls, 0);
+            assert_eq!(g.text, expect);
+            if expect == "\"a\"" {
+                // Complete: the end token, only then.
+                assert!(matches!(g.stop, StopReason::Eos(_)), "{:?}", g.stop);
+            } else {
+                assert_eq!(g.stop, StopReason::MaxTokens);
+            }
         }
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod constrain;
 pub mod cpu;
 mod device;
 mod error;

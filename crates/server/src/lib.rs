@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod format;
 pub mod generation;
 mod manage;
 pub mod models;

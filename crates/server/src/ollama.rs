@@ -96,18 +96,15 @@ impl Common {
             .transpose()
     }
 
+    /// The engine request for `input`: the options, and `format` as a constraint.
+    fn request(&self, input: Input) -> Result<Request, ApiError> {
+        let mut request = self.options.request(input)?;
+        request.constraint = crate::format::ollama(self.format.as_ref())?;
+        Ok(request)
+    }
+
     /// Refuses what hoist cannot do yet, naming the field.
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        if self
-            .format
-            .as_ref()
-            .is_some_and(|f| !f.is_null() && f != "")
-        {
-            return Err(ApiError::unsupported(
-                "format",
-                "constrained decoding (format: \"json\" or a JSON schema)",
-            ));
-        }
         if self
             .think
             .as_ref()
@@ -202,7 +199,7 @@ pub async fn generate(
         messages.push(Message::new("user", prompt));
         Input::Messages(messages)
     };
-    let request = req.common.options.request(input)?;
+    let request = req.common.request(input)?;
     let lease = state
         .registry
         .acquire(&req.common.model, keep_alive, req.common.options.num_ctx)
@@ -238,7 +235,7 @@ pub async fn chat(
         .iter()
         .map(|m| Message::new(m.role.clone(), m.content.clone()))
         .collect();
-    let request = req.common.options.request(Input::Messages(messages))?;
+    let request = req.common.request(Input::Messages(messages))?;
     let lease = state
         .registry
         .acquire(&req.common.model, keep_alive, req.common.options.num_ctx)

@@ -74,14 +74,6 @@ impl Common {
         {
             return Err(ApiError::unsupported("logprobs", "log probabilities"));
         }
-        if let Some(format) = &self.response_format {
-            if format.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::unsupported(
-                    "response_format",
-                    "constrained decoding (response_format json_object or json_schema)",
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -114,6 +106,7 @@ impl Common {
             .unwrap_or(default_tokens);
         let mut request = Request::new(input, sampling, max_tokens);
         request.stop_strings = stop_strings;
+        request.constraint = crate::format::openai(self.response_format.as_ref())?;
         Ok(request)
     }
 

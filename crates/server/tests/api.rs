@@ -276,19 +276,9 @@ fn errors_have_each_apis_shape() {
     let msgs = json!([{"role": "user", "content": "x"}]);
     for (path, body, field) in [
         (
-            "/api/generate",
-            json!({"model": "tiny", "prompt": "x", "format": "json"}),
-            "format",
-        ),
-        (
             "/api/chat",
             json!({"model": "tiny", "messages": msgs, "tools": [{"type": "function"}]}),
             "tools",
-        ),
-        (
-            "/v1/chat/completions",
-            json!({"model": "tiny", "messages": msgs, "response_format": {"type": "json_object"}}),
-            "response_format",
         ),
         (
             "/v1/chat/completions",
