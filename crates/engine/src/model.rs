@@ -77,6 +77,11 @@ impl Weights {
         &self.config
     }
 
+    /// The checkpoint's tensor table.
+    pub fn table(&self) -> &TensorTable {
+        &self.table
+    }
+
     /// Bytes of the tensors the model reads: the total of a load's progress counter.
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes

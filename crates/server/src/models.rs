@@ -126,23 +126,21 @@ pub fn details_from_checkpoint(path: &Path) -> Result<ModelDetails, ModelsError>
     })?;
     let c = weights.config();
     let arch = format!("{:?}", c.arch).to_lowercase();
-    // Parameters from the bytes read at 2 bytes each is wrong for quantized files; count from
-    // the shapes instead: embeddings, per-layer attention and MLP, and the output head.
-    let attn = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads);
-    let mlp = |inter: usize| 3 * c.hidden_size * inter;
-    // Mixture-of-experts layers: every expert, the router, a shared expert and its gate.
-    let layer_mlp = |l: usize| match &c.moe {
-        Some(m) if m.is_sparse(l) => {
-            m.num_experts * (mlp(m.expert_intermediate_size) + c.hidden_size)
-                + m.shared_expert_intermediate_size
-                    .map_or(0, |s| mlp(s) + c.hidden_size)
-        }
-        _ => mlp(c.intermediate_size),
-    };
-    let embed = c.vocab_size * c.hidden_size;
-    let head = if c.tie_word_embeddings { 0 } else { embed };
-    let layers: usize = (0..c.num_layers).map(|l| attn + layer_mlp(l)).sum();
-    let params = (embed + head + layers) as u64;
+    // Parameters from the bytes read at 2 bytes each is wrong for quantized files; count the
+    // values of every weight the model reads that is not a vector (norms, biases): matrices,
+    // GGUF's stacked experts, DeltaNet's convolution.
+    let table = weights.table();
+    let map =
+        hoist_runtime::weights::WeightMap::resolve(table, c).map_err(|e| ModelsError::Other {
+            message: crate::error::chain(&e),
+        })?;
+    let params: u64 = map
+        .selection()
+        .into_iter()
+        .map(|i| &table.tensors[i])
+        .filter(|t| t.shape.len() >= 2)
+        .map(|t| t.elements())
+        .sum();
     let mut info = Map::new();
     info.insert("general.architecture".into(), json!(arch));
     info.insert("general.parameter_count".into(), json!(params));
@@ -312,15 +310,24 @@ mod tests {
 
     #[test]
     fn parameter_counts_cover_every_matrix_experts_included() {
-        // The count is made from the configuration; the fixtures' 2-D tensors are the truth.
-        for name in ["llama", "mixtral", "qwen2_moe", "qwen3_moe"] {
+        // The fixtures' 2-D tensors are the truth (the hybrid ones: and DeltaNet's 3-D
+        // convolutions; never the vision tower beside Qwen3.5's language model).
+        for name in [
+            "llama",
+            "mixtral",
+            "qwen2_moe",
+            "qwen3_moe",
+            "qwen3_next",
+            "qwen3_5_moe",
+        ] {
             let dir = hoist_testkit::models::runtime_fixtures().join(name);
             let d = details_from_checkpoint(&dir).unwrap();
             let table = hoist_format::TensorTable::open(&dir).unwrap();
             let matrices: u64 = table
                 .tensors
                 .iter()
-                .filter(|t| t.shape.len() == 2)
+                .filter(|t| t.shape.len() == 2 || t.name.contains("conv1d"))
+                .filter(|t| !t.name.contains("visual") && !t.name.starts_with("mtp."))
                 .map(|t| t.elements())
                 .sum();
             assert_eq!(
