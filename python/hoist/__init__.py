@@ -132,6 +132,31 @@ def _filters(filter: Union[None, str, Iterable[str]]) -> List[str]:
     return [str(f) for f in filter]
 
 
+ShardArg = Union[None, str, Tuple[int, int, int], Sequence[int]]
+
+
+def _shard(shard: ShardArg, cuda: Optional[int]) -> Optional[str]:
+    """``"DIM:RANK/WORLD"`` for the native side (which checks the numbers), or None."""
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        spec = shard
+    else:
+        try:
+            dim, rank, world = (int(x) for x in shard)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"shard must be (dim, rank, world) or \"DIM:RANK/WORLD\", not {shard!r}"
+            ) from None
+        spec = f"{dim}:{rank}/{world}"
+    if cuda is not None:
+        raise DeviceError(
+            f"cuda:{cuda}: sharded loading (shard={shard!r}) onto the GPU is not supported yet; "
+            'load the shard with device="cpu" and move the tensors'
+        )
+    return spec
+
+
 def _check(framework: str, cuda: Optional[int]) -> None:
     if framework == "np" and cuda is not None:
         raise ValueError('numpy arrays live in host memory: use device="cpu" with framework="np"')
@@ -215,6 +240,8 @@ def load_file(
     backend: str = "auto",
     threads: Optional[int] = None,
     cache: str = "auto",
+    shard: ShardArg = None,
+    shard_filter: Union[None, str, Iterable[str]] = None,
 ) -> Dict[str, Any]:
     """Loads a checkpoint's tensors.
 
@@ -236,6 +263,17 @@ def load_file(
             nothing cached, nothing else evicted; backends ``"auto"`` and ``"uring"`` only,
             ``"pread"`` and ``"mmap"`` always read through the cache) or ``"auto"`` (default:
             keep when the bytes fit in MemAvailable minus 10% of MemTotal, at least 2 GiB).
+        shard: ``(dim, rank, world)`` (or ``"DIM:RANK/WORLD"``): load only this
+            tensor-parallel rank's slice of each tensor, part ``rank`` of ``world`` equal parts
+            along dimension ``dim`` (0: rows, 1: columns; outermost first), reading only its
+            bytes (row slices are one range; column slices are read in few large spans and
+            gathered). The tensors come back with the sliced shape, equal to
+            ``full.chunk(world, dim)[rank]``. Every loaded tensor is sliced unless
+            ``shard_filter`` names which; a tensor that cannot be split evenly (or, GGUF
+            quantized, on block boundaries; or has no dimension ``dim``) raises ``ValueError``
+            naming it. CPU only for now (``DeviceError`` for ``"cuda:N"``).
+        shard_filter: with ``shard``, a glob or list of globs of the tensors to slice; the
+            others load whole (replicated on every rank).
 
     Returns:
         ``{name: tensor}`` in file order. Tensors own their memory (no copy was made; freed
@@ -255,9 +293,13 @@ def load_file(
     fw = _framework(framework)
     cuda = _device(device)
     _check(fw, cuda)
+    spec = _shard(shard, cuda)
+    if shard_filter is not None and spec is None:
+        raise ValueError("shard_filter needs shard=(dim, rank, world)")
     table = _hoist.Table(_paths(paths))
     indices = table.select(_filters(filter))
-    raws = table.load(indices, cuda, _bf16_as_u16(fw), backend, threads, cache)
+    only = _filters(shard_filter) if shard_filter is not None else None
+    raws = table.load(indices, cuda, _bf16_as_u16(fw), backend, threads, cache, spec, only)
     conv = _converter(fw)
     return {r.name: conv(r) for r in raws}
 

@@ -56,6 +56,8 @@ class Table:
         backend: str = "auto",
         threads: Optional[int] = None,
         cache: str = "auto",
+        shard: Optional[str] = None,
+        shard_only: Optional[List[str]] = None,
     ) -> List[Tensor]: ...
     def stream(
         self,

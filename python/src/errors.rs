@@ -5,7 +5,7 @@
 //! Rust message, which names the file and, where known, the tensor.
 
 use hoist_format::FormatError;
-use hoist_io::{IoError, LoadError};
+use hoist_io::{IoError, LoadError, ShardError};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -69,6 +69,19 @@ impl From<LoadError> for Error {
             LoadError::Io(e) => e.into(),
             LoadError::Alloc(e) => Error::Io(e.to_string()),
             LoadError::Plan(e) => Error::Internal(e.to_string()),
+            LoadError::Shard(e) => (*e).into(),
+        }
+    }
+}
+
+impl From<ShardError> for Error {
+    fn from(e: ShardError) -> Error {
+        match e {
+            ShardError::Filter(e) => e.into(),
+            // A tensor whose bytes do not match its shape: the checkpoint is at fault.
+            ShardError::Layout { .. } => Error::Checkpoint(e.to_string()),
+            // A bad spec, or a split the tensors do not allow: the caller's choice.
+            e => Error::Usage(e.to_string()),
         }
     }
 }

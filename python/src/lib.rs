@@ -20,7 +20,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use hoist_format::{DType, FileFormat, MetaValue, TensorInfo, TensorTable};
-use hoist_io::{Backend, CachePolicy, EngineConfig, HostTensor, PlanConfig};
+use hoist_io::{
+    Backend, CachePolicy, EngineConfig, HostTensor, PlanConfig, Shard, ShardConfig, ShardPlan,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -490,7 +492,11 @@ impl Table {
 
     /// Loads the tensors at `indices` onto `cuda` (a GPU ordinal) or host memory (None), with
     /// the GIL released; returns them in file order.
-    #[pyo3(signature = (indices, cuda=None, bf16_as_u16=false, backend="auto", threads=None, cache="auto"))]
+    ///
+    /// `shard` (`"DIM:RANK/WORLD"`) loads only that tensor-parallel rank's slice of each
+    /// tensor (host memory only); `shard_only` (globs) names the tensors to slice, the others
+    /// load whole.
+    #[pyo3(signature = (indices, cuda=None, bf16_as_u16=false, backend="auto", threads=None, cache="auto", shard=None, shard_only=None))]
     // The Python keyword arguments, one parameter each.
     #[allow(clippy::too_many_arguments)]
     fn load(
@@ -502,10 +508,41 @@ impl Table {
         backend: &str,
         threads: Option<usize>,
         cache: &str,
+        shard: Option<&str>,
+        shard_only: Option<Vec<String>>,
     ) -> PyResult<Vec<Tensor>> {
         let engine = engine_config(backend, threads, cache)?;
         let device = Device::from_arg(cuda);
         let table = self.table.clone();
+        if let Some(spec) = shard {
+            let shard: Shard = spec.parse().map_err(|e| Error::from(e).into_py(py))?;
+            if let Some(n) = cuda {
+                return Err(Error::Device(format!(
+                    "cuda:{n}: sharded loading onto the GPU is not supported yet; load the shard with device=\"cpu\" and move the tensors"
+                ))
+                .into_py(py));
+            }
+            let r = py.detach(move || {
+                guarded(|| {
+                    let only = shard_only.map(|g| table.select(&g)).transpose()?;
+                    let plan = ShardPlan::new(
+                        &table,
+                        &indices,
+                        shard,
+                        only.as_deref(),
+                        ShardConfig::for_chunk_bytes(PlanConfig::default().chunk_bytes),
+                    )?;
+                    let (mut tensors, _report) =
+                        hoist_io::load_host_sharded(&table, &plan, PlanConfig::default(), &engine)?;
+                    tensors.sort_by_key(|t| table.index_of(&t.info.name));
+                    Ok(tensors
+                        .iter()
+                        .map(|t| Tensor::from_host(t, bf16_as_u16))
+                        .collect())
+                })
+            });
+            return r.map_err(|e| e.into_py(py));
+        }
         let r = py.detach(move || {
             guarded(|| match device {
                 Device::Cpu => {

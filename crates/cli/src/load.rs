@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use hoist_format::TensorTable;
+use hoist_io::shard::{Shard, ShardConfig, ShardPlan};
 use hoist_io::LoadReport;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -38,6 +39,16 @@ pub struct Args {
     /// Evict the checkpoint's files from the page cache first (a cold load).
     #[arg(long)]
     cold: bool,
+    /// Load only this tensor-parallel rank's slice of each tensor: split dimension DIM
+    /// (0: rows, 1: columns; outermost first) into WORLD equal parts and keep part RANK, e.g.
+    /// 0:1/4. Every loaded tensor is sliced unless --shard-only names which; one that cannot
+    /// be split evenly (or, for GGUF quantized types, on block boundaries) is an error. CPU only.
+    #[arg(long, value_name = "DIM:RANK/WORLD")]
+    shard: Option<Shard>,
+    /// With --shard: slice only tensors whose names match this glob (repeatable); the others
+    /// load whole (replicated on every rank).
+    #[arg(long, value_name = "GLOB", requires = "shard")]
+    shard_only: Vec<String>,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -66,23 +77,47 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let table =
         TensorTable::open(&a.path).with_context(|| format!("cannot load {}", a.path.display()))?;
     let selection = table.select(&a.filter)?;
+    let plan_config = a.tuning.plan_config(&a.device)?;
+    // Planned before any I/O, so that a bad split is reported before the load starts.
+    let shard_plan = match (a.shard, &a.device) {
+        (None, _) => None,
+        (Some(_), Device::Cuda(_)) => anyhow::bail!(
+            "--shard is not yet supported for GPU loads (--device {}); load the shard with --device cpu",
+            a.device
+        ),
+        (Some(shard), Device::Cpu) => {
+            let only = match a.shard_only.is_empty() {
+                true => None,
+                false => Some(table.select(&a.shard_only)?),
+            };
+            let config = ShardConfig::for_chunk_bytes(plan_config.chunk_bytes);
+            Some(
+                ShardPlan::new(&table, &selection, shard, only.as_deref(), config)
+                    .with_context(|| format!("cannot shard {}", a.path.display()))?,
+            )
+        }
+    };
     let parse_seconds = t0.elapsed().as_secs_f64();
     if a.cold {
         evict(&table, true)?;
     }
-    let plan_config = a.tuning.plan_config(&a.device)?;
     let progress = Arc::new(AtomicU64::new(0));
     let mut engine_config = a.tuning.engine_config(a.backend, &a.device)?;
     engine_config.progress = Some(progress.clone());
-    let bytes: u64 = selection.iter().map(|&i| table.tensors[i].len).sum();
+    let bytes: u64 = match &shard_plan {
+        Some(p) => p.loaded_bytes(&table),
+        None => selection.iter().map(|&i| table.tensors[i].len).sum(),
+    };
 
     let bar = Progress::start(progress.clone(), bytes, "loading", !a.json);
     let outcome = match a.device {
         Device::Cpu => {
             let t1 = Instant::now();
-            let (tensors, io) =
-                hoist_io::load_host(&table, &selection, plan_config, &engine_config, None)
-                    .with_context(|| format!("loading {} failed", a.path.display()))?;
+            let (tensors, io) = match &shard_plan {
+                Some(p) => hoist_io::load_host_sharded(&table, p, plan_config, &engine_config),
+                None => hoist_io::load_host(&table, &selection, plan_config, &engine_config, None),
+            }
+            .with_context(|| format!("loading {} failed", a.path.display()))?;
             let seconds = t1.elapsed().as_secs_f64();
             drop(bar);
             let checksums = match a.checksum {
@@ -92,6 +127,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     .collect(),
                 false => Vec::new(),
             };
+            let extra = match &shard_plan {
+                Some(p) => vec![shard_summary(&table, p, &io)],
+                None => Vec::new(),
+            };
             Outcome {
                 device: "cpu".into(),
                 bytes,
@@ -99,7 +138,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 seconds,
                 io,
                 checksums,
-                extra: Vec::new(),
+                extra,
             }
         }
         Device::Cuda(n) => {
@@ -121,6 +160,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     print(&mut out, &a, &outcome, parse_seconds, &table.skipped)
         .and_then(|()| out.flush())
         .context("cannot write to stdout")
+}
+
+/// The `shard` entry of a sharded load's report: what was sliced, and the bytes read against
+/// the whole tensors'.
+fn shard_summary(
+    table: &TensorTable,
+    p: &ShardPlan,
+    io: &LoadReport,
+) -> (&'static str, serde_json::Value, String) {
+    let (loaded, full) = (p.loaded_bytes(table), p.full_bytes(table));
+    let json = serde_json::json!({
+        "spec": p.shard.to_string(),
+        "dim": p.shard.dim,
+        "rank": p.shard.rank,
+        "world": p.shard.world,
+        "sharded_tensors": p.sharded(),
+        "whole_tensors": p.parts.len() - p.sharded(),
+        "bytes": loaded,
+        "full_bytes": full,
+    });
+    let line = format!(
+        "shard {}: {} of {} tensors sliced; {} of {} whole, read {}",
+        p.shard,
+        p.sharded(),
+        p.parts.len(),
+        human_bytes(loaded),
+        human_bytes(full),
+        human_bytes(io.read_bytes)
+    );
+    ("shard", json, line)
 }
 
 /// Evicts every file of `table` from the page cache; says so when some stayed (returns whether).

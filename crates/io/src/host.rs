@@ -45,6 +45,11 @@ impl HostBuf {
         self.map.as_mut_ptr()
     }
 
+    /// The bytes, for writers that hold the buffer uniquely (gathering a strided slice).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -66,6 +71,14 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
+    /// A tensor whose bytes are `info.len` bytes of `buf` from `offset` (`None`: no bytes).
+    pub(crate) fn new(info: TensorInfo, buf: Option<Arc<HostBuf>>, offset: usize) -> HostTensor {
+        debug_assert!(buf
+            .as_ref()
+            .is_none_or(|b| offset + info.len as usize <= b.len()));
+        HostTensor { info, buf, offset }
+    }
+
     /// The tensor's bytes.
     pub fn bytes(&self) -> &[u8] {
         match &self.buf {
