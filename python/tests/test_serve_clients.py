@@ -1,6 +1,6 @@
 """``hoist serve`` driven by the official clients, unmodified: ``ollama`` (chat, generate, tags,
-show, ps, copy, delete, errors) and ``openai`` (chat completions, completions, models, errors),
-streaming and not, against the runtime's tiny Llama fixture on the CPU. The server is the built
+show, ps, copy, delete, errors, tools) and ``openai`` (chat completions, completions, models,
+errors, tool calls), streaming and not, against the runtime's tiny Llama fixture on the CPU. The server is the built
 binary (``HOIST_BIN``, else target/{release,debug}/hoist) on a free port."""
 
 from __future__ import annotations
@@ -36,13 +36,8 @@ def _hoist_binary():
     pytest.skip("the hoist binary is not built (cargo build)")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`hoist serve` on a free port; yields its base URL."""
-    d = tmp_path_factory.mktemp("tiny")
-    for src in ["llama/config.json", "llama/model.safetensors", "tokenizer/tokenizer.json",
-                "tokenizer/tokenizer_config.json"]:
-        shutil.copy(os.path.join(FIXTURES, src), d)
+def _serve(d):
+    """`hoist serve` of the model in `d` as `tiny` on a free port; yields its base URL."""
     proc = subprocess.Popen(
         [_hoist_binary(), "serve", "--device", "cpu", "--port", "0", "--api-key", KEY,
          "--model", f"tiny={d}"],
@@ -56,6 +51,42 @@ def server(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _model_dir(tmp_path_factory, chat_template=None):
+    d = tmp_path_factory.mktemp("tiny")
+    for src in ["llama/config.json", "llama/model.safetensors", "tokenizer/tokenizer.json",
+                "tokenizer/tokenizer_config.json"]:
+        shutil.copy(os.path.join(FIXTURES, src), d)
+    if chat_template is not None:
+        path = os.path.join(d, "tokenizer_config.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg["chat_template"] = chat_template
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`hoist serve` on a free port; yields its base URL."""
+    yield from _serve(_model_dir(tmp_path_factory))
+
+
+# A terse Llama 3.1-style template (the fixture's context holds 256 positions): the whole reply
+# is the call's JSON; `<|python_tag|>` names the format (as in crates/server/tests/tools.rs).
+LLAMA3_TOOLS = (
+    "{%- if tools %}{{ tools | tojson }}\n{% endif %}"
+    "{%- for m in messages %}{{ m.role[0] }}:{{ m.content }}\n{% endfor %}"
+    "{%- if add_generation_prompt %}a:{% endif %}{#- <|python_tag|> #}"
+)
+
+
+@pytest.fixture(scope="module")
+def tool_server(tmp_path_factory):
+    """`hoist serve` of the fixture with a template that supports tools."""
+    yield from _serve(_model_dir(tmp_path_factory, LLAMA3_TOOLS))
 
 
 @pytest.fixture()
@@ -162,3 +193,58 @@ def test_openai_needs_the_key(server):
     bad = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+
+
+TOOL = {"type": "function", "function": {"name": "w", "description": "weather",
+                                         "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_tools_need_a_template_that_supports_them(oc, ai):
+    messages = [{"role": "user", "content": "Paris?"}]
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.chat(model="tiny", messages=messages, tools=[TOOL])
+    assert e.value.status_code == 400 and "does not support tools" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        ai.chat.completions.create(model="tiny", messages=messages, tools=[TOOL])
+    assert "does not support tools" in str(e.value)
+
+
+def test_openai_tool_calls(tool_server):
+    """A named `tool_choice` forces the call (JSON constraint): the client parses it, whole and
+    streamed; the call and its result then go back as history (same seed as the Rust test)."""
+    ai = openai.OpenAI(base_url=f"{tool_server}/v1", api_key=KEY, max_retries=0, timeout=60)
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "Paris?"}], tools=[TOOL],
+              tool_choice={"type": "function", "function": {"name": "w"}},
+              max_tokens=150, seed=3, temperature=0.7)
+    c = ai.chat.completions.create(**kw)
+    assert c.choices[0].finish_reason == "tool_calls"
+    call = c.choices[0].message.tool_calls[0]
+    assert call.function.name == "w" and json.loads(call.function.arguments) == {}
+    assert call.id.startswith("call_")
+
+    chunks = list(ai.chat.completions.create(**kw, stream=True))
+    deltas = [tc for ch in chunks if ch.choices for tc in (ch.choices[0].delta.tool_calls or [])]
+    assert [d.function.name for d in deltas if d.function.name] == ["w"]
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    history = kw["messages"] + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    r = ai.chat.completions.create(model="tiny", messages=history, tools=[TOOL], max_tokens=4)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_ollama_tools_and_history(tool_server):
+    oc = ollama.Client(host=tool_server, headers={"Authorization": f"Bearer {KEY}"})
+    messages = [
+        {"role": "user", "content": "Paris?"},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"function": {"name": "w", "arguments": {}}}]},
+        {"role": "tool", "content": "sunny", "tool_name": "w"},
+    ]
+    r = oc.chat(model="tiny", messages=messages, tools=[TOOL], options=GREEDY)
+    assert r.done and r.done_reason in ("stop", "length")
+    plain = oc.chat(model="tiny", messages=messages, options=GREEDY)
+    assert r.prompt_eval_count > plain.prompt_eval_count, "the tools are in the prompt"

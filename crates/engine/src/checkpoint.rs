@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use hoist_format::TensorTable;
-use hoist_runtime::chat::{ChatTemplate, Message};
+use hoist_runtime::chat::{ChatTemplate, Message, ToolSchema};
 use hoist_runtime::tokenizer::Tokenizer;
 use hoist_runtime::{ModelConfig, RuntimeError, WeightSource};
 
@@ -102,6 +102,16 @@ impl Checkpoint {
     /// in raw mode its texts joined (a user message starts a new line; system messages have no
     /// place) and tokenized with the tokenizer's own special tokens.
     pub fn encode(&self, messages: &[Message]) -> Result<Vec<u32>, EngineError> {
+        self.encode_with_tools(messages, &[])
+    }
+
+    /// As [`Checkpoint::encode`], with the function schemas `tools` passed to the template
+    /// (raw mode has nowhere to show them: they are left out).
+    pub fn encode_with_tools(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSchema],
+    ) -> Result<Vec<u32>, EngineError> {
         let prompt_error = |source: RuntimeError| EngineError::Prompt {
             path: self.path.clone(),
             source: Box::new(source),
@@ -110,7 +120,7 @@ impl Checkpoint {
         let ids = match &self.template {
             Some(t) => {
                 let text = t
-                    .render(messages, true)
+                    .render_with_tools(messages, tools, true)
                     .map_err(|e| prompt_error(e.into()))?;
                 // The rendered text holds its special tokens (BOS included, where the template
                 // prints it): transformers encodes it without adding any.

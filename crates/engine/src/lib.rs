@@ -259,7 +259,13 @@ impl Engine {
         if request.max_tokens == 0 {
             return Err(EngineError::NoTokensAsked);
         }
-        let ids = self.encode(&request.input)?;
+        let ids = match &request.input {
+            Input::Messages(m) => self
+                .shared
+                .checkpoint
+                .encode_with_tools(m, &request.tools)?,
+            input => self.encode(input)?,
+        };
         let context = self.shared.info.context;
         if ids.len() >= context {
             return Err(EngineError::PromptTooLong {

@@ -5,7 +5,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hoist_runtime::chat::Message;
+use hoist_runtime::chat::{Message, ToolSchema};
 use hoist_runtime::constrain::JsonGrammar;
 use hoist_runtime::sampler::SamplingParams;
 
@@ -47,6 +47,10 @@ pub struct Request {
     /// the host: slower than unconstrained greedy decoding on a GPU); the end tokens only come
     /// once it is complete. `None`: free text.
     pub constraint: Option<Arc<JsonGrammar>>,
+    /// Function schemas shown to the model through the chat template's `tools` variable
+    /// ([`Input::Messages`] only; a template that never reads `tools` does not show them, so
+    /// callers check [`hoist_runtime::chat::ChatTemplate::supports_tools`] first).
+    pub tools: Vec<ToolSchema>,
 }
 
 impl Request {
@@ -62,6 +66,7 @@ impl Request {
             session_key: None,
             cancel: None,
             constraint: None,
+            tools: Vec::new(),
         }
     }
 }

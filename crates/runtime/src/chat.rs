@@ -3,9 +3,21 @@
 //! `trim_blocks` and `lstrip_blocks` on, `raise_exception`, `strftime_now`, a `tojson` that
 //! does not HTML-escape, and Python string methods (`.strip()`, `.startswith()`, …) through
 //! `minijinja-contrib`'s pycompat.
+//!
+//! Tools are rendered as `apply_chat_template(tools=...)` does: the function schemas as the
+//! template variable `tools`, assistant messages' calls as `tool_calls` and tool results as
+//! messages of role `tool` ([`Message`]); [`tools`] reads calls back out of a reply.
+
+pub mod tools;
 
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 use serde::Serialize;
+
+pub use tools::{ToolCall, ToolFormat};
+
+/// A tool's schema as requests send it and templates read it (`{"type": "function",
+/// "function": {"name", "description", "parameters"}}`), passed through as is.
+pub type ToolSchema = serde_json::Value;
 
 /// A chat template does not compile, or failed while rendering.
 #[derive(Debug, thiserror::Error)]
@@ -18,13 +30,24 @@ pub struct ChatError {
     pub detail: String,
 }
 
-/// One chat message.
+/// One chat message. The tool fields are left out of what the template sees when unset, as
+/// a message dict without those keys would be in `transformers` (templates test `'tool_calls'
+/// in message` or `message.tool_calls is defined`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Message {
-    /// `system`, `user`, `assistant`, …
+    /// `system`, `user`, `assistant`, `tool`, …
     pub role: String,
-    /// The text.
+    /// The text (a tool message's result).
     pub content: String,
+    /// An assistant message's calls.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool message's answer to this call id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool message's function name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Message {
@@ -33,6 +56,9 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -50,22 +76,63 @@ fn raise_exception(msg: String) -> Result<String, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
 }
 
-/// `json.dumps` as `transformers`' `tojson` filter does it (no HTML escaping).
+/// `json.dumps` as `transformers`' `tojson` filter calls it: no HTML escaping, non-ASCII kept,
+/// and Python's separators (`", "` and `": "` on one line; `","` and `": "` with an indent),
+/// so that a tool schema or a call's arguments render to the same tokens.
 fn tojson(value: Value, indent: Option<usize>) -> Result<Value, Error> {
-    let text = match indent {
-        None => serde_json::to_string(&value),
+    let mut out = Vec::new();
+    let written = match indent {
+        None => {
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonCompact);
+            value.serialize(&mut ser)
+        }
         Some(n) => {
             let pad = vec![b' '; n];
             let fmt = serde_json::ser::PrettyFormatter::with_indent(&pad);
-            let mut out = Vec::new();
             let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-            value
-                .serialize(&mut ser)
-                .map(|()| String::from_utf8_lossy(&out).into_owned())
+            value.serialize(&mut ser)
+        }
+    };
+    written.map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    Ok(Value::from_safe_string(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+/// `json.dumps`' default one-line layout: `{"a": 1, "b": [1, 2]}`.
+struct PythonCompact;
+
+impl serde_json::ser::Formatter for PythonCompact {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
         }
     }
-    .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
-    Ok(Value::from_safe_string(text))
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
 }
 
 /// The current UTC time formatted with the common `strftime` codes (`%d %m %Y %y %b %B %H %M
@@ -194,18 +261,50 @@ impl ChatTemplate {
         }
     }
 
+    /// The template's source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the template can show the model its tools: it uses the variable `tools`.
+    pub fn supports_tools(&self) -> bool {
+        tools::references_tools(&self.source)
+    }
+
+    /// How the model writes tool calls, from the template's text; `None` when it names no
+    /// format hoist knows.
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        ToolFormat::detect(&self.source)
+    }
+
     /// Renders `messages`; with `add_generation_prompt`, ends with the assistant's header.
     pub fn render(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Renders `messages` with the function schemas `tools` (the template variable `tools`;
+    /// none when empty, as `transformers` passes `tools=None`).
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSchema],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
         let env = self.environment();
         let tmpl = env
             .template_from_str(&self.source)
             .map_err(|e| self.error(&e))?;
+        let tools = match tools.is_empty() {
+            true => Value::from(()),
+            false => Value::from_serialize(tools),
+        };
         tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
@@ -273,8 +372,8 @@ mod tests {
         let t = ChatTemplate::new("{{ messages[0] | tojson }}", "t", "", "").unwrap();
         let out = t.render(&[Message::new("user", "<b>&")], false).unwrap();
         assert_eq!(
-            out, r#"{"role":"user","content":"<b>&"}"#,
-            "no HTML escaping"
+            out, r#"{"role": "user", "content": "<b>&"}"#,
+            "no HTML escaping, Python's separators"
         );
         // 2024-07-23 12:34:56 UTC
         assert_eq!(
@@ -282,5 +381,48 @@ mod tests {
             "23 Jul 2024 12:34:56"
         );
         assert_eq!(format_utc(951782400, "%Y-%m-%d %B"), "2000-02-29 February");
+    }
+
+    /// Qwen 2.5's tool handling, shortened: tools listed in the system turn, assistant calls as
+    /// `<tool_call>` blocks with `arguments | tojson`, tool results in user turns.
+    const HERMES: &str = "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}\n    {{- '# Tools\\n<tools>' }}\n    {%- for tool in tools %}\n        {{- '\\n' }}{{- tool | tojson }}\n    {%- endfor %}\n    {{- '\\n</tools><|im_end|>\\n' }}\n{%- elif messages[0].role == 'system' %}\n    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}\n{%- endif %}\n{%- for message in messages %}\n    {%- if message.role == 'user' or (message.role == 'assistant' and not message.tool_calls) %}\n        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}\n    {%- elif message.role == 'assistant' %}\n        {{- '<|im_start|>assistant' }}\n        {%- if message.content %}{{- '\\n' + message.content }}{%- endif %}\n        {%- for tool_call in message.tool_calls %}\n            {%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}\n            {{- '\\n<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' + tool_call.arguments | tojson + '}\\n</tool_call>' }}\n        {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n    {%- elif message.role == 'tool' %}\n        {{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}\n    {%- endif %}\n{%- endfor %}\n{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}\n";
+
+    #[test]
+    fn tools_render_like_transformers() {
+        let t = ChatTemplate::new(HERMES, "test", "", "<|im_end|>").unwrap();
+        assert!(t.supports_tools());
+        assert_eq!(t.tool_format(), Some(ToolFormat::Hermes));
+        let schema = serde_json::json!({"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}});
+        let mut call = Message::new("assistant", "");
+        call.tool_calls = vec![ToolCall {
+            id: Some("call_1".into()),
+            name: "weather".into(),
+            arguments: serde_json::json!({"city": "Paris"}),
+        }];
+        let mut result = Message::new("tool", "sunny");
+        result.tool_call_id = Some("call_1".into());
+        let messages = [Message::new("user", "Weather?"), call, result];
+        let out = t
+            .render_with_tools(&messages, std::slice::from_ref(&schema), true)
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\n# Tools\n<tools>\n\
+             {\"function\": {\"name\": \"weather\", \"parameters\": {\"type\": \"object\"}}, \"type\": \"function\"}\
+             \n</tools><|im_end|>\n\
+             <|im_start|>user\nWeather?<|im_end|>\n\
+             <|im_start|>assistant\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n\
+             <|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        // Without tools the template takes its other branch (`tools` is none).
+        let plain = t.render(&messages[..1], true).unwrap();
+        assert_eq!(
+            plain,
+            "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let chatml = ChatTemplate::new(CHATML, "test", "", "").unwrap();
+        assert!(!chatml.supports_tools());
+        assert_eq!(chatml.tool_format(), None);
     }
 }

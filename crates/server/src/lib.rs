@@ -17,6 +17,7 @@ mod ollama;
 mod openai;
 pub mod registry;
 mod store;
+mod tools;
 
 use std::future::Future;
 use std::sync::Arc;

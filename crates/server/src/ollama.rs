@@ -8,7 +8,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hoist_engine::{clock_seed, Completion, Event, Input, Request};
-use hoist_runtime::chat::Message;
+use hoist_runtime::chat::tools::Piece;
+use hoist_runtime::chat::{Message, ToolFormat};
 use hoist_runtime::sampler::SamplingParams;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -16,6 +17,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{ApiError, JsonBody};
 use crate::generation::{finish_reason, nanos, rfc3339, Generation, RequestInfo};
 use crate::registry::KeepAlive;
+use crate::tools::{self, Splitter};
 use crate::AppState;
 
 /// Ollama's sampling defaults, where a request names none.
@@ -148,7 +150,12 @@ pub struct ChatMessage {
     #[serde(default)]
     content: String,
     images: Option<Vec<Value>>,
+    /// An assistant message's calls: `[{"function": {"name", "arguments": {...}}}]`.
     tool_calls: Option<Vec<Value>>,
+    /// A tool message's function (Ollama's name for it).
+    tool_name: Option<String>,
+    /// A tool message's call id, where a client sends one.
+    tool_call_id: Option<String>,
 }
 
 fn non_empty<T>(v: &Option<Vec<T>>) -> bool {
@@ -209,6 +216,7 @@ pub async fn generate(
         generation,
         req.common.stream.unwrap_or(true),
         Kind::Generate,
+        None,
     )
     .await
 }
@@ -220,9 +228,7 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     req.common.refuse_unsupported()?;
-    if non_empty(&req.tools) || req.messages.iter().any(|m| non_empty(&m.tool_calls)) {
-        return Err(ApiError::unsupported("tools", "tool calling"));
-    }
+    let schemas = tools::schemas(req.tools.as_ref())?;
     if req.messages.iter().any(|m| non_empty(&m.images)) {
         return Err(ApiError::unsupported("images", "images"));
     }
@@ -233,15 +239,31 @@ pub async fn chat(
     let messages = req
         .messages
         .iter()
-        .map(|m| Message::new(m.role.clone(), m.content.clone()))
-        .collect();
-    let request = req.common.request(Input::Messages(messages))?;
+        .map(|m| {
+            tools::message(
+                &m.role,
+                m.content.clone(),
+                m.tool_calls.as_ref(),
+                m.tool_call_id.as_ref(),
+                m.tool_name.as_ref(),
+            )
+        })
+        .collect::<Result<Vec<Message>, ApiError>>()?;
+    let mut request = req.common.request(Input::Messages(messages))?;
     let lease = state
         .registry
         .acquire(&req.common.model, keep_alive, req.common.options.num_ctx)
         .await?;
+    let format = tools::reply_format(&lease, &schemas)?;
+    request.tools = schemas;
     let generation = Generation::start(lease, request, arrived).await?;
-    respond(generation, req.common.stream.unwrap_or(true), Kind::Chat).await
+    respond(
+        generation,
+        req.common.stream.unwrap_or(true),
+        Kind::Chat,
+        format,
+    )
+    .await
 }
 
 /// A request with nothing to generate: loads the model (unloads it with `keep_alive: 0`), as
@@ -322,17 +344,151 @@ fn ndjson(v: &Value) -> String {
     line
 }
 
-async fn respond(generation: Generation, stream: bool, kind: Kind) -> Result<Response, ApiError> {
+/// A reply: one object, or NDJSON lines as it streams; with `tools`, its calls are read out
+/// of the text (a chat only).
+async fn respond(
+    generation: Generation,
+    stream: bool,
+    kind: Kind,
+    tools: Option<ToolFormat>,
+) -> Result<Response, ApiError> {
     if !stream {
         let info = generation.info.clone();
         let completion = generation.complete().await?;
-        return Ok(Json(kind.last(&info, &completion.text, &completion)).into_response());
+        return Ok(Json(whole(kind, &info, &completion, tools)).into_response());
     }
-    let body = generation.into_body(move |info, event| match event {
-        Event::Started { .. } => String::new(),
-        Event::Text(t) => ndjson(&kind.line(&info.model, &t, false)),
-        Event::Done(c) => ndjson(&kind.last(info, "", &c)),
-        Event::Failed(e) => ndjson(&ApiError::from(e).body()),
-    });
+    let mut lines = Lines {
+        kind,
+        splitter: Splitter::new(tools),
+    };
+    let body = generation.into_body(move |info, event| lines.event(info, event));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// The whole reply of a request that did not stream: the text outside calls as content, the
+/// calls as `message.tool_calls`.
+fn whole(kind: Kind, info: &RequestInfo, c: &Completion, tools: Option<ToolFormat>) -> Value {
+    let (content, calls) = tools::split(tools, &c.text);
+    let mut v = kind.last(info, &content, c);
+    if !calls.is_empty() {
+        v["message"]["tool_calls"] = calls.iter().map(tools::ollama_call).collect();
+    }
+    v
+}
+
+/// The NDJSON lines of a streamed reply: text as it comes (less what may open a call), each
+/// call in a line of its own once it is whole.
+struct Lines {
+    kind: Kind,
+    splitter: Splitter,
+}
+
+impl Lines {
+    fn event(&mut self, info: &RequestInfo, event: Event) -> String {
+        match event {
+            Event::Started { .. } => String::new(),
+            Event::Text(t) => {
+                let pieces = self.splitter.push(t);
+                self.pieces(info, pieces)
+            }
+            Event::Done(c) => {
+                let pieces = self.splitter.finish();
+                let mut out = self.pieces(info, pieces);
+                out.push_str(&ndjson(&self.kind.last(info, "", &c)));
+                out
+            }
+            Event::Failed(e) => {
+                // What was held back is still the reply's: it goes before the error.
+                let pieces = self.splitter.finish();
+                let mut out = self.pieces(info, pieces);
+                out.push_str(&ndjson(&ApiError::from(e).body()));
+                out
+            }
+        }
+    }
+
+    fn pieces(&self, info: &RequestInfo, pieces: Vec<Piece>) -> String {
+        let mut out = String::new();
+        for piece in pieces {
+            let line = match piece {
+                Piece::Text(t) => self.kind.line(&info.model, &t, false),
+                Piece::Call(c) => {
+                    let mut v = self.kind.line(&info.model, "", false);
+                    v["message"]["tool_calls"] = json!([tools::ollama_call(&c)]);
+                    v
+                }
+            };
+            out.push_str(&ndjson(&line));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::tests::{completion, HERMES_REPLY};
+
+    fn info() -> RequestInfo {
+        RequestInfo {
+            model: "m".into(),
+            arrived: Instant::now(),
+            load_duration: std::time::Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn whole_reply_with_calls() {
+        let c = completion(HERMES_REPLY);
+        let v = whole(Kind::Chat, &info(), &c, Some(ToolFormat::Hermes));
+        assert_eq!(v["message"]["content"], "Checking.");
+        assert_eq!(v["done_reason"], "stop");
+        assert_eq!(
+            v["message"]["tool_calls"],
+            json!([
+                {"function": {"name": "weather", "arguments": {"city": "Paris"}}},
+                {"function": {"name": "time", "arguments": {}}},
+            ])
+        );
+        // Without tools the text is the content.
+        let v = whole(Kind::Chat, &info(), &c, None);
+        assert_eq!(v["message"]["content"], HERMES_REPLY);
+        assert!(v["message"].get("tool_calls").is_none());
+    }
+
+    #[test]
+    fn streamed_calls_come_as_lines_of_their_own() {
+        let mut lines = Lines {
+            kind: Kind::Chat,
+            splitter: Splitter::new(Some(ToolFormat::Hermes)),
+        };
+        let mut out = String::new();
+        // Token-sized pieces, cutting the markers.
+        for piece in HERMES_REPLY.as_bytes().chunks(4) {
+            let text = String::from_utf8(piece.to_vec()).unwrap();
+            out.push_str(&lines.event(&info(), Event::Text(text)));
+        }
+        out.push_str(&lines.event(&info(), Event::Done(completion(HERMES_REPLY))));
+        let values: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let content: String = values
+            .iter()
+            .filter_map(|v| v["message"]["content"].as_str())
+            .collect();
+        assert_eq!(content, "Checking.", "no call text streamed");
+        let calls: Vec<&Value> = values
+            .iter()
+            .filter_map(|v| v["message"].get("tool_calls"))
+            .collect();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            calls[1],
+            &json!([{"function": {"name": "time", "arguments": {}}}])
+        );
+        let last = values.last().unwrap();
+        assert_eq!(last["done"], true);
+        assert_eq!(last["done_reason"], "stop");
+    }
 }

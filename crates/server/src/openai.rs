@@ -10,13 +10,15 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hoist_engine::{clock_seed, Completion, Event, Input, Request, Stats};
-use hoist_runtime::chat::Message;
+use hoist_runtime::chat::tools::Piece;
+use hoist_runtime::chat::{ToolCall, ToolFormat};
 use hoist_runtime::sampler::SamplingParams;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, Flavor};
 use crate::generation::{finish_reason, unix_seconds, Generation, RequestInfo};
+use crate::tools::{self, Splitter};
 use crate::AppState;
 
 /// Tokens of a `/v1/completions` reply when the request names no bound (OpenAI's default).
@@ -131,13 +133,20 @@ pub struct ChatRequest {
     common: Common,
     messages: Vec<ChatMessage>,
     tools: Option<Vec<Value>>,
+    /// `"none"` leaves the tools out; `"required"` or a named function forces a call where the
+    /// template's format allows it ([`tools::forced_call`]); `"auto"` lets the model choose.
+    tool_choice: Option<Value>,
 }
 
-/// A chat message: content as a string or as text parts.
+/// A chat message: content as a string or as text parts; an assistant's `tool_calls`, a tool
+/// result's `tool_call_id` (and `name`).
 #[derive(Debug, Deserialize)]
 pub struct ChatMessage {
     role: String,
     content: Option<Value>,
+    tool_calls: Option<Vec<Value>>,
+    tool_call_id: Option<String>,
+    name: Option<String>,
 }
 
 impl ChatMessage {
@@ -186,8 +195,9 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
     let result = async {
         let req: ChatRequest = parse(&body)?;
         req.common.refuse_unsupported()?;
-        if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::unsupported("tools", "tool calling"));
+        let mut schemas = tools::schemas(req.tools.as_ref())?;
+        if req.tool_choice.as_ref().and_then(Value::as_str) == Some("none") {
+            schemas.clear();
         }
         let messages = req
             .messages
@@ -199,14 +209,28 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
                 } else {
                     &m.role
                 };
-                Ok(Message::new(role, m.text()?))
+                tools::message(
+                    role,
+                    m.text()?,
+                    m.tool_calls.as_ref(),
+                    m.tool_call_id.as_ref(),
+                    m.name.as_ref(),
+                )
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         if messages.is_empty() {
             return Err(param("messages", "messages must not be empty"));
         }
-        let request = req.common.request(Input::Messages(messages), usize::MAX)?;
-        run(&state, &req.common, request, Kind::Chat).await
+        let mut request = req.common.request(Input::Messages(messages), usize::MAX)?;
+        request.tools = schemas;
+        run(
+            &state,
+            &req.common,
+            request,
+            Kind::Chat,
+            req.tool_choice.as_ref(),
+        )
+        .await
     };
     result
         .await
@@ -239,7 +263,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: axum::body::B
         let request = req
             .common
             .request(Input::Text(prompt), DEFAULT_COMPLETION_TOKENS)?;
-        run(&state, &req.common, request, Kind::Completion).await
+        run(&state, &req.common, request, Kind::Completion, None).await
     };
     result
         .await
@@ -264,6 +288,8 @@ struct Reply {
     id: String,
     created: u64,
     model: String,
+    /// The format of the reply's tool calls (`None`: no tools, all content).
+    tools: Option<ToolFormat>,
 }
 
 impl Reply {
@@ -306,15 +332,53 @@ impl Reply {
         self.envelope(true, json!([choice]))
     }
 
+    /// Two chunks for a call: its id and name (arguments empty), then its arguments.
+    fn call_chunks(&self, c: &ToolCall, index: usize, first: bool) -> String {
+        let mut head = json!({"tool_calls": [{
+            "index": index,
+            "id": tools::call_id(c),
+            "type": "function",
+            "function": {"name": c.name, "arguments": ""},
+        }]});
+        if first {
+            head["role"] = json!("assistant");
+        }
+        let args = json!({"tool_calls": [{
+            "index": index,
+            "function": {"arguments": c.arguments.to_string()},
+        }]});
+        let mut out = String::new();
+        for delta in [head, args] {
+            let choice =
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": null});
+            out.push_str(&sse(&self.envelope(true, json!([choice]))));
+        }
+        out
+    }
+
     fn whole(&self, c: &Completion) -> Value {
-        let finish = finish_reason(&c.stats.stop);
+        let mut finish = finish_reason(&c.stats.stop);
         let choice = match self.kind {
-            Kind::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": null,
-                "finish_reason": finish,
-            }),
+            Kind::Chat => {
+                let (content, calls) = tools::split(self.tools, &c.text);
+                let mut message = json!({"role": "assistant", "content": content});
+                if !calls.is_empty() {
+                    finish = "tool_calls";
+                    if content.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = calls
+                        .iter()
+                        .map(|c| tools::openai_call(c, &tools::call_id(c)))
+                        .collect();
+                }
+                json!({
+                    "index": 0,
+                    "message": message,
+                    "logprobs": null,
+                    "finish_reason": finish,
+                })
+            }
             Kind::Completion => {
                 json!({"index": 0, "text": c.text, "logprobs": null, "finish_reason": finish})
             }
@@ -337,14 +401,24 @@ fn sse(v: &Value) -> String {
     format!("data: {v}\n\n")
 }
 
+/// Runs `request` and answers it; `tool_choice` may force a call ([`tools::forced_call`]).
 async fn run(
     state: &AppState,
     common: &Common,
-    request: Request,
+    mut request: Request,
     kind: Kind,
+    tool_choice: Option<&Value>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let lease = state.registry.acquire(&common.model, None, None).await?;
+    let format = tools::reply_format(&lease, &request.tools)?;
+    if !request.tools.is_empty() {
+        let forced = tools::forced_call(format, tool_choice, &request.tools)?;
+        // `response_format` asks for a document of its own: it wins over forcing a call.
+        if request.constraint.is_none() {
+            request.constraint = forced;
+        }
+    }
     let generation = Generation::start(lease, request, arrived).await?;
     let reply = Reply {
         kind,
@@ -354,41 +428,20 @@ async fn run(
         }),
         created: unix_seconds(SystemTime::now()),
         model: generation.info.model.clone(),
+        tools: format,
     };
     if !common.stream {
         let completion = generation.complete().await?;
         return Ok(Json(reply.whole(&completion)).into_response());
     }
-    let include_usage = common.include_usage();
-    let mut first = true;
-    let body = generation.into_body(move |_: &RequestInfo, event| {
-        let mut out = String::new();
-        match event {
-            Event::Started { .. } => {}
-            Event::Text(t) => {
-                out = sse(&reply.chunk(&t, first, None));
-                first = false;
-            }
-            Event::Done(c) => {
-                out.push_str(&sse(&reply.chunk(
-                    "",
-                    first,
-                    Some(finish_reason(&c.stats.stop)),
-                )));
-                if include_usage {
-                    let mut u = reply.envelope(true, json!([]));
-                    u["usage"] = usage(&c.stats);
-                    out.push_str(&sse(&u));
-                }
-                out.push_str("data: [DONE]\n\n");
-            }
-            Event::Failed(e) => {
-                out = sse(&ApiError::from(e).with_flavor(Flavor::OpenAi).body());
-                out.push_str("data: [DONE]\n\n");
-            }
-        }
-        out
-    });
+    let mut frames = Frames {
+        splitter: Splitter::new(reply.tools),
+        reply,
+        include_usage: common.include_usage(),
+        first: true,
+        calls: 0,
+    };
+    let body = generation.into_body(move |_: &RequestInfo, event| frames.event(event));
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -397,6 +450,70 @@ async fn run(
         body,
     )
         .into_response())
+}
+
+/// The SSE frames of a streamed reply: text deltas (less what may open a call), each call as
+/// `delta.tool_calls` chunks once it is whole, the finish reason (`tool_calls` after any
+/// call), usage where asked, `[DONE]`.
+struct Frames {
+    reply: Reply,
+    splitter: Splitter,
+    include_usage: bool,
+    /// No chunk sent yet (the first carries the role).
+    first: bool,
+    /// Calls sent (the next one's `index`).
+    calls: usize,
+}
+
+impl Frames {
+    fn event(&mut self, event: Event) -> String {
+        match event {
+            Event::Started { .. } => String::new(),
+            Event::Text(t) => {
+                let pieces = self.splitter.push(t);
+                self.pieces(pieces)
+            }
+            Event::Done(c) => {
+                let pieces = self.splitter.finish();
+                let mut out = self.pieces(pieces);
+                let finish = match self.calls {
+                    0 => finish_reason(&c.stats.stop),
+                    _ => "tool_calls",
+                };
+                out.push_str(&sse(&self.reply.chunk("", self.first, Some(finish))));
+                if self.include_usage {
+                    let mut u = self.reply.envelope(true, json!([]));
+                    u["usage"] = usage(&c.stats);
+                    out.push_str(&sse(&u));
+                }
+                out.push_str("data: [DONE]\n\n");
+                out
+            }
+            Event::Failed(e) => {
+                // What was held back is still the reply's: it goes before the error.
+                let pieces = self.splitter.finish();
+                let mut out = self.pieces(pieces);
+                out.push_str(&sse(&ApiError::from(e).with_flavor(Flavor::OpenAi).body()));
+                out.push_str("data: [DONE]\n\n");
+                out
+            }
+        }
+    }
+
+    fn pieces(&mut self, pieces: Vec<Piece>) -> String {
+        let mut out = String::new();
+        for piece in pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(&sse(&self.reply.chunk(&t, self.first, None))),
+                Piece::Call(c) => {
+                    out.push_str(&self.reply.call_chunks(&c, self.calls, self.first));
+                    self.calls += 1;
+                }
+            }
+            self.first = false;
+        }
+        out
+    }
 }
 
 /// `GET /v1/models`.
@@ -432,4 +549,101 @@ fn model_json(r: &crate::models::ModelRecord) -> Value {
         "created": unix_seconds(r.modified),
         "owned_by": "hoist",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::tests::{completion, HERMES_REPLY};
+
+    fn reply(tools: Option<ToolFormat>) -> Reply {
+        Reply {
+            kind: Kind::Chat,
+            id: "chatcmpl-1".into(),
+            created: 0,
+            model: "m".into(),
+            tools,
+        }
+    }
+
+    #[test]
+    fn whole_reply_with_calls() {
+        let v = reply(Some(ToolFormat::Hermes)).whole(&completion(HERMES_REPLY));
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], "Checking.");
+        let calls = choice["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 2);
+        assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+        assert_ne!(calls[0]["id"], calls[1]["id"]);
+        assert_eq!(calls[0]["type"], "function");
+        assert_eq!(calls[0]["function"]["name"], "weather");
+        let args: Value =
+            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+
+        // Only a call: content is null. Malformed: all content, finish "stop".
+        let only = "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>";
+        let v = reply(Some(ToolFormat::Hermes)).whole(&completion(only));
+        assert!(v["choices"][0]["message"]["content"].is_null());
+        let bad = "<tool_call>{\"name\": </tool_call>";
+        let v = reply(Some(ToolFormat::Hermes)).whole(&completion(bad));
+        assert_eq!(v["choices"][0]["message"]["content"], bad);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert!(v["choices"][0]["message"].get("tool_calls").is_none());
+    }
+
+    #[test]
+    fn streamed_calls_as_deltas() {
+        let r = reply(Some(ToolFormat::Hermes));
+        let mut frames = Frames {
+            splitter: Splitter::new(r.tools),
+            reply: r,
+            include_usage: false,
+            first: true,
+            calls: 0,
+        };
+        let mut out = String::new();
+        for piece in HERMES_REPLY.as_bytes().chunks(3) {
+            let text = String::from_utf8(piece.to_vec()).unwrap();
+            out.push_str(&frames.event(Event::Text(text)));
+        }
+        out.push_str(&frames.event(Event::Done(completion(HERMES_REPLY))));
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        let chunks: Vec<Value> = out
+            .split("\n\n")
+            .filter_map(|f| f.strip_prefix("data: "))
+            .filter(|f| *f != "[DONE]")
+            .map(|f| serde_json::from_str(f).unwrap())
+            .collect();
+        let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+        assert_eq!(deltas[0]["role"], "assistant");
+        let content: String = deltas
+            .iter()
+            .filter_map(|d| d["content"].as_str())
+            .collect();
+        assert_eq!(content, "Checking.");
+        // Per call index: the id and name first, then the arguments.
+        let mut names = Vec::new();
+        let mut args = [String::new(), String::new()];
+        for d in &deltas {
+            for tc in d
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let i = tc["index"].as_u64().unwrap() as usize;
+                if let Some(name) = tc["function"]["name"].as_str() {
+                    assert!(tc["id"].as_str().unwrap().starts_with("call_"));
+                    names.push((i, name.to_string()));
+                }
+                args[i].push_str(tc["function"]["arguments"].as_str().unwrap());
+            }
+        }
+        assert_eq!(names, [(0, "weather".to_string()), (1, "time".to_string())]);
+        assert_eq!(args, ["{\"city\":\"Paris\"}".to_string(), "{}".to_string()]);
+        let last = chunks.last().unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+    }
 }
