@@ -6,98 +6,15 @@
 //! `text_config`, the language model under `model.language_model.`, a vision tower that must be
 //! skipped). Prefill runs the chunked delta rule over 64 tokens, decode the recurrent one.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::cpu_reference::{hf, reference, rel_error};
+use common::fixtures;
 use hoist_runtime::config::LayerKind;
 use hoist_runtime::cpu::CpuModel;
 use hoist_runtime::{ArchFamily, ModelConfig};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-struct Reference {
-    prompt: Vec<u32>,
-    greedy: Vec<u32>,
-    /// Rows from position `from` on, `[rows, vocab]`.
-    logits: Vec<f32>,
-    from: usize,
-    vocab: usize,
-}
-
-fn reference(dir: &Path) -> Reference {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
-    let ids = |k: &str| -> Vec<u32> {
-        meta[k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    };
-    let shape = ids("logits_shape");
-    let bytes = std::fs::read(dir.join("logits.f32")).unwrap();
-    let logits: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    assert_eq!(logits.len(), (shape[0] * shape[1]) as usize);
-    Reference {
-        prompt: ids("prompt"),
-        greedy: ids("greedy"),
-        logits,
-        from: meta["logits_from"].as_u64().unwrap() as usize,
-        vocab: shape[1] as usize,
-    }
-}
-
-/// Max |a − b| over max |b|.
-fn rel_error(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale
-}
-
-/// Prefill over the prompt then greedy decode one token at a time (conv and recurrent state
-/// carried in the cache), every logits row the reference has compared, and the greedy tokens;
-/// returns the largest relative error.
-fn check(model: &CpuModel, r: &Reference, tolerance: f32, label: &str) -> f32 {
-    let v = r.vocab;
-    assert_eq!(model.config.vocab_size, v);
-    let mut cache = model.new_cache(r.prompt.len() + r.greedy.len()).unwrap();
-    let prefill = model.forward(&r.prompt, &mut cache).unwrap();
-    let mut rows = prefill[r.from * v..].to_vec();
-    let mut greedy = vec![hoist_runtime::sampler::argmax(
-        &prefill[prefill.len() - v..],
-    )];
-    for _ in 1..r.greedy.len() {
-        let step = model
-            .forward(&[*greedy.last().unwrap()], &mut cache)
-            .unwrap();
-        greedy.push(hoist_runtime::sampler::argmax(&step));
-        rows.extend(step);
-    }
-    let err = rel_error(&rows, &r.logits);
-    eprintln!(
-        "{label}: max relative logits error {err:.2e} over {} rows",
-        rows.len() / v
-    );
-    assert!(
-        err <= tolerance,
-        "{label}: logits differ by {err:e} > {tolerance:e}"
-    );
-    assert_eq!(greedy, r.greedy, "{label}: greedy tokens differ");
-    err
-}
-
-fn hf(name: &str) -> f32 {
-    let dir = fixtures().join(name);
-    let model = CpuModel::load(&dir).unwrap();
-    check(&model, &reference(&dir), 1e-4, name)
-}
 
 #[test]
 fn qwen3_next_matches_transformers() {

@@ -69,6 +69,16 @@ struct Keys<'a> {
     mlp_only: &'a str,
 }
 
+/// The Qwen MoE families' keys (Qwen2-MoE, Qwen3-MoE, Qwen3-Next, Qwen3.5-MoE).
+const QWEN_KEYS: Keys<'static> = Keys {
+    experts: "num_experts",
+    used: "num_experts_per_tok",
+    width: "moe_intermediate_size",
+    shared: "shared_expert_intermediate_size",
+    step: "decoder_sparse_step",
+    mlp_only: "mlp_only_layers",
+};
+
 /// Reads the mixture-of-experts keys of a Hugging Face `config.json` for `arch`; `None` for
 /// dense architectures.
 pub(super) fn hf_moe(
@@ -135,14 +145,7 @@ pub(super) fn hf_moe(
                         Vec::new()
                     },
                 },
-                Keys {
-                    experts: "num_experts",
-                    used: "num_experts_per_tok",
-                    width: "moe_intermediate_size",
-                    shared: "shared_expert_intermediate_size",
-                    step: "decoder_sparse_step",
-                    mlp_only: "mlp_only_layers",
-                },
+                QWEN_KEYS,
             )
         }
         ArchFamily::Qwen2Moe | ArchFamily::Qwen3Moe => (
@@ -166,14 +169,7 @@ pub(super) fn hf_moe(
                 decoder_sparse_step: j.opt_usize("decoder_sparse_step")?.unwrap_or(1),
                 mlp_only_layers: mlp_only_layers(j)?,
             },
-            Keys {
-                experts: "num_experts",
-                used: "num_experts_per_tok",
-                width: "moe_intermediate_size",
-                shared: "shared_expert_intermediate_size",
-                step: "decoder_sparse_step",
-                mlp_only: "mlp_only_layers",
-            },
+            QWEN_KEYS,
         ),
     };
     check(moe, num_layers, &keys, |key, reason| j.invalid(key, reason)).map(Some)

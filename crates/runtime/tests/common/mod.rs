@@ -1,4 +1,10 @@
-//! Shared by the GPU test files: the fixtures' directory and the skip where no GPU exists.
+//! Shared by the runtime's test files: the fixtures' directory, the skip where no GPU exists,
+//! the CPU reference against a fixture's transformers logits.
+
+// Each test file uses a part of this module.
+#![allow(dead_code)]
+
+pub mod cpu_reference;
 
 use std::path::{Path, PathBuf};
 
