@@ -157,6 +157,7 @@ impl Mat {
 }
 
 /// One GEMV target: `y = W·x (+ bias)`.
+#[derive(Clone, Copy)]
 pub(crate) struct GemvOut<'a> {
     pub w: &'a Mat,
     pub y: u64,

@@ -359,6 +359,16 @@ fn f32s(buf: &DeviceBuf) -> DevSlice<f32> {
 }
 
 /// The whole of `buf` as bytes (a matrix's data).
+/// A `[rows, cols]` matrix of `wtype` over all of `buf`.
+fn mat_of(buf: &DeviceBuf, wtype: WType, rows: usize, cols: usize) -> Mat {
+    Mat {
+        data: byte_view(buf),
+        wtype,
+        rows,
+        cols,
+    }
+}
+
 fn byte_view(buf: &DeviceBuf) -> DevSlice<u8> {
     DevSlice::of(buf).expect("a byte buffer")
 }

@@ -130,20 +130,22 @@ impl<'a> Builder<'a> {
         self
     }
 
-    /// A streamed layer's matrix: its view in its slot, of the file's type.
-    fn streamed_mat(
-        &self,
-        data: DevSlice<u8>,
+    /// `data`, the bytes of a `[rows, cols]` matrix of tensor `info` holding `values` values
+    /// (`what` names it in errors), as a matrix of the file's type: refused unless the kernels
+    /// read the type, the sizes agree and the rows are whole blocks.
+    fn checked_mat(
         info: &hoist_format::TensorInfo,
-        rows: usize,
-        cols: usize,
+        what: &str,
+        data: DevSlice<u8>,
+        values: u64,
+        (rows, cols): (usize, usize),
     ) -> Result<Mat, GpuError> {
         let wtype =
             WType::of(info.dtype).ok_or_else(|| unsupported_dtype(&info.name, info.dtype))?;
-        if info.elements() != (rows * cols) as u64 || wtype.bytes(rows * cols) != data.len() {
+        if values != (rows * cols) as u64 || wtype.bytes(rows * cols) != data.len() {
             return Err(GpuError::Unsupported(format!(
-                "tensor {} has shape {:?} ({} bytes in its slot), expected [{rows}, {cols}] of {wtype:?}",
-                info.name, info.shape, data.len()
+                "{what} has {values} values ({} bytes), expected [{rows}, {cols}] of {wtype:?}",
+                data.len()
             )));
         }
         if !cols.is_multiple_of(wtype.block_values()) {
@@ -157,40 +159,30 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn tensor(&self, id: WeightId) -> Result<&'a hoist_cuda::GpuTensor, GpuError> {
-        let name = self.map.source.name(id);
+    /// The loaded tensor named `name`.
+    fn loaded(&self, name: &str) -> Result<&'a hoist_cuda::GpuTensor, GpuError> {
         self.by_name
-            .get(name.as_str())
+            .get(name)
             .map(|&i| &self.weights.tensors()[i])
             .ok_or_else(|| GpuError::Unsupported(format!("tensor {name} was not loaded")))
     }
 
+    fn tensor(&self, id: WeightId) -> Result<&'a hoist_cuda::GpuTensor, GpuError> {
+        self.loaded(&self.map.source.name(id))
+    }
+
     fn mat(&mut self, id: WeightId, rows: usize, cols: usize) -> Result<Mat, GpuError> {
         if let Some(i) = self.map.index(id) {
+            // A streamed layer's matrix: its view in its slot.
             if let Some(&(view, info)) = self.streamed.get(&i) {
-                return self.streamed_mat(view, info, rows, cols);
+                let what = format!("tensor {} (shape {:?}, in its slot)", info.name, info.shape);
+                return Self::checked_mat(info, &what, view, info.elements(), (rows, cols));
             }
         }
         let t = self.tensor(id)?;
-        let wtype =
-            WType::of(t.info.dtype).ok_or_else(|| unsupported_dtype(&t.info.name, t.info.dtype))?;
-        if !cols.is_multiple_of(wtype.block_values()) {
-            return Err(whole_blocks(&t.info.name, wtype, cols));
-        }
-        if t.info.elements() != (rows * cols) as u64
-            || wtype.bytes(rows * cols) as u64 != t.info.len
-        {
-            return Err(GpuError::Unsupported(format!(
-                "tensor {} has shape {:?} ({} bytes), expected [{rows}, {cols}] of {wtype:?}",
-                t.info.name, t.info.shape, t.info.len
-            )));
-        }
-        Ok(Mat {
-            data: DevSlice::of_tensor(t)?,
-            wtype,
-            rows,
-            cols,
-        })
+        let what = format!("tensor {} (shape {:?})", t.info.name, t.info.shape);
+        let data = DevSlice::of_tensor(t)?;
+        Self::checked_mat(&t.info, &what, data, t.info.elements(), (rows, cols))
     }
 
     /// Expert `e`'s `proj` matrix of layer `n` (`[rows, cols]`): its own tensor (Hugging Face)
@@ -203,41 +195,28 @@ impl<'a> Builder<'a> {
         rows: usize,
         cols: usize,
     ) -> Result<Mat, GpuError> {
-        let what = || format!("layer {n}'s expert {e} ({proj:?})");
         let s = self
             .map
             .expert_slice(self.table, n, e, proj)
             .ok_or_else(|| {
-                GpuError::Unsupported(format!("{} is missing from the checkpoint", what()))
+                GpuError::Unsupported(format!(
+                    "layer {n}'s expert {e} ({proj:?}) is missing from the checkpoint"
+                ))
             })?;
         let info = &self.table.tensors[s.index];
-        let wtype =
-            WType::of(info.dtype).ok_or_else(|| unsupported_dtype(&info.name, info.dtype))?;
-        if (s.rows, s.cols) != (rows, cols) || wtype.bytes(rows * cols) as u64 != s.len {
+        let what = format!(
+            "layer {n}'s expert {e} ({proj:?}) in tensor {}, [{}, {}]",
+            info.name, s.rows, s.cols
+        );
+        if (s.rows, s.cols) != (rows, cols) {
             return Err(GpuError::Unsupported(format!(
-                "{} in tensor {} is [{}, {}] ({} bytes), expected [{rows}, {cols}] of {wtype:?}",
-                what(),
-                info.name,
-                s.rows,
-                s.cols,
-                s.len
+                "{what}, expected [{rows}, {cols}] from the model configuration"
             )));
         }
-        if !cols.is_multiple_of(wtype.block_values()) {
-            return Err(whole_blocks(&info.name, wtype, cols));
-        }
-        let t = self
-            .by_name
-            .get(info.name.as_str())
-            .map(|&i| &self.weights.tensors()[i])
-            .ok_or_else(|| GpuError::Unsupported(format!("tensor {} was not loaded", info.name)))?;
+        let values = (s.rows * s.cols) as u64;
+        let t = self.loaded(&info.name)?;
         let data = DevSlice::of_tensor(t)?.slice(s.offset as usize..(s.offset + s.len) as usize)?;
-        Ok(Mat {
-            data,
-            wtype,
-            rows,
-            cols,
-        })
+        Self::checked_mat(info, &what, data, values, (rows, cols))
     }
 
     /// An f32 copy of a small tensor of `len` values.

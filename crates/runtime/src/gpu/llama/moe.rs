@@ -180,21 +180,28 @@ impl GpuSession<'_> {
         let hidden = m.config.hidden_size;
         let routes = mb.routes();
         if n == 1 {
-            let mut outs = vec![GemvOut {
+            // The router and the shared expert's gate share the input: one launch, no
+            // allocation on the decode path.
+            let router = GemvOut {
                 w: &f.router,
                 y: mb.logits.ptr(),
                 bias: DevSlice::empty(),
-            }];
-            if let Some(s) = &f.shared {
-                outs.push(GemvOut {
-                    w: &s.gate_inp,
-                    y: mb.shared_logits.ptr(),
-                    bias: DevSlice::empty(),
-                });
-            }
+            };
+            let outs = match &f.shared {
+                Some(s) => [
+                    router,
+                    GemvOut {
+                        w: &s.gate_inp,
+                        y: mb.shared_logits.ptr(),
+                        bias: DevSlice::empty(),
+                    },
+                ],
+                None => [router, router],
+            };
+            let outs = &outs[..1 + usize::from(f.shared.is_some())];
             // SAFETY: the buffers were sized for this model's experts and widths (`new`).
             unsafe {
-                ops.gemv(&outs, b.xn.ptr(), false, None)?;
+                ops.gemv(outs, b.xn.ptr(), false, None)?;
                 ops.moe_route(f, mb.logits.ptr(), mb.shared_logits.ptr(), 1, routes)?;
                 return ops.moe_decode(f, routes, b.xn.ptr(), mb.slot_h.ptr(), b.x.ptr(), act);
             }

@@ -14,15 +14,6 @@ struct Experts {
     exact: Vec<[Vec<f32>; 3]>,
 }
 
-fn view(buf: &DeviceBuf, wtype: WType, rows: usize, cols: usize) -> Mat {
-    Mat {
-        data: byte_view(buf),
-        wtype,
-        rows,
-        cols,
-    }
-}
-
 /// `experts` experts of width `width` on rows of `hidden`, of types `types` (gate, up, down),
 /// each token to `k`; with a shared expert of width `shared` (0: none) of the same types.
 fn experts(
@@ -44,7 +35,7 @@ fn experts(
         exact.push(values);
         let g = r.randn(hidden, 0.1);
         let b = r.upload(&g);
-        let gate_inp = view(&b, WType::F32, 1, hidden);
+        let gate_inp = mat_of(&b, WType::F32, 1, hidden);
         bufs.push(b);
         SharedFfn {
             gate,
@@ -58,7 +49,7 @@ fn experts(
         .collect();
     let tables = r.upload_bytes(crate::gpu::llama::bytes_of(&addresses));
     let router_buf = r.zeros(experts * hidden);
-    let router = view(&router_buf, WType::F32, experts, hidden);
+    let router = mat_of(&router_buf, WType::F32, experts, hidden);
     bufs.push(router_buf);
     Experts {
         _bufs: bufs,
@@ -92,7 +83,7 @@ fn expert(
     {
         let (bytes, v) = random_weights(r, t, rows * cols, 0.1);
         let b = r.upload_bytes(&bytes);
-        mats.push(view(&b, t, rows, cols));
+        mats.push(mat_of(&b, t, rows, cols));
         bufs.push(b);
         values.push(v);
     }

@@ -12,15 +12,6 @@ fn shapes(t: WType) -> [(usize, usize); 3] {
     [(67, 4096), (33, b), (5, 9 * b)]
 }
 
-fn mat(buf: &DeviceBuf, wtype: WType, rows: usize, cols: usize) -> Mat {
-    Mat {
-        data: byte_view(buf),
-        wtype,
-        rows,
-        cols,
-    }
-}
-
 #[test]
 fn dequantization_equals_the_cpu_reference_bit_for_bit() {
     let Some(mut r) = rig("dequantization_equals_the_cpu_reference_bit_for_bit") else {
@@ -59,7 +50,7 @@ fn gemv_reads_every_block_type() {
             let (bytes, exact) = random_weights(&mut r, t, rows * cols, 0.05);
             let x = r.randn(cols, 1.0);
             let (dw, dx) = (r.upload_bytes(&bytes), r.upload(&x));
-            let m = mat(&dw, t, rows, cols);
+            let m = mat_of(&dw, t, rows, cols);
             added_with_bias(&mut r, &m, &exact, &x, 1e-5);
             // Three at once, the second of another type (q, k, v of a mixed file).
             let other = if t == WType::Q6_K {
@@ -73,7 +64,7 @@ fn gemv_reads_every_block_type() {
             }
             let (b2, e2) = random_weights(&mut r, other, 7 * cols2, 0.05);
             let d2 = r.upload_bytes(&b2);
-            let m2 = mat(&d2, other, 7, cols2);
+            let m2 = mat_of(&d2, other, 7, cols2);
             let bias = r.randn(rows, 1.0);
             let db = r.upload(&bias);
             three_at_once(
@@ -109,7 +100,7 @@ fn gemv_swiglu_reads_every_block_type() {
             r.upload(&x),
             r.zeros(rows),
         );
-        let (mg, mu) = (mat(&dg, tg, rows, cols), mat(&du, tu, rows, cols));
+        let (mg, mu) = (mat_of(&dg, tg, rows, cols), mat_of(&du, tu, rows, cols));
         // SAFETY: sized above.
         unsafe {
             r.ops()
@@ -140,7 +131,7 @@ fn embed_reads_every_block_type() {
             r.upload_bytes(crate::gpu::llama::bytes_of(&ids)),
         );
         let x = r.zeros(ids.len() * hidden);
-        let m = mat(&dt, t, vocab, hidden);
+        let m = mat_of(&dt, t, vocab, hidden);
         // SAFETY: sized above.
         unsafe { r.ops().embed(&m, di.ptr(), ids.len(), x.ptr()).unwrap() };
         let ids_u: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
@@ -167,7 +158,7 @@ fn prefill_products_read_every_block_type() {
             r.zeros(n * rows),
         );
         let scratch = r.zeros(rows * cols);
-        let m = mat(&dw, t, rows, cols);
+        let m = mat_of(&dw, t, rows, cols);
         // SAFETY: sized above (scratch: rows·cols f32 ≥ as many f16).
         unsafe {
             r.ops()
