@@ -263,3 +263,40 @@ fn gpu_refuses_hybrid_models_before_touching_the_device() {
         );
     }
 }
+
+#[test]
+fn one_prefill_across_chunks_matches_transformers() {
+    // The prompt then the greedy tokens in one call (79 positions): the chunked delta rule
+    // carries its state from the first 64-token chunk into the second, as transformers' one
+    // forward pass over the same tokens did when it made the reference rows.
+    for name in ["qwen3_next", "qwen3_5_moe"] {
+        let dir = fixtures().join(name);
+        let r = reference(&dir);
+        let model = CpuModel::load(&dir).unwrap();
+        let mut tokens = r.prompt.clone();
+        tokens.extend(&r.greedy[..r.greedy.len() - 1]);
+        assert!(
+            tokens.len() > hoist_runtime::cpu::deltanet::CHUNK,
+            "{name}: one chunk only"
+        );
+        let mut cache = model.new_cache(tokens.len()).unwrap();
+        let logits = model.forward(&tokens, &mut cache).unwrap();
+        let err = rel_error(&logits[r.from * r.vocab..], &r.logits);
+        eprintln!(
+            "{name}: one call over {} positions: {err:.2e}",
+            tokens.len()
+        );
+        assert!(err <= 1e-4, "{name}: {err}");
+    }
+}
+
+#[test]
+fn a_cache_of_another_shape_is_an_error() {
+    let model = CpuModel::load(&fixtures().join("qwen3_next")).unwrap();
+    let c = &model.config;
+    // Keys and values for every layer, no DeltaNet state: made by hand, not by new_cache.
+    let mut cache =
+        hoist_runtime::cpu::KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, 8).unwrap();
+    let e = model.forward(&[1, 2], &mut cache).unwrap_err().to_string();
+    assert!(e.contains("new_cache"), "{e}");
+}

@@ -81,6 +81,11 @@ impl KvCache {
         &mut self.delta[i]
     }
 
+    /// Attention layers, DeltaNet states, and values per position of a layer's keys.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (self.k.len(), self.delta.len(), self.row)
+    }
+
     /// The DeltaNet layers' states, in layer order (empty for other models).
     pub fn delta_states(&self) -> &[DeltaState] {
         &self.delta

@@ -24,7 +24,7 @@
 //! [`DeltaNet::forward`] picks the one `transformers` would: recurrent for one token, chunked
 //! for more.
 
-use super::ops::{matmul_t, silu};
+use super::ops::{dot, matmul_t, rms_norm, sigmoid, silu};
 
 /// Chunk length of `transformers`' `torch_chunk_gated_delta_rule`.
 pub const CHUNK: usize = 64;
@@ -86,13 +86,18 @@ impl DeltaState {
 /// kernel]`, as `conv1d.weight` `[channels, 1, kernel]`), preceded by the `kernel − 1` rows of
 /// `state`, then SiLU. `state` becomes the last `kernel − 1` inputs.
 pub fn causal_conv_silu(x: &[f32], weight: &[f32], state: &mut [f32], kernel: usize) -> Vec<f32> {
-    let channels = weight.len() / kernel.max(1);
+    // The configuration refuses a kernel of 0 and empty projections.
+    assert!(
+        kernel > 0 && !weight.is_empty(),
+        "a convolution of {kernel} taps"
+    );
+    let channels = weight.len() / kernel;
     let past = kernel.saturating_sub(1);
     // The inputs the window slides over: the carried rows then the new ones.
     let mut all = Vec::with_capacity(state.len() + x.len());
     all.extend_from_slice(state);
     all.extend_from_slice(x);
-    let n = x.len() / channels.max(1);
+    let n = x.len() / channels;
     let mut out = vec![0f32; x.len()];
     for t in 0..n {
         for c in 0..channels {
@@ -123,10 +128,6 @@ fn softplus(x: f32) -> f32 {
     } else {
         x.exp().ln_1p()
     }
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 /// Inputs of the delta rule for `n` tokens, already normalised: `q`, `k` `[n, v_heads, k_dim]`
@@ -205,7 +206,6 @@ pub fn chunked_delta_rule(
     let v_dim = s.len() / (v_heads * k_dim);
     let n = x.g.len() / v_heads;
     let mut out = vec![0f32; n * v_heads * v_dim];
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     for h in 0..v_heads {
         let st = &mut s[h * k_dim * v_dim..(h + 1) * k_dim * v_dim];
         let row = |m: &[f32], t: usize, w: usize| -> Vec<f32> {
@@ -378,14 +378,8 @@ impl DeltaNet {
     /// `rms_norm(o) · norm · silu(z)` per value head, in place (`Qwen3NextRMSNormGated`:
     /// normalise, scale, then gate).
     fn gated_norm(&self, o: &mut [f32], z: &[f32]) {
-        let v_dim = self.dims.v_dim;
-        for (row, z) in o.chunks_exact_mut(v_dim).zip(z.chunks_exact(v_dim)) {
-            let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / v_dim as f32;
-            let inv = 1.0 / (mean_sq + self.eps).sqrt();
-            for ((v, w), z) in row.iter_mut().zip(&self.norm).zip(z) {
-                *v = w * (*v * inv) * silu(*z);
-            }
-        }
+        rms_norm(o, &self.norm, self.eps);
+        o.iter_mut().zip(z).for_each(|(v, z)| *v *= silu(*z));
     }
 }
 

@@ -31,7 +31,7 @@ use super::attention::{attention, KvCache};
 use super::convert::tensor_to_f32;
 use super::deltanet::{DeltaDims, DeltaNet, DeltaState};
 use super::moe::{MoeBlock, SharedExpert, SwiGlu};
-use super::ops::{add_bias, embedding, matmul_t, rms_norm};
+use super::ops::{add_bias, embedding, matmul_t, rms_norm, sigmoid};
 use super::rope::{inv_freqs, Rope};
 use crate::config::{DeltaLayout, LinearAttnConfig, ModelConfig};
 use crate::weights::{
@@ -57,6 +57,22 @@ pub enum ForwardError {
         needed: usize,
         /// Positions the cache holds.
         capacity: usize,
+    },
+    /// The cache was made for another model (`KvCache::new` by hand, or another model's).
+    #[error("a cache for {cache_kv} attention and {cache_delta} DeltaNet layers of width {cache_row}, but the model has {model_kv} and {model_delta} of width {model_row}: make it with the model's new_cache")]
+    CacheMismatch {
+        /// Attention layers the cache holds.
+        cache_kv: usize,
+        /// DeltaNet states the cache holds.
+        cache_delta: usize,
+        /// Values per position and layer of its keys.
+        cache_row: usize,
+        /// Attention layers of the model.
+        model_kv: usize,
+        /// DeltaNet layers of the model.
+        model_delta: usize,
+        /// Values per position and layer of the model's keys.
+        model_row: usize,
     },
     /// A KV cache of this many positions does not fit in memory (or its size overflows).
     #[error("a KV cache of {context} positions needs {bytes} bytes, more than can be allocated")]
@@ -378,10 +394,10 @@ impl CpuModel {
     /// (zero) initial state of each DeltaNet layer.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ForwardError> {
         let c = &self.config;
-        let Some(lin) = &c.linear else {
+        if c.linear.is_none() {
             return KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, capacity);
-        };
-        let full = (0..c.num_layers).filter(|&l| !lin.is_linear(l)).count();
+        }
+        let (full, _) = self.cache_layers();
         let states = self
             .layers
             .iter()
@@ -393,12 +409,34 @@ impl CpuModel {
         Ok(KvCache::new(full, c.num_kv_heads, c.head_dim, capacity)?.with_delta_states(states))
     }
 
+    /// Attention layers (KV cache slots) and DeltaNet layers (states) of the model.
+    fn cache_layers(&self) -> (usize, usize) {
+        let delta = self
+            .layers
+            .iter()
+            .filter(|l| matches!(l.mixer, Mixer::Delta { .. }))
+            .count();
+        (self.layers.len() - delta, delta)
+    }
+
     /// Runs `tokens` (the positions after those already in `cache`) through the model,
     /// appends their keys and values to `cache`, and returns their logits, `[n, vocab]`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ForwardError> {
         let c = &self.config;
         let (hidden, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
         let (q_dim, kv_dim) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let (model_kv, model_delta) = self.cache_layers();
+        let (cache_kv, cache_delta, cache_row) = cache.shape();
+        if (cache_kv, cache_delta, cache_row) != (model_kv, model_delta, kv_dim) {
+            return Err(ForwardError::CacheMismatch {
+                cache_kv,
+                cache_delta,
+                cache_row,
+                model_kv,
+                model_delta,
+                model_row: kv_dim,
+            });
+        }
         let start = cache.len();
         let n = tokens.len();
         if start + n > cache.capacity() {
@@ -479,7 +517,7 @@ impl CpuModel {
             if attn.gated {
                 att.iter_mut()
                     .zip(&gate)
-                    .for_each(|(a, g)| *a *= 1.0 / (1.0 + (-g).exp()));
+                    .for_each(|(a, g)| *a *= sigmoid(*g));
             }
             let o = matmul_t(&att, &attn.o, q_dim, hidden);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);

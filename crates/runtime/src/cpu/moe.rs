@@ -10,7 +10,7 @@
 //!
 //! One token at a time: each goes through its own experts. Simple, not fast.
 
-use super::ops::{dot, matmul_t, softmax, swiglu};
+use super::ops::{dot, matmul_t, sigmoid, softmax, swiglu};
 
 /// One SwiGLU block: `down · (silu(gate · h) ⊙ (up · h))`.
 #[derive(Clone, Debug)]
@@ -75,10 +75,6 @@ pub fn route(logits: &[f32], k: usize, normalize: bool) -> Vec<(usize, f32)> {
     }
     let sum: f32 = top.iter().map(|t| t.1).sum();
     top.into_iter().map(|(e, p)| (e, p / sum)).collect()
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 impl MoeBlock {
