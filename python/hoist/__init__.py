@@ -21,6 +21,7 @@ sharing it is gone.
 
 from __future__ import annotations
 
+import operator
 import os
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -143,7 +144,8 @@ def _shard(shard: ShardArg, cuda: Optional[int]) -> Optional[str]:
         spec = shard
     else:
         try:
-            dim, rank, world = (int(x) for x in shard)  # type: ignore[union-attr]
+            # operator.index: an int (or numpy integer), never a float truncated to one.
+            dim, rank, world = (operator.index(x) for x in shard)  # type: ignore[union-attr]
         except (TypeError, ValueError):
             raise ValueError(
                 f"shard must be (dim, rank, world) or \"DIM:RANK/WORLD\", not {shard!r}"
@@ -265,9 +267,9 @@ def load_file(
             keep when the bytes fit in MemAvailable minus 10% of MemTotal, at least 2 GiB).
         shard: ``(dim, rank, world)`` (or ``"DIM:RANK/WORLD"``): load only this
             tensor-parallel rank's slice of each tensor, part ``rank`` of ``world`` equal parts
-            along dimension ``dim`` (0: rows, 1: columns; outermost first), reading only its
-            bytes (row slices are one range; column slices are read in few large spans and
-            gathered). The tensors come back with the sliced shape, equal to
+            along dimension ``dim`` (0: rows, 1: columns; outermost first), holding only its
+            bytes (row slices are one range, read alone; column slices are read in few large
+            spans through gaps of up to 256 KiB, most of each tensor, and gathered). The tensors come back with the sliced shape, equal to
             ``full.chunk(world, dim)[rank]``. Every loaded tensor is sliced unless
             ``shard_filter`` names which; a tensor that cannot be split evenly (or, GGUF
             quantized, on block boundaries; or has no dimension ``dim``) raises ``ValueError``

@@ -100,6 +100,9 @@ def test_bad_shards_raise_clear_errors(path):
         hoist.load_file(path, shard="rows")
     with pytest.raises(ValueError, match="shard must be"):
         hoist.load_file(path, shard=(0, 1))
+    # A float is refused, not truncated to a rank.
+    with pytest.raises(ValueError, match="shard must be"):
+        hoist.load_file(path, shard=(0, 1.5, 4))
     with pytest.raises(ValueError, match="'w.q'.*cannot be split evenly"):
         hoist.load_file(path, shard=(0, 0, 5))
     with pytest.raises(ValueError, match="'norm'.*no dimension 1"):

@@ -247,7 +247,9 @@ impl Slice {
 
 /// Computes `shard`'s slice of tensor `t` (in file `path`, for messages).
 pub fn slice_of(t: &TensorInfo, path: &std::path::Path, shard: Shard) -> Result<Slice, ShardError> {
-    let Shard { dim, rank, world } = shard;
+    // Checked again: the fields are public, and a world of 0 or a rank past it would divide by
+    // zero or read another tensor's bytes.
+    let Shard { dim, rank, world } = Shard::new(shard.dim, shard.rank, shard.world)?;
     let layout = || ShardError::Layout {
         path: path.to_path_buf(),
         tensor: t.name.clone(),
@@ -297,7 +299,11 @@ pub fn slice_of(t: &TensorInfo, path: &std::path::Path, shard: Shard) -> Result<
     if outer.checked_mul(stride) != Some(t.len) {
         return Err(layout());
     }
-    let first = t.offset + rank * run_bytes;
+    // Checked: with a zero-size dimension before `dim` the length check bounds nothing.
+    let first = rank
+        .checked_mul(run_bytes)
+        .and_then(|r| t.offset.checked_add(r))
+        .ok_or_else(layout)?;
     let mut shape = t.shape.clone();
     shape[dim] = part;
     Ok(Slice {
@@ -628,6 +634,24 @@ mod tests {
         let e = slice_of(&q, p, Shard::new(1, 0, 4).unwrap()).unwrap_err();
         assert!(e.to_string().contains("block boundaries"), "{e}");
         assert!(slice_of(&q, p, Shard::new(1, 1, 2).unwrap()).is_ok());
+        // Built by hand past `Shard::new`: refused, not a division by zero or another tensor.
+        for (rank, world) in [(0, 0), (2, 2)] {
+            let e = slice_of(
+                &t,
+                p,
+                Shard {
+                    dim: 0,
+                    rank,
+                    world,
+                },
+            )
+            .unwrap_err();
+            assert!(matches!(e, ShardError::Spec { .. }), "{e}");
+        }
+        // An empty tensor (a lying header) whose rank's start would pass u64: an error.
+        let empty = info(DType::U8, &[0, 4], u64::MAX - 1);
+        let e = slice_of(&empty, p, Shard::new(1, 1, 2).unwrap()).unwrap_err();
+        assert!(matches!(e, ShardError::Layout { .. }), "{e}");
     }
 
     #[test]
