@@ -94,7 +94,8 @@ pub(crate) fn forced_call(
     let bad = || {
         invalid(
             "tool_choice",
-            "tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\",              \"function\": {\"name\": ...}} naming one of `tools`",
+            "tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \
+             \"function\": {\"name\": ...}} naming one of `tools`",
         )
     };
     let name_of = |t: &Value| t.get("function")?.get("name")?.as_str().map(str::to_string);
@@ -114,6 +115,8 @@ pub(crate) fn forced_call(
     if names.is_empty() {
         return Err(bad());
     }
+    // Mistral's calls are a list (a reply opening with `[` is read as calls; the subset has no
+    // `minItems`, so an empty list, no call, stays possible).
     let (key, list) = match format {
         Some(ToolFormat::Llama3Json) => ("parameters", false),
         Some(ToolFormat::Mistral) => ("arguments", true),
@@ -127,7 +130,12 @@ pub(crate) fn forced_call(
             .cloned(),
         _ => None,
     };
-    let call = |params: Value| {
+    let call = |mut params: Value| {
+        // Arguments are an object whatever the tool's schema leaves open (`"parameters": {}`
+        // would allow a string or a number, which the parser rightly refuses as a call).
+        if let Some(p) = params.as_object_mut() {
+            p.insert("type".into(), json!("object"));
+        }
         let call = json!({
             "type": "object",
             "properties": {"name": {"enum": names}, key: params},

@@ -80,13 +80,15 @@ fn a_template_without_tools_refuses_them() {
         &json!({"model": "tiny", "messages": msgs, "tools": [weather_tool()]}),
     );
     assert_eq!(r.json()["error"]["param"], "tools");
-    // A malformed schema is refused before the model is asked.
+    // A malformed schema is refused before the model is asked (on a template that takes tools,
+    // so that the refusal is the schema's).
+    let server = server_with(HERMES);
     let r = server.post(
         "/api/chat",
         &json!({"model": "tiny", "messages": msgs, "tools": [{"type": "function"}]}),
     );
     assert_eq!(r.status, 400);
-    assert!(r.body.contains("tools"), "{}", r.body);
+    assert!(r.body.contains("each of `tools` must be"), "{}", r.body);
 }
 
 #[test]
@@ -180,6 +182,7 @@ fn a_hermes_template_renders_tools_and_history() {
             {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}),
     );
     assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "messages", "{}", r.body);
 }
 
 /// `tool_choice` naming a function whose arguments are fixed (`{}`) forces the reply into the

@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use automaton::{MAX_DEPTH, MAX_WS};
-pub use schema::{JsonGrammar, SchemaError, MAX_PROPERTIES};
+pub use schema::{JsonGrammar, SchemaError, MAX_LITERALS, MAX_PROPERTIES};
 pub use vocab::TokenTable;
 
 use automaton::State;

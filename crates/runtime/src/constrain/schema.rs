@@ -30,6 +30,10 @@ pub(crate) const ANY: u32 = 0;
 /// Most declared properties of one object (the automaton tracks the keys seen in a `u64`).
 pub const MAX_PROPERTIES: usize = 64;
 
+/// Most values of one `enum`, and most bytes of one value as JSON text (the automaton indexes
+/// and walks them with 16-bit counters; beyond, a value would wrap and be matched wrongly).
+pub const MAX_LITERALS: usize = u16::MAX as usize;
+
 /// Keywords that only describe: accepted and ignored.
 const ANNOTATIONS: &[&str] = &[
     "title",
@@ -257,6 +261,15 @@ impl JsonGrammar {
                 .collect();
             texts.sort();
             texts.dedup();
+            if texts.len() > MAX_LITERALS || texts.iter().any(|t| t.len() > MAX_LITERALS) {
+                return Err(invalid(
+                    keyword,
+                    path,
+                    format!(
+                        "at most {MAX_LITERALS} values of at most {MAX_LITERALS} bytes each are supported"
+                    ),
+                ));
+            }
             if texts.is_empty() {
                 return Err(invalid(
                     keyword,

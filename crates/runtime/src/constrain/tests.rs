@@ -201,6 +201,15 @@ fn schema_outside_the_subset_names_the_keyword() {
     assert!(e.to_string().contains("#/properties/a~1b"), "{e}");
     assert!(JsonGrammar::from_schema(&json!({})).is_ok());
     assert!(JsonGrammar::from_schema(&json!(true)).is_ok());
+    // Literals past the automaton's 16-bit counters: refused, not wrapped.
+    let long = "x".repeat(MAX_LITERALS);
+    let e = JsonGrammar::from_schema(&json!({"const": long})).unwrap_err();
+    assert_eq!(e.keyword(), "const", "{e}");
+    let many: Vec<usize> = (0..=MAX_LITERALS).collect();
+    let e = JsonGrammar::from_schema(&json!({"enum": many})).unwrap_err();
+    assert_eq!(e.keyword(), "enum", "{e}");
+    let fits: Vec<usize> = (0..1000).collect();
+    assert!(JsonGrammar::from_schema(&json!({"enum": fits})).is_ok());
 }
 
 /// A toy vocabulary: single bytes and a few longer pieces, some of which straddle JSON tokens.
