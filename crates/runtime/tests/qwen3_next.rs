@@ -100,11 +100,16 @@ fn error_of(dir: &Path, name: &str, config: Option<ModelConfig>) -> f32 {
 /// far.
 #[test]
 fn fixtures_exercise_conv_gating_and_partial_rotary() {
-    let kernel = 4;
     for (name, prefix) in [
         ("qwen3_next", "model."),
         ("qwen3_5_moe", "model.language_model."),
     ] {
+        let c = ModelConfig::from_hf_file(&fixtures().join(name).join("config.json")).unwrap();
+        let lin = c.linear.as_ref().expect("a hybrid model");
+        let (kernel, hidden, hd) = (lin.conv_kernel, c.hidden_size, c.head_dim);
+        // Qwen3-Next's `in_proj_ba` holds, per key head, its value heads' b rows then their a
+        // rows: only the b rows are zeroed, so that β alone changes.
+        let group = lin.num_v_heads / lin.num_k_heads;
         let t = |s: &str| format!("{prefix}layers.0.linear_attn.{s}");
         let tweaks: Vec<(&str, tempfile::TempDir)> = vec![
             (
@@ -123,7 +128,11 @@ fn fixtures_exercise_conv_gating_and_partial_rotary() {
                     } else {
                         "in_proj_b.weight"
                     }),
-                    |_, v| *v = 0.0,
+                    |i, v| {
+                        if name != "qwen3_next" || (i / hidden) % (2 * group) < group {
+                            *v = 0.0
+                        }
+                    },
                 ),
             ),
             (
@@ -134,7 +143,7 @@ fn fixtures_exercise_conv_gating_and_partial_rotary() {
                     name,
                     &format!("{prefix}layers.1.self_attn.q_proj.weight"),
                     |i, v| {
-                        if (i / 64 / 16) % 2 == 1 {
+                        if (i / hidden / hd) % 2 == 1 {
                             *v = 0.0
                         }
                     },

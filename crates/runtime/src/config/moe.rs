@@ -103,11 +103,8 @@ pub(super) fn hf_moe(
             },
             Keys {
                 experts: "num_local_experts",
-                used: "num_experts_per_tok",
                 width: "intermediate_size",
-                shared: "shared_expert_intermediate_size",
-                step: "decoder_sparse_step",
-                mlp_only: "mlp_only_layers",
+                ..QWEN_KEYS
             },
         ),
         // Qwen3-Next: Qwen2-MoE's keys, the top-k weights renormalised unless turned off
