@@ -325,20 +325,21 @@ impl StopStrings {
     /// Bytes at the end of the text that are a proper prefix of some stop string.
     fn held_tail(&self) -> usize {
         let unshown = &self.text[self.shown..];
-        let mut hold = 0;
-        for s in &self.stops {
-            for k in (1..s.len()).rev() {
-                if k <= hold {
-                    break;
-                }
-                if s.is_char_boundary(k) && unshown.ends_with(&s[..k]) {
-                    hold = k;
-                    break;
-                }
-            }
-        }
-        hold
+        self.stops
+            .iter()
+            .map(|s| held_prefix(unshown, s))
+            .max()
+            .unwrap_or(0)
     }
+}
+
+/// Bytes at the end of `text` that are a proper prefix of `pattern` (the text a stream holds
+/// back while `pattern` may still complete).
+pub(crate) fn held_prefix(text: &str, pattern: &str) -> usize {
+    (1..pattern.len())
+        .rev()
+        .find(|&k| pattern.is_char_boundary(k) && text.ends_with(&pattern[..k]))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use crate::sampler::held_prefix;
+
 /// One call of a function by the model (or, in a request's history, by the assistant).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ToolCall {
@@ -263,7 +265,7 @@ impl ToolCallStream {
                         self.state = State::Call { bare: false };
                         continue;
                     }
-                    let hold = held_tail(&self.buf, marker);
+                    let hold = held_prefix(&self.buf, marker);
                     let shown: String = self.buf[..self.buf.len() - hold].to_string();
                     self.buf.drain(..self.buf.len() - hold);
                     self.text(shown, &mut out);
@@ -355,14 +357,6 @@ impl ToolCallStream {
         self.calls += calls.len();
         out.extend(calls.into_iter().map(Piece::Call));
     }
-}
-
-/// Bytes at the end of `text` that are a proper prefix of `marker`.
-fn held_tail(text: &str, marker: &str) -> usize {
-    (1..marker.len())
-        .rev()
-        .find(|&k| marker.is_char_boundary(k) && text.ends_with(&marker[..k]))
-        .unwrap_or(0)
 }
 
 /// Splits a whole reply into its content (the text outside the calls, trimmed) and its calls.
