@@ -50,6 +50,14 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 400 naming the request field `param` that is wrong (OpenAI's `error.param`).
+    pub fn bad_param(param: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            param: Some(param),
+            ..ApiError::bad_request(message)
+        }
+    }
+
     /// 400 for a feature hoist does not have yet, naming the request field.
     pub fn unsupported(param: &'static str, what: &str) -> ApiError {
         ApiError {

@@ -16,7 +16,7 @@ pub(crate) fn ollama(format: Option<&Value>) -> Result<Option<Arc<JsonGrammar>>,
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) if s == "json" => Ok(Some(Arc::new(JsonGrammar::any()))),
         Some(schema @ Value::Object(_)) => schema_grammar(schema, "format").map(Some),
-        Some(_) => Err(field(
+        Some(_) => Err(ApiError::bad_param(
             "format",
             "format must be \"json\" or a JSON schema object".to_string(),
         )),
@@ -38,7 +38,7 @@ pub(crate) fn openai(format: Option<&Value>) -> Result<Option<Arc<JsonGrammar>>,
             None | Some(Value::Null) => object(),
             Some(schema) => schema_grammar(schema, "response_format").map(Some),
         },
-        _ => Err(field(
+        _ => Err(ApiError::bad_param(
             "response_format",
             "response_format.type must be \"text\", \"json_object\" or \"json_schema\"".to_string(),
         )),
@@ -48,14 +48,7 @@ pub(crate) fn openai(format: Option<&Value>) -> Result<Option<Arc<JsonGrammar>>,
 fn schema_grammar(schema: &Value, param: &'static str) -> Result<Arc<JsonGrammar>, ApiError> {
     JsonGrammar::from_schema(schema)
         .map(Arc::new)
-        .map_err(|e| field(param, format!("{param}: {e}")))
-}
-
-fn field(param: &'static str, message: String) -> ApiError {
-    ApiError {
-        param: Some(param),
-        ..ApiError::bad_request(message)
-    }
+        .map_err(|e| ApiError::bad_param(param, format!("{param}: {e}")))
 }
 
 #[cfg(test)]

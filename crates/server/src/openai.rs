@@ -88,9 +88,11 @@ impl Common {
                 .iter()
                 .map(|s| s.as_str().map(str::to_string))
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| param("stop", "stop must be a string or an array of strings"))?,
+                .ok_or_else(|| {
+                    ApiError::bad_param("stop", "stop must be a string or an array of strings")
+                })?,
             Some(_) => {
-                return Err(param(
+                return Err(ApiError::bad_param(
                     "stop",
                     "stop must be a string or an array of strings",
                 ))
@@ -116,13 +118,6 @@ impl Common {
         self.stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage)
-    }
-}
-
-fn param(name: &'static str, message: &str) -> ApiError {
-    ApiError {
-        param: Some(name),
-        ..ApiError::bad_request(message)
     }
 }
 
@@ -164,7 +159,7 @@ impl ChatMessage {
                     )),
                 })
                 .collect(),
-            Some(_) => Err(param(
+            Some(_) => Err(ApiError::bad_param(
                 "messages",
                 "a message's content must be a string or an array of parts",
             )),
@@ -219,7 +214,10 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         if messages.is_empty() {
-            return Err(param("messages", "messages must not be empty"));
+            return Err(ApiError::bad_param(
+                "messages",
+                "messages must not be empty",
+            ));
         }
         let mut request = req.common.request(Input::Messages(messages), usize::MAX)?;
         request.tools = schemas;
@@ -254,7 +252,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: axum::body::B
                 a[0].as_str().unwrap_or_default().to_string()
             }
             _ => {
-                return Err(param(
+                return Err(ApiError::bad_param(
                     "prompt",
                     "prompt must be a string (one prompt per request)",
                 ))

@@ -15,14 +15,6 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::registry::Lease;
 
-/// A 400 naming `param`.
-fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError {
-        param: Some(param),
-        ..ApiError::bad_request(message)
-    }
-}
-
 /// Checks a request's `tools`: each a function schema (`{"type": "function", "function":
 /// {"name": ...}}`); they are passed to the template as given.
 pub(crate) fn schemas(tools: Option<&Vec<Value>>) -> Result<Vec<ToolSchema>, ApiError> {
@@ -33,7 +25,7 @@ pub(crate) fn schemas(tools: Option<&Vec<Value>>) -> Result<Vec<ToolSchema>, Api
             .and_then(|f| f.get("name"))
             .is_some_and(Value::is_string);
         if !named {
-            return Err(invalid(
+            return Err(ApiError::bad_param(
                 "tools",
                 "each of `tools` must be {\"type\": \"function\", \"function\": {\"name\": ..., \
                  \"parameters\": {...}}}",
@@ -58,7 +50,7 @@ pub(crate) fn reply_format(
     let Some(template) = template.filter(|t| t.supports_tools()) else {
         return Err(ApiError {
             code: Some("tools_unsupported"),
-            ..invalid(
+            ..ApiError::bad_param(
                 "tools",
                 format!(
                     "this model's chat template does not support tools ('{}' never reads \
@@ -92,7 +84,7 @@ pub(crate) fn forced_call(
     tools: &[ToolSchema],
 ) -> Result<Option<Arc<JsonGrammar>>, ApiError> {
     let bad = || {
-        invalid(
+        ApiError::bad_param(
             "tool_choice",
             "tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \
              \"function\": {\"name\": ...}} naming one of `tools`",
@@ -160,7 +152,7 @@ pub(crate) fn forced_call(
 /// object (Ollama) or a string holding one (OpenAI).
 pub(crate) fn history_call(v: &Value) -> Result<ToolCall, ApiError> {
     let bad = || {
-        invalid(
+        ApiError::bad_param(
             "messages",
             "a message's tool_calls must be {\"function\": {\"name\": ..., \"arguments\": ...}} \
              with arguments a JSON object (or a string holding one)",
