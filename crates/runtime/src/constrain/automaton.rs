@@ -132,11 +132,29 @@ enum Flow {
 }
 
 /// The automaton's state: open containers, the current lexeme, whitespace in a row.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct State {
     stack: Vec<Frame>,
     lex: Lex,
     ws: u8,
+}
+
+// By hand for `clone_from`, which reuses the stack's memory (decoding copies the state at each
+// token: `Matcher::advance`).
+impl Clone for State {
+    fn clone(&self) -> State {
+        State {
+            stack: self.stack.clone(),
+            lex: self.lex,
+            ws: self.ws,
+        }
+    }
+
+    fn clone_from(&mut self, source: &State) {
+        self.stack.clone_from(&source.stack);
+        self.lex = source.lex;
+        self.ws = source.ws;
+    }
 }
 
 impl State {

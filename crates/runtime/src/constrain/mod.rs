@@ -60,6 +60,7 @@ impl Constraint {
             constraint: self.clone(),
             walk: Vec::new(),
             at: Vec::new(),
+            next: state.clone(),
             state,
             cache: HashMap::new(),
             saved: Vec::new(),
@@ -73,6 +74,9 @@ impl Constraint {
 pub struct Matcher {
     constraint: Constraint,
     state: State,
+    /// Where `advance` feeds a token (the state's copy, its memory reused: no allocation a
+    /// token), swapped in when the token fits.
+    next: State,
     /// The trie walk's states, one slot per prefix length (kept to reuse their memory).
     walk: Vec<State>,
     /// For each prefix length, the slot of `walk` holding its state.
@@ -146,11 +150,11 @@ impl Matcher {
     /// document (it was not allowed); the matcher is then where it was.
     pub fn advance(&mut self, id: u32) -> bool {
         let c = &self.constraint;
-        let mut next = self.state.clone();
-        if !next.feed(&c.grammar, c.tokens.bytes(id)) {
+        self.next.clone_from(&self.state);
+        if !self.next.feed(&c.grammar, c.tokens.bytes(id)) {
             return false;
         }
-        self.state = next;
+        std::mem::swap(&mut self.state, &mut self.next);
         true
     }
 
