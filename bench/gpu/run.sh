@@ -24,8 +24,9 @@ declare -A SCRIPT=(
   [ab]=ab.sh
   [gguf-peer]=gguf_peer.sh
   [stream]=stream.sh
+  [serve]=serve.sh
 )
-ORDER="probe correctness load cache route python layout tune runtime-smoke logits speed q4-diag decode-switches ncu ab gguf-peer stream"
+ORDER="probe correctness load cache route python layout tune runtime-smoke logits speed q4-diag decode-switches ncu ab gguf-peer stream serve"
 
 usage() {
   echo "usage: bench/gpu/run.sh SUITE [ARGS...]   (see bench/gpu/README.md)"

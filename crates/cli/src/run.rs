@@ -332,6 +332,7 @@ fn load(s: &Settings, ck: Checkpoint, min_context: usize) -> anyhow::Result<Engi
         min_context,
         // One conversation at a time: one KV cache.
         pool_size: 1,
+        parallel: 1,
         progress: Some(counter),
         raw: a.raw,
         cache: a.memory.cache(),

@@ -29,9 +29,14 @@ pub struct Args {
     /// Face directory. Without it: every model of hoist's store (`hoist list`), and pulls.
     #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
     pub models: Vec<(String, PathBuf)>,
-    /// Requests that may wait per model besides the one running; more are refused with 503.
+    /// Requests that may wait per model besides those running; more are refused with 503.
     #[arg(long, default_value_t = hoist_server::DEFAULT_QUEUE_DEPTH, value_name = "N")]
     pub queue: usize,
+    /// Requests each model runs at once, decoded together (continuous batching; each holds a
+    /// KV cache of the whole context). On the GPU the runtime steps them one after another
+    /// for now: fair sharing, not yet more throughput.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = parse_parallel)]
+    pub parallel: usize,
     /// Context positions per model [default: the model's trained length, at most 4096];
     /// a request's num_ctx (Ollama) overrides it when it loads the model.
     #[arg(long, value_name = "N")]
@@ -56,6 +61,15 @@ pub struct Args {
 }
 
 /// `NAME=PATH`.
+/// `--parallel`: 1 to [`hoist_engine::MAX_PARALLEL`].
+fn parse_parallel(s: &str) -> Result<usize, String> {
+    let max = hoist_engine::MAX_PARALLEL;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of requests from 1 to {max}")),
+    }
+}
+
 fn parse_model(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
         Some((name, path)) if !name.trim().is_empty() && !path.is_empty() => {
@@ -132,7 +146,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Device::Cuda(n) => hoist_engine::Device::Cuda(n),
             },
             queue_depth: args.queue,
-            pool_size: hoist_engine::DEFAULT_POOL_SIZE,
+            parallel: args.parallel,
+            pool_size: hoist_engine::DEFAULT_POOL_SIZE.max(args.parallel),
             context: args.context,
             keep_alive,
             placement: args.memory.placement(),

@@ -23,7 +23,17 @@ fn serves_a_model_on_a_free_port() {
     let model = format!("tiny={}", dir.path().display());
     let mut child = Child(
         Command::new(env!("CARGO_BIN_EXE_hoist"))
-            .args(["serve", "--device", "cpu", "--port", "0", "--model", &model])
+            .args([
+                "serve",
+                "--device",
+                "cpu",
+                "--port",
+                "0",
+                "--parallel",
+                "2",
+                "--model",
+                &model,
+            ])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -59,4 +69,10 @@ fn bad_flags_fail_before_binding() {
     let out = common::hoist_with_stdin(&["serve", "--model", "m=/no/such/file.gguf"], "");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    for n in ["0", "65", "many"] {
+        let out = common::hoist_with_stdin(&["serve", "--parallel", n], "");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("from 1 to 64"), "{err}");
+    }
 }

@@ -104,6 +104,25 @@ pub enum EngineError {
         #[source]
         source: Box<RuntimeError>,
     },
+    /// Requests decoded together out of range.
+    #[error("cannot decode {parallel} requests together: ask for 1 to {max}")]
+    Parallel {
+        /// Asked for.
+        parallel: usize,
+        /// The most ([`crate::MAX_PARALLEL`]).
+        max: usize,
+    },
+    /// A decode step this request shared with other running requests
+    /// ([`crate::EngineOptions::parallel`]) failed: every request in it ends with this.
+    #[error("generation with {} failed in a decode step shared by {requests} requests: {message}", path.display())]
+    SharedStep {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Requests in the step.
+        requests: usize,
+        /// Why (the runtime's error and its causes).
+        message: String,
+    },
     /// A benchmark of the GPU runtime failed.
     #[error("benchmarking {} failed", path.display())]
     Benchmark {

@@ -9,9 +9,12 @@
 //! [`Completion`] with its [`Stats`] (or an error). Dropping the stream, or
 //! [`GenerationStream::cancel`], stops the request within one decode step.
 //!
-//! Requests are served **one at a time, in arrival order**: two threads generating at once take
-//! turns, whole request by whole request. Batching requests into shared forward passes
-//! (continuous batching) is future work.
+//! Requests are served in arrival order, by default **one at a time**: two threads generating at
+//! once take turns, whole request by whole request. With [`EngineOptions::parallel`] `N > 1`,
+//! up to `N` requests run at once, each on its own session, and every decode step feeds all of
+//! them through one forward pass (continuous batching: a request joins and leaves between
+//! steps). The CPU reference batches the pass; the GPU runtime steps the sessions one after
+//! another for now, so `N > 1` there shares the GPU fairly but does not yet raise throughput.
 //!
 //! The owner thread keeps a pool of sessions ([`EngineOptions::pool_size`]), each a KV cache
 //! that remembers the tokens it holds: a request runs on the session whose cached tokens are the
@@ -24,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod checkpoint;
 mod error;
 mod model;
@@ -52,6 +56,9 @@ pub use request::{clock_seed, Completion, Event, GenerationStream, Input, Reques
 pub const DEFAULT_CONTEXT_CAP: usize = 4096;
 /// Sessions in the pool when none is asked for.
 pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Most requests decoded together ([`EngineOptions::parallel`]): each holds a KV cache of the
+/// whole context.
+pub const MAX_PARALLEL: usize = 64;
 
 /// How to load and serve a model.
 #[derive(Clone, Debug)]
@@ -63,8 +70,11 @@ pub struct EngineOptions {
     pub context: Option<usize>,
     /// The least context when none is asked for (a one-shot caller's prompt and reply).
     pub min_context: usize,
-    /// Most sessions (KV caches) kept at once; at least 1.
+    /// Most sessions (KV caches) kept at once; at least 1, and at least `parallel`.
     pub pool_size: usize,
+    /// Requests decoded together, 1 to [`MAX_PARALLEL`]: 1 serves them one at a time (and
+    /// keeps the GPU's on-device greedy decoding); more run that many at once, batched.
+    pub parallel: usize,
     /// Counts weight bytes as they are read, for a progress display (its total:
     /// [`Weights::weight_bytes`]).
     pub progress: Option<Arc<AtomicU64>>,
@@ -82,6 +92,7 @@ impl Default for EngineOptions {
             context: None,
             min_context: 0,
             pool_size: DEFAULT_POOL_SIZE,
+            parallel: 1,
             progress: None,
             raw: false,
             cache: hoist_runtime::gpu::CachePolicy::Auto,
@@ -170,6 +181,12 @@ impl Engine {
         placement: Placement,
         options: EngineOptions,
     ) -> Result<Engine, EngineError> {
+        if !(1..=MAX_PARALLEL).contains(&options.parallel) {
+            return Err(EngineError::Parallel {
+                parallel: options.parallel,
+                max: MAX_PARALLEL,
+            });
+        }
         let config = weights.config().clone();
         let context = options
             .context
@@ -194,9 +211,10 @@ impl Engine {
             progress: options.progress,
             cache: options.cache,
             context,
-            pool_size: options.pool_size.max(1),
+            pool_size: options.pool_size.max(options.parallel),
             checkpoint: checkpoint.clone(),
             stop_tokens: stop_tokens.clone(),
+            parallel: options.parallel,
         };
         let thread = std::thread::Builder::new()
             .name("hoist-engine".into())

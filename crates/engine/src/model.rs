@@ -209,6 +209,50 @@ impl Session<'_> {
     }
 }
 
+/// One decode step for several sessions of one model: session `i` is fed `tokens[i]`; returns
+/// each one's logits after it. The CPU reference runs them as one batched forward pass (each
+/// weight read once for all); the GPU runtime, which has no batched decode yet, runs them one
+/// after another. On an error every session is cleared (what a failed step left is unknown).
+pub(crate) fn decode_batch(
+    sessions: &mut [&mut Session<'_>],
+    tokens: &[u32],
+) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    assert_eq!(sessions.len(), tokens.len(), "one token per session");
+    let on_cpu = sessions.iter().all(|s| matches!(s.inner, Inner::Cpu(_)));
+    let r = if on_cpu {
+        let mut cpu: Vec<&mut CpuSession<'_>> = sessions
+            .iter_mut()
+            .filter_map(|s| match &mut s.inner {
+                Inner::Cpu(c) => Some(c),
+                Inner::Gpu(_) => None,
+            })
+            .collect();
+        let fed: Vec<&[u32]> = tokens.iter().map(std::slice::from_ref).collect();
+        CpuSession::next_logits_batch(&mut cpu, &fed)
+    } else {
+        sessions
+            .iter_mut()
+            .zip(tokens)
+            .map(|(s, &t)| match &mut s.inner {
+                Inner::Cpu(c) => c.next_logits(&[t]),
+                Inner::Gpu(g) => g.next_logits(&[t]),
+            })
+            .collect()
+    };
+    match r {
+        Ok(logits) => {
+            for (s, &t) in sessions.iter_mut().zip(tokens) {
+                s.cached.push(t);
+            }
+            Ok(logits)
+        }
+        Err(e) => {
+            sessions.iter_mut().for_each(|s| s.clear());
+            Err(e)
+        }
+    }
+}
+
 // The one forwarding of the runtime's model calls: it keeps `cached` in step with the KV cache.
 impl LogitsModel for Session<'_> {
     fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {

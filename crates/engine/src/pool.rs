@@ -23,6 +23,8 @@ pub(crate) struct SlotView<'a> {
     pub key: Option<&'a str>,
     /// When it served last (a counter: larger is later).
     pub last_used: u64,
+    /// Whether a running request holds it (it cannot serve another).
+    pub busy: bool,
 }
 
 /// Which session serves a request.
@@ -38,7 +40,8 @@ pub(crate) enum Choice {
 /// at most `size`: the one whose cached tokens are the longest prefix of `ids` (on a tie, the
 /// request's own key's, then the most recent); else the key's own session (its cache is stale:
 /// better than evicting another conversation's), an empty one, a new one while the pool is not
-/// full, and last the least recently used.
+/// full, and last the least recently used. Busy sessions are never chosen: with every session
+/// busy, a new one is made (the engine sizes the pool so that this does not happen).
 pub(crate) fn choose(
     slots: &[SlotView<'_>],
     ids: &[u32],
@@ -46,26 +49,26 @@ pub(crate) fn choose(
     size: usize,
 ) -> Choice {
     let same_key = |s: &SlotView<'_>| key.is_some() && s.key == key;
-    let best = slots
-        .iter()
-        .enumerate()
+    let free = || slots.iter().enumerate().filter(|(_, s)| !s.busy);
+    let best = free()
         .filter(|(_, s)| reusable(s.cached, ids) > 0)
         .max_by_key(|(_, s)| (s.cached.len(), same_key(s), s.last_used));
     if let Some((i, _)) = best {
         return Choice::Use(i);
     }
-    if let Some(i) = slots.iter().position(same_key) {
+    if let Some((i, _)) = free().find(|(_, s)| same_key(s)) {
         return Choice::Use(i);
     }
-    if let Some(i) = slots.iter().position(|s| s.cached.is_empty()) {
+    if let Some((i, _)) = free().find(|(_, s)| s.cached.is_empty()) {
         return Choice::Use(i);
     }
     if slots.len() < size {
         return Choice::Allocate;
     }
-    let lru = slots.iter().enumerate().min_by_key(|(_, s)| s.last_used);
-    // An empty pool with size 0 cannot happen: the engine keeps at least one session.
-    Choice::Use(lru.map_or(0, |(i, _)| i))
+    match free().min_by_key(|(_, s)| s.last_used) {
+        Some((i, _)) => Choice::Use(i),
+        None => Choice::Allocate,
+    }
 }
 
 /// One session of the pool, with what [`choose`] needs.
@@ -73,6 +76,7 @@ struct Slot<'m> {
     session: Session<'m>,
     key: Option<String>,
     last_used: u64,
+    busy: bool,
 }
 
 /// Up to `size` sessions on one model, each with a KV cache of `context` positions, made as
@@ -99,6 +103,7 @@ impl<'m> Pool<'m> {
             session: model.session(context)?,
             key: None,
             last_used: 0,
+            busy: false,
         };
         Ok(Pool {
             model,
@@ -115,6 +120,13 @@ impl<'m> Pool<'m> {
         ids: &[u32],
         key: Option<&str>,
     ) -> Result<&mut Session<'m>, EngineError> {
+        let i = self.acquire(ids, key)?;
+        Ok(&mut self.slots[i].session)
+    }
+
+    /// Index of the session to serve `ids` for `key` among those no request holds (made if
+    /// need be), marked busy until [`Pool::release`].
+    pub(crate) fn acquire(&mut self, ids: &[u32], key: Option<&str>) -> Result<usize, EngineError> {
         let views: Vec<SlotView<'_>> = self
             .slots
             .iter()
@@ -122,6 +134,7 @@ impl<'m> Pool<'m> {
                 cached: s.session.cached(),
                 key: s.key.as_deref(),
                 last_used: s.last_used,
+                busy: s.busy,
             })
             .collect();
         let i = match choose(&views, ids, key, self.size) {
@@ -131,6 +144,7 @@ impl<'m> Pool<'m> {
                     session: self.model.session(self.context)?,
                     key: None,
                     last_used: 0,
+                    busy: false,
                 });
                 self.slots.len() - 1
             }
@@ -139,7 +153,30 @@ impl<'m> Pool<'m> {
         let slot = &mut self.slots[i];
         slot.key = key.map(str::to_string);
         slot.last_used = self.served;
-        Ok(&mut slot.session)
+        Ok(i)
+    }
+
+    /// Marks session `i` held by a running request (or free again).
+    pub(crate) fn set_busy(&mut self, i: usize, busy: bool) {
+        self.slots[i].busy = busy;
+    }
+
+    /// Session `i`.
+    pub(crate) fn session(&mut self, i: usize) -> &mut Session<'m> {
+        &mut self.slots[i].session
+    }
+
+    /// The sessions at `indices` (distinct), in that order.
+    pub(crate) fn sessions(&mut self, indices: &[usize]) -> Vec<&mut Session<'m>> {
+        let mut all: Vec<Option<&mut Session<'m>>> = self
+            .slots
+            .iter_mut()
+            .map(|s| Some(&mut s.session))
+            .collect();
+        indices
+            .iter()
+            .map(|&i| all[i].take().expect("distinct session indices"))
+            .collect()
     }
 }
 
@@ -152,6 +189,7 @@ mod tests {
             cached,
             key,
             last_used,
+            busy: false,
         }
     }
 
@@ -194,5 +232,18 @@ mod tests {
         );
         let with_empty = [view(&[5], None, 2), view(&[], None, 3)];
         assert_eq!(choose(&with_empty, &[1], None, 4), Choice::Use(1));
+    }
+
+    #[test]
+    fn a_busy_session_is_never_chosen() {
+        let busy = |v: SlotView<'static>| SlotView { busy: true, ..v };
+        // Its prefix, its key, its emptiness and its age all lose to being held.
+        let slots = [busy(view(&[1, 2], Some("a"), 1)), view(&[7], None, 5)];
+        assert_eq!(choose(&slots, &[1, 2, 3], Some("a"), 2), Choice::Use(1));
+        let slots = [busy(view(&[], None, 1)), view(&[7], None, 5)];
+        assert_eq!(choose(&slots, &[1], None, 2), Choice::Use(1));
+        assert_eq!(choose(&slots, &[1], None, 3), Choice::Allocate);
+        let all_busy = [busy(view(&[1], None, 1)), busy(view(&[2], None, 2))];
+        assert_eq!(choose(&all_busy, &[1, 2], None, 2), Choice::Allocate);
     }
 }

@@ -3,14 +3,18 @@
 //!
 //! It runs over any [`LogitsModel`]: the CPU reference here, the GPU runtime later.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::constrain::{Constraint, Matcher};
-use crate::cpu::{CpuModel, ForwardError, KvCache};
-use crate::sampler::{Sampler, SamplingParams, StopCheck, StopReason, StopStrings};
-use crate::tokenizer::{TextStream, Tokenizer, TokenizerError};
+use crate::constrain::Constraint;
+use crate::cpu::{CpuModel, ForwardError, KvCache, Sequence};
+use crate::sampler::{SamplingParams, StopReason};
+use crate::tokenizer::Tokenizer;
 use crate::RuntimeError;
+
+mod decoder;
+
+pub use decoder::{Decoder, Sink, Step};
 
 /// A model with its own state (KV cache) that turns new tokens into next-token logits.
 pub trait LogitsModel {
@@ -62,6 +66,49 @@ impl<'a> CpuSession<'a> {
     /// Forgets the sequence (the cache keeps its memory).
     pub fn clear(&mut self) {
         self.cache.clear();
+    }
+}
+
+impl<'a> CpuSession<'a> {
+    /// One forward pass for several sessions of one model ([`CpuModel::forward_batch`]):
+    /// session `i` is fed `tokens[i]`; returns each one's logits after its last token (none
+    /// for a session fed nothing).
+    ///
+    /// # Panics
+    /// If the sessions are not all of one model, or `tokens` is not one slice per session.
+    pub fn next_logits_batch(
+        sessions: &mut [&mut CpuSession<'a>],
+        tokens: &[&[u32]],
+    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        assert_eq!(sessions.len(), tokens.len(), "one token slice per session");
+        let Some(model) = sessions.first().map(|s| s.model) else {
+            return Ok(Vec::new());
+        };
+        assert!(
+            sessions.iter().all(|s| std::ptr::eq(s.model, model)),
+            "a batch runs on one model"
+        );
+        let mut seqs: Vec<Sequence<'_>> = sessions
+            .iter_mut()
+            .zip(tokens)
+            .map(|(s, &tokens)| Sequence {
+                tokens,
+                cache: &mut s.cache,
+            })
+            .collect();
+        let logits = model.forward_batch(&mut seqs)?;
+        let vocab = model.config.vocab_size;
+        let mut end = 0;
+        Ok(tokens
+            .iter()
+            .map(|t| {
+                end += t.len() * vocab;
+                match t.is_empty() {
+                    true => Vec::new(),
+                    false => logits[end - vocab..end].to_vec(),
+                }
+            })
+            .collect())
     }
 }
 
@@ -184,72 +231,36 @@ pub fn generate_constrained(
     cancel: &AtomicBool,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, RuntimeError> {
-    let mut sampler = Sampler::new(options.sampling)?;
-    let start = Instant::now();
-    let mut logits = model.next_logits(prompt)?;
-    let prefill = start.elapsed();
-    let mut context = Vec::with_capacity(cached.len() + prompt.len());
-    context.extend_from_slice(cached);
-    context.extend_from_slice(prompt);
-    let mut out = Output {
+    let mut decoder = Decoder::new(options.clone(), constraint, cached, prompt)?;
+    let mut sink = Sink {
         tokenizer,
-        options,
-        tokens: Vec::new(),
-        text: String::new(),
-        stream: TextStream::new(),
-        stops: StopStrings::new(options.stop_strings.iter().cloned()),
         cancel,
         on_text,
     };
-    let mut first_token = None;
-    let mut matcher = constraint.map(Constraint::matcher);
+    let start = Instant::now();
+    let mut logits = model.next_logits(prompt)?;
+    let prefill = start.elapsed();
     let stop = 'decode: {
-        if options.max_tokens == 0 {
-            break 'decode StopReason::MaxTokens;
-        }
-        let Some(mut next) = choose(
-            &mut sampler,
-            matcher.as_mut(),
-            &mut logits,
-            &context,
-            options,
-        )?
-        else {
-            break 'decode StopReason::MaxTokens;
+        let mut next = match decoder.step(&mut logits, &mut sink)? {
+            Step::Feed(t) => t,
+            Step::Done(stop) => break 'decode stop,
         };
-        context.push(next);
-        let accepted = out.accept(next)?;
-        first_token = Some(Instant::now());
-        if let Some(stop) = accepted {
+        if let Some(stop) = on_model(model, &mut decoder, next, &mut sink)? {
             break 'decode stop;
-        }
-        if matcher.is_none() {
-            if let Some(stop) = on_model(model, &sampler, next, &mut out)? {
-                break 'decode stop;
-            }
         }
         loop {
             logits = model.next_logits(&[next])?;
-            next = match choose(
-                &mut sampler,
-                matcher.as_mut(),
-                &mut logits,
-                &context,
-                options,
-            )? {
-                Some(t) => t,
-                None => break 'decode StopReason::MaxTokens,
+            next = match decoder.step(&mut logits, &mut sink)? {
+                Step::Feed(t) => t,
+                Step::Done(stop) => break 'decode stop,
             };
-            context.push(next);
-            if let Some(stop) = out.accept(next)? {
-                break 'decode stop;
-            }
         }
     };
-    let stop = out.finish(stop)?;
+    let stop = decoder.finish(stop, &mut sink)?;
+    let (tokens, text, first_token) = decoder.into_parts();
     Ok(Generation {
-        tokens: out.tokens,
-        text: out.text,
+        tokens,
+        text,
         stop,
         prefill,
         decode: start.elapsed().saturating_sub(prefill),
@@ -257,55 +268,21 @@ pub fn generate_constrained(
     })
 }
 
-/// The next token: the sampler's choice among what the constraint (if any) allows, the
-/// matcher then moved past it. `None`: the constraint allows nothing (the document is complete
-/// and there is no end token).
-fn choose(
-    sampler: &mut Sampler,
-    matcher: Option<&mut Matcher>,
-    logits: &mut [f32],
-    context: &[u32],
-    options: &GenerateOptions,
-) -> Result<Option<u32>, RuntimeError> {
-    let Some(m) = matcher else {
-        return Ok(Some(sampler.sample(logits, context)));
-    };
-    if !m.apply(logits, &options.stop_tokens) {
-        if m.is_complete() {
-            return Ok(None);
-        }
-        return Err(dead_end("no token of the vocabulary continues the JSON"));
-    }
-    let next = sampler.sample(logits, context);
-    if !options.stop_tokens.contains(&next) && !m.advance(next) {
-        return Err(dead_end("the sampler chose a token the constraint refused"));
-    }
-    Ok(Some(next))
-}
-
-/// The constraint cannot go on: the tokenizer's vocabulary lacks what it needs.
-fn dead_end(message: &str) -> RuntimeError {
-    RuntimeError::Tokenizer(TokenizerError::Library {
-        context: "constrained decoding".to_string(),
-        message: message.to_string(),
-    })
-}
-
-/// Decodes on the model itself after `first` (already accepted) when the sampler's choice is
+/// Decodes on the model itself after `first` (chosen, to be fed) when the decoder's choice is
 /// the plain arg-max and the model can: `Some` with the reason it stopped, or `None` when the
 /// host loop is to run instead (nothing was fed).
 fn on_model(
     model: &mut dyn LogitsModel,
-    sampler: &Sampler,
+    decoder: &mut Decoder,
     first: u32,
-    out: &mut Output<'_>,
+    sink: &mut Sink<'_>,
 ) -> Result<Option<StopReason>, RuntimeError> {
-    if !sampler.params().picks_argmax() {
+    if !decoder.picks_argmax() {
         return Ok(None);
     }
     let (mut stop, mut failed) = (None, None);
-    let max_feeds = out.options.max_tokens - out.tokens.len();
-    let mut next = |t: u32| match out.accept(t) {
+    let max_feeds = decoder.remaining();
+    let mut next = |t: u32| match decoder.accept(t, sink) {
         Ok(None) => true,
         Ok(Some(s)) => {
             stop = Some(s);
@@ -325,74 +302,6 @@ fn on_model(
     }
     // The model stops on its own only after `max_feeds` tokens, where `accept` says MaxTokens.
     Ok(Some(stop.unwrap_or(StopReason::MaxTokens)))
-}
-
-/// What the loop has produced so far, and the checks each chosen token goes through.
-struct Output<'a> {
-    tokenizer: &'a Tokenizer,
-    options: &'a GenerateOptions,
-    tokens: Vec<u32>,
-    text: String,
-    stream: TextStream,
-    stops: StopStrings,
-    cancel: &'a AtomicBool,
-    on_text: &'a mut dyn FnMut(&str),
-}
-
-impl Output<'_> {
-    /// Takes the next chosen token: streams its text and returns why generation ends with it,
-    /// or `None` when it is to be fed to the model.
-    fn accept(&mut self, next: u32) -> Result<Option<StopReason>, RuntimeError> {
-        self.tokens.push(next);
-        if self.options.stop_tokens.contains(&next) {
-            return Ok(Some(StopReason::Eos(next)));
-        }
-        if let Some(piece) = self.stream.push(self.tokenizer, next)? {
-            match self.stops.push(&piece) {
-                StopCheck::Emit(t) => self.emit(&t),
-                StopCheck::Stop { text: t, stop } => {
-                    self.emit(&t);
-                    return Ok(Some(StopReason::StopString(stop)));
-                }
-            }
-        }
-        if self.tokens.len() >= self.options.max_tokens {
-            return Ok(Some(StopReason::MaxTokens));
-        }
-        Ok(self
-            .cancel
-            .load(Ordering::Relaxed)
-            .then_some(StopReason::Cancelled))
-    }
-
-    /// After generation ended for `stop`: shows the text still held (bytes of an unfinished
-    /// character, text that could have begun a stop string) unless a stop string ended it, and
-    /// returns the final reason (a stop string completed by that text).
-    fn finish(&mut self, stop: StopReason) -> Result<StopReason, RuntimeError> {
-        if matches!(stop, StopReason::StopString(_)) {
-            return Ok(stop);
-        }
-        let rest = self.stream.finish(self.tokenizer)?;
-        match self.stops.push(&rest) {
-            StopCheck::Emit(t) => {
-                let t = format!("{t}{}", self.stops.flush());
-                self.emit(&t);
-                Ok(stop)
-            }
-            StopCheck::Stop { text: t, stop: s } => {
-                self.emit(&t);
-                Ok(StopReason::StopString(s))
-            }
-        }
-    }
-
-    /// Shows `t` (if any) and keeps it.
-    fn emit(&mut self, t: &str) {
-        if !t.is_empty() {
-            (self.on_text)(t);
-            self.text.push_str(t);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -82,14 +82,18 @@ impl ApiError {
     }
 
     /// 503: the model's queue is full.
-    pub fn busy(name: &str, queue_depth: usize) -> ApiError {
+    pub fn busy(name: &str, parallel: usize, queue_depth: usize) -> ApiError {
+        let running = match parallel {
+            1 => "a request".to_string(),
+            n => format!("{n} requests"),
+        };
         ApiError {
             code: Some("server_busy"),
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "server busy: model '{name}' is running a request and {queue_depth} more are \
-                     queued; retry later (hoist serve --queue raises the bound)"
+                    "server busy: model '{name}' is running {running} and {queue_depth} more are \
+                     queued; retry later (hoist serve --queue and --parallel raise the bounds)"
                 ),
             )
         }

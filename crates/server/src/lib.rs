@@ -2,9 +2,10 @@
 //! clients (`ollama`, `openai`) work unmodified.
 //!
 //! Models come from a [`Models`] source (the model store, or a fixed map: [`StaticModels`]),
-//! load on first use into the [`Registry`] and stay for their keep-alive. Each model serves one
-//! request at a time; up to `queue_depth` more wait, and a request beyond that gets 503. A
-//! client that disconnects cancels its generation ([`generation`]).
+//! load on first use into the [`Registry`] and stay for their keep-alive. Each model runs up to
+//! `parallel` requests at once, decoded together (one at a time by default); up to
+//! `queue_depth` more wait, and a request beyond that gets 503. A client that disconnects
+//! cancels its generation ([`generation`]).
 
 #![warn(missing_docs)]
 

@@ -2,7 +2,8 @@
 //! bounded admission queue.
 //!
 //! A request takes a [`Lease`] on its model's [`Slot`]: a permit of the slot's semaphore
-//! (`queue_depth + 1` permits: one running, the rest waiting in the engine's queue), so that a
+//! (`queue_depth + parallel` permits: `parallel` running, the rest waiting in the engine's
+//! queue), so that a
 //! request beyond the bound is refused at once (503) instead of waiting without end. When the
 //! last lease of a slot ends, its keep-alive deadline starts; [`Registry::reap`] unloads slots
 //! whose deadline passed (the reaper task calls it, and a lease with keep-alive 0 at once).
@@ -89,8 +90,11 @@ fn parse_go_duration(s: &str) -> Option<f64> {
 pub struct RegistryOptions {
     /// Where models run.
     pub device: Device,
-    /// Requests that may wait per model besides the one running; more get 503.
+    /// Requests that may wait per model besides those running; more get 503.
     pub queue_depth: usize,
+    /// Requests each model runs at once, decoded together (1 to
+    /// [`hoist_engine::MAX_PARALLEL`]).
+    pub parallel: usize,
     /// KV-cache sessions per model.
     pub pool_size: usize,
     /// Context positions of each model (`None`: the model's trained length, capped).
@@ -327,7 +331,9 @@ impl Registry {
                     record: record.clone(),
                     context: wanted,
                     engine: OnceCell::new(),
-                    admission: Arc::new(Semaphore::new(self.options.queue_depth + 1)),
+                    admission: Arc::new(Semaphore::new(
+                        self.options.queue_depth + self.options.parallel,
+                    )),
                     state: Mutex::new(SlotState {
                         active: 0,
                         keep_alive: self.options.keep_alive,
@@ -336,11 +342,13 @@ impl Registry {
                 })
             })
             .clone();
-        let permit = slot
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::busy(&record.name, self.options.queue_depth))?;
+        let permit = slot.admission.clone().try_acquire_owned().map_err(|_| {
+            ApiError::busy(
+                &record.name,
+                self.options.parallel,
+                self.options.queue_depth,
+            )
+        })?;
         let mut s = slot.state();
         s.active += 1;
         s.expires = None;
@@ -355,6 +363,7 @@ impl Registry {
             device: self.options.device,
             context: slot.context,
             pool_size: self.options.pool_size,
+            parallel: self.options.parallel,
             cache: self.options.cache,
             ..EngineOptions::default()
         };

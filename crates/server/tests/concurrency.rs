@@ -107,3 +107,97 @@ fn many_streams_against_a_small_queue_all_end() {
     );
     assert_eq!(r.status, 200);
 }
+
+/// The process's resident memory in KiB (the server runs in this process).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// One client of the load test: a chat stream on Ollama's or OpenAI's API, read to its end or
+/// (every fifth) dropped after its first line. Returns the status.
+fn load_client(addr: std::net::SocketAddr, i: u64) -> u16 {
+    let content = format!("client {i} says hello");
+    let (path, body) = match i % 2 {
+        0 => (
+            "/api/chat",
+            json!({"model": "tiny", "stream": true,
+                "messages": [{"role": "user", "content": content}],
+                "options": {"num_predict": 24, "seed": i, "temperature": 0.8}}),
+        ),
+        _ => (
+            "/v1/chat/completions",
+            json!({"model": "tiny", "stream": true, "max_tokens": 24, "seed": i,
+                "messages": [{"role": "user", "content": content}]}),
+        ),
+    };
+    let mut s = open(addr, "POST", path, Some(&body), &[]);
+    let status = s.status;
+    if status != 200 {
+        return status;
+    }
+    if i % 5 == 4 {
+        // Gone after the first piece: its generation is cancelled, its place freed.
+        assert!(s.line().is_some());
+        return status;
+    }
+    let rest = s.rest();
+    let last = rest.lines().rfind(|l| !l.trim().is_empty()).unwrap();
+    match i % 2 {
+        0 => {
+            let v: Value = serde_json::from_str(last).unwrap();
+            assert_eq!(v["done"], true, "{rest}");
+        }
+        _ => assert_eq!(last, "data: [DONE]", "{rest}"),
+    }
+    status
+}
+
+#[test]
+fn sixty_four_streams_against_four_parallel_slots() {
+    let mut c = config(8);
+    c.registry.parallel = 4;
+    c.registry.pool_size = 4;
+    let server = Server::start(c);
+    let addr = server.addr;
+    // Loaded, and the allocator warmed, before the baseline.
+    assert_eq!(
+        server
+            .post(
+                "/api/generate",
+                &json!({"model": "tiny", "prompt": "x", "stream": false,
+                "options": {"num_predict": 2}})
+            )
+            .status,
+        200
+    );
+    let rss_before = rss_kib();
+    let t0 = Instant::now();
+    let clients: Vec<_> = (0..64)
+        .map(|i| std::thread::spawn(move || load_client(addr, i)))
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let elapsed = t0.elapsed();
+    assert!(
+        statuses.iter().all(|&s| s == 200 || s == 503),
+        "{statuses:?}"
+    );
+    // Four running and eight queued are always admitted.
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(served >= 12, "{served} served: {statuses:?}");
+    assert!(elapsed < Duration::from_secs(120), "took {elapsed:?}");
+    let grown_kib = rss_kib().saturating_sub(rss_before);
+    assert!(grown_kib < 256 << 10, "RSS grew by {grown_kib} KiB");
+    // Still serving, every slot free again.
+    for _ in 0..4 {
+        let r = server.post(
+            "/api/chat",
+            &json!({"model": "tiny", "stream": false,
+            "messages": [{"role": "user", "content": "again"}], "options": {"num_predict": 4}}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let ps = server.get("/api/ps").json();
+    assert_eq!(ps["models"].as_array().unwrap().len(), 1);
+}

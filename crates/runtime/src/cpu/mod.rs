@@ -21,7 +21,7 @@ pub use convert::{
     tensor_to_f32,
 };
 pub use deltanet::{DeltaNet, DeltaState};
-pub use model::{CpuModel, ForwardError};
+pub use model::{CpuModel, ForwardError, Sequence};
 pub use moe::{route, MoeBlock};
 pub use ops::{embedding, matmul_t, rms_norm, silu, softmax, swiglu};
 pub use rope::{inv_freqs, llama3_freq_factors, Rope};

@@ -84,6 +84,16 @@ pub enum ForwardError {
     },
 }
 
+/// One sequence of a batched forward pass ([`CpuModel::forward_batch`]): its new tokens and the
+/// cache of its earlier positions.
+#[derive(Debug)]
+pub struct Sequence<'a> {
+    /// The positions after those `cache` holds.
+    pub tokens: &'a [u32],
+    /// The sequence's KV cache (and DeltaNet states), extended by the pass.
+    pub cache: &'a mut KvCache,
+}
+
 /// One decoder block's weights in f32.
 #[derive(Clone, Debug)]
 struct Layer {
@@ -422,30 +432,33 @@ impl CpuModel {
     /// Runs `tokens` (the positions after those already in `cache`) through the model,
     /// appends their keys and values to `cache`, and returns their logits, `[n, vocab]`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ForwardError> {
+        self.forward_batch(&mut [Sequence { tokens, cache }])
+    }
+
+    /// Runs several sequences through the model in one pass: each sequence's `tokens` are the
+    /// positions after those already in its own cache. The linear layers see every new token
+    /// of every sequence as one matrix (each weight is read once for all of them); rotary
+    /// positions, attention and DeltaNet states are each sequence's own. Returns the logits of
+    /// every new token, sequence after sequence, `[Σn, vocab]`: each sequence's rows equal
+    /// what [`CpuModel::forward`] returns for it alone.
+    ///
+    /// # Errors
+    /// Checked for every sequence before any cache changes: a cache of another model, a cache
+    /// too small for its new positions, a token outside the vocabulary.
+    pub fn forward_batch(&self, seqs: &mut [Sequence<'_>]) -> Result<Vec<f32>, ForwardError> {
         let c = &self.config;
         let (hidden, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
         let (q_dim, kv_dim) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let (model_kv, model_delta) = self.cache_layers();
-        let (cache_kv, cache_delta, cache_row) = cache.shape();
-        if (cache_kv, cache_delta, cache_row) != (model_kv, model_delta, kv_dim) {
-            return Err(ForwardError::CacheMismatch {
-                cache_kv,
-                cache_delta,
-                cache_row,
-                model_kv,
-                model_delta,
-                model_row: kv_dim,
-            });
+        // Each sequence's first row in the batch, its row count and its first position.
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut rows = 0;
+        for s in seqs.iter() {
+            self.check_cache(s.cache, s.tokens.len())?;
+            spans.push((rows, s.tokens.len(), s.cache.len()));
+            rows += s.tokens.len();
         }
-        let start = cache.len();
-        let n = tokens.len();
-        if start + n > cache.capacity() {
-            return Err(ForwardError::ContextFull {
-                needed: start + n,
-                capacity: cache.capacity(),
-            });
-        }
-        let mut x = embedding(&self.embed, hidden, tokens).ok_or_else(|| {
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens).copied().collect();
+        let mut x = embedding(&self.embed, hidden, &tokens).ok_or_else(|| {
             let token = tokens
                 .iter()
                 .copied()
@@ -456,7 +469,8 @@ impl CpuModel {
                 vocab: c.vocab_size,
             }
         })?;
-        let rope = Rope::from_inv_freqs(c.rope_style, &self.inv_freqs, start + n);
+        let positions = spans.iter().map(|&(_, n, start)| start + n).max();
+        let rope = Rope::from_inv_freqs(c.rope_style, &self.inv_freqs, positions.unwrap_or(0));
         // Rotary turns the first `rot` dimensions of each head (all of them but in hybrid
         // models).
         let rot = 2 * self.inv_freqs.len();
@@ -466,8 +480,11 @@ impl CpuModel {
             let (attn, l) = match &layer.mixer {
                 Mixer::Attention { attn, slot } => (attn, *slot),
                 Mixer::Delta { net, slot } => {
-                    let o = net.forward(&h, hidden, cache.delta_mut(*slot));
-                    x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+                    for (s, &(row, n, _)) in seqs.iter_mut().zip(&spans) {
+                        let span = row * hidden..(row + n) * hidden;
+                        let o = net.forward(&h[span.clone()], hidden, s.cache.delta_mut(*slot));
+                        x[span].iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+                    }
                     self.ffn(layer, &mut x);
                     continue;
                 }
@@ -488,32 +505,30 @@ impl CpuModel {
                 rms_norm(&mut q, qn, eps);
                 rms_norm(&mut k, kn, eps);
             }
-            for t in 0..n {
-                if rot == hd {
-                    rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], start + t);
-                    rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], start + t);
-                } else {
+            let mut att = Vec::with_capacity(q.len());
+            for (s, &(row, n, start)) in seqs.iter_mut().zip(&spans) {
+                let q = &mut q[row * q_dim..(row + n) * q_dim];
+                let k = &mut k[row * kv_dim..(row + n) * kv_dim];
+                for t in 0..n {
+                    let (qt, kt) = (&mut q[t * q_dim..][..q_dim], &mut k[t * kv_dim..][..kv_dim]);
                     // Partial rotary: each head's first `rot` dimensions, the rest passed on.
-                    for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
-                        rope.apply(&mut head[..rot], start + t);
-                    }
-                    for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                    for head in qt.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
                         rope.apply(&mut head[..rot], start + t);
                     }
                 }
+                s.cache.append(l, k, &v[row * kv_dim..(row + n) * kv_dim]);
+                let (keys, values) = s.cache.layer(l);
+                att.extend(attention(
+                    q,
+                    keys,
+                    values,
+                    start,
+                    c.num_heads,
+                    c.num_kv_heads,
+                    hd,
+                    c.sliding_window,
+                ));
             }
-            cache.append(l, &k, &v);
-            let (keys, values) = cache.layer(l);
-            let mut att = attention(
-                &q,
-                keys,
-                values,
-                start,
-                c.num_heads,
-                c.num_kv_heads,
-                hd,
-                c.sliding_window,
-            );
             if attn.gated {
                 att.iter_mut()
                     .zip(&gate)
@@ -523,10 +538,37 @@ impl CpuModel {
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             self.ffn(layer, &mut x);
         }
-        cache.commit(n);
+        for (s, &(_, n, _)) in seqs.iter_mut().zip(&spans) {
+            s.cache.commit(n);
+        }
         rms_norm(&mut x, &self.output_norm, eps);
         let out = self.output.as_ref().unwrap_or(&self.embed);
         Ok(matmul_t(&x, out, hidden, c.vocab_size))
+    }
+
+    /// Checks that `cache` is this model's and has room for `n` more positions.
+    fn check_cache(&self, cache: &KvCache, n: usize) -> Result<(), ForwardError> {
+        let kv_dim = self.config.num_kv_heads * self.config.head_dim;
+        let (model_kv, model_delta) = self.cache_layers();
+        let (cache_kv, cache_delta, cache_row) = cache.shape();
+        if (cache_kv, cache_delta, cache_row) != (model_kv, model_delta, kv_dim) {
+            return Err(ForwardError::CacheMismatch {
+                cache_kv,
+                cache_delta,
+                cache_row,
+                model_kv,
+                model_delta,
+                model_row: kv_dim,
+            });
+        }
+        let needed = cache.len() + n;
+        if needed > cache.capacity() {
+            return Err(ForwardError::ContextFull {
+                needed,
+                capacity: cache.capacity(),
+            });
+        }
+        Ok(())
     }
 
     /// The feed-forward half of `layer`, added into `x`.

@@ -33,9 +33,14 @@ pub fn matmul_t(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f32> {
         x.len(),
         w.len()
     );
-    let mut out = Vec::with_capacity(x.len() / k * n);
-    for row in x.chunks_exact(k) {
-        out.extend(w.chunks_exact(k).map(|wr| dot(row, wr)));
+    let rows = x.len() / k;
+    let mut out = vec![0f32; rows * n];
+    // Weight rows outside: each is read once for every input row (a batch of decode steps
+    // reads the weights once, not once per sequence); the sums are the same either way.
+    for (j, wr) in w.chunks_exact(k).enumerate() {
+        for (r, row) in x.chunks_exact(k).enumerate() {
+            out[r * n + j] = dot(row, wr);
+        }
     }
     out
 }

@@ -28,6 +28,7 @@ pub fn config(queue_depth: usize) -> ServerConfig {
         registry: RegistryOptions {
             device: hoist_engine::Device::Cpu,
             queue_depth,
+            parallel: 1,
             pool_size: 2,
             context: None,
             keep_alive: KeepAlive::For(Duration::from_secs(300)),
