@@ -21,6 +21,8 @@ mod moe;
 pub use linear::{DeltaLayout, LayerKind, LinearAttnConfig};
 pub use moe::MoeConfig;
 
+use crate::quant::affine::AffineConfig;
+
 /// A configuration could not be read, or describes a model this runtime cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -219,6 +221,9 @@ pub struct ModelConfig {
     /// The hybrid linear-attention layout (Qwen3-Next, Qwen3.5-MoE): DeltaNet layers, gated
     /// attention with partial rotary, zero-centred norms; `None` for every other family.
     pub linear: Option<LinearAttnConfig>,
+    /// MLX affine quantization of a Hugging Face checkpoint (mlx-lm's `quantization` entry):
+    /// which modules' weights are packed, in how many bits and groups; `None`: none is.
+    pub quantization: Option<AffineConfig>,
 }
 
 impl ModelConfig {
@@ -410,6 +415,7 @@ impl ModelConfig {
             eos_token_ids,
             moe,
             linear,
+            quantization: hf_quantization(&Json { json: top, path })?,
         }
         .check(path)
     }
@@ -529,9 +535,38 @@ impl ModelConfig {
             moe,
             // No GGUF architecture of this runtime has linear-attention layers.
             linear: None,
+            // GGUF files carry their quantization in each tensor's type.
+            quantization: None,
         }
         .check(path)
     }
+}
+
+/// mlx-lm's quantization entry, at the top level of `config.json` (a multimodal one's too):
+/// `quantization`, or the same under `quantization_config` where that is not another method's
+/// (those name a `quant_method`: GPTQ, AWQ, FP8…, which hoist does not read).
+fn hf_quantization(j: &Json<'_>) -> Result<Option<AffineConfig>, ConfigError> {
+    let entry = match (
+        j.json.get("quantization"),
+        j.json.get("quantization_config"),
+    ) {
+        (Some(v), _) => Some(("quantization", v)),
+        (None, Some(v)) if v.get("quant_method").is_none() => Some(("quantization_config", v)),
+        _ => None,
+    };
+    let Some((key, v)) = entry else {
+        return Ok(None);
+    };
+    AffineConfig::from_json(v, key)
+        .map(Some)
+        .map_err(|e| match e {
+            crate::quant::affine::AffineError::Spec { key, reason } => ConfigError::Invalid {
+                path: j.path.to_path_buf(),
+                key,
+                reason,
+            },
+            other => j.invalid(key, &other.to_string()),
+        })
 }
 
 fn hf_rope_scaling(j: &Json<'_>, key: &str, r: &Value) -> Result<Option<RopeScaling>, ConfigError> {
