@@ -1,7 +1,8 @@
 //! MLX affine-quantized checkpoints (mlx-lm's layout; fixtures from
 //! `tests/fixtures/make_affine_reference.py`) on the CPU reference, against transformers run on
 //! the dequantized weights: a dense Qwen3 (4-bit groups of 32, bf16 scales, one module in 8
-//! bits and one left in floats by per-module overrides), a Qwen3-MoE (8-bit, stacked
+//! bits and one left in floats by per-module overrides), a Llama in 6 bits (its untied output
+//! projection in 8) and a Qwen2 in 3 (f16 scales), a Qwen3-MoE (8-bit, stacked
 //! `switch_mlp` experts), a Qwen3-Next and a Qwen3.5-MoE (4-bit, routers in 8 bits, folded
 //! norms, `[channels, kernel, 1]` conv kernels, unquantized stacked down projections; Qwen3.5
 //! nested under `language_model.`).
@@ -16,13 +17,20 @@ mod common;
 use common::cpu_reference::hf;
 use common::fixtures;
 use hoist_format::TensorTable;
-use hoist_runtime::quant::affine::AffineSpec;
+use hoist_runtime::quant::affine::{table_parameters, AffineSpec};
 use hoist_runtime::weights::{LayerTensor, WeightId};
 use hoist_runtime::{ModelConfig, WeightMap};
 
 #[test]
 fn dense_qwen3_matches_transformers() {
     hf("affine_qwen3");
+}
+
+/// 6 and 3 bits: elements straddle bytes (and words); Qwen2's q/k/v biases stay floats.
+#[test]
+fn llama_6_bit_and_qwen2_3_bit_match_transformers() {
+    hf("affine_llama");
+    hf("affine_qwen2");
 }
 
 #[test]
@@ -72,6 +80,8 @@ fn the_config_reads_the_spec_and_its_overrides() {
 fn parameters_count_the_unpacked_weights() {
     for (affine, plain) in [
         ("affine_qwen3", "qwen3"),
+        ("affine_llama", "llama"),
+        ("affine_qwen2", "qwen2"),
         ("affine_qwen3_moe", "qwen3_moe"),
         ("affine_qwen3_next", "qwen3_next"),
         ("affine_qwen3_5_moe", "qwen3_5_moe"),
@@ -83,6 +93,18 @@ fn parameters_count_the_unpacked_weights() {
             p_map.matrix_parameters(&p_table),
             "{affine}"
         );
+        // `hoist show`'s count over the whole table (Qwen3.5's source has a vision tower).
+        if affine != "affine_qwen3_5_moe" {
+            let q = ModelConfig::from_hf_file(&fixtures().join(affine).join("config.json"))
+                .unwrap()
+                .quantization
+                .unwrap();
+            assert_eq!(
+                table_parameters(&a_table, &q),
+                p_table.parameters(),
+                "{affine}"
+            );
+        }
         // Every packed weight's scales and biases are read with it.
         let scales = a_table
             .tensors

@@ -48,9 +48,13 @@ pub fn describe(entry: &ModelEntry) -> Result<ModelDetails, StoreError> {
         ModelFormat::Gguf => gguf_details(&table),
         ModelFormat::Safetensors => hf_details(&entry.path),
     };
+    let parameters = match entry.format {
+        ModelFormat::Gguf => table.parameters(),
+        ModelFormat::Safetensors => hf_parameters(&table, &entry.path),
+    };
     Ok(ModelDetails {
         entry: entry.clone(),
-        parameters: table.parameters(),
+        parameters,
         dtypes,
         ..details
     })
@@ -104,6 +108,16 @@ fn gguf_details(table: &TensorTable) -> ModelDetails {
         config_error: config.err().map(|e| e.to_string()),
         architecture,
         ..empty_details()
+    }
+}
+
+/// An MLX affine-quantized checkpoint's parameters unpacked (its config says how); every
+/// other's, the tensors' elements.
+fn hf_parameters(table: &TensorTable, dir: &Path) -> u64 {
+    let config = ModelConfig::from_hf_file(&dir.join("config.json"));
+    match config.ok().and_then(|c| c.quantization) {
+        Some(q) => hoist_runtime::quant::affine::table_parameters(table, &q),
+        None => table.parameters(),
     }
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use hoist_format::{DType, TensorInfo};
+use hoist_format::{DType, TensorInfo, TensorTable};
 use serde_json::Value;
 
 /// Bit widths MLX packs as one little-endian bit stream per row (all the widths it has).
@@ -211,6 +211,34 @@ pub fn logical_shape(
         )));
     }
     Ok([outer, &[cols]].concat())
+}
+
+/// Values of every tensor of `table` (what `hoist show` calls its parameters), an
+/// affine-quantized weight counted unpacked and its scales and biases not at all (as a GGUF
+/// file's block scales are not). A tensor whose parts do not fit counts as stored.
+pub fn table_parameters(table: &TensorTable, config: &AffineConfig) -> u64 {
+    let parts = |t: &TensorInfo| -> Option<u64> {
+        let module = t.name.strip_suffix(".weight")?;
+        let scales = table.get(&format!("{module}.scales"))?;
+        let biases = table.get(&format!("{module}.biases"))?;
+        let shape = logical_shape(config.spec_for(module)?, t, scales, biases).ok()?;
+        Some(shape.iter().product())
+    };
+    let is_part = |name: &str| {
+        [".scales", ".biases"].iter().any(|sfx| {
+            name.strip_suffix(sfx).is_some_and(|m| {
+                table
+                    .get(&format!("{m}.weight"))
+                    .is_some_and(|w| parts(w).is_some())
+            })
+        })
+    };
+    table
+        .tensors
+        .iter()
+        .filter(|t| !is_part(&t.name))
+        .map(|t| parts(t).unwrap_or_else(|| t.elements()))
+        .sum()
 }
 
 /// Dequantizes rows of `cols` weights: `packed` the rows' little-endian bytes (`cols·bits/8`
