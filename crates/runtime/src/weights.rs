@@ -622,7 +622,7 @@ impl WeightMap {
             }
             for t in tensors {
                 let mut what = format!("layer {n} of {} ({:?})", c.num_layers, c.arch);
-                if let LayerTensor::Experts(p) = t {
+                if let (LayerTensor::Experts(p), WeightSource::Gguf) = (t, source) {
                     // llama.cpp's first MoE files held one tensor per expert; say so rather
                     // than only that the stacked one is missing.
                     let old = source.name(WeightId::Layer(
@@ -671,15 +671,15 @@ impl WeightMap {
                 entries.push((id, index));
                 continue;
             }
-            if let (WeightId::Layer(_, LayerTensor::Conv1d), [ch, 1, k]) = (id, &expected[..]) {
-                // mlx-lm's `[channels, kernel, 1]`: the same values in the same order.
-                if source == WeightSource::HuggingFace && *k != 1 && info.shape == [*ch, *k, 1] {
-                    norms_folded = true;
-                    entries.push((id, index));
-                    continue;
+            // mlx-lm's conv kernel `[channels, kernel, 1]`: the same values in the same order.
+            let mlx_conv = match (id, &expected[..]) {
+                (WeightId::Layer(_, LayerTensor::Conv1d), &[ch, 1, k]) => {
+                    source == WeightSource::HuggingFace && k != 1 && info.shape == [ch, k, 1]
                 }
-            }
-            if !source.same_shape(&info.shape, &expected) {
+                _ => false,
+            };
+            norms_folded |= mlx_conv;
+            if !mlx_conv && !source.same_shape(&info.shape, &expected) {
                 return Err(WeightError::Shape {
                     path: path.clone(),
                     name,
