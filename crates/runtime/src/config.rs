@@ -852,4 +852,41 @@ mod tests {
         let e = hf(v).unwrap_err().to_string();
         assert!(e.contains("'vocab_size'") && e.contains("integer"), "{e}");
     }
+
+    #[test]
+    fn mlx_quantization_entries() {
+        use crate::quant::affine::AffineSpec;
+        let with = |key: &str, q: Value| {
+            let mut v = llama31();
+            v[key] = q;
+            hf(v)
+        };
+        let spec = |bits, group_size| AffineSpec { bits, group_size };
+        assert_eq!(hf(llama31()).unwrap().quantization, None);
+        let q = json!({"group_size": 64, "bits": 4, "mode": "affine", "lm_head": {"group_size": 32, "bits": 8}});
+        let c = with("quantization", q.clone())
+            .unwrap()
+            .quantization
+            .unwrap();
+        assert_eq!(c.default, spec(4, 64));
+        assert_eq!(c.spec_for("lm_head"), Some(spec(8, 32)));
+        // mlx-lm's copy under `quantization_config` reads the same; another method's does not.
+        let c2 = with("quantization_config", q)
+            .unwrap()
+            .quantization
+            .unwrap();
+        assert_eq!(c, c2);
+        let gptq = json!({"quant_method": "gptq", "bits": 4, "group_size": 128});
+        assert_eq!(
+            with("quantization_config", gptq).unwrap().quantization,
+            None
+        );
+        let e = with("quantization", json!({"group_size": 64, "bits": 16}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.json") && e.contains("'quantization'") && e.contains("bits = 16"),
+            "{e}"
+        );
+    }
 }

@@ -167,3 +167,28 @@ fn readme_license(dir: &Path) -> Option<String> {
             .filter(|v| !v.is_empty())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dir: &str) -> ModelEntry {
+        ModelEntry {
+            path: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../runtime/tests/fixtures")
+                .join(dir),
+            format: ModelFormat::Safetensors,
+            ..empty_details().entry
+        }
+    }
+
+    /// An MLX affine-quantized checkpoint counts its weights unpacked (and not its scales and
+    /// biases): the same parameters as the checkpoint it was quantized from.
+    #[test]
+    fn affine_checkpoints_count_unpacked_parameters() {
+        let quantized = describe(&entry("affine_qwen3")).unwrap();
+        let plain = describe(&entry("qwen3")).unwrap();
+        assert_eq!(quantized.parameters, plain.parameters);
+        assert!(quantized.dtypes.iter().any(|(t, _)| t == "U32"));
+    }
+}
