@@ -21,6 +21,8 @@ mod moe;
 pub use linear::{DeltaLayout, LayerKind, LinearAttnConfig};
 pub use moe::MoeConfig;
 
+use crate::quant::affine::AffineConfig;
+
 /// A configuration could not be read, or describes a model this runtime cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -219,6 +221,9 @@ pub struct ModelConfig {
     /// The hybrid linear-attention layout (Qwen3-Next, Qwen3.5-MoE): DeltaNet layers, gated
     /// attention with partial rotary, zero-centred norms; `None` for every other family.
     pub linear: Option<LinearAttnConfig>,
+    /// MLX affine quantization of a Hugging Face checkpoint (mlx-lm's `quantization` entry):
+    /// which modules' weights are packed, in how many bits and groups; `None`: none is.
+    pub quantization: Option<AffineConfig>,
 }
 
 impl ModelConfig {
@@ -410,6 +415,7 @@ impl ModelConfig {
             eos_token_ids,
             moe,
             linear,
+            quantization: hf_quantization(&Json { json: top, path })?,
         }
         .check(path)
     }
@@ -529,9 +535,38 @@ impl ModelConfig {
             moe,
             // No GGUF architecture of this runtime has linear-attention layers.
             linear: None,
+            // GGUF files carry their quantization in each tensor's type.
+            quantization: None,
         }
         .check(path)
     }
+}
+
+/// mlx-lm's quantization entry, at the top level of `config.json` (a multimodal one's too):
+/// `quantization`, or the same under `quantization_config` where that is not another method's
+/// (those name a `quant_method`: GPTQ, AWQ, FP8…, which hoist does not read).
+fn hf_quantization(j: &Json<'_>) -> Result<Option<AffineConfig>, ConfigError> {
+    let entry = match (
+        j.json.get("quantization"),
+        j.json.get("quantization_config"),
+    ) {
+        (Some(v), _) => Some(("quantization", v)),
+        (None, Some(v)) if v.get("quant_method").is_none() => Some(("quantization_config", v)),
+        _ => None,
+    };
+    let Some((key, v)) = entry else {
+        return Ok(None);
+    };
+    AffineConfig::from_json(v, key)
+        .map(Some)
+        .map_err(|e| match e {
+            crate::quant::affine::AffineError::Spec { key, reason } => ConfigError::Invalid {
+                path: j.path.to_path_buf(),
+                key,
+                reason,
+            },
+            other => j.invalid(key, &other.to_string()),
+        })
 }
 
 fn hf_rope_scaling(j: &Json<'_>, key: &str, r: &Value) -> Result<Option<RopeScaling>, ConfigError> {
@@ -816,5 +851,42 @@ mod tests {
         v["vocab_size"] = json!("many");
         let e = hf(v).unwrap_err().to_string();
         assert!(e.contains("'vocab_size'") && e.contains("integer"), "{e}");
+    }
+
+    #[test]
+    fn mlx_quantization_entries() {
+        use crate::quant::affine::AffineSpec;
+        let with = |key: &str, q: Value| {
+            let mut v = llama31();
+            v[key] = q;
+            hf(v)
+        };
+        let spec = |bits, group_size| AffineSpec { bits, group_size };
+        assert_eq!(hf(llama31()).unwrap().quantization, None);
+        let q = json!({"group_size": 64, "bits": 4, "mode": "affine", "lm_head": {"group_size": 32, "bits": 8}});
+        let c = with("quantization", q.clone())
+            .unwrap()
+            .quantization
+            .unwrap();
+        assert_eq!(c.default, spec(4, 64));
+        assert_eq!(c.spec_for("lm_head"), Some(spec(8, 32)));
+        // mlx-lm's copy under `quantization_config` reads the same; another method's does not.
+        let c2 = with("quantization_config", q)
+            .unwrap()
+            .quantization
+            .unwrap();
+        assert_eq!(c, c2);
+        let gptq = json!({"quant_method": "gptq", "bits": 4, "group_size": 128});
+        assert_eq!(
+            with("quantization_config", gptq).unwrap().quantization,
+            None
+        );
+        let e = with("quantization", json!({"group_size": 64, "bits": 16}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.json") && e.contains("'quantization'") && e.contains("bits = 16"),
+            "{e}"
+        );
     }
 }

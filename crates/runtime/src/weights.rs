@@ -59,6 +59,7 @@ use std::path::PathBuf;
 use hoist_format::{DType, FileFormat, TensorInfo, TensorTable};
 
 use crate::config::{ArchFamily, DeltaLayout, ModelConfig};
+use crate::quant::affine::{self, AffineError, AffineSpec};
 
 /// A checkpoint lacks a tensor the configuration implies, or holds one the runtime cannot use.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,17 @@ pub enum WeightError {
         /// Its element type.
         dtype: DType,
     },
+    /// An MLX affine-quantized tensor's parts do not fit together or the config's spec.
+    #[error("{}: {source}", path.display())]
+    Affine {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What is wrong, naming the tensor.
+        source: AffineError,
+    },
+    /// An MLX affine-quantized tensor's bytes could not be dequantized.
+    #[error(transparent)]
+    AffineData(#[from] AffineError),
     /// The tensor's element type has no conversion to f32 here.
     #[error("tensor '{name}': cannot convert {dtype} to f32")]
     Convert {
@@ -154,8 +166,9 @@ pub enum LayerTensor {
     /// `[hidden, expert_intermediate]`): Hugging Face checkpoints.
     Expert(MoeNaming, usize, ExpertProj),
     /// Projection `p` of every expert, stacked (`[experts, expert_intermediate, hidden]`, down
-    /// `[experts, hidden, expert_intermediate]`): GGUF files. [`WeightMap::expert_slice`] finds
-    /// one expert's matrix in it.
+    /// `[experts, hidden, expert_intermediate]`): GGUF files, and mlx-lm's Hugging Face-style
+    /// checkpoints (`mlp.switch_mlp.*`). [`WeightMap::expert_slice`] finds one expert's matrix
+    /// in it.
     Experts(ExpertProj),
     /// The shared expert's gate projection `[shared_intermediate, hidden]` (Qwen2-MoE).
     SharedGate,
@@ -254,10 +267,10 @@ impl LayerTensor {
                 };
                 return format!("{block}.experts.{e}.{proj}.weight");
             }
-            // Not a Hugging Face tensor ([`LayerTensor::for_layer`] never asks for it there);
-            // a name that says what it would be.
+            // mlx-lm's stacked experts (`SwitchGLU`), which [`WeightMap::resolve`] looks for
+            // in place of the per-expert tensors.
             LayerTensor::Experts(p) => {
-                return format!("mlp.experts.{}_exps.weight", p.gguf_word());
+                return format!("mlp.switch_mlp.{}_proj.weight", p.gguf_word());
             }
             LayerTensor::SharedGate => "mlp.shared_expert.gate_proj.weight",
             LayerTensor::SharedUp => "mlp.shared_expert.up_proj.weight",
@@ -504,10 +517,17 @@ impl WeightSource {
     }
 }
 
+/// Where mlx-lm keeps a multimodal checkpoint's language model (`language_model.model.*`, its
+/// output projection `language_model.lm_head.weight`).
+const MLX_NESTED_PREFIX: &str = "language_model.model.";
+
 /// `source`'s name of `id`, its leading `model.` replaced by `prefix` if any (the output
-/// projection `lm_head.weight` stays at the top level).
+/// projection `lm_head.weight` stays at the top level, but in mlx-lm's nesting).
 fn prefixed(source: WeightSource, prefix: Option<&str>, id: WeightId) -> String {
     let name = source.name(id);
+    if id == WeightId::Output && prefix == Some(MLX_NESTED_PREFIX) {
+        return format!("language_model.{name}");
+    }
     match (prefix, name.strip_prefix("model.")) {
         (Some(p), Some(rest)) => format!("{p}{rest}"),
         _ => name,
@@ -535,8 +555,32 @@ pub struct WeightMap {
     /// one by one at load.
     by_id: HashMap<WeightId, usize>,
     /// Where a Hugging Face checkpoint keeps the language model instead of `model.`
-    /// (`model.language_model.` beside a vision tower); `None`: the usual names.
+    /// (`model.language_model.` beside a vision tower, mlx-lm's `language_model.model.`);
+    /// `None`: the usual names.
     prefix: Option<String>,
+    /// The MLX affine-quantized tensors, by the table index of their packed weight.
+    affine: HashMap<usize, AffineParts>,
+    /// Whether the checkpoint's zero-centred norms already hold `1 + weight` (mlx-lm's
+    /// conversion of Qwen3-Next/Qwen3.5 adds the 1 once, and moves the conv1d kernel to
+    /// `[channels, kernel, 1]`, by which it is told apart): the loader must not add it again.
+    pub norms_folded: bool,
+}
+
+/// The scales and biases beside an MLX affine-quantized weight `X.weight` (U32, packed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffineParts {
+    /// Bits and group size of the module.
+    pub spec: AffineSpec,
+    /// Table index of `X.scales`.
+    pub scales: usize,
+    /// Table index of `X.biases`.
+    pub biases: usize,
+    /// `X.scales`, by name (the loaded tensors are found by name).
+    pub scales_name: String,
+    /// `X.biases`, by name.
+    pub biases_name: String,
+    /// Shape of the unpacked matrix (`[..., out, in]`).
+    pub shape: Vec<u64>,
 }
 
 impl WeightMap {
@@ -546,7 +590,11 @@ impl WeightMap {
         let source = WeightSource::of(table);
         let path = &table.root;
         let c = config;
+        let mlx_nested = format!("{MLX_NESTED_PREFIX}embed_tokens.weight");
         let prefix = match (source, &c.linear) {
+            (WeightSource::HuggingFace, _) if table.get(&mlx_nested).is_some() => {
+                Some(MLX_NESTED_PREFIX.to_string())
+            }
             (WeightSource::HuggingFace, Some(lin)) if lin.hf_prefix != "model." => {
                 Some(lin.hf_prefix.clone())
             }
@@ -566,9 +614,15 @@ impl WeightMap {
             ));
         }
         for n in 0..c.num_layers {
-            for t in LayerTensor::for_layer(c, n, source) {
+            let mut tensors = LayerTensor::for_layer(c, n, source);
+            let switch_mlp = name_of(WeightId::Layer(n, LayerTensor::Experts(ExpertProj::Gate)));
+            if source == WeightSource::HuggingFace && table.get(&switch_mlp).is_some() {
+                // mlx-lm stacks each projection's experts in one tensor.
+                stack_experts(&mut tensors);
+            }
+            for t in tensors {
                 let mut what = format!("layer {n} of {} ({:?})", c.num_layers, c.arch);
-                if let LayerTensor::Experts(p) = t {
+                if let (LayerTensor::Experts(p), WeightSource::Gguf) = (t, source) {
                     // llama.cpp's first MoE files held one tensor per expert; say so rather
                     // than only that the stacked one is missing.
                     let old = source.name(WeightId::Layer(
@@ -594,6 +648,8 @@ impl WeightMap {
             ));
         }
         let mut entries = Vec::with_capacity(wanted.len());
+        let mut affine = HashMap::new();
+        let mut norms_folded = false;
         for (id, expected, what) in wanted {
             let name = name_of(id);
             let index = table.index_of(&name).ok_or_else(|| WeightError::Missing {
@@ -602,7 +658,28 @@ impl WeightMap {
                 what,
             })?;
             let info = &table.tensors[index];
-            if !source.same_shape(&info.shape, &expected) {
+            if let Some(parts) = affine_parts(table, c, index)? {
+                if parts.shape != expected {
+                    return Err(WeightError::Shape {
+                        path: path.clone(),
+                        name,
+                        expected,
+                        found: parts.shape,
+                    });
+                }
+                affine.insert(index, parts);
+                entries.push((id, index));
+                continue;
+            }
+            // mlx-lm's conv kernel `[channels, kernel, 1]`: the same values in the same order.
+            let mlx_conv = match (id, &expected[..]) {
+                (WeightId::Layer(_, LayerTensor::Conv1d), &[ch, 1, k]) => {
+                    source == WeightSource::HuggingFace && k != 1 && info.shape == [ch, k, 1]
+                }
+                _ => false,
+            };
+            norms_folded |= mlx_conv;
+            if !mlx_conv && !source.same_shape(&info.shape, &expected) {
                 return Err(WeightError::Shape {
                     path: path.clone(),
                     name,
@@ -625,7 +702,51 @@ impl WeightMap {
             entries,
             by_id,
             prefix,
+            affine,
+            norms_folded,
         })
+    }
+
+    /// The scales and biases of `id`'s tensor when it is MLX affine-quantized.
+    pub fn affine(&self, id: WeightId) -> Option<&AffineParts> {
+        self.affine.get(&self.index(id)?)
+    }
+
+    /// What in this checkpoint is laid out as mlx-lm writes it and only the CPU reference
+    /// reads (an affine-quantized tensor, stacked `switch_mlp` experts), named for a message;
+    /// `None` for a plain checkpoint.
+    pub fn mlx_only(&self, table: &TensorTable) -> Option<String> {
+        let name = |i: usize| table.tensors.get(i).map_or("?", |t| t.name.as_str());
+        if let Some((_, i)) = self.entries.iter().find(|e| self.affine.contains_key(&e.1)) {
+            let spec = self.affine[i].spec;
+            return Some(format!(
+                "tensor '{}' is MLX affine-quantized ({}-bit, groups of {}, U32-packed with \
+                 scales and biases)",
+                name(*i),
+                spec.bits,
+                spec.group_size
+            ));
+        }
+        let stacked = self.entries.iter().find(|(id, _)| {
+            self.source == WeightSource::HuggingFace
+                && matches!(id, WeightId::Layer(_, LayerTensor::Experts(_)))
+        });
+        stacked.map(|(_, i)| format!("tensor '{}' holds mlx-lm's stacked experts", name(*i)))
+    }
+
+    /// Parameters of the model's matrices (every tensor but vectors: norms, biases), counting
+    /// an affine-quantized one's unpacked values, not its packed words.
+    pub fn matrix_parameters(&self, table: &TensorTable) -> u64 {
+        self.entries
+            .iter()
+            .filter_map(|&(_, i)| {
+                let shape = match self.affine.get(&i) {
+                    Some(parts) => &parts.shape,
+                    None => &table.tensors.get(i)?.shape,
+                };
+                (shape.len() >= 2).then(|| shape.iter().product::<u64>())
+            })
+            .sum()
     }
 
     /// The name of `id` in the checkpoint this map was resolved from: [`WeightSource::name`],
@@ -652,6 +773,10 @@ impl WeightMap {
     ) -> Option<ExpertSlice> {
         use LayerTensor::{Expert, Experts};
         if let Some(index) = self.index(WeightId::Layer(layer, Experts(proj))) {
+            if self.affine.contains_key(&index) {
+                // Packed words: no byte range of the file is one expert's matrix alone.
+                return None;
+            }
             return ExpertSlice::of_stacked(index, table.tensors.get(index)?, expert);
         }
         [MoeNaming::Mixtral, MoeNaming::Qwen]
@@ -660,10 +785,109 @@ impl WeightMap {
             .and_then(|index| ExpertSlice::whole(index, table.tensors.get(index)?))
     }
 
-    /// The table indices of every tensor, for a load.
+    /// The table indices of every tensor, for a load (an affine-quantized tensor's scales and
+    /// biases after its packed weight).
     pub fn selection(&self) -> Vec<usize> {
-        self.entries.iter().map(|e| e.1).collect()
+        let mut out = Vec::with_capacity(self.entries.len() + 2 * self.affine.len());
+        for &(_, i) in &self.entries {
+            out.push(i);
+            if let Some(parts) = self.affine.get(&i) {
+                out.extend([parts.scales, parts.biases]);
+            }
+        }
+        out
     }
+}
+
+/// A Hugging Face layer's per-expert tensors replaced by the stacked ones (one per
+/// projection, where the first expert's stood), as mlx-lm writes them.
+fn stack_experts(tensors: &mut Vec<LayerTensor>) {
+    let mut out = Vec::with_capacity(tensors.len());
+    for &t in tensors.iter() {
+        match t {
+            LayerTensor::Expert(_, 0, p) => out.push(LayerTensor::Experts(p)),
+            LayerTensor::Expert(..) => {}
+            other => out.push(other),
+        }
+    }
+    *tensors = out;
+}
+
+/// The scales and biases of tensor `name` when it is MLX affine-quantized (its module
+/// `X.weight` has `X.scales` beside it, the test mlx-lm's loader makes), checked against the
+/// config's spec for the module; `None` for a plain tensor.
+fn affine_parts(
+    table: &TensorTable,
+    config: &ModelConfig,
+    index: usize,
+) -> Result<Option<AffineParts>, WeightError> {
+    let name = table.tensors[index].name.as_str();
+    let path = &table.root;
+    let module = name.strip_suffix(".weight").unwrap_or(name);
+    let (scales_name, biases_name) = (format!("{module}.scales"), format!("{module}.biases"));
+    let Some(scales) = table.index_of(&scales_name) else {
+        let packed = table.tensors[index].dtype == DType::U32;
+        if packed && config.quantization.is_some() {
+            return Err(WeightError::Missing {
+                path: path.clone(),
+                name: scales_name,
+                what: format!(
+                    "the scales of the MLX-packed U32 tensor '{name}'; the checkpoint is \
+                     incomplete: download or convert it again"
+                ),
+            });
+        }
+        return Ok(None);
+    };
+    let Some(quant) = &config.quantization else {
+        return Err(WeightError::Affine {
+            path: path.clone(),
+            source: AffineError::Tensor {
+                name: name.into(),
+                reason: format!(
+                    "has '{scales_name}' beside it, but config.json has no 'quantization' entry \
+                     saying its bits and group size; restore the config mlx-lm wrote"
+                ),
+            },
+        });
+    };
+    let Some(spec) = quant.spec_for(module) else {
+        return Err(WeightError::Affine {
+            path: path.clone(),
+            source: AffineError::Tensor {
+                name: name.into(),
+                reason: format!(
+                    "has '{scales_name}' beside it, but config.json's quantization says \
+                     '{module}' is not quantized"
+                ),
+            },
+        });
+    };
+    let biases = table
+        .index_of(&biases_name)
+        .ok_or_else(|| WeightError::Missing {
+            path: path.clone(),
+            name: biases_name.clone(),
+            what: format!(
+            "the biases of the MLX affine-quantized '{name}' (hoist reads the \"affine\" mode, \
+             which has scales and biases); the checkpoint is incomplete"
+        ),
+        })?;
+    let t = |i: usize| &table.tensors[i];
+    let shape = affine::logical_shape(spec, t(index), t(scales), t(biases)).map_err(|source| {
+        WeightError::Affine {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    Ok(Some(AffineParts {
+        spec,
+        scales,
+        biases,
+        scales_name,
+        biases_name,
+        shape,
+    }))
 }
 
 /// Bytes from one expert's `[rows, cols]` matrix to the next in a stacked expert tensor of

@@ -556,3 +556,115 @@ fn expert_slices_are_the_hf_experts() {
         }
     }
 }
+
+/// Rewrites the safetensors header of `dir/model.safetensors` with `edit` (the data stay as
+/// they are: an entry may be dropped or made to cover fewer bytes).
+fn edit_header(dir: &Path, edit: impl Fn(&mut serde_json::Map<String, serde_json::Value>)) {
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut header);
+    let text = serde_json::to_string(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text.as_bytes());
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(&p, out).unwrap();
+}
+
+/// An MLX affine-quantized checkpoint whose parts do not fit together, or do not fit its
+/// config, is refused at load with the tensor named and what to do.
+#[test]
+fn affine_errors_name_the_tensor() {
+    let load_err = |dir: &Path| CpuModel::load(dir).unwrap_err().to_string();
+    let fresh = || {
+        let dir = tempfile::tempdir().unwrap();
+        copy_fixture("affine_qwen3", dir.path());
+        dir
+    };
+
+    // Truncated scales: first alone, then with their biases (one group a row where the
+    // packed words hold two).
+    let dir = fresh();
+    let truncate = |h: &mut serde_json::Map<String, serde_json::Value>, part: &str| {
+        let s = &mut h[&format!("model.embed_tokens.{part}")];
+        let start = s["data_offsets"][0].as_u64().unwrap();
+        s["shape"] = serde_json::json!([288, 1]);
+        s["data_offsets"] = serde_json::json!([start, start + 288 * 2]);
+    };
+    edit_header(dir.path(), |h| truncate(h, "scales"));
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("'model.embed_tokens.weight'") && e.contains("differ in shape"),
+        "{e}"
+    );
+    edit_header(dir.path(), |h| truncate(h, "biases"));
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("'model.embed_tokens.weight'")
+            && e.contains("scales have 1 a row")
+            && e.contains("group_size"),
+        "{e}"
+    );
+
+    // The config's group size is not the checkpoint's.
+    let dir = fresh();
+    edit_config(dir.path(), |v| {
+        v["quantization"]["group_size"] = 64.into();
+        v["quantization_config"]["group_size"] = 64.into();
+    });
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("model.embed_tokens.weight") && e.contains("groups of 64"),
+        "{e}"
+    );
+
+    // Missing biases, then missing scales beside a packed weight.
+    let q = "model.layers.0.self_attn.q_proj";
+    let dir = fresh();
+    edit_header(dir.path(), |h| {
+        h.remove(&format!("{q}.biases"));
+    });
+    let e = load_err(dir.path());
+    assert!(
+        e.contains(&format!("missing tensor '{q}.biases'")) && e.contains("affine"),
+        "{e}"
+    );
+    edit_header(dir.path(), |h| {
+        h.remove(&format!("{q}.scales"));
+    });
+    let e = load_err(dir.path());
+    assert!(
+        e.contains(&format!("missing tensor '{q}.scales'")) && e.contains("U32"),
+        "{e}"
+    );
+
+    // Scales without a quantization entry, and a module the config says is not quantized.
+    let dir = fresh();
+    edit_config(dir.path(), |v| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("quantization");
+        o.remove("quantization_config");
+    });
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("model.embed_tokens.weight") && e.contains("no 'quantization' entry"),
+        "{e}"
+    );
+    let dir = fresh();
+    edit_config(dir.path(), |v| {
+        v["quantization"]["model.embed_tokens"] = false.into();
+    });
+    let e = load_err(dir.path());
+    assert!(e.contains("'model.embed_tokens' is not quantized"), "{e}");
+
+    // Bits MLX does not have are a config error naming the key.
+    let dir = fresh();
+    edit_config(dir.path(), |v| v["quantization"]["bits"] = 7.into());
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("config.json") && e.contains("bits = 7") && e.contains("quantization"),
+        "{e}"
+    );
+}

@@ -128,19 +128,13 @@ pub fn details_from_checkpoint(path: &Path) -> Result<ModelDetails, ModelsError>
     let arch = format!("{:?}", c.arch).to_lowercase();
     // Parameters from the bytes read at 2 bytes each is wrong for quantized files; count the
     // values of every weight the model reads that is not a vector (norms, biases): matrices,
-    // GGUF's stacked experts, DeltaNet's convolution.
+    // stacked experts, DeltaNet's convolution; an MLX-packed matrix's unpacked values.
     let table = weights.table();
     let map =
         hoist_runtime::weights::WeightMap::resolve(table, c).map_err(|e| ModelsError::Other {
             message: crate::error::chain(&e),
         })?;
-    let params: u64 = map
-        .selection()
-        .into_iter()
-        .map(|i| &table.tensors[i])
-        .filter(|t| t.shape.len() >= 2)
-        .map(|t| t.elements())
-        .sum();
+    let params = map.matrix_parameters(table);
     let mut info = Map::new();
     info.insert("general.architecture".into(), json!(arch));
     info.insert("general.parameter_count".into(), json!(params));

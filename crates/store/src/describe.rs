@@ -48,9 +48,13 @@ pub fn describe(entry: &ModelEntry) -> Result<ModelDetails, StoreError> {
         ModelFormat::Gguf => gguf_details(&table),
         ModelFormat::Safetensors => hf_details(&entry.path),
     };
+    let parameters = match entry.format {
+        ModelFormat::Gguf => table.parameters(),
+        ModelFormat::Safetensors => hf_parameters(&table, &entry.path),
+    };
     Ok(ModelDetails {
         entry: entry.clone(),
-        parameters: table.parameters(),
+        parameters,
         dtypes,
         ..details
     })
@@ -107,6 +111,16 @@ fn gguf_details(table: &TensorTable) -> ModelDetails {
     }
 }
 
+/// An MLX affine-quantized checkpoint's parameters unpacked (its config says how); every
+/// other's, the tensors' elements.
+fn hf_parameters(table: &TensorTable, dir: &Path) -> u64 {
+    let config = ModelConfig::from_hf_file(&dir.join("config.json"));
+    match config.ok().and_then(|c| c.quantization) {
+        Some(q) => hoist_runtime::quant::affine::table_parameters(table, &q),
+        None => table.parameters(),
+    }
+}
+
 fn hf_details(dir: &Path) -> ModelDetails {
     let config_path = dir.join("config.json");
     let raw: Option<serde_json::Value> = std::fs::read(&config_path)
@@ -152,4 +166,29 @@ fn readme_license(dir: &Path) -> Option<String> {
             .map(|v| v.trim().trim_matches(['"', '\'']).to_string())
             .filter(|v| !v.is_empty())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dir: &str) -> ModelEntry {
+        ModelEntry {
+            path: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../runtime/tests/fixtures")
+                .join(dir),
+            format: ModelFormat::Safetensors,
+            ..empty_details().entry
+        }
+    }
+
+    /// An MLX affine-quantized checkpoint counts its weights unpacked (and not its scales and
+    /// biases): the same parameters as the checkpoint it was quantized from.
+    #[test]
+    fn affine_checkpoints_count_unpacked_parameters() {
+        let quantized = describe(&entry("affine_qwen3")).unwrap();
+        let plain = describe(&entry("qwen3")).unwrap();
+        assert_eq!(quantized.parameters, plain.parameters);
+        assert!(quantized.dtypes.iter().any(|(t, _)| t == "U32"));
+    }
 }

@@ -1,5 +1,6 @@
-//! Element conversions to f32: bf16, f16, and (through [`crate::quant`]) every GGUF type the
-//! CPU reads; and ggml's Q8_0 and Q4_0 quantizers.
+//! Element conversions to f32: bf16, f16, (through [`crate::quant`]) every GGUF type the CPU
+//! reads, and MLX's affine-quantized tensors ([`affine_to_f32`]); and ggml's Q8_0 and Q4_0
+//! quantizers.
 //!
 //! The quantizers mirror ggml's reference ones (`quantize_row_q8_0_ref`, `…_q4_0_ref`); they
 //! are here so tests can make quantized weights, and for the GPU kernels' checks. Block
@@ -8,6 +9,7 @@
 use half::{bf16, f16};
 use hoist_format::{DType, TensorInfo};
 
+use crate::quant::affine::{self, AffineSpec};
 pub use crate::quant::legacy::{dequantize_q4_0, dequantize_q8_0};
 use crate::quant::{self, QuantError};
 use crate::weights::WeightError;
@@ -114,6 +116,26 @@ pub fn tensor_to_f32(info: &TensorInfo, bytes: &[u8]) -> Result<Vec<f32>, Weight
         return Err(bad());
     }
     Ok(out)
+}
+
+/// An MLX affine-quantized tensor as f32, `[..., out, in]` row-major: its packed U32 weight,
+/// scales and biases (each an info and its bytes), dequantized with `spec`.
+pub fn affine_to_f32(
+    spec: AffineSpec,
+    weight: (&TensorInfo, &[u8]),
+    scales: (&TensorInfo, &[u8]),
+    biases: (&TensorInfo, &[u8]),
+) -> Result<Vec<f32>, WeightError> {
+    let shape = affine::logical_shape(spec, weight.0, scales.0, biases.0)?;
+    let name = &weight.0.name;
+    let cols = shape.last().and_then(|&c| usize::try_from(c).ok());
+    let cols = cols.ok_or_else(|| WeightError::Convert {
+        name: name.clone(),
+        dtype: weight.0.dtype,
+    })?;
+    let s = tensor_to_f32(scales.0, scales.1)?;
+    let b = tensor_to_f32(biases.0, biases.1)?;
+    Ok(affine::dequantize(spec, weight.1, &s, &b, cols, name)?)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use hoist_format::{TensorInfo, TensorTable};
 use hoist_io::{EngineConfig, HostTensor, PlanConfig};
 
 use super::attention::{attention, KvCache};
-use super::convert::tensor_to_f32;
+use super::convert::{affine_to_f32, tensor_to_f32};
 use super::deltanet::{DeltaDims, DeltaNet, DeltaState};
 use super::moe::{MoeBlock, SharedExpert, SwiGlu};
 use super::ops::{add_bias, embedding, matmul_t, rms_norm, sigmoid};
@@ -224,9 +224,34 @@ impl CpuModel {
                     what: "not among the loaded tensors".into(),
                 })
         };
+        let by_name_of = |name: &str| -> Result<&HostTensor, WeightError> {
+            by_name
+                .get(name)
+                .copied()
+                .ok_or_else(|| WeightError::Missing {
+                    path: PathBuf::new(),
+                    name: name.into(),
+                    what: "not among the loaded tensors".into(),
+                })
+        };
+        // MLX affine-quantized tensors are unpacked here, once, like every other type.
         let get = |id: WeightId| -> Result<Vec<f32>, WeightError> {
             let t = host(id)?;
-            tensor_to_f32(&t.info, t.bytes())
+            match map.affine(id) {
+                Some(parts) => {
+                    let (s, b) = (
+                        by_name_of(&parts.scales_name)?,
+                        by_name_of(&parts.biases_name)?,
+                    );
+                    affine_to_f32(
+                        parts.spec,
+                        (&t.info, t.bytes()),
+                        (&s.info, s.bytes()),
+                        (&b.info, b.bytes()),
+                    )
+                }
+                None => tensor_to_f32(&t.info, t.bytes()),
+            }
         };
         // Expert `e`'s matrix of a stacked GGUF tensor: its own byte range converted as a
         // `[rows, cols]` tensor of the same type (the range the GPU runtime reads, too).
@@ -267,7 +292,37 @@ impl CpuModel {
                         _ => MoeNaming::Qwen,
                     };
                     let inter = moe.expert_intermediate_size;
+                    let stacked_hf = map.source == WeightSource::HuggingFace
+                        && map
+                            .index(WeightId::Layer(n, Experts(ExpertProj::Gate)))
+                            .is_some();
                     let experts = match map.source {
+                        WeightSource::HuggingFace if stacked_hf => {
+                            // mlx-lm's `switch_mlp`: each projection's experts in one tensor,
+                            // converted whole (unpacked if quantized) and cut per expert.
+                            let split = |p| {
+                                per_expert(
+                                    get(WeightId::Layer(n, Experts(p)))?,
+                                    moe.num_experts,
+                                    &map.name(WeightId::Layer(n, Experts(p))),
+                                )
+                            };
+                            let (gate, up, down) = (
+                                split(ExpertProj::Gate)?,
+                                split(ExpertProj::Up)?,
+                                split(ExpertProj::Down)?,
+                            );
+                            gate.into_iter()
+                                .zip(up)
+                                .zip(down)
+                                .map(|((gate, up), down)| SwiGlu {
+                                    gate,
+                                    up,
+                                    down,
+                                    inter,
+                                })
+                                .collect()
+                        }
                         WeightSource::HuggingFace => (0..moe.num_experts)
                             .map(|e| {
                                 Ok(SwiGlu {
@@ -324,7 +379,8 @@ impl CpuModel {
             };
             // Hybrid models' norms scale by `1 + weight` (zero-centred): folded in here, in
             // f32 as transformers adds it.
-            let zero_centred = config.linear.is_some();
+            // mlx-lm's conversion has folded the 1 in already.
+            let zero_centred = config.linear.is_some() && !map.norms_folded;
             let norm = |lt: LayerTensor| -> Result<Vec<f32>, WeightError> {
                 let mut w = t(lt)?;
                 if zero_centred {
@@ -376,7 +432,7 @@ impl CpuModel {
             }
         }
         let mut output_norm = get(WeightId::OutputNorm)?;
-        if config.linear.is_some() {
+        if config.linear.is_some() && !map.norms_folded {
             output_norm.iter_mut().for_each(|v| *v += 1.0);
         }
         Ok(CpuModel {
@@ -605,6 +661,21 @@ impl CpuModel {
         }
         Ok((logits, out))
     }
+}
+
+/// A stacked expert tensor converted to f32 (`[experts, rows, cols]`), one matrix per expert.
+fn per_expert(all: Vec<f32>, experts: usize, name: &str) -> Result<Vec<Vec<f32>>, WeightError> {
+    let per = all
+        .len()
+        .checked_div(experts)
+        .filter(|&p| p > 0 && p * experts == all.len());
+    let per = per.ok_or_else(|| WeightError::Shape {
+        path: PathBuf::new(),
+        name: name.into(),
+        expected: vec![experts as u64],
+        found: vec![all.len() as u64],
+    })?;
+    Ok(all.chunks_exact(per).map(<[f32]>::to_vec).collect())
 }
 
 /// Each layer's index among the layers of its kind (full attention or DeltaNet): its KV cache

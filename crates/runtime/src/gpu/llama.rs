@@ -147,6 +147,14 @@ impl GpuModel {
             .check(config.num_layers)
             .map_err(GpuError::from)?;
         let map = WeightMap::resolve(table, &config)?;
+        if let Some(what) = map.mlx_only(table) {
+            // Refused before the device is touched: no kernels read MLX's packing.
+            let why = format!(
+                "{}: {what}; the GPU runtime does not read mlx-lm checkpoints; --device cpu runs it (unpacked to f32 at load)",
+                table.root.display()
+            );
+            return Err(GpuError::Unsupported(why).into());
+        }
         check_dtypes(table, &map)?;
         let gpu = hoist_cuda::open_device(options.ordinal).map_err(GpuError::from)?;
         let context_seconds = start.elapsed().as_secs_f64();

@@ -1,6 +1,7 @@
 //! CPU dequantization of GGUF tensors to f32: the plain types, ggml's legacy block types
 //! ([`legacy`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the k-quants ([`kquants`]: Q2_K to Q6_K) and the
-//! non-linear 4-bit types ([`iquants`]: IQ4_NL, IQ4_XS).
+//! non-linear 4-bit types ([`iquants`]: IQ4_NL, IQ4_XS). MLX's affine-quantized safetensors
+//! ([`affine`]) are dequantized at load too, from their packed weights, scales and biases.
 //!
 //! Each dequantizer computes in the order of f32 operations gguf-py's `gguf.quants.dequantize`
 //! uses (f16 scales widened to f32, `d · scale` before `· q`, `dmin · m` subtracted last), so
@@ -9,6 +10,7 @@
 //! exact and the only rounding is the final `+ m` / `− dmin·m`.
 //! Block sizes come from [`GgmlType::block`]; the family files know only each block's layout.
 
+pub mod affine;
 pub mod iquants;
 pub mod kquants;
 pub mod legacy;
