@@ -112,6 +112,18 @@ impl Checkpoint {
         messages: &[Message],
         tools: &[ToolSchema],
     ) -> Result<Vec<u32>, EngineError> {
+        self.encode_reply(messages, tools, "")
+    }
+
+    /// As [`Checkpoint::encode_with_tools`], the reply begun with `prefix` (text the model
+    /// continues rather than writes: a tool call's opening tag), tokenized with the prompt so
+    /// that its tokens are those the whole text gets.
+    pub fn encode_reply(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSchema],
+        prefix: &str,
+    ) -> Result<Vec<u32>, EngineError> {
         let prompt_error = |source: RuntimeError| EngineError::Prompt {
             path: self.path.clone(),
             source: Box::new(source),
@@ -119,9 +131,10 @@ impl Checkpoint {
         let tok = &self.tokenizer;
         let ids = match &self.template {
             Some(t) => {
-                let text = t
+                let mut text = t
                     .render_with_tools(messages, tools, true)
                     .map_err(|e| prompt_error(e.into()))?;
+                text.push_str(prefix);
                 // The rendered text holds its special tokens (BOS included, where the template
                 // prints it): transformers encodes it without adding any.
                 let mut ids = tok
@@ -145,6 +158,7 @@ impl Checkpoint {
                     }
                     text.push_str(&m.content);
                 }
+                text.push_str(prefix);
                 return self.encode_text(&text);
             }
         };

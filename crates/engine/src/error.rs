@@ -92,6 +92,9 @@ pub enum EngineError {
     /// A sampling setting of the request is out of range.
     #[error(transparent)]
     Sampling(#[from] hoist_runtime::sampler::SamplerError),
+    /// A reply prefix is text, which a prompt of token ids has no place for.
+    #[error("a reply prefix needs a text or messages prompt, not token ids: append its tokens to the prompt instead")]
+    PrefixOnTokens,
     /// The request asks for no new tokens.
     #[error("max_tokens must be at least 1")]
     NoTokensAsked,

@@ -277,11 +277,12 @@ impl Engine {
         if request.max_tokens == 0 {
             return Err(EngineError::NoTokensAsked);
         }
+        let ck = &self.shared.checkpoint;
+        let prefix = request.reply_prefix.as_str();
         let ids = match &request.input {
-            Input::Messages(m) => self
-                .shared
-                .checkpoint
-                .encode_with_tools(m, &request.tools)?,
+            Input::Messages(m) => ck.encode_reply(m, &request.tools, prefix)?,
+            Input::Text(t) if !prefix.is_empty() => ck.encode_text(&format!("{t}{prefix}"))?,
+            Input::Tokens(_) if !prefix.is_empty() => return Err(EngineError::PrefixOnTokens),
             input => self.encode(input)?,
         };
         let context = self.shared.info.context;

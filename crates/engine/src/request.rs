@@ -51,6 +51,11 @@ pub struct Request {
     /// ([`Input::Messages`] only; a template that never reads `tools` does not show them, so
     /// callers check [`hoist_runtime::chat::ChatTemplate::supports_tools`] first).
     pub tools: Vec<ToolSchema>,
+    /// Text the reply begins with, written for the model (a forced tool call's opening tag):
+    /// appended to the prompt's text before it is tokenized ([`Input::Messages`] after the
+    /// chat template's assistant header, [`Input::Text`] after the text), and not part of the
+    /// generated text. A non-empty prefix with [`Input::Tokens`] is refused.
+    pub reply_prefix: String,
 }
 
 impl Request {
@@ -67,6 +72,7 @@ impl Request {
             cancel: None,
             constraint: None,
             tools: Vec::new(),
+            reply_prefix: String::new(),
         }
     }
 }

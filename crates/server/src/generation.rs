@@ -3,6 +3,7 @@
 //! the [`Generation`] (the client went away, so axum dropped the response) sets the request's
 //! cancel flag: a queued request is skipped, a running one ends within one decode step.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use hoist_engine::{Completion, Event, Request, Stop};
+use serde::de::IgnoredAny;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -18,9 +20,24 @@ use crate::registry::Lease;
 /// Events buffered between the pump and the HTTP response.
 const EVENT_BUFFER: usize = 64;
 
+/// Text written around a reply as if the model had (a forced Hermes call's tags): `prefix` was
+/// given to the model after the prompt ([`hoist_engine::Request::reply_prefix`]) and opens
+/// the reply's text; `suffix` closes it when the generated part is a complete JSON document
+/// (a reply cut short stays unclosed, so it is never read as a call).
+#[derive(Clone, Copy, Debug)]
+pub struct Frame {
+    /// Before the generated text.
+    pub prefix: &'static str,
+    /// After it, when it is complete.
+    pub suffix: &'static str,
+}
+
 /// A running request's events.
 pub struct Generation {
     events: mpsc::Receiver<Event>,
+    /// Events made here (a [`Frame`]'s text), sent before the next of `events`.
+    pending: VecDeque<Event>,
+    frame: Option<Frame>,
     cancel: Arc<AtomicBool>,
     /// What the reply's last message reports besides the engine's statistics.
     pub info: RequestInfo,
@@ -71,14 +88,46 @@ impl Generation {
         });
         Ok(Generation {
             events,
+            pending: VecDeque::new(),
+            frame: None,
             cancel,
             info,
         })
     }
 
+    /// The reply framed by `frame`: its text as the readers see it (events and result).
+    pub fn framed(mut self, frame: Frame) -> Generation {
+        self.frame = Some(frame);
+        self
+    }
+
     /// The next event; `None` after the last.
     pub async fn next(&mut self) -> Option<Event> {
-        self.events.recv().await
+        if let Some(e) = self.pending.pop_front() {
+            return Some(e);
+        }
+        let event = self.events.recv().await?;
+        let Some(frame) = self.frame else {
+            return Some(event);
+        };
+        match event {
+            Event::Started { .. } => {
+                self.pending
+                    .push_back(Event::Text(frame.prefix.to_string()));
+                Some(event)
+            }
+            Event::Done(mut c) => {
+                let complete = serde_json::from_str::<IgnoredAny>(&c.text).is_ok();
+                let suffix = if complete { frame.suffix } else { "" };
+                c.text = format!("{}{}{suffix}", frame.prefix, c.text);
+                if suffix.is_empty() {
+                    return Some(Event::Done(c));
+                }
+                self.pending.push_back(Event::Done(c));
+                Some(Event::Text(suffix.to_string()))
+            }
+            other => Some(other),
+        }
     }
 
     /// Runs the request to its end.

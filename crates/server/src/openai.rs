@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, Flavor};
-use crate::generation::{finish_reason, unix_seconds, Generation, RequestInfo};
+use crate::generation::{finish_reason, unix_seconds, Frame, Generation, RequestInfo};
 use crate::tools::{self, Splitter};
 use crate::AppState;
 
@@ -410,14 +410,23 @@ async fn run(
     let arrived = Instant::now();
     let lease = state.registry.acquire(&common.model, None, None).await?;
     let format = tools::reply_format(&lease, &request.tools)?;
+    let mut frame = None;
     if !request.tools.is_empty() {
         let forced = tools::forced_call(format, tool_choice, &request.tools)?;
         // `response_format` asks for a document of its own: it wins over forcing a call.
-        if request.constraint.is_none() {
-            request.constraint = forced;
+        if let Some(f) = forced.filter(|_| request.constraint.is_none()) {
+            request.constraint = Some(f.grammar);
+            if let Some((prefix, suffix)) = f.wrapper {
+                request.reply_prefix = prefix.to_string();
+                frame = Some(Frame { prefix, suffix });
+            }
         }
     }
     let generation = Generation::start(lease, request, arrived).await?;
+    let generation = match frame {
+        Some(f) => generation.framed(f),
+        None => generation,
+    };
     let reply = Reply {
         kind,
         id: response_id(match kind {

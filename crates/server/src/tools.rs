@@ -71,18 +71,27 @@ pub(crate) fn reply_format(
     Ok(format)
 }
 
-/// The grammar that forces the reply to be a call, for OpenAI's `tool_choice` `"required"` or
-/// a named function (`{"type": "function", "function": {"name": ...}}`); `None` for `"auto"`,
-/// `"none"` or none given. Only the whole-reply formats can be forced (Llama 3's object,
-/// Mistral's list without its marker): a Hermes call sits between tags that a JSON grammar
-/// cannot express, so there the choice is taken as `"auto"`. The arguments follow the tool's
-/// `parameters` schema when one tool is possible and the schema is within the constraint's
-/// subset; otherwise any object.
+/// A reply forced to be a call: the grammar of its JSON and, for a format whose calls sit
+/// between tags, the text around it ([`ToolFormat::forced_wrapper`]).
+#[derive(Debug)]
+pub(crate) struct Forced {
+    pub grammar: Arc<JsonGrammar>,
+    /// `(before, after)`: `before` is written after the prompt, the model continues it.
+    pub wrapper: Option<(&'static str, &'static str)>,
+}
+
+/// What forces the reply to be a call, for OpenAI's `tool_choice` `"required"` or a named
+/// function (`{"type": "function", "function": {"name": ...}}`); `None` for `"auto"`, `"none"`
+/// or none given, and for a template whose call format hoist does not know. Llama 3's object
+/// and Mistral's list (of at least one call, without its marker) are the whole reply; a Hermes
+/// call is one `<tool_call>` block, its opening tag written for the model. The arguments follow
+/// the tool's `parameters` schema when one tool is possible and the schema is within the
+/// constraint's subset; otherwise any object.
 pub(crate) fn forced_call(
     format: Option<ToolFormat>,
     choice: Option<&Value>,
     tools: &[ToolSchema],
-) -> Result<Option<Arc<JsonGrammar>>, ApiError> {
+) -> Result<Option<Forced>, ApiError> {
     let bad = || {
         ApiError::bad_param(
             "tool_choice",
@@ -107,12 +116,12 @@ pub(crate) fn forced_call(
     if names.is_empty() {
         return Err(bad());
     }
-    // Mistral's calls are a list (a reply opening with `[` is read as calls; the subset has no
-    // `minItems`, so an empty list, no call, stays possible).
+    // Mistral's calls are a list (a reply opening with `[` is read as calls), of at least one.
     let (key, list) = match format {
         Some(ToolFormat::Llama3Json) => ("parameters", false),
         Some(ToolFormat::Mistral) => ("arguments", true),
-        Some(ToolFormat::Hermes) | None => return Ok(None),
+        Some(ToolFormat::Hermes) => ("arguments", false),
+        None => return Ok(None),
     };
     let parameters = match names.as_slice() {
         [one] => tools
@@ -134,7 +143,7 @@ pub(crate) fn forced_call(
             "required": ["name", key],
         });
         let schema = match list {
-            true => json!({"type": "array", "items": call}),
+            true => json!({"type": "array", "items": call, "minItems": 1}),
             false => call,
         };
         JsonGrammar::from_schema(&schema)
@@ -145,7 +154,10 @@ pub(crate) fn forced_call(
         // A parameters schema beyond the subset: the call's shape is still forced.
         _ => call(object).map_err(|e| ApiError::internal(format!("tool-call grammar: {e}")))?,
     };
-    Ok(Some(Arc::new(grammar)))
+    Ok(Some(Forced {
+        grammar: Arc::new(grammar),
+        wrapper: format.and_then(ToolFormat::forced_wrapper),
+    }))
 }
 
 /// A call in a request's history: `{"id"?, "function": {"name", "arguments"}}`, arguments an
@@ -309,7 +321,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn tool_choice_forces_only_whole_reply_formats() {
+    fn tool_choice_forces_a_call_in_every_known_format() {
         let tools = vec![
             json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}),
             json!({"type": "function", "function": {"name": "g", "parameters": {"type": "object", "properties": {"a": {"pattern": "x"}}}}}),
@@ -329,7 +341,12 @@ pub(crate) mod tests {
             .unwrap()
             .is_some());
         let hermes = Some(ToolFormat::Hermes);
-        assert!(forced_call(hermes, Some(&json!("required")), &tools)
+        let forced = forced_call(hermes, Some(&json!("required")), &tools).unwrap();
+        assert_eq!(
+            forced.unwrap().wrapper,
+            Some(("<tool_call>\n", "\n</tool_call>"))
+        );
+        assert!(forced_call(None, Some(&json!("required")), &tools)
             .unwrap()
             .is_none());
         for bad in [

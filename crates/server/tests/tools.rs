@@ -245,3 +245,47 @@ fn tool_choice_forces_a_call_in_a_json_format() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["error"]["param"], "tool_choice");
 }
+
+/// A Hermes call is forced too: its opening tag is written for the model after the prompt,
+/// the call's JSON generated under the grammar, the closing tag added once it is complete; the
+/// reply comes back as the call through both response paths.
+#[test]
+fn tool_choice_forces_a_hermes_call() {
+    let server = server_with(HERMES);
+    let tool = json!({"type": "function", "function": {"name": "w",
+        "parameters": {"type": "object", "properties": {}}}});
+    let body = |stream: bool| {
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "Paris?"}],
+               "tools": [tool], "tool_choice": "required", "max_tokens": 150, "seed": 5,
+               "temperature": 0.7, "stream": stream})
+    };
+    let r = server.post("/v1/chat/completions", &body(false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let choice0 = &v["choices"][0];
+    assert_eq!(choice0["finish_reason"], "tool_calls", "{v}");
+    let call = &choice0["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "w", "{v}");
+    assert_eq!(call["function"]["arguments"], "{}", "{v}");
+    assert!(choice0["message"]["content"].is_null(), "{v}");
+    // The opening tag went to the model with the prompt.
+    let mut auto = body(false);
+    auto["tool_choice"] = json!("auto");
+    let prompt = |v: Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let plain = prompt(server.post("/v1/chat/completions", &auto).json());
+    assert!(prompt(v.clone()) > plain, "{v}");
+
+    let r = server.post("/v1/chat/completions", &body(true));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        !r.body.contains("tool_call>"),
+        "tags never reach the client: {}",
+        r.body
+    );
+    assert!(r.body.contains("\"tool_calls\""), "{}", r.body);
+    assert!(
+        r.body.contains("\"finish_reason\":\"tool_calls\""),
+        "{}",
+        r.body
+    );
+}

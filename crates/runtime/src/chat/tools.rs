@@ -98,6 +98,17 @@ impl ToolFormat {
         }
     }
 
+    /// The text a reply forced to be one call is written between, `(before, after)`, for a
+    /// format whose calls sit between tags (Hermes); `None` where the whole reply is the call's
+    /// JSON. The `before` part is given to the model with the prompt; the JSON between is
+    /// generated under a grammar.
+    pub fn forced_wrapper(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            ToolFormat::Hermes => Some(("<tool_call>\n", "\n</tool_call>")),
+            ToolFormat::Mistral | ToolFormat::Llama3Json => None,
+        }
+    }
+
     /// The text that closes a call; `None`: the call runs to the end of the reply.
     fn end_marker(self) -> Option<&'static str> {
         match self {

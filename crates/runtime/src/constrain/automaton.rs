@@ -22,8 +22,8 @@ pub const MAX_DEPTH: usize = 64;
 enum Frame {
     /// An object of `node`, with the bits of its declared keys already used.
     Obj { node: u32, seen: u64 },
-    /// An array of `node`.
-    Arr { node: u32 },
+    /// An array of `node`, with `items` values begun so far.
+    Arr { node: u32, items: u16 },
 }
 
 /// Where a `\` escape is.
@@ -219,23 +219,25 @@ impl State {
             self.ws = 0;
             let flow = match self.lex {
                 Lex::Value { node } => self.start_value(g, node, b),
-                Lex::ArrFirst => {
-                    if b == b']' {
-                        self.stack.pop();
-                        self.lex = Lex::After;
-                        Flow::Accept
-                    } else {
-                        match self.stack.last() {
-                            Some(&Frame::Arr { node }) => {
-                                self.lex = Lex::Value {
-                                    node: g.nodes[node as usize].items,
-                                };
-                                Flow::Again
-                            }
-                            _ => Flow::Reject,
+                Lex::ArrFirst => match self.stack.last_mut() {
+                    Some(Frame::Arr { node, items }) => {
+                        let n = &g.nodes[*node as usize];
+                        if b == b']' && n.min_items > 0 {
+                            Flow::Reject
+                        } else if b == b']' {
+                            self.stack.pop();
+                            self.lex = Lex::After;
+                            Flow::Accept
+                        } else if n.max_items == 0 {
+                            Flow::Reject
+                        } else {
+                            *items = 1;
+                            self.lex = Lex::Value { node: n.items };
+                            Flow::Again
                         }
                     }
-                }
+                    _ => Flow::Reject,
+                },
                 Lex::Key { first } => self.key(g, first, b),
                 Lex::Colon { next } => {
                     if b == b':' {
@@ -301,7 +303,7 @@ impl State {
                 Flow::Accept
             }
             b'[' if k & ARRAY != 0 => {
-                self.stack.push(Frame::Arr { node });
+                self.stack.push(Frame::Arr { node, items: 0 });
                 self.lex = Lex::ArrFirst;
                 Flow::Accept
             }
@@ -401,13 +403,21 @@ impl State {
                 }
             }
             (Some(Frame::Obj { .. }), b'}') => self.close_object(g),
-            (Some(&Frame::Arr { node }), b',') => {
-                self.lex = Lex::Value {
-                    node: g.nodes[node as usize].items,
-                };
+            (Some(&Frame::Arr { node, items }), b',') => {
+                let n = &g.nodes[node as usize];
+                if items >= n.max_items {
+                    return Flow::Reject;
+                }
+                if let Some(Frame::Arr { items, .. }) = self.stack.last_mut() {
+                    *items += 1;
+                }
+                self.lex = Lex::Value { node: n.items };
                 Flow::Accept
             }
-            (Some(Frame::Arr { .. }), b']') => {
+            (Some(&Frame::Arr { node, items }), b']') => {
+                if items < g.nodes[node as usize].min_items {
+                    return Flow::Reject;
+                }
                 self.stack.pop();
                 self.lex = Lex::After;
                 Flow::Accept

@@ -2,7 +2,7 @@
 //!
 //! The subset: `type` (a name or a list of names among object, array, string, number,
 //! integer, boolean, null), `properties`, `required`, `additionalProperties`, `items` (one
-//! schema), `enum` and `const`. Annotations (`title`, `description`, `default`, `examples`,
+//! schema), `minItems`, `maxItems` (at most [`MAX_ITEMS`]), `enum` and `const`. Annotations (`title`, `description`, `default`, `examples`,
 //! `format`, `$schema`, `$id`, `$comment`, `readOnly`, `writeOnly`, `deprecated`) are ignored.
 //! Any other keyword is refused with [`SchemaError::Unsupported`], naming it: generating
 //! something the schema does not really constrain would hand back JSON that fails the
@@ -33,6 +33,9 @@ pub const MAX_PROPERTIES: usize = 64;
 /// Most values of one `enum`, and most bytes of one value as JSON text (the automaton indexes
 /// and walks them with 16-bit counters; beyond, a value would wrap and be matched wrongly).
 pub const MAX_LITERALS: usize = u16::MAX as usize;
+
+/// Largest `minItems`/`maxItems` (the automaton counts an array's items in 16 bits).
+pub const MAX_ITEMS: u64 = u16::MAX as u64;
 
 /// Keywords that only describe: accepted and ignored.
 const ANNOTATIONS: &[&str] = &[
@@ -112,6 +115,9 @@ pub(crate) struct Node {
     pub values: u32,
     /// The node of array items.
     pub items: u32,
+    /// Fewest and most items of an array (`minItems`, `maxItems`).
+    pub min_items: u16,
+    pub max_items: u16,
     /// With `enum`/`const`: the allowed values as compact JSON text, sorted and distinct.
     pub literals: Option<Vec<Vec<u8>>>,
 }
@@ -126,6 +132,8 @@ impl Node {
             required: 0,
             values: ANY,
             items: ANY,
+            min_items: 0,
+            max_items: u16::MAX,
             literals: None,
         }
     }
@@ -188,6 +196,8 @@ impl JsonGrammar {
             "required",
             "additionalProperties",
             "items",
+            "minItems",
+            "maxItems",
             "enum",
             "const",
         ];
@@ -208,7 +218,12 @@ impl JsonGrammar {
             {
                 OBJECT
             }
-            None if map.contains_key("items") => ARRAY,
+            None if ["items", "minItems", "maxItems"]
+                .iter()
+                .any(|k| map.contains_key(*k)) =>
+            {
+                ARRAY
+            }
             None => ALL,
             Some(Value::String(t)) => kind(t, path)?,
             Some(Value::Array(ts)) if !ts.is_empty() => {
@@ -289,6 +304,29 @@ impl JsonGrammar {
                 ));
             }
             node.items = self.compile(items, &format!("{path}/items"))?;
+        }
+        let count = |keyword: &str, default: u16| match map.get(keyword) {
+            None => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n <= MAX_ITEMS)
+                .map(|n| n as u16)
+                .ok_or_else(|| {
+                    invalid(
+                        keyword,
+                        path,
+                        format!("a whole number from 0 to {MAX_ITEMS} is expected"),
+                    )
+                }),
+        };
+        node.min_items = count("minItems", 0)?;
+        node.max_items = count("maxItems", u16::MAX)?;
+        if node.min_items > node.max_items {
+            return Err(invalid(
+                "minItems",
+                path,
+                "minItems is larger than maxItems: no array fits",
+            ));
         }
         self.nodes.push(node);
         Ok((self.nodes.len() - 1) as u32)

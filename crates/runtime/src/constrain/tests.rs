@@ -185,7 +185,11 @@ fn schema_outside_the_subset_names_the_keyword() {
         (json!({"type": "string", "pattern": "a+"}), "pattern"),
         (json!({"anyOf": [{"type": "string"}]}), "anyOf"),
         (json!({"properties": {"a": {"$ref": "#/$defs/x"}}}), "$ref"),
-        (json!({"type": "array", "minItems": 1}), "minItems"),
+        (json!({"type": "array", "uniqueItems": true}), "uniqueItems"),
+        (json!({"type": "array", "minItems": -1}), "minItems"),
+        (json!({"type": "array", "maxItems": 1.5}), "maxItems"),
+        (json!({"minItems": 3, "maxItems": 2}), "minItems"),
+        (json!({"maxItems": 70000}), "maxItems"),
         (json!({"type": "date"}), "type"),
         (json!({"required": ["a"]}), "required"),
         (json!({"enum": []}), "enum"),
@@ -210,6 +214,24 @@ fn schema_outside_the_subset_names_the_keyword() {
     assert_eq!(e.keyword(), "enum", "{e}");
     let fits: Vec<usize> = (0..1000).collect();
     assert!(JsonGrammar::from_schema(&json!({"enum": fits})).is_ok());
+}
+
+#[test]
+fn array_bounds_count_items_at_every_depth() {
+    let g = JsonGrammar::from_schema(&json!({"minItems": 1, "maxItems": 3})).unwrap();
+    assert!(!prefix(&g, "[]") && !prefix(&g, "[ ]"));
+    assert!(prefix(&g, "[") && !complete(&g, "["));
+    assert!(complete(&g, "[1]") && complete(&g, "[1, [], 3]"));
+    assert!(!prefix(&g, "[1,2,3,") && prefix(&g, "[1,2,3"));
+    // Inner arrays are counted on their own frames.
+    let nested = json!({"type": "array", "maxItems": 2,
+        "items": {"type": "array", "minItems": 2, "items": {"type": "integer"}}});
+    let g = JsonGrammar::from_schema(&nested).unwrap();
+    assert!(complete(&g, "[[1,2],[3,4,5]]"));
+    assert!(!prefix(&g, "[[1]]") && !prefix(&g, "[[1,2],[3,4],"));
+    assert!(complete(&g, "[]"), "the outer array has no minimum");
+    let none = JsonGrammar::from_schema(&json!({"type": "array", "maxItems": 0})).unwrap();
+    assert!(complete(&none, "[]") && !prefix(&none, "[1"));
 }
 
 /// A toy vocabulary: single bytes and a few longer pieces, some of which straddle JSON tokens.
