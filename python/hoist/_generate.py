@@ -2,8 +2,9 @@
 
 The model runs on a thread of its own; ``generate`` queues a request and returns an iterator of
 text pieces that waits for them with the GIL released. Several Python threads may generate on
-one model at once: requests are served one at a time, in arrival order, each on the KV cache
-that already holds the longest start of its prompt (a chat's follow-up feeds only what is new).
+one model at once: requests are served in arrival order, one at a time or (``parallel``) that
+many decoded together, each on the KV cache that already holds the longest start of its prompt
+(a chat's follow-up feeds only what is new).
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class Model:
     ``--gpu-memory`` and ``--host-memory`` do (what is free, less a session's KV cache).
     ``cache`` is ``hoist run --cache``: ``"keep"`` leaves the weights in the page cache for the
     next load, ``"bypass"`` reads them past it, ``"auto"`` keeps what fits.
+
+    ``parallel`` (1 to 64) is ``hoist serve --parallel``: that many requests run at once, each
+    decode step shared by all of them (each still gets what it would alone); on the CPU the
+    step is one batched pass, on a GPU the sessions are stepped one after another for now.
     """
 
     def __init__(
@@ -115,12 +120,15 @@ class Model:
         gpu_memory: Union[int, str, None] = None,
         host_memory: Union[int, str, None] = None,
         cache: str = "auto",
+        parallel: int = 1,
     ) -> None:
         if sessions < 1:
             raise ValueError(f"sessions must be at least 1, not {sessions}")
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 64:
+            raise ValueError(f"parallel must be a number of requests from 1 to 64, not {parallel!r}")
         self._raw = _hoist.Model(
             os.fspath(path), _cuda(device), context, raw, sessions,
-            _size("gpu_memory", gpu_memory), _size("host_memory", host_memory), cache,
+            _size("gpu_memory", gpu_memory), _size("host_memory", host_memory), cache, parallel,
         )
 
     @property

@@ -90,6 +90,7 @@ class Model:
         gpu_memory: Optional[str] = None,
         host_memory: Optional[str] = None,
         cache: str = "auto",
+        parallel: int = 1,
     ) -> None: ...
     @property
     def context(self) -> int: ...

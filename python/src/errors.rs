@@ -125,12 +125,14 @@ impl From<hoist_engine::EngineError> for Error {
             | E::Prompt { .. }
             | E::PromptTooLong { .. }
             | E::Sampling(_)
-            | E::NoTokensAsked => Error::Usage(msg),
+            | E::NoTokensAsked
+            | E::Parallel { .. }
+            | E::PrefixOnTokens => Error::Usage(msg),
             E::Generate { source, .. } | E::Benchmark { source, .. } => match *source {
                 hoist_runtime::RuntimeError::Gpu(_) => Error::Device(msg),
                 _ => Error::Internal(msg),
             },
-            E::Spawn(_) | E::Stopped { .. } => Error::Internal(msg),
+            E::Spawn(_) | E::Stopped { .. } | E::SharedStep { .. } => Error::Internal(msg),
         }
     }
 }

@@ -46,9 +46,10 @@ impl Model {
     /// Loads the checkpoint at `path` onto the CPU reference (`cuda` None) or `cuda:N`, with a
     /// KV cache of `context` positions (None: the model's, at most 4096) per session; on a GPU
     /// within `gpu_memory` and `host_memory` (sizes as `hoist run --gpu-memory` takes them;
-    /// None: the defaults), streaming the layers that do not fit.
+    /// None: the defaults), streaming the layers that do not fit; up to `parallel` requests
+    /// decode together.
     #[new]
-    #[pyo3(signature = (path, cuda=None, context=None, raw=false, pool_size=4, gpu_memory=None, host_memory=None, cache="auto"))]
+    #[pyo3(signature = (path, cuda=None, context=None, raw=false, pool_size=4, gpu_memory=None, host_memory=None, cache="auto", parallel=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -60,6 +61,7 @@ impl Model {
         gpu_memory: Option<String>,
         host_memory: Option<String>,
         cache: &str,
+        parallel: usize,
     ) -> PyResult<Model> {
         let cache = CachePolicy::ALL
             .into_iter()
@@ -84,6 +86,7 @@ impl Model {
             device,
             context,
             pool_size,
+            parallel,
             raw,
             cache,
             ..EngineOptions::default()

@@ -105,6 +105,31 @@ def test_two_threads_share_one_model(model):
         assert got[p] == [alone[p]] * 3
 
 
+def test_parallel_requests_get_what_they_get_alone(model, model_dir):
+    kw = dict(max_tokens=10, temperature=1.1, top_k=0, top_p=1.0, min_p=0.0)
+    prompts = ["Hello there", "The lazy dog", "Hello there", "A third one"]
+    alone = [model.complete(p, seed=i, **kw).tokens for i, p in enumerate(prompts)]
+    with hoist.Model(model_dir, device="cpu", parallel=3) as m:
+        got, errors = [None] * len(prompts), []
+
+        def run(i):
+            try:
+                got[i] = m.complete(prompts[i], seed=i, **kw).tokens
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert got == alone
+    for bad in (0, 65, True, "2"):
+        with pytest.raises(ValueError, match="parallel"):
+            hoist.Model(model_dir, device="cpu", parallel=bad)
+
+
 def test_seeds_repeat_sampling(model):
     kw = dict(max_tokens=12, temperature=1.2, top_k=0, top_p=1.0, min_p=0.0)
     a = model.complete("Hello, world!", seed=7, **kw).tokens

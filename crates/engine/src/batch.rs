@@ -174,28 +174,29 @@ fn step(pool: &mut Pool<'_>, host: &mut Host<'_>, running: &mut Vec<Running>) {
 }
 
 impl Running {
-    /// Steps the decoder on `logits`, its text going to the request's stream.
-    fn choose(&mut self, host: &Host<'_>, logits: &mut [f32]) -> Result<Step, RuntimeError> {
+    /// Runs `f` on the decoder with the request's stream as its sink.
+    fn with_sink<R>(
+        &mut self,
+        host: &Host<'_>,
+        f: impl FnOnce(&mut Decoder, &mut Sink<'_>) -> R,
+    ) -> R {
         let mut on_text = text_sender(&self.job);
         let mut sink = Sink {
             tokenizer: &host.checkpoint.tokenizer,
             cancel: &self.job.cancel,
             on_text: &mut on_text,
         };
-        self.decoder.step(logits, &mut sink)
+        f(&mut self.decoder, &mut sink)
+    }
+
+    /// Steps the decoder on `logits`, its text going to the request's stream.
+    fn choose(&mut self, host: &Host<'_>, logits: &mut [f32]) -> Result<Step, RuntimeError> {
+        self.with_sink(host, |d, sink| d.step(logits, sink))
     }
 
     /// The request ended for `stop` (or failed): its job and last event.
     fn finish(mut self, host: &Host<'_>, stop: Result<StopReason, RuntimeError>) -> (Job, Event) {
-        let stop = stop.and_then(|s| {
-            let mut on_text = text_sender(&self.job);
-            let mut sink = Sink {
-                tokenizer: &host.checkpoint.tokenizer,
-                cancel: &self.job.cancel,
-                on_text: &mut on_text,
-            };
-            self.decoder.finish(s, &mut sink)
-        });
+        let stop = stop.and_then(|s| self.with_sink(host, |d, sink| d.finish(s, sink)));
         let event = match stop {
             Err(e) => Event::Failed(host.failed(e)),
             Ok(stop) => {

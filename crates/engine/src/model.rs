@@ -46,6 +46,7 @@ pub struct Weights {
     path: PathBuf,
     table: TensorTable,
     config: ModelConfig,
+    map: WeightMap,
     weight_bytes: u64,
     /// Seconds parsing the checkpoint took: part of the load's time.
     open_seconds: f64,
@@ -60,13 +61,14 @@ impl Weights {
         let opened = open_checkpoint(path).and_then(|(table, config)| {
             let map = WeightMap::resolve(&table, &config)?;
             let bytes = map.selection().iter().map(|&i| table.tensors[i].len).sum();
-            Ok((table, config, bytes))
+            Ok((table, config, map, bytes))
         });
-        let (table, config, weight_bytes) = opened.map_err(|e| load_error(path, device, e))?;
+        let (table, config, map, weight_bytes) = opened.map_err(|e| load_error(path, device, e))?;
         Ok(Weights {
             path: path.to_path_buf(),
             table,
             config,
+            map,
             weight_bytes,
             open_seconds: t0.elapsed().as_secs_f64(),
         })
@@ -80,6 +82,11 @@ impl Weights {
     /// The checkpoint's tensor table.
     pub fn table(&self) -> &TensorTable {
         &self.table
+    }
+
+    /// Which of the table's tensors the model reads, and as what.
+    pub fn map(&self) -> &WeightMap {
+        &self.map
     }
 
     /// Bytes of the tensors the model reads: the total of a load's progress counter.

@@ -387,6 +387,8 @@ mod tests {
     /// `<tool_call>` blocks with `arguments | tojson`, tool results in user turns.
     const HERMES: &str = "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}\n    {{- '# Tools\\n<tools>' }}\n    {%- for tool in tools %}\n        {{- '\\n' }}{{- tool | tojson }}\n    {%- endfor %}\n    {{- '\\n</tools><|im_end|>\\n' }}\n{%- elif messages[0].role == 'system' %}\n    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}\n{%- endif %}\n{%- for message in messages %}\n    {%- if message.role == 'user' or (message.role == 'assistant' and not message.tool_calls) %}\n        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}\n    {%- elif message.role == 'assistant' %}\n        {{- '<|im_start|>assistant' }}\n        {%- if message.content %}{{- '\\n' + message.content }}{%- endif %}\n        {%- for tool_call in message.tool_calls %}\n            {%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}\n            {{- '\\n<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' + tool_call.arguments | tojson + '}\\n</tool_call>' }}\n        {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n    {%- elif message.role == 'tool' %}\n        {{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}\n    {%- endif %}\n{%- endfor %}\n{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}\n";
 
+    /// transformers' `tojson` keeps each object's key order (`json.dumps`, `sort_keys=False`):
+    /// the schema reaches the model as the client wrote it.
     #[test]
     fn tools_render_like_transformers() {
         let t = ChatTemplate::new(HERMES, "test", "", "<|im_end|>").unwrap();
@@ -408,7 +410,7 @@ mod tests {
         assert_eq!(
             out,
             "<|im_start|>system\n# Tools\n<tools>\n\
-             {\"function\": {\"name\": \"weather\", \"parameters\": {\"type\": \"object\"}}, \"type\": \"function\"}\
+             {\"type\": \"function\", \"function\": {\"name\": \"weather\", \"parameters\": {\"type\": \"object\"}}}\
              \n</tools><|im_end|>\n\
              <|im_start|>user\nWeather?<|im_end|>\n\
              <|im_start|>assistant\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n\

@@ -77,9 +77,14 @@ impl Generation {
         };
         tokio::task::spawn_blocking(move || {
             // The lease lives until the engine is done with the request, so that the queue
-            // bound counts it and the model stays loaded.
-            let _lease = lease;
+            // bound counts it and the model stays loaded; it ends before the last event goes
+            // out, so that a client that sends its next request on seeing the end finds the
+            // place free.
+            let mut lease = Some(lease);
             for event in stream {
+                if matches!(event, Event::Done(_) | Event::Failed(_)) {
+                    drop(lease.take());
+                }
                 if tx.blocking_send(event).is_err() {
                     // The receiver is gone; dropping the stream cancels the request.
                     break;

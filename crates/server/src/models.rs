@@ -129,12 +129,7 @@ pub fn details_from_checkpoint(path: &Path) -> Result<ModelDetails, ModelsError>
     // Parameters from the bytes read at 2 bytes each is wrong for quantized files; count the
     // values of every weight the model reads that is not a vector (norms, biases): matrices,
     // stacked experts, DeltaNet's convolution; an MLX-packed matrix's unpacked values.
-    let table = weights.table();
-    let map =
-        hoist_runtime::weights::WeightMap::resolve(table, c).map_err(|e| ModelsError::Other {
-            message: crate::error::chain(&e),
-        })?;
-    let params = map.matrix_parameters(table);
+    let params = weights.map().matrix_parameters(weights.table());
     let mut info = Map::new();
     info.insert("general.architecture".into(), json!(arch));
     info.insert("general.parameter_count".into(), json!(params));

@@ -185,30 +185,39 @@ fn a_hermes_template_renders_tools_and_history() {
     assert_eq!(r.json()["error"]["param"], "messages", "{}", r.body);
 }
 
+/// A chat request forcing a call by `choice` of the one tool `w` (no parameters), sampled
+/// with `seed`; and a check that its non-streamed reply is exactly that call.
+fn forced_request(choice: Value, seed: u64) -> impl Fn(bool) -> Value {
+    let tool = json!({"type": "function", "function": {"name": "w",
+        "parameters": {"type": "object", "properties": {}}}});
+    move |stream: bool| {
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "Paris?"}],
+               "tools": [tool], "tool_choice": choice, "max_tokens": 150, "seed": seed,
+               "temperature": 0.7, "stream": stream})
+    }
+}
+
+/// The non-streamed reply `v` is the one call `w` with no arguments.
+fn assert_one_empty_call(v: &Value) {
+    let choice0 = &v["choices"][0];
+    assert_eq!(choice0["finish_reason"], "tool_calls", "{v}");
+    assert!(choice0["message"]["content"].is_null(), "{v}");
+    let call = &choice0["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "w", "{v}");
+    assert_eq!(call["function"]["arguments"], "{}", "{v}");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"), "{v}");
+}
+
 /// `tool_choice` naming a function whose arguments are fixed (`{}`) forces the reply into the
 /// call, whole: the random model's constrained reply comes back as a call through each API's
 /// response path, streamed or not.
 #[test]
 fn tool_choice_forces_a_call_in_a_json_format() {
     let server = server_with(LLAMA3);
-    let tool = json!({"type": "function", "function": {"name": "w",
-        "parameters": {"type": "object", "properties": {}}}});
-    let choice = json!({"type": "function", "function": {"name": "w"}});
-    let body = |stream: bool| {
-        json!({"model": "tiny", "messages": [{"role": "user", "content": "Paris?"}],
-               "tools": [tool], "tool_choice": choice, "max_tokens": 150, "seed": 3,
-               "temperature": 0.7, "stream": stream})
-    };
+    let body = forced_request(json!({"type": "function", "function": {"name": "w"}}), 3);
     let r = server.post("/v1/chat/completions", &body(false));
     assert_eq!(r.status, 200, "{}", r.body);
-    let v = r.json();
-    let choice0 = &v["choices"][0];
-    assert_eq!(choice0["finish_reason"], "tool_calls", "{v}");
-    assert!(choice0["message"]["content"].is_null(), "{v}");
-    let call = &choice0["message"]["tool_calls"][0];
-    assert_eq!(call["function"]["name"], "w");
-    assert_eq!(call["function"]["arguments"], "{}");
-    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_one_empty_call(&r.json());
 
     let r = server.post("/v1/chat/completions", &body(true));
     assert_eq!(r.status, 200, "{}", r.body);
@@ -252,22 +261,11 @@ fn tool_choice_forces_a_call_in_a_json_format() {
 #[test]
 fn tool_choice_forces_a_hermes_call() {
     let server = server_with(HERMES);
-    let tool = json!({"type": "function", "function": {"name": "w",
-        "parameters": {"type": "object", "properties": {}}}});
-    let body = |stream: bool| {
-        json!({"model": "tiny", "messages": [{"role": "user", "content": "Paris?"}],
-               "tools": [tool], "tool_choice": "required", "max_tokens": 150, "seed": 5,
-               "temperature": 0.7, "stream": stream})
-    };
+    let body = forced_request(json!("required"), 5);
     let r = server.post("/v1/chat/completions", &body(false));
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
-    let choice0 = &v["choices"][0];
-    assert_eq!(choice0["finish_reason"], "tool_calls", "{v}");
-    let call = &choice0["message"]["tool_calls"][0];
-    assert_eq!(call["function"]["name"], "w", "{v}");
-    assert_eq!(call["function"]["arguments"], "{}", "{v}");
-    assert!(choice0["message"]["content"].is_null(), "{v}");
+    assert_one_empty_call(&v);
     // The opening tag went to the model with the prompt.
     let mut auto = body(false);
     auto["tool_choice"] = json!("auto");

@@ -485,6 +485,18 @@ mod tests {
     }
 
     #[test]
+    fn arguments_keep_the_models_key_order() {
+        // Clients read `arguments` as the model wrote it (OpenAI's is a string): keys are not
+        // re-sorted (serde_json's `preserve_order`, on for the whole workspace).
+        let reply = r#"<tool_call>{"name": "f", "arguments": {"zone": 1, "area": {"y": 2, "x": 3}}}</tool_call>"#;
+        let (_, calls) = parse(ToolFormat::Hermes, reply);
+        assert_eq!(
+            calls[0].arguments.to_string(),
+            r#"{"zone":1,"area":{"y":2,"x":3}}"#
+        );
+    }
+
+    #[test]
     fn hermes_malformed_stays_content() {
         let reply = "a <tool_call>{\"name\": \"x\", \"arguments\": {</tool_call> b";
         let (content, calls) = parse(ToolFormat::Hermes, reply);
