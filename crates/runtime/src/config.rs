@@ -109,7 +109,8 @@ impl ArchFamily {
         Qwen3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, \
         Qwen3NextForCausalLM, Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeForCausalLM";
     /// The GGUF `general.architecture` values this runtime runs.
-    pub const GGUF_NAMES: &'static str = "llama, qwen2, qwen3, qwen2moe, qwen3moe";
+    pub const GGUF_NAMES: &'static str =
+        "llama, qwen2, qwen3, qwen2moe, qwen3moe, qwen3next, qwen35moe";
 
     /// From a Hugging Face `architectures` entry.
     pub fn from_hf(name: &str) -> Option<ArchFamily> {
@@ -136,6 +137,8 @@ impl ArchFamily {
             "qwen3" => ArchFamily::Qwen3,
             "qwen2moe" => ArchFamily::Qwen2Moe,
             "qwen3moe" => ArchFamily::Qwen3Moe,
+            "qwen3next" => ArchFamily::Qwen3Next,
+            "qwen35moe" => ArchFamily::Qwen35Moe,
             _ => return None,
         })
     }
@@ -466,7 +469,9 @@ impl ModelConfig {
                 ));
             }
         }
-        if let Some(r) = m.opt_usize(&k("rope.dimension_count"))? {
+        let linear = linear::gguf_linear(&m, arch_name, arch, num_layers, head_dim)?;
+        // Hybrid models turn part of each head (`LinearAttnConfig::rotary_dim`).
+        if let (Some(r), None) = (m.opt_usize(&k("rope.dimension_count"))?, &linear) {
             if r != head_dim {
                 return Err(m.unsupported(
                     &k("rope.dimension_count"),
@@ -525,7 +530,13 @@ impl ModelConfig {
                 ArchFamily::Qwen2Moe => table.get("blk.0.attn_q.bias").is_some(),
                 _ => false,
             },
-            qk_norm: matches!(arch, ArchFamily::Qwen3 | ArchFamily::Qwen3Moe),
+            qk_norm: matches!(
+                arch,
+                ArchFamily::Qwen3
+                    | ArchFamily::Qwen3Moe
+                    | ArchFamily::Qwen3Next
+                    | ArchFamily::Qwen35Moe
+            ),
             // llama.cpp's converter writes no sliding window for these architectures and its
             // `llama` graph attends over the whole context (Mistral's and Mixtral's GGUF files
             // run without the window the Hugging Face checkpoint may have).
@@ -533,8 +544,7 @@ impl ModelConfig {
             bos_token_id,
             eos_token_ids,
             moe,
-            // No GGUF architecture of this runtime has linear-attention layers.
-            linear: None,
+            linear,
             // GGUF files carry their quantization in each tensor's type.
             quantization: None,
         }
