@@ -96,10 +96,12 @@ pub enum ArchFamily {
     /// `qwen3moe`).
     Qwen3Moe,
     /// Qwen3-Next: Gated DeltaNet layers between gated full-attention layers, experts plus a
-    /// sigmoid-gated shared expert (`Qwen3NextForCausalLM`; CPU reference only).
+    /// sigmoid-gated shared expert (`Qwen3NextForCausalLM`, GGUF `qwen3next`; CPU reference
+    /// only).
     Qwen3Next,
     /// Qwen3.5-MoE, its language model: Qwen3-Next's blocks, every layer sparse
-    /// (`Qwen3_5MoeForConditionalGeneration`, `Qwen3_5MoeForCausalLM`; CPU reference only).
+    /// (`Qwen3_5MoeForConditionalGeneration`, `Qwen3_5MoeForCausalLM`, GGUF `qwen35moe`; CPU
+    /// reference only).
     Qwen35Moe,
 }
 
@@ -436,7 +438,17 @@ impl ModelConfig {
             m.unsupported("general.architecture", arch_name, ArchFamily::GGUF_NAMES)
         })?;
         let k = |suffix: &str| format!("{arch_name}.{suffix}");
-        let num_layers = m.usize(&k("block_count"))?;
+        let blocks = m.usize(&k("block_count"))?;
+        // llama.cpp counts a checkpoint's multi-token-prediction layers in `block_count` (the
+        // last `nextn_predict_layers` blocks, `blk.N.nextn.*`); hoist does not run them.
+        let nextn_key = k("nextn_predict_layers");
+        let nextn = m.opt_usize(&nextn_key)?.unwrap_or(0);
+        let num_layers = blocks.checked_sub(nextn).ok_or_else(|| {
+            m.invalid(
+                &nextn_key,
+                &format!("= {nextn} is more than block_count = {blocks}"),
+            )
+        })?;
         let feed_forward_length = m.opt_usize(&k("feed_forward_length"))?;
         // llama.cpp writes Mixtral as `llama` with an expert count.
         let (arch, moe) = moe::gguf_moe(

@@ -231,6 +231,47 @@ fn gguf_hybrid_config_errors_name_the_key() {
         .unwrap();
     use LayerKind::{Full, Linear};
     assert_eq!(c.linear.unwrap().layer_types, [Linear, Full, Linear, Full]);
+    let e = Gguf::read("qwen3_next")
+        .set("qwen3next.nextn_predict_layers", GgufValue::U32(5))
+        .config(d)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'qwen3next.nextn_predict_layers'"), "{e}");
+}
+
+/// A file with a multi-token-prediction block, as the converter writes one without `--no-mtp`:
+/// counted in `block_count`, listed last in `recurrent_layers`, its `blk.4.nextn.*` tensors
+/// never read.
+#[test]
+fn gguf_mtp_blocks_are_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gguf::read("qwen3_next")
+        .set("qwen3next.block_count", GgufValue::U32(5))
+        .set("qwen3next.nextn_predict_layers", GgufValue::U32(1))
+        .set(
+            "qwen3next.attention.recurrent_layers",
+            GgufValue::Array(
+                [true, false, true, false, false]
+                    .map(GgufValue::Bool)
+                    .to_vec(),
+            ),
+        );
+    g.tensors.push((
+        "blk.4.nextn.eh_proj.weight".into(),
+        vec![64, 128],
+        0,
+        vec![0; 64 * 128 * 4],
+    ));
+    let c = g.config(dir.path()).unwrap();
+    assert_eq!(c.num_layers, 4);
+    assert_eq!(c.linear.as_ref().unwrap().layer_types.len(), 4);
+    let model = CpuModel::load(&g.write(dir.path())).unwrap();
+    check(
+        &model,
+        &reference(&fixtures().join("qwen3_next")),
+        1e-4,
+        "qwen3_next with an MTP block",
+    );
 }
 
 /// The GPU runtime refuses a hybrid GGUF file as it does the Hugging Face checkpoints, before

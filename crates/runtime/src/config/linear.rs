@@ -212,6 +212,8 @@ pub(super) fn hf_linear(
 /// value heads' width, `ssm.conv_kernel`; `attention.recurrent_layers` which layers are DeltaNet
 /// ones (else every `full_attention_interval`-th, default 4, is full attention);
 /// `rope.dimension_count` the rotary dimensions (else the whole head, as llama.cpp).
+/// Qwen3.5's `rope.dimension_sections` (interleaved MRoPE) is not read: text gives every section
+/// the same position, which is plain rotary embedding, as for the Hugging Face checkpoints.
 pub(super) fn gguf_linear(
     m: &Meta<'_>,
     arch_name: &str,
@@ -253,15 +255,12 @@ pub(super) fn gguf_linear(
                 .collect()
         }
     };
-    // The converter appends one full-attention entry per MTP layer past `block_count`; those
-    // layers are not run.
+    // The list covers `block_count` blocks, multi-token-prediction ones (written last, as
+    // full attention) included; only the first `num_layers` are run.
     if layer_types.len() < num_layers {
         return Err(m.invalid(
             &recurrent_key,
-            &format!(
-                "has {} entries for block_count = {num_layers}",
-                layer_types.len()
-            ),
+            &format!("has {} entries for {num_layers} layers", layer_types.len()),
         ));
     }
     let layer_types = layer_types[..num_layers].to_vec();
