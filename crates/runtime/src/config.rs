@@ -96,10 +96,12 @@ pub enum ArchFamily {
     /// `qwen3moe`).
     Qwen3Moe,
     /// Qwen3-Next: Gated DeltaNet layers between gated full-attention layers, experts plus a
-    /// sigmoid-gated shared expert (`Qwen3NextForCausalLM`; CPU reference only).
+    /// sigmoid-gated shared expert (`Qwen3NextForCausalLM`, GGUF `qwen3next`; CPU reference
+    /// only).
     Qwen3Next,
     /// Qwen3.5-MoE, its language model: Qwen3-Next's blocks, every layer sparse
-    /// (`Qwen3_5MoeForConditionalGeneration`, `Qwen3_5MoeForCausalLM`; CPU reference only).
+    /// (`Qwen3_5MoeForConditionalGeneration`, `Qwen3_5MoeForCausalLM`, GGUF `qwen35moe`; CPU
+    /// reference only).
     Qwen35Moe,
 }
 
@@ -109,7 +111,8 @@ impl ArchFamily {
         Qwen3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, \
         Qwen3NextForCausalLM, Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeForCausalLM";
     /// The GGUF `general.architecture` values this runtime runs.
-    pub const GGUF_NAMES: &'static str = "llama, qwen2, qwen3, qwen2moe, qwen3moe";
+    pub const GGUF_NAMES: &'static str =
+        "llama, qwen2, qwen3, qwen2moe, qwen3moe, qwen3next, qwen35moe";
 
     /// From a Hugging Face `architectures` entry.
     pub fn from_hf(name: &str) -> Option<ArchFamily> {
@@ -136,6 +139,8 @@ impl ArchFamily {
             "qwen3" => ArchFamily::Qwen3,
             "qwen2moe" => ArchFamily::Qwen2Moe,
             "qwen3moe" => ArchFamily::Qwen3Moe,
+            "qwen3next" => ArchFamily::Qwen3Next,
+            "qwen35moe" => ArchFamily::Qwen35Moe,
             _ => return None,
         })
     }
@@ -433,7 +438,17 @@ impl ModelConfig {
             m.unsupported("general.architecture", arch_name, ArchFamily::GGUF_NAMES)
         })?;
         let k = |suffix: &str| format!("{arch_name}.{suffix}");
-        let num_layers = m.usize(&k("block_count"))?;
+        let blocks = m.usize(&k("block_count"))?;
+        // llama.cpp counts a checkpoint's multi-token-prediction layers in `block_count` (the
+        // last `nextn_predict_layers` blocks, `blk.N.nextn.*`); hoist does not run them.
+        let nextn_key = k("nextn_predict_layers");
+        let nextn = m.opt_usize(&nextn_key)?.unwrap_or(0);
+        let num_layers = blocks.checked_sub(nextn).ok_or_else(|| {
+            m.invalid(
+                &nextn_key,
+                &format!("= {nextn} is more than block_count = {blocks}"),
+            )
+        })?;
         let feed_forward_length = m.opt_usize(&k("feed_forward_length"))?;
         // llama.cpp writes Mixtral as `llama` with an expert count.
         let (arch, moe) = moe::gguf_moe(
@@ -466,7 +481,9 @@ impl ModelConfig {
                 ));
             }
         }
-        if let Some(r) = m.opt_usize(&k("rope.dimension_count"))? {
+        let linear = linear::gguf_linear(&m, arch_name, arch, num_layers, head_dim)?;
+        // Hybrid models turn part of each head (`LinearAttnConfig::rotary_dim`).
+        if let (Some(r), None) = (m.opt_usize(&k("rope.dimension_count"))?, &linear) {
             if r != head_dim {
                 return Err(m.unsupported(
                     &k("rope.dimension_count"),
@@ -525,7 +542,13 @@ impl ModelConfig {
                 ArchFamily::Qwen2Moe => table.get("blk.0.attn_q.bias").is_some(),
                 _ => false,
             },
-            qk_norm: matches!(arch, ArchFamily::Qwen3 | ArchFamily::Qwen3Moe),
+            qk_norm: matches!(
+                arch,
+                ArchFamily::Qwen3
+                    | ArchFamily::Qwen3Moe
+                    | ArchFamily::Qwen3Next
+                    | ArchFamily::Qwen35Moe
+            ),
             // llama.cpp's converter writes no sliding window for these architectures and its
             // `llama` graph attends over the whole context (Mistral's and Mixtral's GGUF files
             // run without the window the Hugging Face checkpoint may have).
@@ -533,8 +556,7 @@ impl ModelConfig {
             bos_token_id,
             eos_token_ids,
             moe,
-            // No GGUF architecture of this runtime has linear-attention layers.
-            linear: None,
+            linear,
             // GGUF files carry their quantization in each tensor's type.
             quantization: None,
         }

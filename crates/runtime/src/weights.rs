@@ -12,6 +12,7 @@
 //! | `Layer(n, QBias/KBias/VBias)` | `….self_attn.{q,k,v}_proj.bias` | `blk.n.attn_{q,k,v}.bias` |
 //! | `Layer(n, QNorm/KNorm)` | `….self_attn.{q,k}_norm.weight` | `blk.n.attn_{q,k}_norm.weight` |
 //! | `Layer(n, FfnNorm)` | `….post_attention_layernorm.weight` | `blk.n.ffn_norm.weight` |
+//! | `Layer(n, PostAttnNorm)` (hybrid models in GGUF) | `….post_attention_layernorm.weight` | `blk.n.post_attention_norm.weight` |
 //! | `Layer(n, Gate/Up/Down)` | `….mlp.{gate,up,down}_proj.weight` | `blk.n.ffn_{gate,up,down}.weight` |
 //! | `Layer(n, Router(s))` | `….mlp.gate.weight` (Mixtral: `….block_sparse_moe.gate.weight`) | `blk.n.ffn_gate_inp.weight` |
 //! | `Layer(n, Expert(s, e, p))` | `….mlp.experts.e.{gate,up,down}_proj.weight` (Mixtral: `….block_sparse_moe.experts.e.w{1,3,2}.weight`) | (`blk.n.ffn_{gate,up,down}.e.weight`: not read) |
@@ -19,13 +20,16 @@
 //! | `Layer(n, SharedGate/SharedUp/SharedDown)` | `….mlp.shared_expert.{gate,up,down}_proj.weight` | `blk.n.ffn_{gate,up,down}_shexp.weight` |
 //! | `Layer(n, SharedExpertGate)` | `….mlp.shared_expert_gate.weight` | `blk.n.ffn_gate_inp_shexp.weight` |
 //!
-//! | `Layer(n, LinearQkvz/LinearBa)` | `….linear_attn.in_proj_{qkvz,ba}.weight` (Qwen3-Next) | — |
-//! | `Layer(n, LinearQkv/LinearZ/LinearB/LinearA)` | `….linear_attn.in_proj_{qkv,z,b,a}.weight` (Qwen3.5) | — |
-//! | `Layer(n, Conv1d/ALog/DtBias)` | `….linear_attn.{conv1d.weight,A_log,dt_bias}` | — |
-//! | `Layer(n, LinearNorm/LinearOut)` | `….linear_attn.{norm,out_proj}.weight` | — |
+//! | `Layer(n, LinearQkvz)` | `….linear_attn.in_proj_qkvz.weight` (Qwen3-Next) | — (split by the converter) |
+//! | `Layer(n, LinearBa)` | `….linear_attn.in_proj_ba.weight` (Qwen3-Next) | `blk.n.ssm_ba.weight` (`qwen3next`) |
+//! | `Layer(n, LinearQkv/LinearZ)` | `….linear_attn.in_proj_{qkv,z}.weight` (Qwen3.5) | `blk.n.attn_{qkv,gate}.weight` |
+//! | `Layer(n, LinearB/LinearA)` | `….linear_attn.in_proj_{b,a}.weight` (Qwen3.5) | `blk.n.ssm_{beta,alpha}.weight` (`qwen35moe`) |
+//! | `Layer(n, Conv1d/ALog/DtBias)` | `….linear_attn.{conv1d.weight,A_log,dt_bias}` | `blk.n.{ssm_conv1d.weight,ssm_a,ssm_dt.bias}` (`ssm_a` holds `-exp(A_log)`) |
+//! | `Layer(n, LinearNorm/LinearOut)` | `….linear_attn.{norm,out_proj}.weight` | `blk.n.ssm_{norm,out}.weight` |
 //!
 //! Hybrid linear-attention models ([`ModelConfig::linear`]: Qwen3-Next, Qwen3.5-MoE; Hugging
-//! Face checkpoints only) have the `Linear*`/`Conv1d`/`ALog`/`DtBias` tensors in their DeltaNet
+//! Face checkpoints, and llama.cpp's `qwen3next`/`qwen35moe` GGUF files, whose layouts
+//! [`DeltaLayout`] names) have the `Linear*`/`Conv1d`/`ALog`/`DtBias` tensors in their DeltaNet
 //! layers in place of `Q/K/V/O` and the q/k norms, and a query projection twice as wide in
 //! their full-attention layers (query and output gate per head). A Qwen3.5-MoE checkpoint with
 //! a vision tower holds its language model under `model.language_model.` ([`WeightMap::name`]
@@ -154,6 +158,10 @@ pub enum LayerTensor {
     KNorm,
     /// RMS norm before the feed-forward block.
     FfnNorm,
+    /// The same norm under llama.cpp's name for the hybrid models
+    /// (`blk.N.post_attention_norm.weight` in `qwen3next`/`qwen35moe` GGUF files);
+    /// [`LayerTensor::ffn_norm`] picks.
+    PostAttnNorm,
     /// SwiGLU gate projection `[intermediate, hidden]`.
     Gate,
     /// SwiGLU up projection `[intermediate, hidden]`.
@@ -250,7 +258,7 @@ impl LayerTensor {
             LayerTensor::VBias => "self_attn.v_proj.bias",
             LayerTensor::QNorm => "self_attn.q_norm.weight",
             LayerTensor::KNorm => "self_attn.k_norm.weight",
-            LayerTensor::FfnNorm => "post_attention_layernorm.weight",
+            LayerTensor::FfnNorm | LayerTensor::PostAttnNorm => "post_attention_layernorm.weight",
             LayerTensor::Gate => "mlp.gate_proj.weight",
             LayerTensor::Up => "mlp.up_proj.weight",
             LayerTensor::Down => "mlp.down_proj.weight",
@@ -304,6 +312,7 @@ impl LayerTensor {
             LayerTensor::QNorm => "attn_q_norm.weight",
             LayerTensor::KNorm => "attn_k_norm.weight",
             LayerTensor::FfnNorm => "ffn_norm.weight",
+            LayerTensor::PostAttnNorm => "post_attention_norm.weight",
             LayerTensor::Gate => "ffn_gate.weight",
             LayerTensor::Up => "ffn_up.weight",
             LayerTensor::Down => "ffn_down.weight",
@@ -314,8 +323,8 @@ impl LayerTensor {
             LayerTensor::SharedUp => "ffn_up_shexp.weight",
             LayerTensor::SharedDown => "ffn_down_shexp.weight",
             LayerTensor::SharedExpertGate => "ffn_gate_inp_shexp.weight",
-            // Hybrid models load from Hugging Face checkpoints only ([`LayerTensor::for_layer`]
-            // never asks for these in a GGUF file); llama.cpp's words, to say what they would be.
+            // llama.cpp's converter splits `in_proj_qkvz` into `attn_qkv` and `attn_gate`
+            // ([`LayerTensor::for_layer`] never asks for this one in a GGUF file).
             LayerTensor::LinearQkvz => "ssm_in.weight",
             LayerTensor::LinearBa => "ssm_ba.weight",
             LayerTensor::LinearQkv => "attn_qkv.weight",
@@ -329,6 +338,15 @@ impl LayerTensor {
             LayerTensor::LinearOut => "ssm_out.weight",
         };
         name.into()
+    }
+
+    /// The norm before a layer's feed-forward block: [`LayerTensor::PostAttnNorm`] in a hybrid
+    /// model's GGUF file, [`LayerTensor::FfnNorm`] everywhere else.
+    pub fn ffn_norm(config: &ModelConfig, source: WeightSource) -> LayerTensor {
+        match (source, &config.linear) {
+            (WeightSource::Gguf, Some(_)) => LayerTensor::PostAttnNorm,
+            _ => LayerTensor::FfnNorm,
+        }
     }
 
     /// The tensors of one layer of a dense model of `config`'s architecture (every layer is
@@ -353,7 +371,10 @@ impl LayerTensor {
             Some(lin) if lin.is_linear(layer) => {
                 match lin.layout {
                     DeltaLayout::Fused => out.extend([LinearQkvz, LinearBa]),
-                    DeltaLayout::Split => out.extend([LinearQkv, LinearZ, LinearB, LinearA]),
+                    DeltaLayout::Split | DeltaLayout::GgufTiled => {
+                        out.extend([LinearQkv, LinearZ, LinearB, LinearA])
+                    }
+                    DeltaLayout::GgufFusedBa => out.extend([LinearQkv, LinearZ, LinearBa]),
                 }
                 out.extend([Conv1d, ALog, DtBias, LinearNorm, LinearOut]);
             }
@@ -368,7 +389,7 @@ impl LayerTensor {
                 out.push(O);
             }
         }
-        out.push(FfnNorm);
+        out.push(LayerTensor::ffn_norm(config, source));
         match &config.moe {
             Some(moe) if moe.is_sparse(layer) => {
                 let naming = match config.arch {
@@ -416,7 +437,7 @@ impl LayerTensor {
         let key_dim = dim(|l| l.num_k_heads * l.k_head_dim);
         let value_dim = dim(|l| l.num_v_heads * l.v_head_dim);
         match self {
-            LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
+            LayerTensor::AttnNorm | LayerTensor::FfnNorm | LayerTensor::PostAttnNorm => vec![h],
             // Hybrid models' gated attention: a query and an output gate per head.
             LayerTensor::Q if lin.is_some() => vec![2 * q, h],
             LayerTensor::Q => vec![q, h],
@@ -562,7 +583,8 @@ pub struct WeightMap {
     affine: HashMap<usize, AffineParts>,
     /// Whether the checkpoint's zero-centred norms already hold `1 + weight` (mlx-lm's
     /// conversion of Qwen3-Next/Qwen3.5 adds the 1 once, and moves the conv1d kernel to
-    /// `[channels, kernel, 1]`, by which it is told apart): the loader must not add it again.
+    /// `[channels, kernel, 1]`, by which it is told apart; llama.cpp's `qwen3next`/`qwen35moe`
+    /// GGUF files always hold it): the loader must not add it again.
     pub norms_folded: bool,
 }
 
@@ -671,15 +693,17 @@ impl WeightMap {
                 entries.push((id, index));
                 continue;
             }
-            // mlx-lm's conv kernel `[channels, kernel, 1]`: the same values in the same order.
-            let mlx_conv = match (id, &expected[..]) {
-                (WeightId::Layer(_, LayerTensor::Conv1d), &[ch, 1, k]) => {
-                    source == WeightSource::HuggingFace && k != 1 && info.shape == [ch, k, 1]
-                }
-                _ => false,
+            // mlx-lm's conv kernel `[channels, kernel, 1]`, llama.cpp's squeezed `[channels,
+            // kernel]`: the same values in the same order.
+            let (mlx_conv, gguf_conv) = match (id, &expected[..]) {
+                (WeightId::Layer(_, LayerTensor::Conv1d), &[ch, 1, k]) => (
+                    source == WeightSource::HuggingFace && k != 1 && info.shape == [ch, k, 1],
+                    source == WeightSource::Gguf && info.shape == [ch, k],
+                ),
+                _ => (false, false),
             };
             norms_folded |= mlx_conv;
-            if !mlx_conv && !source.same_shape(&info.shape, &expected) {
+            if !mlx_conv && !gguf_conv && !source.same_shape(&info.shape, &expected) {
                 return Err(WeightError::Shape {
                     path: path.clone(),
                     name,
@@ -696,6 +720,9 @@ impl WeightMap {
             }
             entries.push((id, index));
         }
+        // llama.cpp's converter adds the 1 to the hybrid models' zero-centred norms too
+        // (`Qwen3NextModel.modify_tensors`, every `norm.weight` but the DeltaNet one).
+        norms_folded |= source == WeightSource::Gguf && c.linear.is_some();
         let by_id = entries.iter().copied().collect();
         Ok(WeightMap {
             source,

@@ -8,6 +8,15 @@
 //! | DeltaNet projections | `in_proj_qkvz`, `in_proj_ba`, interleaved per key-head group | `in_proj_qkv`, `in_proj_z`, `in_proj_b`, `in_proj_a` |
 //! | tensor prefix | `model.` | `model.language_model.` (text-only checkpoint: `model.`) |
 //! | sparse layers | `decoder_sparse_step`, `mlp_only_layers` (as Qwen2-MoE) | every layer |
+//! | GGUF (llama.cpp) | `qwen3next`: `attn_qkv`, `attn_gate`, `ssm_ba` | `qwen35moe`: `attn_qkv`, `attn_gate`, `ssm_beta`, `ssm_alpha`, value heads tiled |
+//!
+//! llama.cpp's converter (`conversion/qwen.py`, `Qwen3NextModel`) splits Qwen3-Next's
+//! `in_proj_qkvz` into `attn_qkv` (all queries, all keys, all values) and `attn_gate` but keeps
+//! `in_proj_ba` as `ssm_ba`; for Qwen3.5 (`_LinearAttentionVReorderBase`) it reorders the value
+//! heads from grouped by key head to tiled (`[g0v0, g1v0, …, g0v1, …]`) wherever they appear. It
+//! also stores `-exp(A_log)` as `ssm_a`, the conv kernel squeezed to `[channels, kernel]`, and
+//! the zero-centred norms with their 1 added; GGUF metadata (`{arch}.ssm.*`,
+//! `{arch}.attention.recurrent_layers`, `{arch}.rope.dimension_count`) gives the shape.
 //!
 //! Both have, unlike the rest of the family: RMS norms that scale by `1 + weight`
 //! (zero-centred; the DeltaNet output norm excepted), a query projection twice as wide whose
@@ -16,7 +25,9 @@
 
 use serde_json::Value;
 
-use super::{ArchFamily, ConfigError, Json};
+use hoist_format::MetaValue;
+
+use super::{ArchFamily, ConfigError, Json, Meta};
 
 /// What a layer mixes tokens with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +45,12 @@ pub enum DeltaLayout {
     Fused,
     /// `in_proj_qkv`, `in_proj_z`, `in_proj_b`, `in_proj_a` (Qwen3.5).
     Split,
+    /// llama.cpp's `qwen3next`: `attn_qkv` and `attn_gate` (as [`DeltaLayout::Split`]), b and
+    /// a still interleaved per key-head group in `ssm_ba` (as [`DeltaLayout::Fused`]).
+    GgufFusedBa,
+    /// llama.cpp's `qwen35moe`: the tensors of [`DeltaLayout::Split`] with the value heads
+    /// tiled (`[g0v0, g1v0, …, g0v1, g1v1, …]`, `g` the key head) instead of grouped.
+    GgufTiled,
 }
 
 /// The hybrid linear-attention part of a Qwen3-Next / Qwen3.5 configuration.
@@ -182,6 +199,126 @@ pub(super) fn hf_linear(
             "linear_num_value_heads",
             &format!(
                 "= {} is not a multiple of linear_num_key_heads = {}",
+                c.num_v_heads, c.num_k_heads
+            ),
+        ));
+    }
+    Ok(Some(c))
+}
+
+/// Reads the linear-attention keys of a GGUF file's metadata for `arch` (`None` for the other
+/// architectures), as llama.cpp's converter writes them: `ssm.group_count` key heads,
+/// `ssm.time_step_rank` value heads, `ssm.state_size` the key head width, `ssm.inner_size` all
+/// value heads' width, `ssm.conv_kernel`; `attention.recurrent_layers` which layers are DeltaNet
+/// ones (else every `full_attention_interval`-th, default 4, is full attention);
+/// `rope.dimension_count` the rotary dimensions (else the whole head, as llama.cpp).
+/// Qwen3.5's `rope.dimension_sections` (interleaved MRoPE) is not read: text gives every section
+/// the same position, which is plain rotary embedding, as for the Hugging Face checkpoints.
+pub(super) fn gguf_linear(
+    m: &Meta<'_>,
+    arch_name: &str,
+    arch: ArchFamily,
+    num_layers: usize,
+    head_dim: usize,
+) -> Result<Option<LinearAttnConfig>, ConfigError> {
+    let layout = match arch {
+        ArchFamily::Qwen3Next => DeltaLayout::GgufFusedBa,
+        ArchFamily::Qwen35Moe => DeltaLayout::GgufTiled,
+        _ => return Ok(None),
+    };
+    let k = |suffix: &str| format!("{arch_name}.{suffix}");
+    let recurrent_key = k("attention.recurrent_layers");
+    let layer_types: Vec<LayerKind> = match m.meta.get(&recurrent_key) {
+        Some(MetaValue::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                MetaValue::Bool(true) => Ok(LayerKind::Linear),
+                MetaValue::Bool(false) => Ok(LayerKind::Full),
+                _ => Err(m.invalid(&recurrent_key, "is not a list of booleans")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(m.invalid(&recurrent_key, "is not a list of booleans")),
+        None => {
+            let interval_key = k("full_attention_interval");
+            let interval = m.opt_usize(&interval_key)?.unwrap_or(4);
+            if interval == 0 {
+                return Err(m.invalid(&interval_key, "must be positive"));
+            }
+            (0..num_layers)
+                .map(|i| {
+                    if (i + 1).is_multiple_of(interval) {
+                        LayerKind::Full
+                    } else {
+                        LayerKind::Linear
+                    }
+                })
+                .collect()
+        }
+    };
+    // The list covers `block_count` blocks, multi-token-prediction ones (written last, as
+    // full attention) included; only the first `num_layers` are run.
+    if layer_types.len() < num_layers {
+        return Err(m.invalid(
+            &recurrent_key,
+            &format!("has {} entries for {num_layers} layers", layer_types.len()),
+        ));
+    }
+    let layer_types = layer_types[..num_layers].to_vec();
+    let rotary_key = k("rope.dimension_count");
+    let rotary_dim = m.opt_usize(&rotary_key)?.unwrap_or(head_dim);
+    if rotary_dim == 0 || rotary_dim > head_dim || !rotary_dim.is_multiple_of(2) {
+        return Err(m.invalid(
+            &rotary_key,
+            &format!("= {rotary_dim} must be even, positive and at most the key length {head_dim}"),
+        ));
+    }
+    let (kernel_key, state_key, group_key, rank_key, inner_key) = (
+        k("ssm.conv_kernel"),
+        k("ssm.state_size"),
+        k("ssm.group_count"),
+        k("ssm.time_step_rank"),
+        k("ssm.inner_size"),
+    );
+    let num_k_heads = m.usize(&group_key)?;
+    let num_v_heads = m.usize(&rank_key)?;
+    let inner = m.usize(&inner_key)?;
+    for (key, v) in [(&group_key, num_k_heads), (&rank_key, num_v_heads)] {
+        if v == 0 {
+            return Err(m.invalid(key, "must be positive"));
+        }
+    }
+    if !inner.is_multiple_of(num_v_heads) {
+        return Err(m.invalid(
+            &inner_key,
+            &format!("= {inner} is not a multiple of {rank_key} = {num_v_heads}"),
+        ));
+    }
+    let c = LinearAttnConfig {
+        layer_types,
+        num_k_heads,
+        num_v_heads,
+        k_head_dim: m.usize(&state_key)?,
+        v_head_dim: inner / num_v_heads,
+        conv_kernel: m.usize(&kernel_key)?,
+        rotary_dim,
+        layout,
+        // Not read: GGUF names have no prefix.
+        hf_prefix: "model.".into(),
+    };
+    for (key, v) in [
+        (&state_key, c.k_head_dim),
+        (&inner_key, c.v_head_dim),
+        (&kernel_key, c.conv_kernel),
+    ] {
+        if v == 0 {
+            return Err(m.invalid(key, "must be positive"));
+        }
+    }
+    if !c.num_v_heads.is_multiple_of(c.num_k_heads) {
+        return Err(m.invalid(
+            &rank_key,
+            &format!(
+                "= {} is not a multiple of {group_key} = {}",
                 c.num_v_heads, c.num_k_heads
             ),
         ));

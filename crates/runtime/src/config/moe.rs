@@ -2,7 +2,8 @@
 //! feed-forward blocks, and how the router's weights are formed.
 //!
 //! The three Hugging Face families spell the same things differently, and llama.cpp's GGUF
-//! files (`{arch}` = `llama` for Mixtral, `qwen2moe`, `qwen3moe`) differently again:
+//! files (`{arch}` = `llama` for Mixtral, `qwen2moe`, `qwen3moe`, and the hybrid `qwen3next`,
+//! `qwen35moe`) differently again:
 //!
 //! | | Mixtral | Qwen3-MoE | Qwen2-MoE | GGUF |
 //! | --- | --- | --- | --- | --- |
@@ -11,7 +12,7 @@
 //! | experts per token | `num_experts_per_tok` | `num_experts_per_tok` | `num_experts_per_tok` | `{arch}.expert_used_count` |
 //! | expert width | `intermediate_size` | `moe_intermediate_size` | `moe_intermediate_size` | `{arch}.expert_feed_forward_length` (Mixtral: `llama.feed_forward_length`) |
 //! | renormalised top-k | always | `norm_topk_prob` | `norm_topk_prob` | `{arch}.expert_weights_norm`, else llama.cpp's choice per architecture |
-//! | shared expert | — | — | `shared_expert_intermediate_size` | `qwen2moe.expert_shared_feed_forward_length` |
+//! | shared expert | — | — | `shared_expert_intermediate_size` | `{arch}.expert_shared_feed_forward_length` (`qwen2moe`, `qwen3next`, `qwen35moe`) |
 //! | sparse layers | all | `decoder_sparse_step`, `mlp_only_layers` | same as Qwen3-MoE | those with a router tensor |
 //!
 //! Layers that are not sparse keep the dense SwiGLU block of width `intermediate_size`
@@ -196,7 +197,10 @@ pub(super) fn gguf_moe(
     let expert_count = m.opt_usize(&k("expert_count"))?;
     let arch = match family {
         ArchFamily::Llama if expert_count.is_some_and(|n| n > 0) => ArchFamily::Mixtral,
-        ArchFamily::Qwen2Moe | ArchFamily::Qwen3Moe => family,
+        ArchFamily::Qwen2Moe
+        | ArchFamily::Qwen3Moe
+        | ArchFamily::Qwen3Next
+        | ArchFamily::Qwen35Moe => family,
         // Dense architectures: llama.cpp's `qwen2`/`qwen3` graphs have no experts either.
         _ => {
             return match expert_count.filter(|&n| n > 0) {
@@ -205,7 +209,7 @@ pub(super) fn gguf_moe(
                     &n.to_string(),
                     &format!(
                         "0 for a dense '{arch_name}' model; mixture-of-experts GGUF files are \
-                         'llama' (Mixtral), 'qwen2moe' or 'qwen3moe'"
+                         'llama' (Mixtral), 'qwen2moe', 'qwen3moe', 'qwen3next' or 'qwen35moe'"
                     ),
                 )),
                 None => Ok((family, None)),
@@ -245,6 +249,8 @@ pub(super) fn gguf_moe(
             Some(s) => s,
             None => feed_forward_length.ok_or_else(|| m.missing(&shared_key))?,
         }),
+        // llama.cpp reads the hybrid models' shared expert width from the key only.
+        ArchFamily::Qwen3Next | ArchFamily::Qwen35Moe => Some(m.usize(&shared_key)?),
         _ => None,
     };
     // llama.cpp's graphs for these architectures fix the choice; a file that states it anyway

@@ -297,8 +297,9 @@ pub struct DeltaNet {
     pub in_a: Vec<f32>,
     /// `[conv_dim, conv_kernel]`.
     pub conv: Vec<f32>,
-    /// `[v_heads]`: log of the decay rates.
-    pub a_log: Vec<f32>,
+    /// `[v_heads]`: the decay rates, `-exp(A_log)` (what llama.cpp's GGUF files store as
+    /// `ssm_a`; computed once at load from a Hugging Face `A_log`).
+    pub decay: Vec<f32>,
     /// `[v_heads]`.
     pub dt_bias: Vec<f32>,
     /// `[v_dim]`: the gated RMS norm's weight (plain scaling, not zero-centred).
@@ -352,7 +353,7 @@ impl DeltaNet {
                 x.k.extend_from_slice(&k);
                 let i = t * d.v_heads + vh;
                 x.beta.push(sigmoid(b[i]));
-                x.g.push(-self.a_log[vh].exp() * softplus(a[i] + self.dt_bias[vh]));
+                x.g.push(self.decay[vh] * softplus(a[i] + self.dt_bias[vh]));
             }
             x.v.extend_from_slice(vs);
         }
@@ -421,7 +422,7 @@ mod tests {
             in_b: w(rng, d.v_heads, hidden),
             in_a: w(rng, d.v_heads, hidden),
             conv: w(rng, d.conv_dim(), d.conv_kernel),
-            a_log: rng.vec(d.v_heads, 1.0),
+            decay: rng.vec(d.v_heads, 1.0).iter().map(|v| -v.exp()).collect(),
             dt_bias: rng.vec(d.v_heads, 0.5),
             norm: rng.vec(d.v_dim, 0.2).iter().map(|v| 1.0 + v).collect(),
             out: w(rng, hidden, d.value_dim()),

@@ -390,7 +390,7 @@ impl CpuModel {
             };
             let mixer = match &config.linear {
                 Some(lin) if lin.is_linear(n) => Mixer::Delta {
-                    net: Box::new(delta_net(&config, lin, &t)?),
+                    net: Box::new(delta_net(&config, lin, map.source, &t)?),
                     slot: slots[n],
                 },
                 _ => Mixer::Attention {
@@ -417,7 +417,7 @@ impl CpuModel {
             Ok(Layer {
                 attn_norm: norm(AttnNorm)?,
                 mixer,
-                ffn_norm: norm(FfnNorm)?,
+                ffn_norm: norm(LayerTensor::ffn_norm(&config, map.source))?,
                 ffn,
             })
         };
@@ -707,11 +707,12 @@ fn split_query_gate(qg: &[f32], head_dim: usize) -> (Vec<f32>, Vec<f32>) {
     (q, g)
 }
 
-/// A DeltaNet layer's weights from the tensors `t` gives, Qwen3-Next's interleaved projections
-/// reordered into the Qwen3.5 layout.
+/// A DeltaNet layer's weights from the tensors `t` gives, reordered into the Qwen3.5 layout:
+/// Qwen3-Next's interleaved projections split, llama.cpp's tiled value heads grouped again.
 fn delta_net(
     config: &ModelConfig,
     lin: &LinearAttnConfig,
+    source: WeightSource,
     t: &dyn Fn(LayerTensor) -> Result<Vec<f32>, WeightError>,
 ) -> Result<DeltaNet, WeightError> {
     use LayerTensor::*;
@@ -723,28 +724,81 @@ fn delta_net(
         conv_kernel: lin.conv_kernel,
     };
     let hidden = config.hidden_size;
-    let (in_qkv, in_z, in_b, in_a) = match lin.layout {
-        DeltaLayout::Split => (t(LinearQkv)?, t(LinearZ)?, t(LinearB)?, t(LinearA)?),
+    let (mut in_qkv, mut in_z, mut in_b, mut in_a) = match lin.layout {
+        DeltaLayout::Split | DeltaLayout::GgufTiled => {
+            (t(LinearQkv)?, t(LinearZ)?, t(LinearB)?, t(LinearA)?)
+        }
         DeltaLayout::Fused => {
             let (qkv, z) = unfuse_qkvz(&t(LinearQkvz)?, &dims, hidden);
             let (b, a) = unfuse_ba(&t(LinearBa)?, &dims, hidden);
             (qkv, z, b, a)
         }
+        DeltaLayout::GgufFusedBa => {
+            let (b, a) = unfuse_ba(&t(LinearBa)?, &dims, hidden);
+            (t(LinearQkv)?, t(LinearZ)?, b, a)
+        }
     };
+    // `[conv_dim, 1, kernel]` (GGUF: `[conv_dim, kernel]`) is `[conv_dim, kernel]` row-major.
+    let mut conv = t(Conv1d)?;
+    let mut decay = t(ALog)?;
+    if source == WeightSource::HuggingFace {
+        // llama.cpp's converter stores `-exp(A_log)` (in f32, as transformers computes it).
+        decay.iter_mut().for_each(|v| *v = -v.exp());
+    }
+    let mut dt_bias = t(DtBias)?;
+    let mut out = t(LinearOut)?;
+    if lin.layout == DeltaLayout::GgufTiled {
+        // Every value-head dimension back from tiled to grouped order.
+        let (v, kd) = (dims.v_dim, dims.k_heads * dims.k_dim);
+        // The values follow the queries and keys (the shapes were checked at resolve).
+        if let Some(values) = in_qkv.get_mut(2 * kd * hidden..) {
+            untile_v_heads(values, &dims, v * hidden);
+        }
+        untile_v_heads(&mut in_z, &dims, v * hidden);
+        untile_v_heads(&mut in_b, &dims, hidden);
+        untile_v_heads(&mut in_a, &dims, hidden);
+        if let Some(values) = conv.get_mut(2 * kd * dims.conv_kernel..) {
+            untile_v_heads(values, &dims, v * dims.conv_kernel);
+        }
+        untile_v_heads(&mut decay, &dims, 1);
+        untile_v_heads(&mut dt_bias, &dims, 1);
+        for row in out.chunks_exact_mut(dims.value_dim()) {
+            untile_v_heads(row, &dims, v);
+        }
+    }
     Ok(DeltaNet {
         dims,
         in_qkv,
         in_z,
         in_b,
         in_a,
-        // `[conv_dim, 1, kernel]` is `[conv_dim, kernel]` row-major.
-        conv: t(Conv1d)?,
-        a_log: t(ALog)?,
-        dt_bias: t(DtBias)?,
+        conv,
+        decay,
+        dt_bias,
         norm: t(LinearNorm)?,
-        out: t(LinearOut)?,
+        out,
         eps: config.rms_norm_eps,
     })
+}
+
+/// Reorders `w`, `v_heads` blocks of `block` values, from llama.cpp's tiled value heads
+/// (`[r][k_heads]`: block `j·k_heads + g` is value head `j` of key head `g`;
+/// `_LinearAttentionVReorderBase._reorder_v_heads`) to the grouped order transformers uses
+/// (`[k_heads][r]`), `r = v_heads / k_heads`. Shapes were checked when the map was resolved;
+/// a `w` of another length is left as it is.
+fn untile_v_heads(w: &mut [f32], d: &DeltaDims, block: usize) {
+    let r = d.v_heads / d.k_heads.max(1);
+    if r <= 1 || w.len() != d.v_heads * block {
+        return;
+    }
+    let tiled = w.to_vec();
+    for g in 0..d.k_heads {
+        for j in 0..r {
+            let from = (j * d.k_heads + g) * block;
+            let to = (g * r + j) * block;
+            w[to..to + block].copy_from_slice(&tiled[from..from + block]);
+        }
+    }
 }
 
 /// Qwen3-Next's `in_proj_qkvz` rows (per key-head group: `q [k_dim]`, `k [k_dim]`,
