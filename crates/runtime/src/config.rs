@@ -106,6 +106,18 @@ pub enum ArchFamily {
 }
 
 impl ArchFamily {
+    /// Whether the attention's queries and keys are RMS-normed per head (Qwen3 and its MoE
+    /// and hybrid successors).
+    pub fn has_qk_norm(self) -> bool {
+        matches!(
+            self,
+            ArchFamily::Qwen3
+                | ArchFamily::Qwen3Moe
+                | ArchFamily::Qwen3Next
+                | ArchFamily::Qwen35Moe
+        )
+    }
+
     /// The Hugging Face `architectures` entries this runtime runs.
     pub const HF_NAMES: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
         Qwen3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, \
@@ -408,13 +420,7 @@ impl ModelConfig {
             max_position_embeddings: j.opt_usize("max_position_embeddings")?.unwrap_or(4096),
             tie_word_embeddings: tie.and_then(Value::as_bool) == Some(true),
             attention_bias,
-            qk_norm: matches!(
-                arch,
-                ArchFamily::Qwen3
-                    | ArchFamily::Qwen3Moe
-                    | ArchFamily::Qwen3Next
-                    | ArchFamily::Qwen35Moe
-            ),
+            qk_norm: arch.has_qk_norm(),
             sliding_window,
             bos_token_id,
             eos_token_ids,
@@ -542,13 +548,7 @@ impl ModelConfig {
                 ArchFamily::Qwen2Moe => table.get("blk.0.attn_q.bias").is_some(),
                 _ => false,
             },
-            qk_norm: matches!(
-                arch,
-                ArchFamily::Qwen3
-                    | ArchFamily::Qwen3Moe
-                    | ArchFamily::Qwen3Next
-                    | ArchFamily::Qwen35Moe
-            ),
+            qk_norm: arch.has_qk_norm(),
             // llama.cpp's converter writes no sliding window for these architectures and its
             // `llama` graph attends over the whole context (Mistral's and Mixtral's GGUF files
             // run without the window the Hugging Face checkpoint may have).

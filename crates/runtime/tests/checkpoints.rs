@@ -3,16 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use hoist_format::{DType, MetaValue, TensorTable};
+use hoist_format::TensorTable;
 use hoist_runtime::config::ConfigError;
 use hoist_runtime::cpu::CpuModel;
 use hoist_runtime::weights::{ExpertProj, WeightError};
 use hoist_runtime::{ArchFamily, ModelConfig, RopeStyle, RuntimeError, WeightMap};
 use hoist_synth::gguf::{write_gguf, GgufTensor, GgufValue};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod common;
+
+use common::fixtures;
+use common::gguf_edit::Gguf;
 
 #[test]
 fn gguf_configs_match_the_hf_ones() {
@@ -229,87 +230,6 @@ fn gguf_moe_configs_match_the_hf_ones() {
     }
 }
 
-/// A GGUF file's metadata and tensors, to write again changed.
-#[derive(Clone)]
-struct Gguf {
-    kvs: Vec<(String, GgufValue)>,
-    /// `(name, shape, ggml type, bytes)`.
-    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
-}
-
-fn meta_to_gguf(v: &MetaValue) -> GgufValue {
-    match v {
-        MetaValue::U64(n) => GgufValue::U64(*n),
-        MetaValue::I64(n) => GgufValue::I64(*n),
-        MetaValue::F64(x) => GgufValue::F64(*x),
-        MetaValue::Bool(b) => GgufValue::Bool(*b),
-        MetaValue::String(s) => GgufValue::String(s.clone()),
-        MetaValue::Array(a) => GgufValue::Array(a.iter().map(meta_to_gguf).collect()),
-    }
-}
-
-impl Gguf {
-    fn read(name: &str) -> Gguf {
-        let path = fixtures().join(format!("gguf/{name}.gguf"));
-        let table = TensorTable::open(&path).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        Gguf {
-            kvs: table
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), meta_to_gguf(v)))
-                .collect(),
-            tensors: table
-                .tensors
-                .iter()
-                .map(|t| {
-                    let DType::Ggml(g) = t.dtype else {
-                        panic!("{}: not a ggml type", t.name)
-                    };
-                    let data = bytes[t.offset as usize..t.end() as usize].to_vec();
-                    (t.name.clone(), t.shape.clone(), g.0, data)
-                })
-                .collect(),
-        }
-    }
-
-    fn set(&mut self, key: &str, value: GgufValue) -> &mut Gguf {
-        self.remove(key);
-        self.kvs.push((key.into(), value));
-        self
-    }
-
-    fn remove(&mut self, key: &str) -> &mut Gguf {
-        self.kvs.retain(|(k, _)| k != key);
-        self
-    }
-
-    fn drop_tensor(&mut self, name: &str) -> &mut Gguf {
-        self.tensors.retain(|t| t.0 != name);
-        self
-    }
-
-    fn write(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("moe.gguf");
-        let tensors: Vec<GgufTensor<'_>> = self
-            .tensors
-            .iter()
-            .map(|(name, shape, ty, data)| GgufTensor {
-                name,
-                shape,
-                ggml_type: *ty,
-                data,
-            })
-            .collect();
-        write_gguf(&path, &self.kvs, &tensors, 32).unwrap();
-        path
-    }
-
-    fn config(&self, dir: &Path) -> Result<ModelConfig, ConfigError> {
-        ModelConfig::from_gguf(&TensorTable::open(self.write(dir)).unwrap())
-    }
-}
-
 #[test]
 fn gguf_moe_config_errors_name_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -317,37 +237,31 @@ fn gguf_moe_config_errors_name_file_and_key() {
     let base = Gguf::read("qwen3_moe-f32");
     let err = |g: &Gguf| g.config(d).unwrap_err().to_string();
 
-    let e = err(&edited(&base, |g| {
-        g.set("qwen3moe.expert_used_count", GgufValue::U32(9))
-    }));
+    let e = err(&base.edited(|g| g.set("qwen3moe.expert_used_count", GgufValue::U32(9))));
     assert!(
-        e.contains("moe.gguf")
+        e.contains("edited.gguf")
             && e.contains("'qwen3moe.expert_used_count'")
             && e.contains("exceeds the number of experts (8)"),
         "{e}"
     );
-    let e = err(&edited(&base, |g| {
-        g.set("qwen3moe.expert_used_count", GgufValue::U32(0))
-    }));
+    let e = err(&base.edited(|g| g.set("qwen3moe.expert_used_count", GgufValue::U32(0))));
     assert!(
         e.contains("'qwen3moe.expert_used_count' must be positive"),
         "{e}"
     );
-    let e = err(&edited(&base, |g| {
-        g.set("qwen3moe.expert_count", GgufValue::U32(0))
-    }));
+    let e = err(&base.edited(|g| g.set("qwen3moe.expert_count", GgufValue::U32(0))));
     assert!(
         e.contains("'qwen3moe.expert_count' must be positive"),
         "{e}"
     );
     for key in ["qwen3moe.expert_count", "qwen3moe.expert_used_count"] {
-        let e = edited(&base, |g| g.remove(key)).config(d).unwrap_err();
+        let e = base.edited(|g| g.remove(key)).config(d).unwrap_err();
         assert!(
             matches!(&e, ConfigError::Missing { key: k, .. } if k == key),
             "{key}: {e}"
         );
     }
-    let e = err(&edited(&base, |g| {
+    let e = err(&base.edited(|g| {
         g.set(
             "qwen3moe.expert_weights_norm",
             GgufValue::String("yes".into()),
@@ -360,26 +274,27 @@ fn gguf_moe_config_errors_name_file_and_key() {
 
     // Without the expert width, llama.cpp's fallback: feed_forward_length / expert_used_count
     // (64 / 2 = 32, the fixture's width); without both, the width is missing.
-    let c = edited(&base, |g| g.remove("qwen3moe.expert_feed_forward_length"))
+    let c = base
+        .edited(|g| g.remove("qwen3moe.expert_feed_forward_length"))
         .config(d)
         .unwrap();
     assert_eq!(c.moe.unwrap().expert_intermediate_size, 32);
-    let e = edited(&base, |g| {
-        g.remove("qwen3moe.expert_feed_forward_length")
-            .remove("qwen3moe.feed_forward_length")
-    })
-    .config(d)
-    .unwrap_err();
+    let e = base
+        .edited(|g| {
+            g.remove("qwen3moe.expert_feed_forward_length")
+                .remove("qwen3moe.feed_forward_length")
+        })
+        .config(d)
+        .unwrap_err();
     assert!(
         matches!(&e, ConfigError::Missing { key, .. } if key == "qwen3moe.expert_feed_forward_length"),
         "{e}"
     );
     // `expert_weights_norm`, where a file has it, overrides the architecture's choice.
-    let c = edited(&base, |g| {
-        g.set("qwen3moe.expert_weights_norm", GgufValue::Bool(false))
-    })
-    .config(d)
-    .unwrap();
+    let c = base
+        .edited(|g| g.set("qwen3moe.expert_weights_norm", GgufValue::Bool(false)))
+        .config(d)
+        .unwrap();
     assert!(!c.moe.unwrap().norm_topk_prob);
 
     // Mixtral is `llama` with experts; without them it is a dense Llama.
@@ -389,22 +304,20 @@ fn gguf_moe_config_errors_name_file_and_key() {
         (c.arch, c.rope_style),
         (ArchFamily::Mixtral, RopeStyle::Interleaved)
     );
-    let e = err(&edited(&mixtral, |g| {
-        g.set("llama.expert_used_count", GgufValue::U32(9))
-    }));
+    let e = err(&mixtral.edited(|g| g.set("llama.expert_used_count", GgufValue::U32(9))));
     assert!(
         e.contains("'llama.expert_used_count'") && e.contains("exceeds"),
         "{e}"
     );
-    let c = edited(&mixtral, |g| g.set("llama.expert_count", GgufValue::U32(0)))
+    let c = mixtral
+        .edited(|g| g.set("llama.expert_count", GgufValue::U32(0)))
         .config(d)
         .unwrap();
     assert_eq!((c.arch, c.moe), (ArchFamily::Llama, None));
 
     // A dense architecture with experts is not one llama.cpp runs either.
-    let e = err(&edited(&Gguf::read("qwen3-q4_0"), |g| {
-        g.set("qwen3.expert_count", GgufValue::U32(4))
-    }));
+    let e =
+        err(&Gguf::read("qwen3-q4_0").edited(|g| g.set("qwen3.expert_count", GgufValue::U32(4))));
     assert!(
         e.contains("'qwen3.expert_count' = 4") && e.contains("qwen3moe"),
         "{e}"
@@ -412,12 +325,6 @@ fn gguf_moe_config_errors_name_file_and_key() {
 }
 
 /// `base` changed by `edit`.
-fn edited(base: &Gguf, edit: impl FnOnce(&mut Gguf) -> &mut Gguf) -> Gguf {
-    let mut g = base.clone();
-    edit(&mut g);
-    g
-}
-
 #[test]
 fn gguf_moe_weight_errors_name_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
@@ -427,9 +334,9 @@ fn gguf_moe_weight_errors_name_the_tensor() {
         Err(e) => e,
     };
 
-    let e = load_err(&edited(&Gguf::read("mixtral-f32"), |g| {
-        g.drop_tensor("blk.0.ffn_down_exps.weight")
-    }));
+    let e = load_err(
+        &Gguf::read("mixtral-f32").edited(|g| g.drop_tensor("blk.0.ffn_down_exps.weight")),
+    );
     let msg = e.to_string();
     assert!(matches!(
         e,
@@ -441,9 +348,10 @@ fn gguf_moe_weight_errors_name_the_tensor() {
     );
 
     // The experts' width disagrees with the stacked tensors' shapes.
-    let e = load_err(&edited(&Gguf::read("qwen3_moe-f32"), |g| {
-        g.set("qwen3moe.expert_feed_forward_length", GgufValue::U32(16))
-    }))
+    let e = load_err(
+        &Gguf::read("qwen3_moe-f32")
+            .edited(|g| g.set("qwen3moe.expert_feed_forward_length", GgufValue::U32(16))),
+    )
     .to_string();
     assert!(
         e.contains("'blk.0.ffn_gate_exps.weight'")
@@ -453,7 +361,7 @@ fn gguf_moe_weight_errors_name_the_tensor() {
     );
 
     // llama.cpp's older per-expert layout (`blk.N.ffn_gate.E.weight`): refused, saying so.
-    let old = edited(&Gguf::read("qwen3_moe-f32"), |g| {
+    let old = Gguf::read("qwen3_moe-f32").edited(|g| {
         let mut per_expert = Vec::new();
         for (name, shape, ty, data) in &g.tensors {
             let Some(p) = name
@@ -483,7 +391,7 @@ fn gguf_moe_weight_errors_name_the_tensor() {
 
     // ggml's shape for the shared expert's gate is `[hidden]`; llama.cpp's converter writes
     // `[1, hidden]`. Both load, to the same model.
-    let vector = edited(&Gguf::read("qwen2_moe-f32"), |g| {
+    let vector = Gguf::read("qwen2_moe-f32").edited(|g| {
         for t in &mut g.tensors {
             if t.0.ends_with("ffn_gate_inp_shexp.weight") {
                 assert_eq!(t.1, [1, 64]);

@@ -6,16 +6,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::cpu_reference::{check, reference};
 use common::fixtures;
-use hoist_format::{DType, MetaValue, TensorTable};
+use common::gguf_edit::Gguf;
+use hoist_format::TensorTable;
 use hoist_runtime::config::{ConfigError, DeltaLayout, LayerKind};
 use hoist_runtime::cpu::CpuModel;
 use hoist_runtime::weights::WeightError;
 use hoist_runtime::{ArchFamily, ModelConfig, RuntimeError};
-use hoist_synth::gguf::{write_gguf, GgufTensor, GgufValue};
+use hoist_synth::gguf::GgufValue;
 
 fn gguf(name: &str) -> PathBuf {
     fixtures().join(format!("gguf/{name}-f32.gguf"))
@@ -91,86 +92,6 @@ fn gguf_configs_read_the_hybrid_layout() {
     );
 }
 
-/// A GGUF file's metadata and tensors, to write edited copies.
-struct Gguf {
-    kvs: Vec<(String, GgufValue)>,
-    /// `(name, shape, ggml type, bytes)`.
-    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
-}
-
-fn meta_to_gguf(v: &MetaValue) -> GgufValue {
-    match v {
-        MetaValue::U64(n) => GgufValue::U64(*n),
-        MetaValue::I64(n) => GgufValue::I64(*n),
-        MetaValue::F64(x) => GgufValue::F64(*x),
-        MetaValue::Bool(b) => GgufValue::Bool(*b),
-        MetaValue::String(s) => GgufValue::String(s.clone()),
-        MetaValue::Array(a) => GgufValue::Array(a.iter().map(meta_to_gguf).collect()),
-    }
-}
-
-impl Gguf {
-    fn read(name: &str) -> Gguf {
-        let path = gguf(name);
-        let table = TensorTable::open(&path).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        Gguf {
-            kvs: table
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), meta_to_gguf(v)))
-                .collect(),
-            tensors: table
-                .tensors
-                .iter()
-                .map(|t| {
-                    let DType::Ggml(g) = t.dtype else {
-                        panic!("{}: not a ggml type", t.name)
-                    };
-                    let data = bytes[t.offset as usize..t.end() as usize].to_vec();
-                    (t.name.clone(), t.shape.clone(), g.0, data)
-                })
-                .collect(),
-        }
-    }
-
-    fn set(mut self, key: &str, value: GgufValue) -> Gguf {
-        self = self.remove(key);
-        self.kvs.push((key.into(), value));
-        self
-    }
-
-    fn remove(mut self, key: &str) -> Gguf {
-        self.kvs.retain(|(k, _)| k != key);
-        self
-    }
-
-    fn drop_tensor(mut self, name: &str) -> Gguf {
-        self.tensors.retain(|t| t.0 != name);
-        self
-    }
-
-    fn write(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("next.gguf");
-        let tensors: Vec<GgufTensor<'_>> = self
-            .tensors
-            .iter()
-            .map(|(name, shape, ty, data)| GgufTensor {
-                name,
-                shape,
-                ggml_type: *ty,
-                data,
-            })
-            .collect();
-        write_gguf(&path, &self.kvs, &tensors, 32).unwrap();
-        path
-    }
-
-    fn config(&self, dir: &Path) -> Result<ModelConfig, ConfigError> {
-        ModelConfig::from_gguf(&TensorTable::open(self.write(dir)).unwrap())
-    }
-}
-
 #[test]
 fn gguf_missing_ssm_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -179,7 +100,9 @@ fn gguf_missing_ssm_tensor_is_named() {
         ("qwen3_5_moe", "blk.0.ssm_alpha.weight"),
         ("qwen3_5_moe", "blk.2.ssm_a"),
     ] {
-        let path = Gguf::read(name).drop_tensor(tensor).write(dir.path());
+        let path = Gguf::read(&format!("{name}-f32"))
+            .edited(|g| g.drop_tensor(tensor))
+            .write(dir.path());
         let e = match CpuModel::load(&path) {
             Ok(_) => panic!("{name} without {tensor} loaded"),
             Err(e) => e,
@@ -197,6 +120,7 @@ fn gguf_missing_ssm_tensor_is_named() {
 fn gguf_hybrid_config_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let (q35, next) = (Gguf::read("qwen3_5_moe-f32"), Gguf::read("qwen3_next-f32"));
     for key in [
         "qwen35moe.ssm.group_count",
         "qwen35moe.ssm.time_step_rank",
@@ -205,34 +129,36 @@ fn gguf_hybrid_config_errors_name_the_key() {
         "qwen35moe.ssm.conv_kernel",
         "qwen35moe.expert_shared_feed_forward_length",
     ] {
-        let e = Gguf::read("qwen3_5_moe").remove(key).config(d).unwrap_err();
+        let e = q35.edited(|g| g.remove(key)).config(d).unwrap_err();
         assert!(
             matches!(&e, ConfigError::Missing { key: k, .. } if k == key),
             "{key}: {e}"
         );
     }
-    let e = Gguf::read("qwen3_5_moe")
-        .set("qwen35moe.ssm.time_step_rank", GgufValue::U32(3))
+    let e = q35
+        .edited(|g| g.set("qwen35moe.ssm.time_step_rank", GgufValue::U32(3)))
         .config(d)
         .unwrap_err()
         .to_string();
     assert!(e.contains("'qwen35moe.ssm.inner_size'"), "{e}");
-    let e = Gguf::read("qwen3_next")
-        .set("qwen3next.rope.dimension_count", GgufValue::U32(7))
+    let e = next
+        .edited(|g| g.set("qwen3next.rope.dimension_count", GgufValue::U32(7)))
         .config(d)
         .unwrap_err()
         .to_string();
     assert!(e.contains("'qwen3next.rope.dimension_count'"), "{e}");
     // Without `recurrent_layers`: every `full_attention_interval`-th layer is full attention.
-    let c = Gguf::read("qwen3_next")
-        .remove("qwen3next.attention.recurrent_layers")
-        .set("qwen3next.full_attention_interval", GgufValue::U32(2))
+    let c = next
+        .edited(|g| {
+            g.remove("qwen3next.attention.recurrent_layers")
+                .set("qwen3next.full_attention_interval", GgufValue::U32(2))
+        })
         .config(d)
         .unwrap();
     use LayerKind::{Full, Linear};
     assert_eq!(c.linear.unwrap().layer_types, [Linear, Full, Linear, Full]);
-    let e = Gguf::read("qwen3_next")
-        .set("qwen3next.nextn_predict_layers", GgufValue::U32(5))
+    let e = next
+        .edited(|g| g.set("qwen3next.nextn_predict_layers", GgufValue::U32(5)))
         .config(d)
         .unwrap_err()
         .to_string();
@@ -245,17 +171,18 @@ fn gguf_hybrid_config_errors_name_the_key() {
 #[test]
 fn gguf_mtp_blocks_are_not_run() {
     let dir = tempfile::tempdir().unwrap();
-    let mut g = Gguf::read("qwen3_next")
-        .set("qwen3next.block_count", GgufValue::U32(5))
-        .set("qwen3next.nextn_predict_layers", GgufValue::U32(1))
-        .set(
-            "qwen3next.attention.recurrent_layers",
-            GgufValue::Array(
-                [true, false, true, false, false]
-                    .map(GgufValue::Bool)
-                    .to_vec(),
-            ),
-        );
+    let mut g = Gguf::read("qwen3_next-f32").edited(|g| {
+        g.set("qwen3next.block_count", GgufValue::U32(5))
+            .set("qwen3next.nextn_predict_layers", GgufValue::U32(1))
+            .set(
+                "qwen3next.attention.recurrent_layers",
+                GgufValue::Array(
+                    [true, false, true, false, false]
+                        .map(GgufValue::Bool)
+                        .to_vec(),
+                ),
+            )
+    });
     g.tensors.push((
         "blk.4.nextn.eh_proj.weight".into(),
         vec![64, 128],
@@ -272,23 +199,4 @@ fn gguf_mtp_blocks_are_not_run() {
         1e-4,
         "qwen3_next with an MTP block",
     );
-}
-
-/// The GPU runtime refuses a hybrid GGUF file as it does the Hugging Face checkpoints, before
-/// it opens a device (so this runs anywhere).
-#[test]
-fn gpu_refuses_hybrid_gguf_before_touching_the_device() {
-    for name in ["qwen3_next", "qwen3_5_moe"] {
-        let table = TensorTable::open(gguf(name)).unwrap();
-        let config = ModelConfig::from_gguf(&table).unwrap();
-        let options = hoist_runtime::gpu::GpuOptions::default();
-        let e = match hoist_runtime::gpu::GpuModel::from_table(&table, config, &options) {
-            Ok(_) => panic!("{name} loaded on the GPU"),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            e.contains("linear-attention") && e.contains("--device cpu"),
-            "{name}: {e}"
-        );
-    }
 }

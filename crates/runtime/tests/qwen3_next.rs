@@ -253,23 +253,29 @@ fn config_errors_name_the_key() {
     );
 }
 
-/// The GPU runtime does not run linear-attention layers: it refuses these models before it
-/// opens a device (so this runs anywhere), pointing at the CPU.
+/// The GPU runtime does not run linear-attention layers: it refuses these models, from
+/// Hugging Face directories and llama.cpp's GGUF files alike, before it opens a device (so
+/// this runs anywhere), pointing at the CPU.
 #[test]
 fn gpu_refuses_hybrid_models_before_touching_the_device() {
     for name in ["qwen3_next", "qwen3_5_moe"] {
         let dir = fixtures().join(name);
-        let config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
-        let table = hoist_format::TensorTable::open(&dir).unwrap();
-        let options = hoist_runtime::gpu::GpuOptions::default();
-        let e = match hoist_runtime::gpu::GpuModel::from_table(&table, config, &options) {
-            Ok(_) => panic!("{name} loaded on the GPU"),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            e.contains("linear-attention") && e.contains("--device cpu"),
-            "{name}: {e}"
-        );
+        let hf = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+        let hf = (hoist_format::TensorTable::open(&dir).unwrap(), hf);
+        let file = fixtures().join(format!("gguf/{name}-f32.gguf"));
+        let gguf = hoist_format::TensorTable::open(file).unwrap();
+        let gguf = (ModelConfig::from_gguf(&gguf).unwrap(), gguf);
+        for (table, config) in [hf, (gguf.1, gguf.0)] {
+            let options = hoist_runtime::gpu::GpuOptions::default();
+            let e = match hoist_runtime::gpu::GpuModel::from_table(&table, config, &options) {
+                Ok(_) => panic!("{name} loaded on the GPU"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                e.contains("linear-attention") && e.contains("--device cpu"),
+                "{name}: {e}"
+            );
+        }
     }
 }
 

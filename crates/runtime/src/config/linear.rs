@@ -111,18 +111,8 @@ pub(super) fn hf_linear(
     let layer_types = match j.json.get("layer_types") {
         None | Some(Value::Null) => {
             let interval = j.opt_usize("full_attention_interval")?.unwrap_or(4);
-            if interval == 0 {
-                return Err(j.invalid("full_attention_interval", "must be positive"));
-            }
-            (0..num_layers)
-                .map(|i| {
-                    if (i + 1).is_multiple_of(interval) {
-                        LayerKind::Full
-                    } else {
-                        LayerKind::Linear
-                    }
-                })
-                .collect()
+            every_nth_full(num_layers, interval)
+                .ok_or_else(|| j.invalid("full_attention_interval", "must be positive"))?
         }
         Some(Value::Array(a)) => a
             .iter()
@@ -241,18 +231,8 @@ pub(super) fn gguf_linear(
         None => {
             let interval_key = k("full_attention_interval");
             let interval = m.opt_usize(&interval_key)?.unwrap_or(4);
-            if interval == 0 {
-                return Err(m.invalid(&interval_key, "must be positive"));
-            }
-            (0..num_layers)
-                .map(|i| {
-                    if (i + 1).is_multiple_of(interval) {
-                        LayerKind::Full
-                    } else {
-                        LayerKind::Linear
-                    }
-                })
-                .collect()
+            every_nth_full(num_layers, interval)
+                .ok_or_else(|| m.invalid(&interval_key, "must be positive"))?
         }
     };
     // The list covers `block_count` blocks, multi-token-prediction ones (written last, as
@@ -324,4 +304,17 @@ pub(super) fn gguf_linear(
         ));
     }
     Ok(Some(c))
+}
+
+/// The layer kinds when every `interval`-th layer is full attention and the rest DeltaNet
+/// (`full_attention_interval`, default 4 in both formats); `None` for an interval of 0.
+fn every_nth_full(num_layers: usize, interval: usize) -> Option<Vec<LayerKind>> {
+    (interval > 0).then(|| {
+        (0..num_layers)
+            .map(|i| match (i + 1).is_multiple_of(interval) {
+                true => LayerKind::Full,
+                false => LayerKind::Linear,
+            })
+            .collect()
+    })
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cpu_reference;
+pub mod gguf_edit;
 
 use std::path::{Path, PathBuf};
 
