@@ -538,15 +538,12 @@ impl State {
     fn literal(&mut self, g: &JsonGrammar, set: LitSet, lo: u16, hi: u16, pos: u16, b: u8) -> Flow {
         let lits = literals(g, set);
         let p = pos as usize;
-        // Sorted, sharing `pos` bytes: those with `b` next are a contiguous run.
-        let mut i = lo as usize;
-        while i < hi as usize && lits[i].get(p).is_none_or(|&c| c < b) {
-            i += 1;
-        }
-        let mut j = i;
-        while j < hi as usize && lits[j].get(p) == Some(&b) {
-            j += 1;
-        }
+        // Sorted, sharing `pos` bytes: their byte at `p` (none first) never decreases, so those
+        // with `b` next are a contiguous run, found by two binary searches (an enum may hold
+        // thousands of values, and every token of a mask steps through here).
+        let run = &lits[lo as usize..hi as usize];
+        let i = lo as usize + run.partition_point(|l| l.get(p).is_none_or(|&c| c < b));
+        let j = lo as usize + run.partition_point(|l| l.get(p).is_none_or(|&c| c <= b));
         let usable = match (set, self.stack.last()) {
             (LitSet::Keys(_), Some(&Frame::Obj { seen, .. })) => {
                 (i..j).any(|k| seen & (1 << k) == 0)

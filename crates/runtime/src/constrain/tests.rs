@@ -234,6 +234,19 @@ fn array_bounds_count_items_at_every_depth() {
     assert!(complete(&none, "[]") && !prefix(&none, "[1"));
 }
 
+#[test]
+fn large_enums_match_exactly() {
+    let values: Vec<String> = (0..5000).map(|i| format!("v{i}")).collect();
+    let g = JsonGrammar::from_schema(&json!({"enum": values})).unwrap();
+    for ok in ["\"v0\"", "\"v12\"", "\"v4999\"", "\"v999\""] {
+        assert!(complete(&g, ok), "{ok}");
+    }
+    assert!(prefix(&g, "\"v1") && !complete(&g, "\"v1"));
+    for bad in ["\"v5000\"", "\"w", "\"v01\"", "\"v49990"] {
+        assert!(!prefix(&g, bad), "{bad}");
+    }
+}
+
 /// A toy vocabulary: single bytes and a few longer pieces, some of which straddle JSON tokens.
 fn toy_table() -> (Vec<&'static str>, Arc<TokenTable>) {
     let words = vec![
