@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use common::{assert_error_line, hoist, stderr, stdout_json};
 use hoist_format::{DType, TensorTable};
-use hoist_synth::{fill_random, write_safetensors, TensorSpec};
+use hoist_synth::write_random_safetensors;
 use xxhash_rust::xxh3::xxh3_64;
 
 fn checkpoint(dir: &Path) -> PathBuf {
@@ -18,19 +18,8 @@ fn checkpoint(dir: &Path) -> PathBuf {
         ("w.up", DType::F32, vec![32, 8, 16]),
         ("norm", DType::F32, vec![256]),
     ];
-    let specs: Vec<TensorSpec> = specs
-        .into_iter()
-        .map(|(n, dtype, shape)| TensorSpec {
-            name: n.into(),
-            dtype,
-            shape,
-        })
-        .collect();
     let path = dir.join("tp.safetensors");
-    write_safetensors(&path, &specs, &[], |i, off, buf| {
-        fill_random(buf, 3, i as u64, off)
-    })
-    .unwrap();
+    write_random_safetensors(&path, &specs, 3).unwrap();
     path
 }
 

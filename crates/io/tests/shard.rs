@@ -8,7 +8,7 @@ use hoist_format::{DType, GgmlType, TensorInfo, TensorTable};
 use hoist_io::shard::{Part, ShardConfig, ShardError};
 use hoist_io::{load_host_sharded, EngineConfig, LoadError, PlanConfig, Shard, ShardPlan};
 use hoist_synth::gguf::{write_gguf, GgufTensor};
-use hoist_synth::{fill_random, write_safetensors, TensorSpec};
+use hoist_synth::{fill_random, write_random_safetensors};
 
 fn safetensors_file(dir: &Path) -> PathBuf {
     let specs = [
@@ -19,19 +19,8 @@ fn safetensors_file(dir: &Path) -> PathBuf {
         ("e", DType::BF16, vec![1200, 2400]),
         ("norm", DType::F32, vec![96]),
     ];
-    let specs: Vec<TensorSpec> = specs
-        .into_iter()
-        .map(|(n, dtype, shape)| TensorSpec {
-            name: n.into(),
-            dtype,
-            shape,
-        })
-        .collect();
     let path = dir.join("m.safetensors");
-    write_safetensors(&path, &specs, &[], |i, off, buf| {
-        fill_random(buf, 7, i as u64, off)
-    })
-    .unwrap();
+    write_random_safetensors(&path, &specs, 7).unwrap();
     path
 }
 

@@ -102,17 +102,24 @@ fn tojson(value: Value, indent: Option<usize>) -> Result<Value, Error> {
 /// `json.dumps`' default one-line layout: `{"a": 1, "b": [1, 2]}`.
 struct PythonCompact;
 
+/// `", "` before every item but the first, as `json.dumps` separates items and entries.
+fn python_separator<W: ?Sized + std::io::Write>(
+    writer: &mut W,
+    first: bool,
+) -> std::io::Result<()> {
+    match first {
+        true => Ok(()),
+        false => writer.write_all(b", "),
+    }
+}
+
 impl serde_json::ser::Formatter for PythonCompact {
     fn begin_array_value<W: ?Sized + std::io::Write>(
         &mut self,
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        python_separator(writer, first)
     }
 
     fn begin_object_key<W: ?Sized + std::io::Write>(
@@ -120,11 +127,7 @@ impl serde_json::ser::Formatter for PythonCompact {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        python_separator(writer, first)
     }
 
     fn begin_object_value<W: ?Sized + std::io::Write>(

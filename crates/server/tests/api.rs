@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, request, Server};
+use common::{config, request, sse, Server};
 use hoist_engine::{Device, Engine, EngineOptions, Input, Request};
 use hoist_runtime::chat::Message;
 use hoist_runtime::placement::Placement;
@@ -38,16 +38,6 @@ fn ndjson(body: &str) -> Vec<Value> {
     assert!(body.ends_with('\n'), "NDJSON ends with a newline: {body:?}");
     body.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l:?}: {e}")))
-        .collect()
-}
-
-/// The JSON of each `data:` frame, and whether `[DONE]` ended the stream.
-fn sse(body: &str) -> Vec<Value> {
-    let frames: Vec<&str> = body.split_terminator("\n\n").collect();
-    assert_eq!(frames.last(), Some(&"data: [DONE]"), "{body:?}");
-    frames[..frames.len() - 1]
-        .iter()
-        .map(|f| serde_json::from_str(f.strip_prefix("data: ").unwrap()).unwrap())
         .collect()
 }
 

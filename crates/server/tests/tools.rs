@@ -9,7 +9,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{config, Server};
+use common::{config, sse, Server};
 use hoist_server::{Models, StaticModels};
 use serde_json::{json, Value};
 
@@ -160,14 +160,7 @@ fn a_hermes_template_renders_tools_and_history() {
         assert_eq!(r.status, 200, "{}", r.body);
         let usage = if stream {
             assert!(r.body.ends_with("data: [DONE]\n\n"));
-            let frames: Vec<Value> = r
-                .body
-                .split("\n\n")
-                .filter_map(|f| f.strip_prefix("data: "))
-                .filter(|f| *f != "[DONE]")
-                .map(|f| serde_json::from_str(f).unwrap())
-                .collect();
-            frames.last().unwrap()["usage"].clone()
+            sse(&r.body).last().unwrap()["usage"].clone()
         } else {
             let v = r.json();
             assert!(v["choices"][0]["finish_reason"].is_string());
@@ -221,13 +214,7 @@ fn tool_choice_forces_a_call_in_a_json_format() {
 
     let r = server.post("/v1/chat/completions", &body(true));
     assert_eq!(r.status, 200, "{}", r.body);
-    let frames: Vec<Value> = r
-        .body
-        .split("\n\n")
-        .filter_map(|f| f.strip_prefix("data: "))
-        .filter(|f| *f != "[DONE]")
-        .map(|f| serde_json::from_str(f).unwrap())
-        .collect();
+    let frames = sse(&r.body);
     let deltas: Vec<&Value> = frames.iter().map(|f| &f["choices"][0]["delta"]).collect();
     assert!(
         deltas

@@ -22,4 +22,6 @@ pub use marker::{
 };
 pub use presets::{preset, presets, ModelSpec, Preset, TensorSpec};
 pub use rng::fill_random;
-pub use writer::{prepare_checkpoint, write_checkpoint, write_safetensors, Prepared};
+pub use writer::{
+    prepare_checkpoint, write_checkpoint, write_random_safetensors, write_safetensors, Prepared,
+};

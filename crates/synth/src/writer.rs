@@ -34,6 +34,26 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> 
     result
 }
 
+/// Writes one safetensors file of `(name, dtype, shape)` tensors filled with random bytes of
+/// `seed` ([`crate::fill_random`], one stream per tensor): the small files of tests.
+pub fn write_random_safetensors(
+    path: &Path,
+    tensors: &[(&str, hoist_format::DType, Vec<u64>)],
+    seed: u64,
+) -> Result<(), SynthError> {
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|(name, dtype, shape)| TensorSpec {
+            name: (*name).into(),
+            dtype: *dtype,
+            shape: shape.clone(),
+        })
+        .collect();
+    write_safetensors(path, &specs, &[], |i, off, buf| {
+        crate::fill_random(buf, seed, i as u64, off)
+    })
+}
+
 /// Writes one safetensors file holding `tensors` in the given order, their bytes produced by
 /// `fill(index, offset_in_tensor, buf)`. The file appears under `path` only once complete.
 pub fn write_safetensors(

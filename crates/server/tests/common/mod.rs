@@ -293,3 +293,13 @@ impl Chunked {
         Ok(got)
     }
 }
+
+/// The JSON of each `data:` frame of an SSE body, which `data: [DONE]` must end.
+pub fn sse(body: &str) -> Vec<Value> {
+    let frames: Vec<&str> = body.split_terminator("\n\n").collect();
+    assert_eq!(frames.last(), Some(&"data: [DONE]"), "{body:?}");
+    frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(f.strip_prefix("data: ").unwrap()).unwrap())
+        .collect()
+}
