@@ -105,8 +105,8 @@ class Model:
     next load, ``"bypass"`` reads them past it, ``"auto"`` keeps what fits.
 
     ``parallel`` (1 to 64) is ``hoist serve --parallel``: that many requests run at once, each
-    decode step shared by all of them (each still gets what it would alone); on the CPU the
-    step is one batched pass, on a GPU the sessions are stepped one after another for now.
+    decode step one batched pass over all of them (on a GPU the batched products round
+    differently from one request's, so a near tie may go the other way).
     """
 
     def __init__(

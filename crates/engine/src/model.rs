@@ -217,16 +217,27 @@ impl Session<'_> {
 }
 
 /// One decode step for several sessions of one model: session `i` is fed `tokens[i]`; returns
-/// each one's logits after it. The CPU reference runs them as one batched forward pass (each
-/// weight read once for all); the GPU runtime, which has no batched decode yet, runs them one
-/// after another. On an error every session is cleared (what a failed step left is unknown).
+/// each one's logits after it, as one batched forward pass (each weight read once for all) on
+/// the CPU reference and on the GPU runtime (which steps them one after another where it cannot
+/// batch: `GpuSession::batchable`). On an error every session is cleared (what a failed step
+/// left is unknown).
 pub(crate) fn decode_batch(
     sessions: &mut [&mut Session<'_>],
     tokens: &[u32],
 ) -> Result<Vec<Vec<f32>>, RuntimeError> {
     assert_eq!(sessions.len(), tokens.len(), "one token per session");
     let on_cpu = sessions.iter().all(|s| matches!(s.inner, Inner::Cpu(_)));
-    let r = if on_cpu {
+    let on_gpu = sessions.iter().all(|s| matches!(s.inner, Inner::Gpu(_)));
+    let r = if on_gpu {
+        let mut gpu: Vec<&mut GpuSession<'_>> = sessions
+            .iter_mut()
+            .filter_map(|s| match &mut s.inner {
+                Inner::Gpu(g) => Some(&mut **g),
+                Inner::Cpu(_) => None,
+            })
+            .collect();
+        GpuSession::next_logits_batch(&mut gpu, tokens)
+    } else if on_cpu {
         let mut cpu: Vec<&mut CpuSession<'_>> = sessions
             .iter_mut()
             .filter_map(|s| match &mut s.inner {

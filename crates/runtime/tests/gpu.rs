@@ -9,7 +9,7 @@ use common::{fixtures, gpu_or_skip};
 use std::path::Path;
 
 use hoist_runtime::cpu::model::open_checkpoint;
-use hoist_runtime::gpu::{GpuError, GpuModel, GpuOptions};
+use hoist_runtime::gpu::{GpuError, GpuModel, GpuOptions, GpuSession};
 use hoist_runtime::sampler::argmax;
 use hoist_runtime::RuntimeError;
 use hoist_runtime::{Placement, PlacementError, Residency};
@@ -460,5 +460,111 @@ fn moe_prefill_with_one_expert_taking_every_token() {
             eprintln!("{name}, one token repeated, batched {batched}: {err:.2e}");
             assert!(err <= 1e-4, "{name} (batched {batched}): {err}");
         }
+    }
+}
+
+/// `--parallel`'s batched decode: sequences at different positions, with caches of different
+/// sizes, decoding together get the logits each gets alone, within the products' rounding
+/// (cuBLAS sums in another order than the GEMV kernels; the batched tiled Q4_0 GEMV in the
+/// same). A sequence leaves the batch midway and goes on alone; the others go on together.
+/// Sparse models step each sequence alone (exactly their solo logits).
+#[test]
+fn batched_decode_matches_each_sequence_alone() {
+    if !gpu_or_skip("batched_decode_matches_each_sequence_alone") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    bf16_copy(&fixtures().join("llama"), tmp.path());
+    let g = fixtures().join("gguf");
+    // (model, tolerance of each row; bf16: of the rows' mean, as bf16 rounding amplifies).
+    let cases = [
+        (fixtures().join("llama"), 1e-4),
+        (fixtures().join("mistral"), 1e-4),
+        (fixtures().join("qwen2"), 1e-4),
+        (fixtures().join("qwen3"), 1e-4),
+        (g.join("qwen3-q4_0.gguf"), 1e-3),
+        (g.join("llama-q8_0.gguf"), 1e-3),
+        (fixtures().join("qwen2_moe"), 0.0),
+        (tmp.path().to_path_buf(), 2e-2),
+    ];
+    let (count, steps, leaves_at) = (5, 6, 3);
+    for (model, tolerance) in cases {
+        let name = model.display().to_string();
+        let bf16 = tolerance == 2e-2;
+        let m = GpuModel::load(&model, &options()).unwrap();
+        let vocab = m.config().vocab_size;
+        let prompts: Vec<Vec<u32>> = (0..count)
+            .map(|i| {
+                (0..3 + 5 * i)
+                    .map(|j| ((j * 7 + i * 13 + 1) % vocab) as u32)
+                    .collect()
+            })
+            .collect();
+        // Caches of different sizes, each long enough for a score buffer that holds every
+        // row's attention slices (shorter ones step alone: `batchable`).
+        let context = |i: usize| prompts[i].len() + steps + 64 + 16 * i;
+        // Alone: each sequence's greedy tokens and the logits after each.
+        let mut fed = Vec::new();
+        let mut want = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let mut s = m.session(context(i)).unwrap();
+            let mut l = s.forward(p, false).unwrap();
+            let (mut tokens, mut rows) = (Vec::new(), Vec::new());
+            for _ in 0..steps {
+                tokens.push(argmax(&l));
+                l = s.forward(&[*tokens.last().unwrap()], false).unwrap();
+                rows.push(l.clone());
+            }
+            fed.push(tokens);
+            want.push(rows);
+        }
+        // Together.
+        let mut sessions: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut s = m.session(context(i)).unwrap();
+                s.forward(p, false).unwrap();
+                s
+            })
+            .collect();
+        let mut errors = Vec::new();
+        for step in 0..steps {
+            let first = if step < leaves_at { 0 } else { 1 };
+            if first == 1 {
+                let (s, t) = (&mut sessions[0], fed[0][step]);
+                let got = GpuSession::next_logits_batch(&mut [s], &[t]).unwrap();
+                errors.push(rel_error(&got[0], &want[0][step]));
+            }
+            let tokens: Vec<u32> = fed[first..].iter().map(|f| f[step]).collect();
+            let mut batch: Vec<&mut GpuSession<'_>> = sessions[first..].iter_mut().collect();
+            let sparse = tolerance == 0.0;
+            let on = !sparse && options().tuning.batch_decode;
+            assert_eq!(GpuSession::batchable(&batch), on, "{name}: batched");
+            let got = GpuSession::next_logits_batch(&mut batch, &tokens).unwrap();
+            for (i, row) in got.iter().enumerate() {
+                let e = rel_error(row, &want[first + i][step]);
+                errors.push(e);
+                assert!(
+                    bf16 && e <= 0.1 || e <= tolerance,
+                    "{name}: sequence {}, step {step}: {e} > {tolerance}",
+                    first + i
+                );
+            }
+        }
+        let mean = errors.iter().sum::<f32>() / errors.len() as f32;
+        let worst = errors.iter().fold(0f32, |m, &e| m.max(e));
+        eprintln!("{name}: batched decode, row errors mean {mean:.2e}, worst {worst:.2e}");
+        assert!(mean <= tolerance.max(1e-30), "{name}: mean {mean}");
+        for (i, s) in sessions.iter().enumerate() {
+            assert_eq!(s.len(), prompts[i].len() + steps, "{name}: sequence {i}");
+        }
+        // A full cache anywhere in the batch: a clear error before any work.
+        let mut full = m.session(1).unwrap();
+        full.forward(&[1], false).unwrap();
+        let mut batch = vec![&mut sessions[1], &mut full];
+        let err = GpuSession::next_logits_batch(&mut batch, &[1, 1]).unwrap_err();
+        assert!(err.to_string().contains("context full"), "{name}: {err}");
+        assert_eq!(sessions[1].len(), prompts[1].len() + steps, "{name}");
     }
 }

@@ -441,7 +441,9 @@ impl Ops<'_> {
     /// Rotary embedding of `n` tokens' q (in place) and k (into the key cache), v copied into
     /// the value cache, at positions `start..start + n` where `start` is the i32 at device
     /// address `start_at`. With `q_a` non-zero, the rotated q is also stored there in the
-    /// cache's type (what [`Ops::attention_blas`] reads).
+    /// cache's type (what [`Ops::attention_blas`] reads). With `rows` (a batched decode step),
+    /// token `t` is at the i32 position `start_at[t]`, into the caches `rows` names for it
+    /// (`cache` unused).
     pub(crate) unsafe fn rope_store(
         &self,
         qkv: [u64; 3],
@@ -452,6 +454,7 @@ impl Ops<'_> {
         dims: AttnDims,
         interleaved: bool,
         q_a: u64,
+        rows: Option<KvRows>,
     ) -> Result<(), GpuError> {
         let [q, k, v] = qkv;
         let [kc, vc] = cache;
@@ -463,7 +466,10 @@ impl Ops<'_> {
             i32::from(interleaved),
             dims.cache as i32,
         );
-        let mut a = args![q, k, v, kc, vc, inv_freq, start_at, heads, kvh, hd, cap, style, kv, q_a];
+        let (table, layer) = rows.map_or((0, 0), |r| (r.table, int(r.layer)));
+        let mut a = args![
+            q, k, v, kc, vc, inv_freq, start_at, heads, kvh, hd, cap, style, kv, q_a, table, layer
+        ];
         // Work items of one token: the rotated pairs, and (by the same threads) the v copies.
         let items =
             ((dims.heads + dims.kv_heads) * dims.head_dim / 2).max(dims.kv_heads * dims.head_dim);
@@ -527,6 +533,15 @@ impl Ops<'_> {
         // SAFETY: the module's contract.
         unsafe { self.gemm("cublas linear", &g, None) }
     }
+}
+
+/// The rows of a batched decode step as [`Ops::rope_store`] and [`Ops::attention`] read them
+/// (`kv_row` in kernels/common.cuh): a device table of three u64s a row (the sequence's key and
+/// value caches, then their capacity), and the layer whose caches to use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KvRows {
+    pub table: u64,
+    pub layer: usize,
 }
 
 /// Attention geometry of one model and cache.

@@ -4,6 +4,7 @@
 //! A forward pass over `n` tokens takes one of two shapes:
 //! - `n == 1` (decode): fused GEMV kernels read every weight once (q/k/v in one launch, gate and
 //!   up with SwiGLU in one, o and down adding into the residual), attention by our kernel;
+//!   several sequences' tokens decode together as the rows of one step (`batch.rs`);
 //! - `n > 1` (prefill): cuBLAS GEMMs on inputs rounded to the weights' type, attention through
 //!   cuBLAS with a causal softmax between, in chunks of at most [`MAX_CHUNK_TOKENS`].
 
@@ -29,6 +30,7 @@ use crate::RuntimeError;
 use load::{check_dtypes, Builder};
 use weights::LayerStore;
 
+mod batch;
 mod forward;
 mod graph;
 mod greedy;
@@ -91,6 +93,8 @@ pub struct GpuModel {
     fused_rope: bool,
     /// Prefill batches a sparse layer's experts ([`super::GpuTuning::moe_batched`]).
     moe_batched: bool,
+    /// Sessions of several sequences decode in one batched step ([`super::GpuTuning::batch_decode`]).
+    batch_decode: bool,
     /// Sessions replay captured decode graphs ([`super::GpuTuning::graphs`], off when
     /// profiling: each profiled launch synchronizes, which a graph cannot hold).
     graphs: bool,
@@ -269,6 +273,7 @@ impl GpuModel {
             blas_decode: direct && tuning.decode_gemv == DecodeGemv::Cublas,
             fused_rope: tuning.fused_rope,
             moe_batched: tuning.moe_batched,
+            batch_decode: tuning.batch_decode,
             graphs: tuning.graphs && !tuning.profile,
             act: built.act,
             embed: built.embed,

@@ -88,6 +88,9 @@ pub struct GpuTuning {
     /// Prefill multiplies every expert of a sparse layer in one strided batched product per
     /// projection where their weights allow (`HOIST_NO_MOE_BATCHED`: one expert at a time).
     pub moe_batched: bool,
+    /// Sessions of several sequences (`--parallel`) decode their tokens as the rows of one
+    /// step, each weight read once for all (`HOIST_NO_BATCH_DECODE`: one step per sequence).
+    pub batch_decode: bool,
     /// Per-kernel times, each launch synchronized (so no graphs), printed when the model is
     /// dropped (`HOIST_PROFILE`).
     pub profile: bool,
@@ -120,6 +123,7 @@ impl Default for GpuTuning {
             pdl: true,
             q4_tiles: true,
             moe_batched: true,
+            batch_decode: true,
             profile: false,
             gemv_warps: shape.warps,
             gemv_unroll: shape.unroll,
@@ -148,6 +152,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("HOIST_NO_PDL", "1: no programmatic dependent launch"),
     ("HOIST_NO_Q4_TILES", "1: keep Q4_0 in the file's layout"),
     ("HOIST_NO_MOE_BATCHED", "1: prefill's experts one at a time"),
+    (
+        "HOIST_NO_BATCH_DECODE",
+        "1: --parallel sequences decode one step each",
+    ),
     ("HOIST_PROFILE", "1: per-kernel times, printed at exit"),
     ("HOIST_GEMV_WARPS", "16-bit GEMV warps: 1, 2, 4, 8, 16"),
     ("HOIST_GEMV_UNROLL", "16-bit GEMV unrolling: 1 to 16"),
@@ -317,6 +325,7 @@ impl GpuOptions {
             ("HOIST_NO_PDL", &mut t.pdl, true),
             ("HOIST_NO_Q4_TILES", &mut t.q4_tiles, true),
             ("HOIST_NO_MOE_BATCHED", &mut t.moe_batched, true),
+            ("HOIST_NO_BATCH_DECODE", &mut t.batch_decode, true),
             ("HOIST_PROFILE", &mut t.profile, false),
         ] {
             if let Some(set) = flag(name)? {
@@ -371,7 +380,7 @@ mod tests {
         assert_eq!(t.gemv_shape(), GemvShape::DEFAULT);
         t.validate().unwrap();
         assert!(t.graphs && t.fused_rope && t.pdl && t.q4_tiles && t.moe_batched);
-        assert!(!t.profile);
+        assert!(t.batch_decode && !t.profile);
         assert_eq!(t.decode_gemv, DecodeGemv::Kernels);
         let o = with(&[]).unwrap();
         assert_eq!(o.tuning, t);
@@ -388,6 +397,7 @@ mod tests {
             ("HOIST_NO_PDL", "yes"),
             ("HOIST_NO_Q4_TILES", "1"),
             ("HOIST_NO_MOE_BATCHED", "on"),
+            ("HOIST_NO_BATCH_DECODE", "1"),
             ("HOIST_PROFILE", "1"),
             ("HOIST_GEMV_WARPS", "8"),
             ("HOIST_GEMV_UNROLL", "2"),
@@ -409,7 +419,7 @@ mod tests {
         let t = o.tuning;
         assert_eq!(t.decode_gemv, DecodeGemv::Cublas);
         assert!(!t.graphs && !t.fused_rope && !t.pdl && !t.q4_tiles && !t.moe_batched);
-        assert!(t.profile);
+        assert!(!t.batch_decode && t.profile);
         assert_eq!(
             (
                 t.gemv_warps,
@@ -422,7 +432,7 @@ mod tests {
             (8, 2, 8, 16, 8, 1)
         );
         // Each variable of the table is read (the test above sets them all).
-        assert_eq!(ENV_OVERRIDES.len(), 15);
+        assert_eq!(ENV_OVERRIDES.len(), 16);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use hoist_cuda::DeviceBuf;
 
+use super::kernels::{Q4T_COLS, QK};
 use super::layers::{blocks, int, Act, GemvBatch, GemvOut, Mat, Ops, WType};
 use super::module::{args, Kernels, ELEMENTWISE_THREADS};
 use super::GpuError;
@@ -11,6 +12,13 @@ use super::GpuError;
 /// Shared memory a warp of a tiled GEMV stages per tile of 64 input values: two blocks' f16
 /// fragments (2 × 64 bytes) and their two (K, 2^e) pairs.
 const Q4T_TILE_SMEM_BYTES: usize = 144;
+
+/// Bytes of the inputs one batched tiled GEMV stages ([`Ops::gemv_q4t_rows`]) for rows of
+/// `cols` values: per 32-value block and input, four lanes' 16 bytes of B fragments, then a
+/// (2^e, K) pair of f32.
+pub(crate) fn q4t_stage_bytes(cols: usize) -> usize {
+    cols / QK * Q4T_COLS * (64 + 8)
+}
 
 /// Whether `m` can be tiled: Q4_0 with rows in groups of 16 and 64-value tiles, on a GPU with
 /// the tensor-core products (sm_80+).
@@ -145,6 +153,76 @@ impl Ops<'_> {
                 &mut a,
             )
         }
+    }
+
+    /// `y_m[n, rows] = x[n, cols] · w_mᵀ` (added to what `y_m` holds with `accumulate`) for
+    /// tiled matrices sharing their input `x` (`n` rows of f32): a batched decode step, each
+    /// weight tile read once per [`Q4T_COLS`] rows. The rows are staged into `stage` (at least
+    /// [`q4t_stage_bytes`]) once per group for all the matrices.
+    pub(crate) unsafe fn gemv_q4t_rows(
+        &self,
+        outs: &[(&Mat, u64)],
+        x: u64,
+        n: usize,
+        accumulate: bool,
+        stage: &DeviceBuf,
+    ) -> Result<(), GpuError> {
+        let Some((first, _)) = outs.first() else {
+            return Ok(());
+        };
+        let cols = first.cols;
+        for (w, _) in outs {
+            assert!(
+                w.wtype == WType::Q4_0Tiled && w.cols == cols && w.rows.is_multiple_of(16),
+                "batched tiled GEMVs share their input width ({w:?})"
+            );
+        }
+        let staged = q4t_stage_bytes(cols);
+        assert!(
+            stage.len() >= staged,
+            "{} bytes of staging for rows of {cols} values, {staged} needed",
+            stage.len()
+        );
+        // The fragments, then the (2^e, K) pairs.
+        let (frag, ks) = (
+            stage.ptr(),
+            stage.ptr() + (cols / QK * Q4T_COLS * 64) as u64,
+        );
+        let (cols_i, acc) = (int(cols), i32::from(accumulate));
+        let mut c0 = 0;
+        while c0 < n {
+            let count = Q4T_COLS.min(n - c0);
+            let (xs, count_i) = (x + (c0 * cols * 4) as u64, int(count));
+            let mut a = args![xs, cols_i, count_i, frag, ks];
+            // SAFETY: the module's contract: x holds n rows of cols f32, stage `staged` bytes.
+            unsafe {
+                self.k.launch(
+                    self.k.q4t_stage_cols,
+                    (blocks(cols / QK * Q4T_COLS), 1),
+                    ELEMENTWISE_THREADS,
+                    0,
+                    self.stream,
+                    &mut a,
+                )?
+            };
+            for (w, y) in outs {
+                let (wp, rows, ys) = (w.ptr(), int(w.rows), y + (c0 * w.rows * 4) as u64);
+                let mut a = args![wp, rows, cols_i, frag, ks, count_i, ys, acc];
+                // SAFETY: the module's contract: y holds n rows of w.rows f32.
+                unsafe {
+                    self.k.launch(
+                        self.k.gemv_q4t_cols,
+                        ((w.rows / 16) as u32, 1),
+                        32 * self.q4t_warps(),
+                        0,
+                        self.stream,
+                        &mut a,
+                    )?
+                };
+            }
+            c0 += count;
+        }
+        Ok(())
     }
 
     /// Warps per block of the tiled GEMVs (`Q4T_WARPS` in kernels/q4_tiles.cu).

@@ -227,12 +227,19 @@ __device__ void attention_grouped(const float* qrow, const void* kc, const void*
 extern "C" __global__ void attention_split(u64 q, u64 kcache, u64 vcache, u64 part, u64 start_at,
                                            int heads, int kv_heads, int hd, int cap, int window,
                                            float scale, u64 counters, u64 out, u64 out_a,
-                                           int act, int kv) {
+                                           int act, int kv, u64 rows, int layer) {
     PDL_BEGIN();
     extern __shared__ float smem[];
     __shared__ int last;
     int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
     int pos = *(const int*)start_at + t;
+    if (rows) {  // a batched decode step: query t is its own sequence's (as in rope_store)
+        KvRow r = kv_row(rows, t, layer, kv_heads, hd, kv);
+        kcache = r.k;
+        vcache = r.v;
+        cap = r.cap;
+        pos = ((const int*)start_at)[t];
+    }
     int first = window > 0 ? max(0, pos + 1 - window) : 0;
     int len = pos + 1 - first;
     int used = attention_slices(len);

@@ -110,6 +110,22 @@ __device__ __forceinline__ void store_act(u64 out, usize i, float v, int act) {
     else ((u16*)out)[i] = f_to_bf16(v);
 }
 
+// Row t of a batched decode step (gpu/llama/batch.rs): its sequence's KV caches, given as three
+// u64s a row in `rows` (the key and value caches' base addresses, each [layers][kv_heads][cap]
+// [hd] of type kv, then cap), resolved to layer `layer`'s.
+struct KvRow {
+    u64 k, v;
+    int cap;
+};
+__device__ __forceinline__ KvRow kv_row(u64 rows, int t, int layer, int kv_heads, int hd,
+                                        int kv) {
+    const u64* r = (const u64*)rows + 3 * (usize)t;
+    int cap = (int)r[2];
+    usize layer_bytes = (usize)kv_heads * cap * hd * (kv == 0 ? 4 : 2) * layer;
+    KvRow out = {r[0] + layer_bytes, r[1] + layer_bytes, cap};
+    return out;
+}
+
 // A 16-byte weight load that bypasses L1 (weights are read once; L1 keeps the input vector,
 // which every row reads).
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {

@@ -54,11 +54,14 @@ pub(crate) const ARGMAX_THREADS: u32 = 1024;
 /// Most experts a token goes through (`moe_route` keeps them in registers): Mixtral's 2 and
 /// the Qwen MoE models' 4 to 8 with room to spare.
 pub(crate) const MOE_MAX_TOP_K: usize = 16;
+/// Inputs one batched tiled GEMV (`gemv_q4t_cols`) multiplies: the 8 columns of an m16n8k16
+/// product's B.
+pub(crate) const Q4T_COLS: usize = 8;
 
 /// Every constant the kernels take from the host, as (macro name, value). The weight-type codes
 /// are [`WType`]'s discriminants (`Q4_0Tiled` is read by the tiled kernels alone, which take no
 /// type code).
-pub(super) fn shared_constants() -> [(&'static str, usize); 23] {
+pub(super) fn shared_constants() -> [(&'static str, usize); 24] {
     [
         ("W_F32", WType::F32 as usize),
         ("W_F16", WType::F16 as usize),
@@ -83,6 +86,7 @@ pub(super) fn shared_constants() -> [(&'static str, usize); 23] {
         ("ATTN_SLICE_KEYS", ATTN_SLICE_KEYS),
         ("ARGMAX_THREADS", ARGMAX_THREADS as usize),
         ("MOE_MAX_TOP_K", MOE_MAX_TOP_K),
+        ("Q4T_COLS", Q4T_COLS),
     ]
 }
 

@@ -38,6 +38,9 @@
 #ifndef Q4T_BATCH
 #error "Q4T_BATCH must be passed by hoist (-DQ4T_BATCH=...): tiles a warp loads at once (GemvShape)"
 #endif
+#ifndef Q4T_COLS
+#error "Q4T_COLS must be passed by hoist (-DQ4T_COLS=...): inputs of a batched tiled GEMV (8)"
+#endif
 #ifndef Q4T_MIN_BLOCKS
 #error "Q4T_MIN_BLOCKS must be passed by hoist (-DQ4T_MIN_BLOCKS=...): resident blocks per SM (GemvShape)"
 #endif
@@ -165,44 +168,49 @@ __device__ __forceinline__ float h2_sum(u32 w) {
     return f16_to_f((u16)(w & 0xffffu)) + f16_to_f((u16)(w >> 16));
 }
 
+// Stages one 32-value block xb of an input: f[t] holds lane t's B fragments, and ks
+// = (2^e, 2^e (1032 S1 + 72 S16)) (see the top of this file).
+__device__ __forceinline__ void q4t_stage_block(const float* xb, uint4* f4, float2* ks) {
+    float v[QK];
+    const float4* xv = (const float4*)xb;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+        float4 f = xv[q];
+        v[4 * q] = f.x;
+        v[4 * q + 1] = f.y;
+        v[4 * q + 2] = f.z;
+        v[4 * q + 3] = f.w;
+    }
+    float amax = 0.f;
+#pragma unroll
+    for (int e = 0; e < QK; ++e) amax = fmaxf(amax, fabsf(v[e]));
+    // amax in [2^(ex-127), 2^(ex-126)); clamped so both powers of two are normal floats.
+    u32 ex = min(max((__float_as_uint(amax) >> 23) & 255u, 1u), 253u);
+    float inv = __uint_as_float((254u - ex) << 23), scale = __uint_as_float(ex << 23);
+    float s1 = 0.f, s16 = 0.f;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+        const float* u = v + 8 * t;
+        float i16 = inv * 0.0625f;
+        uint4 f;
+        f.x = pack_h2(u[0] * inv, u[4] * inv);
+        f.y = pack_h2(u[1] * i16, u[5] * i16);
+        f.z = pack_h2(u[2] * inv, u[6] * inv);
+        f.w = pack_h2(u[3] * i16, u[7] * i16);
+        s1 += h2_sum(f.x) + h2_sum(f.z);
+        s16 += 16.f * (h2_sum(f.y) + h2_sum(f.w));
+        f4[t] = f;
+    }
+    *ks = make_float2(scale, scale * (1032.f * s1 + 72.f * s16));
+}
+
 // Stages blocks j0..j1 of the input x for one warp (every lane calls it; lane l takes blocks
 // j0 + l, j0 + l + 32, ...): frag[4 (j - j0) + t] holds lane t's B fragments of block j, and
-// ks[j - j0] = (2^e, 2^e (1032 S1 + 72 S16)) (see the top of this file).
+// ks[j - j0] its (2^e, K).
 __device__ void q4t_stage(const float* x, int j0, int j1, uint4* frag, float2* ks) {
     int lane = threadIdx.x & 31;
-    for (int j = j0 + lane; j < j1; j += 32) {
-        float v[QK];
-        const float4* xv = (const float4*)(x + (usize)j * QK);
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-            float4 f = xv[q];
-            v[4 * q] = f.x;
-            v[4 * q + 1] = f.y;
-            v[4 * q + 2] = f.z;
-            v[4 * q + 3] = f.w;
-        }
-        float amax = 0.f;
-#pragma unroll
-        for (int e = 0; e < QK; ++e) amax = fmaxf(amax, fabsf(v[e]));
-        // amax in [2^(ex-127), 2^(ex-126)); clamped so both powers of two are normal floats.
-        u32 ex = min(max((__float_as_uint(amax) >> 23) & 255u, 1u), 253u);
-        float inv = __uint_as_float((254u - ex) << 23), scale = __uint_as_float(ex << 23);
-        float s1 = 0.f, s16 = 0.f;
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-            const float* u = v + 8 * t;
-            float i16 = inv * 0.0625f;
-            uint4 f;
-            f.x = pack_h2(u[0] * inv, u[4] * inv);
-            f.y = pack_h2(u[1] * i16, u[5] * i16);
-            f.z = pack_h2(u[2] * inv, u[6] * inv);
-            f.w = pack_h2(u[3] * i16, u[7] * i16);
-            s1 += h2_sum(f.x) + h2_sum(f.z);
-            s16 += 16.f * (h2_sum(f.y) + h2_sum(f.w));
-            frag[(j - j0) * 4 + t] = f;
-        }
-        ks[j - j0] = make_float2(scale, scale * (1032.f * s1 + 72.f * s16));
-    }
+    for (int j = j0 + lane; j < j1; j += 32)
+        q4t_stage_block(x + (usize)j * QK, frag + (j - j0) * 4, ks + (j - j0));
 }
 
 // One block's products for rows g and g + 8 (words wa, wb): acc += d * (2^e D - 2^e K).
@@ -374,5 +382,105 @@ extern "C" __global__ void __launch_bounds__(32 * Q4T_WARPS, Q4T_MIN_BLOCKS)
     if (threadIdx.x < 16) {
         float g = red[0][threadIdx.x], u = red[1][threadIdx.x];
         ((float*)h)[rg * 16 + threadIdx.x] = round_act(g / (1.f + expf(-g)) * u, act);
+    }
+}
+
+// Batched decode: the tokens of up to Q4T_COLS sequences through one tiled matrix, each input
+// one column of the m16n8k16 products' B (whose 8 columns the single-input GEMVs fill with
+// copies of one input), so every weight tile is read once for all of them.
+//
+// The inputs are staged once per launch group into global memory (they are read by every row
+// group's block, from L2): frag[(j * Q4T_COLS + c) * 4 + t] holds lane t's B fragments of block
+// j of input c, ks[j * Q4T_COLS + c] its (2^e, K); inputs ncols.. are zero. A thread per (block,
+// input).
+extern "C" __global__ void q4t_stage_cols(u64 x, int cols, int ncols, u64 frag, u64 ks) {
+    PDL_BEGIN();
+    int nb = cols / QK;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= nb * Q4T_COLS) return;
+    int j = i / Q4T_COLS, c = i % Q4T_COLS;
+    uint4* f4 = (uint4*)frag + (usize)i * 4;
+    float2* k = (float2*)ks + i;
+    if (c >= ncols) {
+        uint4 z = make_uint4(0u, 0u, 0u, 0u);
+        for (int t = 0; t < 4; ++t) f4[t] = z;
+        *k = make_float2(0.f, 0.f);
+        return;
+    }
+    q4t_stage_block((const float*)x + (usize)c * cols + (usize)j * QK, f4, k);
+}
+
+// y[c][r] = (accumulate ? y[c][r] : 0) + dot(w[r, :], x_c) for the ncols staged inputs c
+// (y: ncols rows of `rows` f32). A block per row group; its warps split the tiles as
+// `q4t_rows` does. Lane (g, t) reads the B fragments of input g and holds the results of
+// rows g, g + 8 for inputs 2t, 2t + 1 (the accumulator layout of m16n8k16).
+extern "C" __global__ void __launch_bounds__(32 * Q4T_WARPS, Q4T_MIN_BLOCKS)
+    gemv_q4t_cols(u64 w, int rows, int cols, u64 frag, u64 ks, int ncols, u64 y,
+                  int accumulate) {
+    PDL_LAUNCH();  // waits below, once its first weights are on their way
+    constexpr int B = Q4T_BATCH;
+    __shared__ float part[Q4T_WARPS][16][Q4T_COLS];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    int rg = blockIdx.x, nt = cols / 64, per = q4t_per_warp(nt);
+    int c0 = min(warp * per, nt), c1 = min(c0 + per, nt);
+    const u8* wb = (const u8*)w;
+    usize first = (usize)rg * nt + c0;
+    const u8* wp = wb + (first * 32 + lane) * 16;
+    const u8* sp = wb + (usize)rows * (cols / 32) * 16 + first * 64 + g * 8;
+    const uint4* fr = (const uint4*)frag;
+    const float4* kk = (const float4*)ks;  // inputs 2t, 2t + 1 of a block: one float4
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};   // (g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
+    if (c0 >= c1) PDL_WAIT();              // a warp without tiles
+    for (int c = c0; c < c1; c += B) {
+        uint4 wq[B];
+        uint2 sc[B];
+#pragma unroll
+        for (int i = 0; i < B; ++i) {
+            if (c + i < c1) {
+                wq[i] = ld_stream((const uint4*)(wp + (usize)(c + i - c0) * 512));
+                sc[i] = ld_stream2((const uint2*)(sp + (usize)(c + i - c0) * 64));
+            }
+        }
+        if (c == c0) PDL_WAIT();  // the staged inputs are the previous kernel's output
+#pragma unroll
+        for (int i = 0; i < B; ++i) {
+            if (c + i < c1) {
+                u32 words[4] = {wq[i].x, wq[i].y, wq[i].z, wq[i].w};
+                u32 scales[2] = {sc[i].x, sc[i].y};
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {  // the tile's two blocks
+                    int j = 2 * (c + i) + h;
+                    uint4 xf = fr[((usize)j * Q4T_COLS + g) * 4 + t];
+                    float4 k2 = kk[(usize)j * (Q4T_COLS / 2) + t];
+                    u32 wa = words[2 * h], wb2 = words[2 * h + 1];
+                    float d[4] = {0.f, 0.f, 0.f, 0.f};
+                    mma16816(d, nib_h2(wa, 0x000f000fu), nib_h2(wb2, 0x000f000fu),
+                             nib_h2(wa, 0x00f000f0u), nib_h2(wb2, 0x00f000f0u), xf.x, xf.y);
+                    u32 wa8 = wa >> 8, wb8 = wb2 >> 8;
+                    mma16816(d, nib_h2(wa8, 0x000f000fu), nib_h2(wb8, 0x000f000fu),
+                             nib_h2(wa8, 0x00f000f0u), nib_h2(wb8, 0x00f000f0u), xf.z, xf.w);
+                    float da = f16_to_f((u16)(scales[h] & 0xffffu));
+                    float db = f16_to_f((u16)(scales[h] >> 16));
+                    acc[0] = fmaf(da, fmaf(k2.x, d[0], -k2.y), acc[0]);
+                    acc[1] = fmaf(da, fmaf(k2.z, d[1], -k2.w), acc[1]);
+                    acc[2] = fmaf(db, fmaf(k2.x, d[2], -k2.y), acc[2]);
+                    acc[3] = fmaf(db, fmaf(k2.z, d[3], -k2.w), acc[3]);
+                }
+            }
+        }
+    }
+    part[warp][g][2 * t] = acc[0];
+    part[warp][g][2 * t + 1] = acc[1];
+    part[warp][g + 8][2 * t] = acc[2];
+    part[warp][g + 8][2 * t + 1] = acc[3];
+    __syncthreads();
+    for (int e = threadIdx.x; e < 16 * Q4T_COLS; e += blockDim.x) {
+        int col = e / 16, i = e % 16;  // consecutive threads: consecutive rows of one input
+        if (col >= ncols) continue;
+        float s = 0.f;
+#pragma unroll
+        for (int k = 0; k < Q4T_WARPS; ++k) s += part[k][i][col];
+        float* out = (float*)y + (usize)col * rows + (usize)rg * 16 + i;
+        *out = s + (accumulate ? *out : 0.f);
     }
 }

@@ -7,13 +7,22 @@
 // into the key cache, copies v into the value cache. inv_freq: hd/2 f32. style 0: neox
 // (i, i + hd/2), 1: interleaved (2i, 2i + 1). Caches: [kv_heads][cap][hd] of type kv. With
 // q_a != 0, the rotated q is also stored there as type kv (cuBLAS prefill attention reads it).
+// With rows != 0 (a batched decode step) token t is its own sequence's: at position start_at[t],
+// into the caches of layer `layer` that row t of `rows` names (kv_row); kcache, vcache and cap
+// are unused.
 extern "C" __global__ void rope_store(u64 q, u64 k, u64 v, u64 kcache, u64 vcache, u64 inv_freq,
                                       u64 start_at, int heads, int kv_heads, int hd, int cap,
-                                      int style, int kv, u64 q_a) {
+                                      int style, int kv, u64 q_a, u64 rows, int layer) {
     PDL_BEGIN();
-    int start = *(const int*)start_at;
     int t = blockIdx.x;
-    int pos = start + t;
+    int pos = *(const int*)start_at + t;
+    if (rows) {
+        KvRow r = kv_row(rows, t, layer, kv_heads, hd, kv);
+        kcache = r.k;
+        vcache = r.v;
+        cap = r.cap;
+        pos = ((const int*)start_at)[t];
+    }
     int half = hd / 2;
     float* qt = (float*)q + (usize)t * heads * hd;
     const float* kt = (const float*)k + (usize)t * kv_heads * hd;

@@ -1,7 +1,7 @@
 //! Attention: the split-key kernel of decode and the cuBLAS path of prefill. The same `unsafe`
 //! contract as [`super`].
 
-use super::{int, Act, AttnDims, Ops};
+use super::{int, Act, AttnDims, KvRows, Ops};
 use crate::gpu::blas::{Batch, Gemm};
 use crate::gpu::module::{args, ATTN_SLICE_KEYS, ATTN_SPLITS, ATTN_THREADS, ROW_THREADS};
 use crate::gpu::GpuError;
@@ -42,7 +42,9 @@ impl Ops<'_> {
     /// by our split-key kernel (decode; the reference for the cuBLAS path). `part`: scratch
     /// of [`Ops::attention_part_values`] floats; `counters`: [`Ops::attention_counters`] i32s,
     /// zero before the first call and left zero by each. Launch shapes do not depend on
-    /// `start`, so a captured decode step serves every position.
+    /// `start`, so a captured decode step serves every position. With `rows` (a batched decode
+    /// step), query `t` is its own sequence's, as in [`Ops::rope_store`]; `dims.capacity` is
+    /// then the largest of theirs.
     pub(crate) unsafe fn attention(
         &self,
         q: u64,
@@ -55,6 +57,7 @@ impl Ops<'_> {
         n: usize,
         dims: AttnDims,
         act: Act,
+        rows: Option<KvRows>,
     ) -> Result<(), GpuError> {
         let smem = self.attention_smem(dims)?;
         let [kc, vc] = cache;
@@ -68,9 +71,10 @@ impl Ops<'_> {
             act as i32,
             dims.cache as i32,
         );
+        let (table, layer) = rows.map_or((0, 0), |r| (r.table, int(r.layer)));
         let mut a = args![
             q, kc, vc, part, start_at, heads, kvh, hd, cap, window, scale, counters, out, out_a,
-            act, kv
+            act, kv, table, layer
         ];
         // Grid z: the most key slices a query of this capacity uses (attention_slices in
         // kernels/attention.cu), so that short contexts launch no blocks that would only return.

@@ -1,6 +1,8 @@
 //! Decode's matrix-vector products on 16-bit, f32 and block-quantized weights (the tiled Q4_0 ones
 //! are in [`crate::gpu::q4_tiles`]). The same `unsafe` contract as [`super`].
 
+use hoist_cuda::{DevSlice, DeviceBuf};
+
 use super::{int, rope_fusable, Act, FusedRope, GemvBatch, GemvOut, Mat, Ops, WType};
 use crate::gpu::module::args;
 use crate::gpu::GpuError;
@@ -101,6 +103,61 @@ impl Ops<'_> {
             self.k
                 .launch(f, (grid, 1), 32 * warps, smem, self.stream, &mut a)
         }
+    }
+
+    /// `y_m[n, rows_m] = x[n, cols] · w_mᵀ` (added to what `y_m` holds with `accumulate`) for
+    /// up to three matrices sharing their input: the products of a batched decode step (one
+    /// token of each of `n` sequences). `x`: the f32 rows; `x_a`: the same rows as `act` (what
+    /// cuBLAS reads; `x` itself for f32 models). Each weight is read once for all the rows
+    /// where a kernel allows it: cuBLAS for weights of the activation type, the batched tiled
+    /// GEMV for tiled Q4_0 (staging through `stage`, see [`Ops::gemv_q4t_rows`]); other types
+    /// take one GEMV per row (their later rows mostly from L2).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn linear_rows(
+        &self,
+        outs: &[(&Mat, u64)],
+        x: u64,
+        x_a: u64,
+        act: Act,
+        n: usize,
+        accumulate: bool,
+        stage: Option<&DeviceBuf>,
+    ) -> Result<(), GpuError> {
+        assert!(
+            (1..=3).contains(&outs.len()),
+            "linear_rows takes one to three matrices"
+        );
+        let mut tiled = [outs[0]; 3];
+        let mut count = 0;
+        for &(w, y) in outs {
+            if w.wtype == WType::Q4_0Tiled {
+                tiled[count] = (w, y);
+                count += 1;
+            } else if w.wtype.elem() == Some(act.elem()) {
+                let beta = if accumulate { 1.0 } else { 0.0 };
+                // SAFETY: forwarded contract; no conversion, so no scratch.
+                unsafe { self.linear(w, x_a, act, n, y, beta, 0)? };
+            } else {
+                for r in 0..n {
+                    let out = GemvOut {
+                        w,
+                        y: y + (r * w.rows * 4) as u64,
+                        bias: DevSlice::empty(),
+                    };
+                    let row = x + (r * w.cols * 4) as u64;
+                    // SAFETY: forwarded contract: row r of x and of y.
+                    unsafe { self.gemv(&[out], row, accumulate, None)? };
+                }
+            }
+        }
+        if count > 0 {
+            let Some(stage) = stage else {
+                unreachable!("models with tiled weights give their sessions a scratch buffer")
+            };
+            // SAFETY: forwarded contract.
+            unsafe { self.gemv_q4t_rows(&tiled[..count], x, n, accumulate, stage)? };
+        }
+        Ok(())
     }
 
     /// `h = round_act(silu(gate·x) * (up·x))`.

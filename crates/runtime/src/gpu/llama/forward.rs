@@ -154,6 +154,7 @@ impl GpuSession<'_> {
                         dims,
                         m.rope_interleaved(),
                         if n > 1 { qa } else { 0 },
+                        None,
                     )?;
                 }
                 if n == 1 {
@@ -168,6 +169,7 @@ impl GpuSession<'_> {
                         n,
                         dims,
                         act,
+                        None,
                     )?;
                 } else {
                     ops.attention_blas(

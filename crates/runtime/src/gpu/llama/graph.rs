@@ -2,6 +2,7 @@
 
 use hoist_cuda::Stream;
 
+use super::batch::Row;
 use super::GpuSession;
 use crate::gpu::GpuError;
 
@@ -29,6 +30,14 @@ impl GpuSession<'_> {
                 self.record(1, false, true).map(drop)
             }
         })?;
+        Ok(Graph(graph))
+    }
+
+    /// Records a batched step over `rows` into a CUDA graph (on the lead, whose buffers it
+    /// uses; the rows' caches are named by address, so the graph serves while the batch's
+    /// rows are these: see `step_batch`).
+    pub(super) fn capture_batch(&self, rows: &[Row]) -> Result<Graph, GpuError> {
+        let graph = hoist_cuda::Graph::capture(&self.model.stream, || self.record_batch(rows))?;
         Ok(Graph(graph))
     }
 }

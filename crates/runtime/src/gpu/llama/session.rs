@@ -2,6 +2,7 @@
 
 use hoist_cuda::{DevSlice, DeviceBuf};
 
+use super::batch::{Row, MAX_BATCH_ROWS};
 use super::graph::Graph;
 use super::moe::{ffn_widest, moe_buffer_sizes, MoeBufs};
 use super::weights::Ffn;
@@ -32,6 +33,12 @@ pub struct GpuSession<'a> {
     pub(super) greedy_graph: Option<Graph>,
     /// Pinned slots and events of [`GpuSession::decode_greedy`], made on its first use.
     pub(super) greedy: Option<greedy::Slots>,
+    /// The rows of the last batched step this session led (`batch.rs`), and that step
+    /// captured once it repeated.
+    pub(super) batch_rows: Vec<Row>,
+    pub(super) batch_graph: Option<Graph>,
+    /// The device table of `batch_rows` the kernels read (three u64s a row).
+    pub(super) batch_table: DeviceBuf,
 }
 
 /// The session's device buffers.
@@ -152,6 +159,9 @@ impl<'a> GpuSession<'a> {
             graph: None,
             greedy_graph: None,
             greedy: None,
+            batch_rows: Vec::new(),
+            batch_graph: None,
+            batch_table: alloc(MAX_BATCH_ROWS * 3 * 8)?,
         })
     }
 
@@ -361,6 +371,7 @@ pub(super) fn buffer_sizes(
     let widest = h.max(qd).max(inter);
     let cache_bytes = c.num_layers * c.num_kv_heads * context * c.head_dim * act_bytes;
     let attn = attn_dims(c, act, context);
+    let batch_rows = chunk.div_ceil(2).clamp(1, MAX_BATCH_ROWS);
     let sizes = [
         (chunk + 1) * 4,
         chunk * h * 4,
@@ -379,7 +390,9 @@ pub(super) fn buffer_sizes(
         chunk * inter * 4,
         cache_bytes,
         cache_bytes,
-        (c.num_heads * tile * context).max(Ops::attention_part_values(1, attn)) * 4,
+        // Prefill's score tiles, or the attention slices of the most rows a batched decode
+        // step led by this session takes (`batch.rs`: its ids buffer holds 2 per row).
+        (c.num_heads * tile * context).max(Ops::attention_part_values(batch_rows, attn)) * 4,
         scratch_values.map_or(0, |v| v * act_bytes),
         chunk * vocab * 4,
         Ops::attention_counters(chunk, attn) * 4,
@@ -390,7 +403,7 @@ pub(super) fn buffer_sizes(
 }
 
 /// The attention dimensions the kernel's scratch sizes depend on (and nothing else).
-fn attn_dims(c: &crate::config::ModelConfig, act: Act, context: usize) -> AttnDims {
+pub(super) fn attn_dims(c: &crate::config::ModelConfig, act: Act, context: usize) -> AttnDims {
     AttnDims {
         heads: c.num_heads,
         kv_heads: c.num_kv_heads,

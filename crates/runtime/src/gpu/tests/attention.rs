@@ -42,6 +42,7 @@ fn rope_store_matches_reference() {
                         dims,
                         interleaved,
                         qa_ptr,
+                        None,
                     )
                     .unwrap()
             };
@@ -131,6 +132,7 @@ fn attention_kernel_and_cublas_path_match_reference() {
                             n,
                             dims,
                             Act::F32,
+                            None,
                         )
                         .unwrap()
                 };

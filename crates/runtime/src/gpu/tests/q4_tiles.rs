@@ -108,3 +108,103 @@ fn tiled_q4_0_matches_reference() {
         assert!(e < 1e-3, "{rows}x{cols} swiglu: {e}");
     }
 }
+
+/// A batched decode step's products (`linear_rows`): `n` input rows through tiled Q4_0 (the
+/// batched tensor-core GEMV, in groups of 8 inputs staged once for the matrices sharing
+/// them), Q8_0 (a GEMV per row) and f16 (cuBLAS on the f16 copy of the rows), each row as its
+/// reference product; `accumulate` adds to what the outputs held.
+#[test]
+fn batched_rows_match_reference() {
+    let Some(mut r) = rig("batched_rows_match_reference") else {
+        return;
+    };
+    if !r.kernels.tensor_cores {
+        eprintln!("skipped batched_rows_match_reference: the GPU predates sm_80");
+        return;
+    }
+    for (rows, cols) in [(16, 64), (48, 1472), (32, 4096)] {
+        let (_dw, m, exact) = tiled_q4_0(&mut r, rows, cols);
+        let (_d2, m2, e2) = tiled_q4_0(&mut r, 64, cols);
+        let stage = DeviceBuf::new(&r.gpu, crate::gpu::q4_tiles::q4t_stage_bytes(cols)).unwrap();
+        for n in [1, 2, 5, 8, 9, 17] {
+            // Rows of different magnitudes: each block is staged under its own power of two.
+            let mut x = r.randn(n * cols, 1.0);
+            for (i, v) in x.iter_mut().enumerate() {
+                *v *= [1.0, 3e4, 1e-3][(i / cols) % 3];
+            }
+            let dx = r.upload(&x);
+            for accumulate in [false, true] {
+                let before = [r.randn(n * rows, 1.0), r.randn(n * 64, 1.0)];
+                let ys = [r.upload(&before[0]), r.upload(&before[1])];
+                let outs = [(&m, ys[0].ptr()), (&m2, ys[1].ptr())];
+                // SAFETY: x holds n rows of cols, each y n rows of its matrix's rows.
+                unsafe {
+                    r.ops()
+                        .linear_rows(
+                            &outs,
+                            dx.ptr(),
+                            dx.ptr(),
+                            Act::F32,
+                            n,
+                            accumulate,
+                            Some(&stage),
+                        )
+                        .unwrap()
+                };
+                for (k, (w, width)) in [(&exact, rows), (&e2, 64)].into_iter().enumerate() {
+                    let mut want = cpu::matmul_t(&x, w, cols, width);
+                    if accumulate {
+                        want.iter_mut().zip(&before[k]).for_each(|(a, b)| *a += b);
+                    }
+                    let got = r.download(&ys[k], n * width);
+                    for row in 0..n {
+                        let span = row * width..(row + 1) * width;
+                        let e = rel_err(&got[span.clone()], &want[span]);
+                        assert!(
+                            e < 1e-3,
+                            "{width}x{cols}, {n} rows (accumulate {accumulate}), row {row}: {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // The other kinds: a GEMV per row (Q8_0) and cuBLAS (f16 weights, f16 copy of the input).
+    let (rows, cols, n) = (48, 256, 5);
+    let x = r.randn(n * cols, 1.0);
+    for t in [WType::Q8_0, WType::F16] {
+        let (bytes, exact) = encode(t, &r.randn(rows * cols, 0.05));
+        let dw = r.upload_bytes(&bytes);
+        let w = Mat {
+            data: byte_view(&dw),
+            wtype: t,
+            rows,
+            cols,
+        };
+        let (xr, act) = if t == WType::F16 {
+            (cpu::f16_to_f32(&f16_bytes(&x)), Act::F16)
+        } else {
+            (x.clone(), Act::F32)
+        };
+        let dx = r.upload(&xr);
+        let dxa = r.upload_bytes(&if t == WType::F16 {
+            f16_bytes(&xr)
+        } else {
+            f32_bytes(&xr)
+        });
+        let y = r.zeros(n * rows);
+        // SAFETY: sized above.
+        unsafe {
+            r.ops()
+                .linear_rows(&[(&w, y.ptr())], dx.ptr(), dxa.ptr(), act, n, false, None)
+                .unwrap()
+        };
+        let got = r.download(&y, n * rows);
+        for row in 0..n {
+            let xi = gemv_input(t, &xr[row * cols..(row + 1) * cols]);
+            let want = cpu::matmul_t(&xi, &exact, cols, rows);
+            let e = rel_err(&got[row * rows..(row + 1) * rows], &want);
+            assert!(e < 2e-3, "{t:?}, row {row}: {e}");
+        }
+    }
+}
