@@ -7,6 +7,8 @@
 # (suites/serve_load.py; issue 19's targets: 8 streams >= 4x one stream's aggregate tok/s, the
 # loading request's TTFT <= hoist run's + 10%).
 #   bench/gpu/run.sh serve [MODEL]   MODEL: default the random 7B GGUF in $HOIST_DATA.
+#   SERVE_HOIST_ARGS: more options for hoist serve and hoist run (e.g. "--gpu-memory 8GiB": layers
+#   streamed each step, which a batch copies once for all its rows).
 # The loading request's TTFT and hoist run's are medians of SERVE_LOADS (3) fresh processes, after
 # one untimed hoist run (warm page cache and kernels for all). The official `openai` client
 # streams a completion and a chat from the last server where its wheels are carried.
@@ -21,4 +23,5 @@ use_wheels 'openai-*' 'pydantic*' 'jiter-*' 'httpx*' 'httpcore*' 'anyio-*' 'h11-
   'sniffio-*' 'typing_*' 'annotated_types-*' 'truststore-*' 'distro-*' 'tqdm-*' 'certifi-*' || true
 python3 bench/gpu/suites/serve_load.py "$HOIST_BIN/hoist" "$M" --device cuda:0 \
   --parallel "${SERVE_PARALLEL:-1,8}" --streams "${SERVE_STREAMS:-1,8}" \
-  --tokens "${SERVE_TOKENS:-128}" --loads "${SERVE_LOADS:-3}" --out "$OUT"
+  --tokens "${SERVE_TOKENS:-128}" --loads "${SERVE_LOADS:-3}" --hoist-args "${SERVE_HOIST_ARGS:-}" \
+  --out "$OUT"

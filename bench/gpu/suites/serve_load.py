@@ -21,12 +21,13 @@ Standard library only (the GPU machine has no registry). Writes `serve_load.json
 tiny model (the repository's CPU smoke test of this script).
 
     python3 bench/gpu/suites/serve_load.py HOIST MODEL [--device cuda:0] [--parallel 1,8]
-        [--streams 1,8] [--tokens 128] [--waves 2] [--out DIR]
+        [--streams 1,8] [--tokens 128] [--waves 2] [--loads 3] [--hoist-args '...'] [--out DIR]
 """
 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -38,9 +39,9 @@ def parse_list(s):
     return [int(x) for x in s.split(",") if x]
 
 
-def start_server(hoist, model, device, parallel, queue, context):
+def start_server(hoist, model, device, parallel, queue, context, extra=()):
     cmd = [hoist, "serve", "--device", device, "--port", "0", "--parallel", str(parallel),
-           "--queue", str(queue), "--keep-alive", "-1", "--model", f"m={model}"]
+           "--queue", str(queue), "--keep-alive", "-1", "--model", f"m={model}", *extra]
     if context:
         cmd += ["--context", str(context)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -159,9 +160,9 @@ def median(xs):
     return xs[len(xs) // 2] if xs else None
 
 
-def cli_ttft(hoist, model, device, context):
+def cli_ttft(hoist, model, device, context, extra=()):
     cmd = [hoist, "run", str(model), "--device", device, "--prompt", "Hello there",
-           "--max-tokens", "8", "--temperature", "0", "--json"]
+           "--max-tokens", "8", "--temperature", "0", "--json", *extra]
     if context:
         cmd += ["--context", str(context)]
     t0 = time.perf_counter()
@@ -185,31 +186,35 @@ def main():
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--waves", type=int, default=2)
     ap.add_argument("--context", type=int, default=None)
+    ap.add_argument("--hoist-args", default="",
+                    help="more options for hoist serve and hoist run, e.g. '--gpu-memory 8GiB'")
     ap.add_argument("--loads", type=int, default=3,
                     help="loading requests (fresh servers) and hoist runs, medians reported")
     ap.add_argument("--no-run", action="store_true", help="skip hoist run's TTFT")
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/hoist-out/serve"))
     a = ap.parse_args()
+    a.extra = shlex.split(a.hoist_args)
     os.makedirs(a.out, exist_ok=True)
-    report = {"model": a.model, "device": a.device, "tokens": a.tokens, "servers": []}
+    report = {"model": a.model, "device": a.device, "tokens": a.tokens,
+              "hoist_args": a.hoist_args, "servers": []}
     failed = False
     if not a.no_run:
         # Untimed: every load below (servers' and the timed `hoist run`) then meets the same
         # page cache and compiled-kernel cache, whatever ran before the suite.
-        report["hoist_run_warmup"] = cli_ttft(a.hoist, a.model, a.device, a.context)
+        report["hoist_run_warmup"] = cli_ttft(a.hoist, a.model, a.device, a.context, a.extra)
     for i, p in enumerate(a.parallel):
         queue = max(a.streams) + 1
         # The request that loads the model, on --loads fresh servers (loads vary run to run).
         loads = []
         for _ in range(a.loads - 1):
-            proc, addr = start_server(a.hoist, a.model, a.device, p, queue, a.context)
+            proc, addr = start_server(a.hoist, a.model, a.device, p, queue, a.context, a.extra)
             base = addr if addr.startswith("http://") else f"http://{addr}"
             try:
                 loads.append(generate(base, "Hello there", 8, seed=0))
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-        proc, addr = start_server(a.hoist, a.model, a.device, p, queue, a.context)
+        proc, addr = start_server(a.hoist, a.model, a.device, p, queue, a.context, a.extra)
         base = addr if addr.startswith("http://") else f"http://{addr}"
         try:
             loads.append(generate(base, "Hello there", 8, seed=0))
@@ -234,7 +239,7 @@ def main():
             proc.terminate()
             proc.wait(timeout=30)
     if not a.no_run:
-        runs = [cli_ttft(a.hoist, a.model, a.device, a.context) for _ in range(a.loads)]
+        runs = [cli_ttft(a.hoist, a.model, a.device, a.context, a.extra) for _ in range(a.loads)]
         ok = [r for r in runs if "error" not in r]
         report["hoist_run"] = runs[-1] if len(ok) < len(runs) else {
             key: median([r[key] for r in ok]) for key in ("first_token_seconds", "load_seconds",
@@ -257,7 +262,8 @@ def best(waves, c):
 
 
 def summary(report):
-    lines = [f"`hoist serve` on {report['model']} ({report['device']}), {report['tokens']} "
+    args = f" {report['hoist_args']}" if report.get("hoist_args") else ""
+    lines = [f"`hoist serve{args}` on {report['model']} ({report['device']}), {report['tokens']} "
              "tokens a stream, best wave of each concurrency", "",
              "| --parallel | streams | aggregate tok/s | per-stream tok/s | vs 1 stream | "
              "TTFT median / max s |", "| --- | --- | --- | --- | --- | --- |"]

@@ -32,9 +32,9 @@ pub struct Args {
     /// Requests that may wait per model besides those running; more are refused with 503.
     #[arg(long, default_value_t = hoist_server::DEFAULT_QUEUE_DEPTH, value_name = "N")]
     pub queue: usize,
-    /// Requests each model runs at once, decoded together (continuous batching; each holds a
-    /// KV cache of the whole context). On the GPU the runtime steps them one after another
-    /// for now: fair sharing, not yet more throughput.
+    /// Requests each model runs at once, decoded together: each decode step reads the weights
+    /// once for all of them (continuous batching; each holds a KV cache of the whole context).
+    /// Mixture-of-experts models on the GPU step them one after another for now.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = parse_parallel)]
     pub parallel: usize,
     /// Context positions per model [default: the model's trained length, at most 4096];

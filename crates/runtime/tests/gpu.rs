@@ -477,21 +477,34 @@ fn batched_decode_matches_each_sequence_alone() {
     bf16_copy(&fixtures().join("llama"), tmp.path());
     let g = fixtures().join("gguf");
     // (model, tolerance of each row; bf16: of the rows' mean, as bf16 rounding amplifies).
+    let plain = options();
+    // Every layer streamed through one slot from pinned memory (the batched step captured with
+    // its copies), and the same with hybrid layers (alone, decode computes their feed-forward on
+    // the host; a batch streams them whole): the resident rows' tolerance.
+    let mut streamed = options();
+    streamed.placement = Placement::uniform(Residency::Streamed { slots: 1 });
+    let mut hybrid = streamed.clone();
+    hybrid.tuning.host_ffn = hoist_runtime::gpu::HostFfn::Layers(usize::MAX);
+    let llama = fixtures().join("llama");
+    // (model, options, tolerance of each row; bf16: of the rows' mean, as bf16 rounding
+    // amplifies; 0: the sparse model, which steps each sequence alone).
     let cases = [
-        (fixtures().join("llama"), 1e-4),
-        (fixtures().join("mistral"), 1e-4),
-        (fixtures().join("qwen2"), 1e-4),
-        (fixtures().join("qwen3"), 1e-4),
-        (g.join("qwen3-q4_0.gguf"), 1e-3),
-        (g.join("llama-q8_0.gguf"), 1e-3),
-        (fixtures().join("qwen2_moe"), 0.0),
-        (tmp.path().to_path_buf(), 2e-2),
+        (llama.clone(), &plain, 1e-4),
+        (fixtures().join("mistral"), &plain, 1e-4),
+        (fixtures().join("qwen2"), &plain, 1e-4),
+        (fixtures().join("qwen3"), &plain, 1e-4),
+        (g.join("qwen3-q4_0.gguf"), &plain, 1e-3),
+        (g.join("llama-q8_0.gguf"), &plain, 1e-3),
+        (fixtures().join("qwen2_moe"), &plain, 0.0),
+        (tmp.path().to_path_buf(), &plain, 2e-2),
+        (llama.clone(), &streamed, 1e-4),
+        (llama, &hybrid, 1e-4),
     ];
     let (count, steps, leaves_at) = (5, 6, 3);
-    for (model, tolerance) in cases {
-        let name = model.display().to_string();
+    for (model, opts, tolerance) in cases {
+        let name = format!("{} ({:?})", model.display(), opts.placement);
         let bf16 = tolerance == 2e-2;
-        let m = GpuModel::load(&model, &options()).unwrap();
+        let m = GpuModel::load(&model, opts).unwrap();
         let vocab = m.config().vocab_size;
         let prompts: Vec<Vec<u32>> = (0..count)
             .map(|i| {
@@ -500,9 +513,8 @@ fn batched_decode_matches_each_sequence_alone() {
                     .collect()
             })
             .collect();
-        // Caches of different sizes, each long enough for a score buffer that holds every
-        // row's attention slices (shorter ones step alone: `batchable`).
-        let context = |i: usize| prompts[i].len() + steps + 64 + 16 * i;
+        // Caches of different sizes, the smallest just long enough.
+        let context = |i: usize| prompts[i].len() + steps + 16 * i;
         // Alone: each sequence's greedy tokens and the logits after each.
         let mut fed = Vec::new();
         let mut want = Vec::new();
@@ -539,7 +551,7 @@ fn batched_decode_matches_each_sequence_alone() {
             let tokens: Vec<u32> = fed[first..].iter().map(|f| f[step]).collect();
             let mut batch: Vec<&mut GpuSession<'_>> = sessions[first..].iter_mut().collect();
             let sparse = tolerance == 0.0;
-            let on = !sparse && options().tuning.batch_decode;
+            let on = !sparse && opts.tuning.batch_decode;
             assert_eq!(GpuSession::batchable(&batch), on, "{name}: batched");
             let got = GpuSession::next_logits_batch(&mut batch, &tokens).unwrap();
             for (i, row) in got.iter().enumerate() {

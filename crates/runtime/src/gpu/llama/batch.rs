@@ -5,7 +5,9 @@
 //! GPU waits on memory. With the running sequences' tokens as the rows of one step, every
 //! matrix product reads its weights once for all of them (cuBLAS for 16-bit and f32 weights,
 //! the batched tiled GEMV for Q4_0), and only the rotary embedding and attention, which touch
-//! each sequence's own KV cache at its own position, run per sequence.
+//! each sequence's own KV cache at its own position, run per sequence (one launch each, over a
+//! device table of the rows' caches). A layer streamed from host memory is copied once for all
+//! the rows, which is where batching gains most: such a step is bound by PCIe, not compute.
 //!
 //! The first session (the lead) lends its work buffers, sized for a prefill chunk, to the
 //! step's rows; each session keeps its own KV cache and length. The results match each
@@ -65,9 +67,9 @@ impl<'a> GpuSession<'a> {
     }
 
     /// Whether [`GpuSession::next_logits_batch`] runs `sessions` as one batched step: at least
-    /// two, on one model whose layers are all resident and dense (streamed and sparse layers
-    /// step one session at a time), with the lead's buffers holding a row per session, unless
-    /// `HOIST_NO_BATCH_DECODE` turned it off.
+    /// two, on one model whose layers are all dense (sparse layers step one session at a
+    /// time), with the lead's buffers holding a row per session, unless
+    /// `HOIST_NO_BATCH_DECODE` turned it off. Streamed layers are copied once for all rows.
     pub fn batchable(sessions: &[&mut GpuSession<'a>]) -> bool {
         let Some(lead) = sessions.first() else {
             return false;
@@ -82,7 +84,6 @@ impl<'a> GpuSession<'a> {
             && 2 * n <= lead.chunk + 1
             && sessions.iter().all(|s| std::ptr::eq(s.model, m))
             && lead.bufs.scores.len() >= part_bytes
-            && m.layers.streamer().is_none()
             && dense
     }
 
@@ -178,8 +179,14 @@ impl<'a> GpuSession<'a> {
         // and its position is below that (checked by `next_logits_batch`); the weights are
         // views checked against their shapes when the model was built, alive while it is.
         unsafe {
+            // Streamed layers: the first copies are queued (no-ops when all are resident). A
+            // batch computes every streamed layer on the GPU, hybrid ones too (`ffn_on_host` is
+            // for one token): one copy of the layer serves all the rows.
+            m.layers.begin_step(ops.stream, n)?;
             ops.embed(&m.embed, b.ids.ptr(), n, b.x.ptr())?;
             for l in 0..m.layers.len() {
+                // The layer's weights for this step, valid until `after(l)` (`LayerStore`).
+                m.layers.before(l, ops.stream)?;
                 let layer = m.layers.layer(l);
                 ops.rms_norm(b.x.ptr(), layer.attn_norm, b.xn.ptr(), xa, n, h, eps, act)?;
                 let qkv = [
@@ -247,6 +254,7 @@ impl<'a> GpuSession<'a> {
                 ops.swiglu(b.g.ptr(), b.u.ptr(), b.h.ptr(), xa, act, n * inter)?;
                 let d = [(down, b.x.ptr())];
                 ops.linear_rows(&d, b.h.ptr(), input(b.h.ptr()), act, n, true, stage)?;
+                m.layers.after(l, ops.stream)?;
             }
             ops.rms_norm(b.x.ptr(), m.output_norm, b.xn.ptr(), xa, n, h, eps, act)?;
             let out = [(&m.output, b.logits.ptr())];
