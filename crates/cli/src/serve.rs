@@ -33,8 +33,8 @@ pub struct Args {
     #[arg(long, default_value_t = hoist_server::DEFAULT_QUEUE_DEPTH, value_name = "N")]
     pub queue: usize,
     /// Requests each model runs at once, decoded together: each decode step reads the weights
-    /// once for all of them (continuous batching; each holds a KV cache of the whole context).
-    /// Mixture-of-experts models on the GPU step them one after another for now.
+    /// once for all of them (continuous batching; each holds a KV cache of the whole context;
+    /// in mixture-of-experts models each runs its own experts).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = parse_parallel)]
     pub parallel: usize,
     /// Context positions per model [default: the model's trained length, at most 4096];

@@ -219,7 +219,7 @@ impl Session<'_> {
 /// One decode step for several sessions of one model: session `i` is fed `tokens[i]`; returns
 /// each one's logits after it, as one batched forward pass (each weight read once for all) on
 /// the CPU reference and on the GPU runtime (which steps them one after another where it cannot
-/// batch: `GpuSession::batchable`, sparse models). On an error every session is cleared (what a failed step
+/// batch: `GpuSession::batchable`). On an error every session is cleared (what a failed step
 /// left is unknown).
 pub(crate) fn decode_batch(
     sessions: &mut [&mut Session<'_>],

@@ -6,8 +6,9 @@
 //! matrix product reads its weights once for all of them (cuBLAS for 16-bit and f32 weights,
 //! the batched tiled GEMV for Q4_0), and only the rotary embedding and attention, which touch
 //! each sequence's own KV cache at its own position, run per sequence (one launch each, over a
-//! device table of the rows' caches). A layer streamed from host memory is copied once for all
-//! the rows, which is where batching gains most: such a step is bound by PCIe, not compute.
+//! device table of the rows' caches), as do a sparse layer's experts (each row's own, through
+//! decode's kernels). A layer streamed from host memory is copied once for all the rows, which
+//! is where batching gains most: such a step is bound by PCIe, not compute.
 //!
 //! The first session (the lead) lends its work buffers, sized for a prefill chunk, to the
 //! step's rows; each session keeps its own KV cache and length. The results match each
@@ -67,15 +68,14 @@ impl<'a> GpuSession<'a> {
     }
 
     /// Whether [`GpuSession::next_logits_batch`] runs `sessions` as one batched step: at least
-    /// two, on one model whose layers are all dense (sparse layers step one session at a
-    /// time), with the lead's buffers holding a row per session, unless
-    /// `HOIST_NO_BATCH_DECODE` turned it off. Streamed layers are copied once for all rows.
+    /// two, on one model, with the lead's buffers holding a row per session, unless
+    /// `HOIST_NO_BATCH_DECODE` turned it off. Streamed layers are copied once for all rows;
+    /// a sparse layer's experts run a row at a time.
     pub fn batchable(sessions: &[&mut GpuSession<'a>]) -> bool {
         let Some(lead) = sessions.first() else {
             return false;
         };
         let (m, n) = (lead.model, sessions.len());
-        let dense = (0..m.layers.len()).all(|l| matches!(m.layers.layer(l).ffn, Ffn::Dense { .. }));
         // The attention's slices of every row fit the lead's score buffer.
         let part_bytes = Ops::attention_part_values(n, attn_dims(&m.config, m.act, 1)) * 4;
         m.batch_decode
@@ -84,7 +84,6 @@ impl<'a> GpuSession<'a> {
             && 2 * n <= lead.chunk + 1
             && sessions.iter().all(|s| std::ptr::eq(s.model, m))
             && lead.bufs.scores.len() >= part_bytes
-            && dense
     }
 
     /// One batched step (checked by `next_logits_batch`): uploads the tokens and positions,
@@ -246,14 +245,24 @@ impl<'a> GpuSession<'a> {
                 let o = [(&layer.o, b.x.ptr())];
                 ops.linear_rows(&o, b.att.ptr(), input(b.att.ptr()), act, n, true, stage)?;
                 ops.rms_norm(b.x.ptr(), layer.ffn_norm, b.xn.ptr(), xa, n, h, eps, act)?;
-                let Ffn::Dense { gate, up, down } = &layer.ffn else {
-                    unreachable!("batchable admits dense layers only")
-                };
-                let gu = [(gate, b.g.ptr()), (up, b.u.ptr())];
-                ops.linear_rows(&gu, b.xn.ptr(), input(b.xn.ptr()), act, n, false, stage)?;
-                ops.swiglu(b.g.ptr(), b.u.ptr(), b.h.ptr(), xa, act, n * inter)?;
-                let d = [(down, b.x.ptr())];
-                ops.linear_rows(&d, b.h.ptr(), input(b.h.ptr()), act, n, true, stage)?;
+                match &layer.ffn {
+                    Ffn::Dense { gate, up, down } => {
+                        let gu = [(gate, b.g.ptr()), (up, b.u.ptr())];
+                        let xn = b.xn.ptr();
+                        ops.linear_rows(&gu, xn, input(xn), act, n, false, stage)?;
+                        ops.swiglu(b.g.ptr(), b.u.ptr(), b.h.ptr(), xa, act, n * inter)?;
+                        let d = [(down, b.x.ptr())];
+                        ops.linear_rows(&d, b.h.ptr(), input(b.h.ptr()), act, n, true, stage)?;
+                    }
+                    // Each row through its own experts, as decode does for one token (the
+                    // attention above and the dense layers are what the rows share).
+                    Ffn::Moe(f) => {
+                        for r in 0..n {
+                            let row = (r * h * 4) as u64;
+                            self.moe_token(f, b.xn.ptr() + row, b.x.ptr() + row)?;
+                        }
+                    }
+                }
                 m.layers.after(l, ops.stream)?;
             }
             ops.rms_norm(b.x.ptr(), m.output_norm, b.xn.ptr(), xa, n, h, eps, act)?;

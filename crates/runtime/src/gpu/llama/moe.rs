@@ -164,6 +164,46 @@ impl MoeBufs {
 }
 
 impl GpuSession<'_> {
+    /// Adds sparse layer `f`'s output for one token (normalized, f32, at `xn`) to its residual
+    /// row at `x`: decode's path (and a batched step's, a row at a time: each row takes its own
+    /// experts).
+    ///
+    /// # Safety
+    /// As for the launches of `record`: `xn` and `x` hold a row of `hidden_size` f32.
+    pub(super) unsafe fn moe_token(&self, f: &MoeFfn, xn: u64, x: u64) -> Result<(), GpuError> {
+        let m = self.model;
+        let ops = m.ops();
+        let Some(mb) = &self.bufs.moe else {
+            unreachable!("sessions of models with sparse layers have MoE buffers")
+        };
+        let routes = mb.routes();
+        // The router and the shared expert's gate share the input: one launch, no allocation
+        // on the decode path.
+        let router = GemvOut {
+            w: &f.router,
+            y: mb.logits.ptr(),
+            bias: DevSlice::empty(),
+        };
+        let outs = match &f.shared {
+            Some(s) => [
+                router,
+                GemvOut {
+                    w: &s.gate_inp,
+                    y: mb.shared_logits.ptr(),
+                    bias: DevSlice::empty(),
+                },
+            ],
+            None => [router, router],
+        };
+        let outs = &outs[..1 + usize::from(f.shared.is_some())];
+        // SAFETY: the buffers were sized for this model's experts and widths (`new`).
+        unsafe {
+            ops.gemv(outs, xn, false, None)?;
+            ops.moe_route(f, mb.logits.ptr(), mb.shared_logits.ptr(), 1, routes)?;
+            ops.moe_decode(f, routes, xn, mb.slot_h.ptr(), x, m.act)
+        }
+    }
+
     /// Adds sparse layer `f`'s output for the step's `n` tokens (normalized in `xn`, and in the
     /// activation type in `xa` unless the model is f32) to the residual `x`.
     ///
@@ -180,31 +220,8 @@ impl GpuSession<'_> {
         let hidden = m.config.hidden_size;
         let routes = mb.routes();
         if n == 1 {
-            // The router and the shared expert's gate share the input: one launch, no
-            // allocation on the decode path.
-            let router = GemvOut {
-                w: &f.router,
-                y: mb.logits.ptr(),
-                bias: DevSlice::empty(),
-            };
-            let outs = match &f.shared {
-                Some(s) => [
-                    router,
-                    GemvOut {
-                        w: &s.gate_inp,
-                        y: mb.shared_logits.ptr(),
-                        bias: DevSlice::empty(),
-                    },
-                ],
-                None => [router, router],
-            };
-            let outs = &outs[..1 + usize::from(f.shared.is_some())];
-            // SAFETY: the buffers were sized for this model's experts and widths (`new`).
-            unsafe {
-                ops.gemv(outs, b.xn.ptr(), false, None)?;
-                ops.moe_route(f, mb.logits.ptr(), mb.shared_logits.ptr(), 1, routes)?;
-                return ops.moe_decode(f, routes, b.xn.ptr(), mb.slot_h.ptr(), b.x.ptr(), act);
-            }
+            // SAFETY: the caller's contract.
+            return unsafe { self.moe_token(f, b.xn.ptr(), b.x.ptr()) };
         }
         // GEMM inputs: the activation-typed copy, or the f32 rows themselves.
         let xa = b.xa.as_ref().map_or(b.xn.ptr(), |x| x.ptr());
